@@ -1,0 +1,1 @@
+"""Local infrastructure the project starts itself: the Kafka broker, Spark defaults, scheduling files."""

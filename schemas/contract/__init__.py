@@ -1,0 +1,97 @@
+"""The event contract: load the versioned JSON Schema and turn raw bytes into a valid event or a typed error."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+CONTRACT_DIR = Path(__file__).parent
+CURRENT_VERSION = 1
+FAMILIES = ("frontend", "agent")
+
+
+class Reason(str, Enum):
+    """Why an event was rejected; stored as text in the dead-letter table."""
+
+    invalid_json = "invalid_json"
+    not_an_object = "not_an_object"
+    unknown_schema = "unknown_schema"
+    schema_violation = "schema_violation"
+    bad_timestamp = "bad_timestamp"
+    wrong_topic = "wrong_topic"
+    scrub_failed = "scrub_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ContractError:
+    """A rejected event: a typed reason and a sentence a producer can act on."""
+
+    reason: Reason
+    detail: str
+
+
+@cache
+def contract_schema(version: int = CURRENT_VERSION) -> dict[str, Any]:
+    return json.loads((CONTRACT_DIR / f"events-v{version}.json").read_text())
+
+
+@cache
+def _validator(version: int = CURRENT_VERSION):
+    return fastjsonschema.compile(contract_schema(version))
+
+
+@cache
+def event_types(family: str | None = None, version: int = CURRENT_VERSION) -> tuple[str, ...]:
+    """Event types of the contract, optionally of one family (frontend or agent)."""
+    schema = contract_schema(version)
+    if family is None:
+        return tuple(schema["properties"]["event_type"]["enum"])
+    for rule in schema["allOf"]:
+        if rule["if"]["properties"].get("schema", {}).get("const") == f"{family}/{version}":
+            return tuple(rule["then"]["properties"]["event_type"]["enum"])
+    raise KeyError(family)
+
+
+def validate_event(event: Any) -> dict[str, Any] | ContractError:
+    """Check a decoded event against the contract; return it unchanged or say why not."""
+    if not isinstance(event, dict):
+        return ContractError(Reason.not_an_object, f"an event must be a JSON object, got {type(event).__name__}")
+    schema_tag = event.get("schema")
+    if not isinstance(schema_tag, str) or "/" not in schema_tag:
+        return ContractError(Reason.unknown_schema, f"'schema' must be one of frontend/1, agent/1; got {schema_tag!r}")
+    family, _, version = schema_tag.partition("/")
+    if family not in FAMILIES or version != str(CURRENT_VERSION):
+        return ContractError(Reason.unknown_schema, f"unknown contract {schema_tag!r}: this ingest speaks frontend/1 and agent/1")
+    try:
+        _validator()(event)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        where = (exc.name or "data").replace("data", "event", 1)
+        return ContractError(Reason.schema_violation, f"{where}: {exc.message.replace(exc.name or 'data', '', 1).strip()}")
+    try:
+        ts = datetime.fromisoformat(event["ts"].replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        return ContractError(Reason.bad_timestamp, f"event.ts {event['ts']!r} is not RFC 3339: {exc}")
+    if not 2000 <= ts.year <= 2100:
+        return ContractError(Reason.bad_timestamp, f"event.ts {event['ts']!r} is outside 2000..2100")
+    return event
+
+
+def parse_event(raw: bytes | str) -> dict[str, Any] | ContractError:
+    """Decode one raw Kafka value and validate it against the contract."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return ContractError(Reason.invalid_json, f"not valid JSON: {exc}")
+    return validate_event(event)
+
+
+def event_timestamp(event: dict[str, Any]) -> datetime:
+    """The event's ts as an aware datetime (validated events only)."""
+    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00").replace("z", "+00:00"))

@@ -1,0 +1,70 @@
+"""The one frozen settings object (env prefix TRAJLAKE_), built in entry points and passed down."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a trajlake process can be configured with.
+
+    Lives in schemas/ because every part reads it and schemas/ is the leaf of the import graph.
+    Nested values come from env as JSON (e.g. TRAJLAKE_SPARK_CONF='{"spark.executor.memory":"4g"}').
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TRAJLAKE_", frozen=True, extra="forbid")
+
+    # where everything generated lives: broker jars, broker data, logs, the lake (git-ignored)
+    state_dir: Path = Path(".trajlake")
+    # lake root; defaults to <state_dir>/lake. Any local path (object stores: see docs/scale.md)
+    lake_root: Path | None = None
+
+    # Kafka
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_bootstrap: str | None = None  # an external cluster; when set, `trajlake up` starts nothing
+    kafka_heap: str = "512m"
+    topic_partitions: int = Field(default=4, ge=1)
+    topic_prefix: str = "tl."
+
+    # Spark
+    spark_master: str = "local[*]"
+    spark_conf: dict[str, str] = Field(default_factory=dict)
+    spark_ui: bool = True
+
+    # privacy: the pseudonymization key never reaches the lake
+    pseudonym_key: SecretStr = SecretStr("trajlake-dev-key-change-me")
+
+    # stream worker
+    worker_id: str = "trajlake"
+    sink_max_records: int = Field(default=5000, ge=1)
+    sink_max_seconds: float = Field(default=2.0, gt=0)
+    dedup_window_seconds: int = Field(default=3600, ge=1)
+    step_timeout_seconds: int = Field(default=600, ge=1)
+    episode_timeout_seconds: int = Field(default=1800, ge=1)
+
+    @property
+    def lake(self) -> Path:
+        return (self.lake_root or self.state_dir / "lake").resolve()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical one: frontend.raw, agent.raw, events.clean, deadletter, steps, episodes."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.topic(t) for t in TOPICS]
+
+
+TOPICS = ("frontend.raw", "agent.raw", "events.clean", "deadletter", "steps", "episodes")
