@@ -1,0 +1,1 @@
+"""PySpark jobs (heuristics, scorecards, export, maintenance), their Spark session factory and scheduler entry points."""

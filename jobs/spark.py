@@ -1,0 +1,49 @@
+"""The Spark session factory: local[*] by default, Delta through Ivy, everything overridable for a cluster."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from schemas.settings import Settings
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+LOCAL_DEFAULTS = {
+    # a laptop-sized cluster: few shuffle partitions, few snapshot partitions, UTC everywhere
+    "spark.sql.shuffle.partitions": "4",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.memory": "2g",
+    # delta-rs writers and readers share these tables; keep the protocol both speak
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+}
+
+
+def spark_conf(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The effective conf: Delta, then local defaults, then settings.spark_conf, then `extra`."""
+    conf = {**DELTA_CONF, **LOCAL_DEFAULTS, "spark.ui.enabled": str(settings.spark_ui).lower()}
+    conf.update(settings.spark_conf)
+    conf.update(extra or {})
+    return conf
+
+
+def build_spark(settings: Settings, app_name: str = "trajlake", extra: Mapping[str, str] | None = None):
+    """A SparkSession with Delta Lake. Under spark-submit set TRAJLAKE_SPARK_MASTER='' so the submit's master wins.
+
+    The delta-spark jars are resolved by `configure_spark_with_delta_pip` through Ivy on first start.
+    """
+    from delta import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    if settings.spark_master:
+        builder = builder.master(settings.spark_master)
+    for key, value in spark_conf(settings, extra).items():
+        builder = builder.config(key, value)
+    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,67 @@
+"""The scrub policy as data: which structured fields are PII, which free-text patterns are, and what must survive."""
+from __future__ import annotations
+
+import re
+
+# structured fields by (lower-cased) key name → placeholder label. Matched anywhere in a JSON body.
+FIELD_LABELS: dict[str, str] = {
+    "first_name": "PERSON", "last_name": "PERSON", "full_name": "PERSON", "middle_name": "PERSON",
+    "firstname": "PERSON", "lastname": "PERSON", "passenger_name": "PERSON", "customer_name": "PERSON",
+    "email": "EMAIL", "email_address": "EMAIL",
+    "phone": "PHONE", "phone_number": "PHONE", "mobile": "PHONE",
+    "address": "ADDRESS", "address1": "ADDRESS", "address2": "ADDRESS", "street": "ADDRESS", "street_address": "ADDRESS",
+    "zip": "ZIP", "zipcode": "ZIP", "zip_code": "ZIP", "postal_code": "ZIP", "postcode": "ZIP",
+    "dob": "DOB", "date_of_birth": "DOB", "birthdate": "DOB", "birthday": "DOB",
+    "card_number": "CARD", "last_four": "CARD", "cvv": "CARD", "cvc": "CARD", "iban": "IBAN",
+    "passport": "PASSPORT", "passport_number": "PASSPORT", "ssn": "SSN", "password": "SECRET",
+    "api_key": "SECRET", "token": "SECRET", "secret": "SECRET",
+}
+# identifiers and enums of the contract and of tool calls: never personal, passed through as they are
+STRUCTURAL_KEYS = {"tool", "call_id", "tool_call_id", "id", "type", "role", "model", "status", "kind", "surface",
+                   "channel", "context_mode", "rating", "source", "task_id", "flight_number", "reservation_id",
+                   "payment_id", "origin", "destination", "cabin", "flight_type", "function"}
+# fields whose value is an identifier that must still join: HMAC pseudonym instead of a placeholder
+PSEUDONYM_FIELDS: dict[str, str] = {"user_id": "u", "customer_id": "u", "account_id": "acct"}
+# dict-valued keys that are PII as a whole (every leaf below them is redacted with this label)
+CONTAINER_LABELS: dict[str, str] = {"name": "PERSON", "address": "ADDRESS", "passengers": "PERSON",
+                                    "saved_passengers": "PERSON", "payment_methods": "CARD"}
+# leaves under a PII container that are not PII and must survive (joins, analytics)
+CONTAINER_KEEP = {"city", "country", "state", "province", "source", "id", "payment_id", "amount", "brand"}
+
+# free-text recognizers Presidio lacks or gets wrong: (label, pattern)
+TEXT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("EMAIL", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
+    ("ADDRESS", re.compile(
+        r"\b\d{1,6}\s+(?:[A-Z][\w'-]*\s+){1,4}(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Drive|Dr|Boulevard|Blvd|Court|Ct|"
+        r"Way|Place|Pl|Circle|Cir|Trail|Trl|Parkway|Pkwy|Terrace|Highway|Hwy|Square|Sq|Loop|Path|Row|Alley|Plaza)\b\.?"
+        r"(?:,?\s+(?:Suite|Ste|Apt|Apartment|Unit|#)\s*\w+)?")),
+    ("ADDRESS", re.compile(r"\b(?:Suite|Apt|Apartment|Unit)\s+\d{1,5}\b")),
+    ("DOB", re.compile(r"(?i)(?:born|birth(?:day|date)?|dob|date of birth)\D{0,25}"
+                       r"(\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4}|[A-Z][a-z]+ \d{1,2},? \d{4})")),
+    ("CARD", re.compile(r"(?i)(?:card|visa|mastercard|amex|ending(?: in)?|last (?:four|4)(?: digits)?)\D{0,20}(\d{4})\b")),
+    ("CARD", re.compile(r"\b(?:\d[ -]?){13,19}\b")),
+    ("PHONE", re.compile(r"(?<![\w-])(?:\+?1[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")),
+    ("SECRET", re.compile(r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|sk_(?:live|test)_[A-Za-z0-9]{16,}|AKIA[0-9A-Z]{16}|"
+                          r"gh[pousr]_[A-Za-z0-9]{30,}|xox[abp]-[A-Za-z0-9-]{10,}|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,})\b")),
+    ("SECRET", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
+    ("SECRET", re.compile(r"https://hooks\.slack\.com/services/[\w/]+")),
+    ("SECRET", re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)")),
+    ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
+]
+
+# Presidio NER / pattern entities we act on, mapped to our labels. LOCATION is left out on purpose:
+# cities and airports are not personal and are needed for training; street addresses have a pattern above.
+PRESIDIO_LABELS = {"PERSON": "PERSON", "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CARD",
+                   "US_SSN": "SSN", "IBAN_CODE": "IBAN", "US_PASSPORT": "PASSPORT", "IP_ADDRESS": "IP"}
+PRESIDIO_MIN_SCORE = 0.5
+
+# domain tokens that must survive scrubbing even when a recognizer flags them
+ALLOW_PATTERNS = [
+    re.compile(r"^[A-Z]{3}$"),              # IATA airport codes (JFK flagged as PERSON)
+    re.compile(r"^HAT\d{3}$"),              # flight numbers
+    re.compile(r"^[A-Z0-9]{6}$"),           # reservation ids
+    re.compile(r"^(?:certificate|credit_card|gift_card|paypal)_\d+$"),  # payment method ids
+    re.compile(r"^call_[A-Za-z0-9]+$"),     # tool-call ids
+]
+ALLOW_WORDS = {"suite", "user", "thank", "thanks", "hi", "hello", "yes", "no", "sure", "please", "economy", "business",
+               "basic", "gold", "silver", "regular"}

