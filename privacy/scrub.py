@@ -221,6 +221,10 @@ def build_analyzer():
 
     # tldextract (Presidio's email recognizer) would fetch the suffix list from the network at first use
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    import logging
+
+    # Presidio warns once per recognizer of every language we do not load
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 

@@ -1,0 +1,285 @@
+"""The `trajlake` command: broker, replay, worker, status, query and the end-to-end demo."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+app = typer.Typer(help="trajlake: turn real agent-product usage into training data.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+replay_app = typer.Typer(help="Send events from a source to the raw Kafka topics.", no_args_is_help=True)
+app.add_typer(replay_app, name="replay")
+console = Console()
+err = Console(stderr=True)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TAU = REPO.parent / "shared" / "data" / "tau-bench" / "gpt-4o-airline.json"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, never a traceback."""
+
+
+def settings():
+    from schemas.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "TRAJLAKE_" + str(first["loc"][0]).upper()
+        raise UserError(f"setting {name} is invalid: {first['msg']} — fix or unset that environment variable") from None
+
+
+# ---- broker ---------------------------------------------------------------------------------------
+@app.command()
+def up() -> None:
+    """Start the local Kafka broker (KRaft) and create the topics. Idempotent."""
+    from infra.kafka import broker
+
+    s = settings()
+    with console.status("starting Kafka…") as st:
+        msg = broker.start(s, progress=lambda m: st.update(m))
+        broker.ensure_topics(s, progress=lambda m: st.update(m))
+    console.print(f"[green]✓[/] {msg}; topics: {', '.join(s.topics)}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Kafka broker. Idempotent."""
+    from infra.kafka import broker
+
+    console.print(broker.stop(settings()))
+
+
+# ---- sources --------------------------------------------------------------------------------------
+@replay_app.command("tau-bench")
+def replay_tau_bench(
+    file: Path = typer.Option(DEFAULT_TAU, help="a τ-bench results file (list of {task_id, trial, reward, info, traj})"),
+    limit: Optional[int] = typer.Option(None, min=1, help="only the first N trajectories"),
+    loop: int = typer.Option(1, min=1, help="replay N times with fresh ids and times (load amplification)"),
+    speed: float = typer.Option(0.0, min=0.0, help="0 = as fast as possible; F > 0 = event time F× faster"),
+) -> None:
+    """Replay real GPT-4o τ-bench trajectories as contract events."""
+    from streams.producer import produce
+    from streams.sources.tau_bench import load_trajectories, replay_events
+
+    if not file.exists():
+        raise UserError(f"{file} does not exist: pass --file with a τ-bench results JSON")
+    s = settings()
+    _require_broker(s)
+    records = load_trajectories(file)
+    n = min(limit or len(records), len(records))
+    with console.status("replaying…") as st:
+        sent = produce(s, replay_events(records, limit, loop), speed=speed,
+                       on_progress=lambda k: st.update(f"replaying τ-bench: {k} events sent"))
+    console.print(f"[green]✓[/] {sent} events from {n} trajectories × {loop} to {s.topic('frontend.raw')}, "
+                  f"{s.topic('agent.raw')}")
+
+
+# ---- worker ---------------------------------------------------------------------------------------
+@app.command()
+def worker(
+    loglevel: str = typer.Option("warn", help="crit | error | warn | info | debug"),
+    ner: bool = typer.Option(True, help="run Presidio NER on free text (--no-ner: dictionary and patterns only)"),
+) -> None:
+    """Run the stream worker (ingest, dead-letter, bronze sinks) in the foreground until Ctrl-C."""
+    from streams.app import run_worker
+
+    if loglevel not in ("crit", "error", "warn", "info", "debug"):
+        raise UserError(f"--loglevel {loglevel!r} is not one of crit, error, warn, info, debug")
+    s = settings()
+    _require_broker(s)
+    run_worker(s, loglevel=loglevel, use_ner=ner)
+
+
+def _require_broker(s) -> None:
+    from infra.kafka import broker
+
+    try:
+        broker.wait_until_ready(s, timeout=5)
+    except broker.BrokerError:
+        raise UserError(f"Kafka at {s.bootstrap} is not answering: start it with `trajlake up`") from None
+
+
+# ---- lake -----------------------------------------------------------------------------------------
+@app.command()
+def status() -> None:
+    """The broker, topics with end offsets, and every lake table's version and row count."""
+    from infra.kafka import broker
+    from lake.readers import table_dataset
+    from lake.tables import open_table
+    from schemas.tables import TABLES
+
+    s = settings()
+    pid = broker.running_pid(s) if s.uses_local_broker else None
+    try:
+        broker.wait_until_ready(s, timeout=3)
+        up_ = True
+    except broker.BrokerError:
+        up_ = False
+    console.print(f"Kafka {s.bootstrap}: " + ("[green]up[/]" if up_ else "[red]down[/]") +
+                  (f" (pid {pid})" if pid else ""))
+    if up_:
+        t = Table("topic", "partitions", "messages")
+        for name, parts, total in _topic_sizes(s):
+            t.add_row(name, str(parts), str(total))
+        console.print(t)
+    t = Table("table", "version", "rows", "location")
+    for tid, spec in TABLES.items():
+        dt = open_table(s, spec)
+        t.add_row(tid, "-" if dt is None else str(dt.version()),
+                  "-" if dt is None else str(table_dataset(s, spec).count_rows()), str(s.lake / tid))
+    console.print(t)
+
+
+def _topic_sizes(s):
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=s.bootstrap, client_id="trajlake-status")
+    try:
+        out = []
+        for topic in s.topics:
+            parts = c.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends, begins = c.end_offsets(tps), c.beginning_offsets(tps)
+            out.append((topic, len(parts), sum(ends[tp] - begins[tp] for tp in tps)))
+        return out
+    finally:
+        c.close()
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="SQL over the views bronze_events, bronze_deadletter, silver_steps, silver_episodes"),
+    as_of: list[str] = typer.Option([], "--as-of", help="pin a table: TABLE=VERSION, e.g. bronze/events=3"),
+    format: str = typer.Option("table", "--format", help="table | csv | json"),
+) -> None:
+    """Run DuckDB SQL over the lake's Delta tables."""
+    import duckdb
+
+    from lake.duckdb_views import connect
+
+    pins = {}
+    for p in as_of:
+        name, _, version = p.partition("=")
+        if not version.isdigit():
+            raise UserError(f"--as-of {p!r}: write TABLE=VERSION, e.g. bronze/events=3")
+        pins[name] = int(version)
+    if format not in ("table", "csv", "json"):
+        raise UserError(f"--format {format!r}: choose table, csv or json")
+    try:
+        con = connect(settings(), as_of=pins)
+        rel = con.sql(sql)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    except duckdb.Error as exc:
+        raise UserError(f"DuckDB: {str(exc).splitlines()[0]}") from None
+    if rel is None:
+        return
+    _print_relation(rel, format)
+
+
+def _print_relation(rel, format: str = "table") -> None:
+    cols, rows = rel.columns, rel.fetchall()
+    if format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif format == "json":
+        import orjson
+
+        for r in rows:
+            sys.stdout.write(orjson.dumps(dict(zip(cols, r)), default=str).decode() + "\n")
+    else:
+        t = Table(*cols)
+        for r in rows:
+            t.add_row(*("" if v is None else str(v) for v in r))
+        console.print(t)
+
+
+# ---- demo -----------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    trajectories: int = typer.Option(20, min=1, max=200, help="how many τ-bench trajectories to replay"),
+    timeout: float = typer.Option(300, help="seconds to wait for the lake to fill"),
+) -> None:
+    """End to end: broker ▸ τ-bench replay ▸ Faust worker ▸ Delta ▸ DuckDB."""
+    from infra.kafka import broker
+    from schemas.tables import BRONZE_EVENTS
+    from streams.producer import produce
+    from streams.sink import count_rows, wait_for_rows
+    from streams.sources.tau_bench import load_trajectories, replay_events
+
+    s = settings()
+    if not DEFAULT_TAU.exists():
+        raise UserError(f"{DEFAULT_TAU} is missing: the demo replays ../shared/data/tau-bench beside the repository")
+    with console.status("starting Kafka…") as st:
+        console.print(f"[green]1.[/] {broker.start(s, progress=lambda m: st.update(m))}")
+        broker.ensure_topics(s)
+    before = count_rows(s, BRONZE_EVENTS)
+    records = load_trajectories(DEFAULT_TAU)
+    events = list(replay_events(records, trajectories))
+    with console.status("replaying…"):
+        sent = produce(s, events)
+    console.print(f"[green]2.[/] replayed {trajectories} τ-bench trajectories: {sent} events into Kafka")
+    log = s.state_dir / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker"], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    console.print(f"[green]3.[/] stream worker started (pid {proc.pid}, log {log})")
+    try:
+        with console.status("waiting for the lake…") as st:
+            n = wait_for_rows(s, BRONZE_EVENTS, before + sent, timeout,
+                              on_progress=lambda k: st.update(f"bronze/events: {k - before}/{sent} rows")
+                              if proc.poll() is None else None)
+            if proc.poll() is not None:
+                raise UserError(f"the worker exited with code {proc.returncode}; see {log}")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if n < before + sent:
+        raise UserError(f"only {n - before} of {sent} events reached bronze/events in {timeout:.0f}s; see {log}")
+    console.print(f"[green]4.[/] {sent} events landed in Delta table {s.lake / 'bronze/events'}")
+    from lake.duckdb_views import connect
+
+    sql = ("SELECT event_type, count(*) AS events, count(DISTINCT session_id) AS sessions "
+           "FROM bronze_events GROUP BY event_type ORDER BY events DESC")
+    console.print(f"[green]5.[/] DuckDB over Delta: [dim]{sql}[/]")
+    _print_relation(connect(s).sql(sql))
+    console.print("Next: `trajlake query \"SELECT …\"`, `trajlake status`, and `trajlake down` to stop Kafka.")
+
+
+def main() -> None:
+    from infra.kafka.broker import BrokerError
+    from lake.tables import UnknownTable
+
+    try:
+        app()
+    except (UserError, BrokerError, UnknownTable) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
