@@ -23,6 +23,7 @@ INGEST_BATCH, INGEST_WITHIN = 500, 0.25
 def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int = 1) -> faust.App:
     """The worker's Faust app. Agents only iterate, call the pure core, and send."""
     datadir = (settings.state_dir / "faust").resolve()
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.bootstrap}",

@@ -1,6 +1,7 @@
 """The Delta sink: topic records become table rows, committed exactly once per (group, topic, partition) offset."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -85,6 +86,7 @@ class DeltaSinkWriter:
         self.table = ensure_table(settings, target.spec)
         self.window = timedelta(seconds=settings.dedup_window_seconds)
         self.recent: dict[tuple, datetime] = {}
+        self.commits = 0
         self._seed_recent_keys()
 
     def _seed_recent_keys(self) -> None:
@@ -128,6 +130,9 @@ class DeltaSinkWriter:
             return 0, skipped
         batch = pa.Table.from_pylist(rows, schema=self.target.spec.schema)
         append_exactly_once(self.table, self.target.spec, batch, last)
+        self.commits += 1
+        if self.settings.crash_after_commits and self.commits >= self.settings.crash_after_commits:
+            os._exit(137)  # fault injection: die between the Delta commit and the Kafka offset commit
         self._expire(now)
         return len(rows), skipped
 

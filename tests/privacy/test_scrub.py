@@ -1,0 +1,100 @@
+"""The scrub policy: structured PII by rule, free text by dictionary, patterns and Presidio; pseudonyms that join."""
+import json
+
+import pytest
+
+from privacy.pseudonyms import pseudonym
+from privacy.scrub import EventScrubber, SessionDictionary
+from schemas.contract import CONTRACT_DIR
+
+KEY = b"test-key"
+
+
+def event(event_type: str, body: dict, **kw) -> dict:
+    e = json.loads((CONTRACT_DIR / "examples/valid/user_message.json").read_text())
+    e.update(event_type=event_type, body=body, **kw)
+    return e
+
+
+@pytest.fixture(scope="module")
+def patterns_only():
+    return EventScrubber(KEY, use_ner=False)
+
+
+@pytest.fixture(scope="module")
+def presidio():
+    return EventScrubber(KEY, use_ner=True)
+
+
+@pytest.mark.unit
+def test_pseudonyms_are_stable_keyed_and_kinded():
+    assert pseudonym(KEY, "u", "mia_li_3668") == pseudonym(KEY, "u", "mia_li_3668")
+    assert pseudonym(KEY, "u", "mia_li_3668") != pseudonym(b"other", "u", "mia_li_3668")
+    assert pseudonym(KEY, "u", "x").startswith("u_")
+
+
+@pytest.mark.unit
+def test_structured_fields_are_redacted_and_reused_in_free_text(patterns_only):
+    profile = {"name": {"first_name": "Mia", "last_name": "Li"}, "email": "mia.li3818@example.com",
+               "dob": "1990-04-05", "address": {"address1": "975 Sunset Drive", "city": "Austin", "zip": "78750"},
+               "user_id": "mia_li_3668"}
+    tool = event("tool_call", {"tool": "get_user_details", "call_id": "call_1", "arguments": {"user_id": "mia_li_3668"},
+                               "result": profile, "status": "ok"}, schema="agent/1")
+    later = event("user_message", {"text": "I'm Mia Li (mia_li_3668), born 1990-04-05; mail mia.li3818@example.com"})
+    ctxs: dict[str, SessionDictionary] = {}
+    out_tool, out_msg = patterns_only.scrub_events([tool, later], ctxs)
+    blob = json.dumps([out_tool, out_msg])
+    for value in ("Mia", "mia_li_3668", "mia.li3818@example.com", "1990-04-05", "975 Sunset Drive", "78750"):
+        assert value not in blob
+    uid = pseudonym(KEY, "u", "mia_li_3668")
+    assert out_tool["user_id"] == out_msg["user_id"] == pseudonym(KEY, "u", later["user_id"])
+    assert out_tool["body"]["arguments"]["user_id"] == uid and uid in out_msg["body"]["text"]
+    assert out_tool["body"]["result"]["address"]["city"] == "Austin"  # not personal, kept
+    assert out_tool["body"]["tool"] == "get_user_details"
+
+
+@pytest.mark.unit
+def test_placeholders_are_consistent_within_a_session(patterns_only):
+    ctx = SessionDictionary()
+    ctx.learn("Mia Li", "PERSON")
+    a = patterns_only.scrub_text("Mia Li called", ctx)
+    b = patterns_only.scrub_text("then MIA LI wrote", ctx)
+    assert a.split()[0] == b.split()[1] == "<PERSON_1>"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text,leak", [
+    ("my card ending in 4421 please", "4421"),
+    ("I live at 975 Sunset Drive, Suite 217", "975 Sunset Drive"),
+    ("born on 1985-03-12 in Ohio", "1985-03-12"),
+    ("key sk-proj-abcdefghijklmnopqrstuvwxyz123456", "sk-proj-abcdefghij"),
+    ("AWS AKIAABCDEFGHIJKLMNOP here", "AKIAABCDEFGHIJKLMNOP"),
+    ("db at postgres://admin:hunter2@db.local/x", "hunter2"),
+    ("call me at (512) 555-0199", "555-0199"),
+])
+def test_patterns_catch_what_presidio_misses(patterns_only, text, leak):
+    assert leak not in patterns_only.scrub_text(text, SessionDictionary())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", [
+    "Flight HAT136 from JFK to SEA on 2024-05-20",
+    "Reservation OI5L9G was paid with certificate_7504069",
+])
+def test_domain_tokens_survive(patterns_only, text):
+    assert patterns_only.scrub_text(text, SessionDictionary()) == text
+
+
+@pytest.mark.component
+def test_presidio_finds_names_no_rule_knew(presidio):
+    out = presidio.scrub_text("Hello, this is Katherine Johnson speaking about flight HAT136 from JFK.",
+                              SessionDictionary())
+    assert "Katherine" not in out and "Johnson" not in out
+    assert "HAT136" in out and "JFK" in out
+
+
+@pytest.mark.component
+def test_a_false_positive_does_not_spread_through_the_session(presidio):
+    ctx = SessionDictionary()
+    presidio.scrub_text("Katherine asked.", ctx)
+    assert "katherine" not in ctx.values  # recognizer findings are numbered, never matched session-wide
