@@ -8,9 +8,21 @@ from privacy.scrub import EventScrubber, SessionDictionary
 _scrubber: EventScrubber | None = None
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the worker that forked it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown still applies
+        pass
+
+
 def init(key: bytes, use_ner: bool, deny_terms: list[str]) -> None:
-    """Process-pool initializer: load Presidio and spaCy once."""
+    """Process-pool initializer: die with the parent, then load Presidio and spaCy once."""
     global _scrubber
+    _die_with_parent()
     _scrubber = EventScrubber(key, use_ner=use_ner, deny_terms=deny_terms)
     if use_ner:
         _scrubber.analyzer  # noqa: B018 — load the model now, not on the first event

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     # stream worker
     worker_id: str = "trajlake"
+    # how long the broker waits for a silent worker before giving its partitions to another (a crashed worker's
+    # partitions are idle this long). Scrubbing runs off the event loop, so heartbeats are not starved.
+    consumer_session_timeout_seconds: float = Field(default=30.0, ge=6.0)
     sink_max_records: int = Field(default=5000, ge=1)
     sink_max_seconds: float = Field(default=2.0, gt=0)
     dedup_window_seconds: int = Field(default=3600, ge=1)

@@ -38,6 +38,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
+        broker_session_timeout=settings.consumer_session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.consumer_session_timeout_seconds / 10),
     )
     raw = app.topic(settings.topic("frontend.raw"), settings.topic("agent.raw"),
                     key_serializer="raw", value_serializer="raw")

@@ -48,7 +48,8 @@ def state_dir(tmp_path_factory) -> Path:
 def base_settings(state_dir: Path) -> Settings:
     """Settings for this test run: private broker ports, private state, no Spark UI."""
     return Settings(state_dir=state_dir, kafka_port=free_port(), kafka_controller_port=free_port(),
-                    spark_ui=False, topic_partitions=3, sink_max_seconds=0.5)
+                    spark_ui=False, topic_partitions=3, sink_max_seconds=0.5,
+                    consumer_session_timeout_seconds=8)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ def test_kafka_to_delta_rs_to_spark_and_duckdb(kafka, spark, lake_settings):
     assert df.count() == 100
     assert df.select("key").distinct().count() == 7
     dataset = DeltaTable(path).file_uris()
-    n = duckdb.sql(f"SELECT count(*) FROM read_parquet({dataset!r})").fetchone()[0]
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet({dataset!r})").fetchall()[0][0]
     assert n == 100
 
 
@@ -52,4 +52,4 @@ def test_spark_writes_delta_that_delta_rs_and_duckdb_read(spark, lake_settings):
     assert dt.to_pyarrow_table(columns=["bucket"]).num_rows == 1000
     files = dt.file_uris()
     assert duckdb.sql(f"SELECT count(*), count(DISTINCT bucket) FROM read_parquet({files!r}, hive_partitioning=true)"
-                      ).fetchone() == (1000, 10)
+                      ).fetchall() == [(1000, 10)]

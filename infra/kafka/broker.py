@@ -234,7 +234,12 @@ def wait_until_ready(settings: Settings, timeout: float = 60) -> None:
 
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    host, _, port = settings.bootstrap.split(",")[0].rpartition(":")
     while time.monotonic() < deadline:
+        if not _port_open(host or "127.0.0.1", int(port)):
+            last = ConnectionRefusedError(f"nothing listens on {host}:{port}")
+            time.sleep(0.3)
+            continue
         try:
             admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=5000,
                                      client_id="trajlake-admin")
