@@ -1,0 +1,286 @@
+"""The action ⋈ outcome join as pure functions: per-session state in, step and episode rows (with revisions) out.
+
+Rows are always recomputed from the task's collected events sorted by (ts, event_id), never from arrival order,
+so the stream and a batch recomputation over the same events agree (stream/batch parity), and out-of-order
+arrival only changes *when* a row is emitted, not what it says.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import orjson
+from rapidfuzz.distance import Levenshtein
+
+REACTIONS = ("action_shown", "action_accepted", "action_rejected", "action_edited", "action_undone", "action_retried")
+TERMINAL_REACTIONS = {"action_accepted", "action_rejected", "action_edited", "action_undone", "action_retried"}
+TERMINAL_TASK = {"task_completed", "task_abandoned"}
+# user events that count as "the next meaningful action" after an agent action
+MEANINGFUL = {"action_accepted", "action_rejected", "action_edited", "action_undone", "action_retried",
+              "user_message", "task_completed", "task_abandoned", "task_reopened", "escalated", "delegated",
+              "opted_out", "feedback"}
+# outcome of a step, most telling first
+STEP_OUTCOMES = (("undone", "action_undone"), ("edited", "action_edited"), ("rejected", "action_rejected"),
+                 ("retried", "action_retried"), ("accepted", "action_accepted"))
+CONTENT_EXCLUDE = ("revision", "closed_reason", "closed_at")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    step_s: float = 600
+    episode_s: float = 1800
+    grace_s: float = 5          # wait this long after a user's terminal event for the agent's task_ended
+    retention_s: float = 3600   # forget a closed, idle session's events after this long
+
+
+def _ms(ts: str) -> int:
+    return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def compact(event: dict[str, Any]) -> dict[str, Any]:
+    """The part of a clean event the join keeps in state."""
+    b = event.get("body") or {}
+    c: dict[str, Any] = {"id": event["event_id"], "t": event["event_type"], "ts": _ms(event["ts"]),
+                         "a": event.get("action_id"), "i": event.get("intent_id")}
+    et = event["event_type"]
+    if et == "action_proposed":
+        c["out"] = b.get("output", "")
+    elif et == "action_edited":
+        c["fv"] = b.get("final_value", "")
+    elif et == "llm_call":
+        c.update(tin=b.get("tokens_in") or 0, tout=b.get("tokens_out") or 0, cost=b.get("cost_usd") or 0.0,
+                 lat=b.get("latency_ms") or 0.0)
+    elif et == "tool_call":
+        c.update(cost=b.get("cost_usd") or 0.0, lat=b.get("latency_ms") or 0.0, err=b.get("status") == "error")
+    elif et == "task_started":
+        c["sla"] = b.get("sla_seconds")
+    elif et == "task_ended":
+        c.update(status=b.get("status"), reward=b.get("reward"))
+    elif et == "task_completed":
+        c["kpi"] = b.get("kpi")
+    elif et == "feedback":
+        c["rating"] = b.get("rating")
+    return c
+
+
+def dimensions(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: event.get(k) for k in ("session_id", "task_id", "user_id", "agent_version", "prompt_variant",
+                                      "task_type")}
+
+
+# ---- rows from a task's events ------------------------------------------------------------------------
+def _ordered(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(events, key=lambda e: (e["ts"], e["id"]))
+
+
+def step_rows(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Content of every step of a task whose proposal has arrived, keyed by action_id."""
+    evs = _ordered(events)
+    proposals = [e for e in evs if e["t"] == "action_proposed" and e["a"]]
+    rows: dict[str, dict[str, Any]] = {}
+    prev_ts = None
+    for index, p in enumerate(proposals):
+        aid = p["a"]
+        reactions = [e for e in evs if e["a"] == aid and e["t"] in REACTIONS]
+        kinds = {e["t"] for e in reactions}
+        outcome = next((name for name, t in STEP_OUTCOMES if t in kinds), None)
+        if outcome is None:
+            later_same_intent = any(q["ts"] > p["ts"] and q["i"] == p["i"] and p["i"] for q in proposals[index + 1:])
+            outcome = "superseded" if later_same_intent else "ignored"
+        edits = [e for e in reactions if e["t"] == "action_edited"]
+        final_value = edits[-1]["fv"] if edits else None
+        first_reaction = next((e for e in reactions if e["t"] in TERMINAL_REACTIONS), None)
+        # the user's next move on *this* action: before the agent proposes its next one
+        until = proposals[index + 1]["ts"] if index + 1 < len(proposals) else None
+        next_action = next((e for e in evs if e["ts"] >= p["ts"] and e["t"] in MEANINGFUL
+                            and (until is None or e["ts"] < until)), None)
+        work = [e for e in evs if e["t"] in ("llm_call", "tool_call") and e["ts"] <= p["ts"]
+                and (prev_ts is None or e["ts"] > prev_ts)]
+        llm = [e for e in work if e["t"] == "llm_call"]
+        tools = [e for e in work if e["t"] == "tool_call"]
+        rows[aid] = {
+            "step_id": f"{dims['session_id']}/{aid}", **dims, "action_id": aid, "intent_id": p["i"],
+            "step_index": index, "proposed_at": p["ts"], "output": p["out"], "outcome": outcome,
+            "shown": "action_shown" in kinds, "accepted": "action_accepted" in kinds,
+            "rejected": "action_rejected" in kinds, "edited": bool(edits), "undone": "action_undone" in kinds,
+            "retried": "action_retried" in kinds, "final_value": final_value,
+            "edit_distance": None if final_value is None else Levenshtein.normalized_distance(p["out"], final_value),
+            "reaction_ms": None if first_reaction is None else first_reaction["ts"] - p["ts"],
+            "next_action_ms": None if next_action is None else next_action["ts"] - p["ts"],
+            "llm_calls": len(llm), "tool_calls": len(tools), "tool_errors": sum(1 for t in tools if t.get("err")),
+            "tokens_in": sum(e["tin"] for e in llm), "tokens_out": sum(e["tout"] for e in llm),
+            "cost_usd": round(sum(e["cost"] for e in work), 9), "latency_ms": round(sum(e["lat"] for e in work), 3),
+            "date": _date(p["ts"]),
+        }
+        prev_ts = p["ts"]
+    return rows
+
+
+def episode_row(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Content of a task's episode row from all its events."""
+    evs = _ordered(events)
+    kinds = [e["t"] for e in evs]
+    steps = step_rows(dims, evs)
+    started = next((e["ts"] for e in evs if e["t"] == "task_started"), evs[0]["ts"])
+    closing = [e for e in evs if e["t"] in TERMINAL_TASK or e["t"] == "task_reopened"]
+    last = closing[-1] if closing else None
+    first_terminal = next((e for e in closing if e["t"] in TERMINAL_TASK), None)
+    reopened = first_terminal is not None and any(e["t"] == "task_reopened" and e["ts"] >= first_terminal["ts"]
+                                                  for e in closing)
+    escalated = "escalated" in kinds
+    if last is not None and last["t"] == "task_reopened" and reopened:
+        outcome = "reopened"
+    elif last is not None and last["t"] == "task_completed":
+        outcome = "completed"
+    elif escalated:
+        outcome = "escalated"
+    elif last is not None and last["t"] == "task_abandoned":
+        outcome = "abandoned"
+    else:
+        outcome = "timeout"
+    ended = evs[-1]["ts"]
+    work = [e for e in evs if e["t"] in ("llm_call", "tool_call")]
+    llm = [e for e in work if e["t"] == "llm_call"]
+    tools = [e for e in work if e["t"] == "tool_call"]
+    task_ended = next((e for e in reversed(evs) if e["t"] == "task_ended"), None)
+    completed = next((e for e in reversed(evs) if e["t"] == "task_completed"), None)
+    sla = next((e.get("sla") for e in evs if e["t"] == "task_started"), None)
+    return {
+        "episode_id": f"{dims['session_id']}/{dims['task_id']}", **dims, "started_at": started, "ended_at": ended,
+        "duration_ms": ended - started, "outcome": outcome, "n_steps": len(steps),
+        "n_user_messages": kinds.count("user_message"),
+        **{k: sum(1 for s in steps.values() if s[k]) for k in ("accepted", "rejected", "edited", "undone", "retried")},
+        "escalated": escalated, "delegated": "delegated" in kinds, "opted_out": "opted_out" in kinds,
+        "reopened": reopened, "feedback_up": sum(1 for e in evs if e["t"] == "feedback" and e.get("rating") == "up"),
+        "feedback_down": sum(1 for e in evs if e["t"] == "feedback" and e.get("rating") == "down"),
+        "sla_seconds": sla, "agent_status": task_ended and task_ended.get("status"),
+        "external_reward": task_ended and task_ended.get("reward"), "kpi": completed and completed.get("kpi"),
+        "llm_calls": len(llm), "tool_calls": len(tools), "tool_errors": sum(1 for t in tools if t.get("err")),
+        "tokens_in": sum(e["tin"] for e in llm), "tokens_out": sum(e["tout"] for e in llm),
+        "cost_usd": round(sum(e["cost"] for e in work), 9), "latency_ms": round(sum(e["lat"] for e in work), 3),
+        "date": _date(started),
+    }
+
+
+def _date(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).date().isoformat()
+
+
+def content_hash(row: dict[str, Any]) -> str:
+    return hashlib.sha1(orjson.dumps({k: v for k, v in row.items() if k not in CONTENT_EXCLUDE},
+                                     option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# ---- the streaming state machine ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Emit:
+    kind: str  # "step" | "episode"
+    row: dict[str, Any]
+
+
+def new_session() -> dict[str, Any]:
+    return {"seen": {}, "tasks": {}, "wall": 0.0, "max_ts": 0}
+
+
+def apply_event(state: dict[str, Any], event: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
+    """Fold one clean event into its session's state; returns the rows to emit (new or amended)."""
+    if event["event_id"] in state["seen"]:
+        return []  # a resend or a redelivery
+    c = compact(event)
+    state["seen"][event["event_id"]] = c["ts"]
+    state["wall"] = wall
+    state["max_ts"] = max(state["max_ts"], c["ts"])
+    task = state["tasks"].get(event["task_id"])
+    if task is None:
+        task = state["tasks"][event["task_id"]] = {"dims": dimensions(event), "events": [], "closed": False,
+                                                   "rev": -1, "hash": None, "steps": {}, "terminal_wall": None,
+                                                   "forgotten": False}
+    if task["forgotten"]:
+        return []  # beyond retention: counted by the caller, never silently merged into a partial episode
+    if task["dims"].get("task_type") is None and event.get("task_type"):
+        task["dims"]["task_type"] = event["task_type"]
+    task["events"].append(c)
+    if c["t"] in TERMINAL_TASK and task["terminal_wall"] is None:
+        task["terminal_wall"] = wall
+    return _evaluate(state, task, wall, t)
+
+
+def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
+    """Close what timed out; forget closed tasks past retention. Called periodically for every session."""
+    out: list[Emit] = []
+    for task in state["tasks"].values():
+        if not task["forgotten"]:
+            out += _evaluate(state, task, wall, t)
+    if wall - state["wall"] > t.retention_s:
+        for task in state["tasks"].values():
+            if task["closed"] and not task["forgotten"]:
+                task.update(events=[], forgotten=True)
+    return out
+
+
+def expired(state: dict[str, Any], wall: float, t: Timeouts) -> bool:
+    """A session whose tasks are all forgotten and that has been idle twice the retention can be dropped."""
+    return all(task["forgotten"] for task in state["tasks"].values()) and wall - state["wall"] > 2 * t.retention_s
+
+
+def _evaluate(state: dict[str, Any], task: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
+    evs = task["events"]
+    if not evs:
+        return []
+    out: list[Emit] = []
+    kinds = {e["t"] for e in evs}
+    idle = wall - state["wall"]
+    last_ts = max(e["ts"] for e in evs)
+    session_ahead_ms = state["max_ts"] - last_ts
+    episode_timed_out = idle > t.episode_s or session_ahead_ms > t.episode_s * 1000
+    terminal = bool(kinds & TERMINAL_TASK)
+    episode_closing = task["closed"] or episode_timed_out or (
+        terminal and ("task_ended" in kinds or (task["terminal_wall"] is not None and
+                                                wall - task["terminal_wall"] >= t.grace_s)))
+    rows = step_rows(task["dims"], evs)
+    for aid, row in rows.items():
+        meta = task["steps"].setdefault(aid, {"rev": -1, "closed": False, "hash": None})
+        h = content_hash(row)
+        if meta["closed"]:
+            if h != meta["hash"]:
+                meta["rev"] += 1
+                meta["hash"] = h
+                out.append(Emit("step", {**row, "revision": meta["rev"], "closed_reason": "late", "closed_at": wall}))
+            continue
+        reactions = {e["t"] for e in evs if e["a"] == aid}
+        later_same_intent = row["outcome"] == "superseded"
+        timed_out = (wall - state["wall"] > t.step_s) or (state["max_ts"] - row["proposed_at"] > t.step_s * 1000)
+        reason = ("terminal" if reactions & TERMINAL_REACTIONS else "next_action" if later_same_intent
+                  else "task_end" if episode_closing else "timeout" if timed_out else None)
+        if reason:
+            meta.update(closed=True, rev=0, hash=h)
+            out.append(Emit("step", {**row, "revision": 0, "closed_reason": reason, "closed_at": wall}))
+    if episode_closing:
+        row = episode_row(task["dims"], evs)
+        h = content_hash(row)
+        if h != task["hash"]:
+            reason = "late" if task["closed"] else ("terminal" if terminal else "timeout")
+            task.update(closed=True, rev=task["rev"] + 1, hash=h)
+            out.append(Emit("episode", {**row, "revision": task["rev"], "closed_reason": reason, "closed_at": wall}))
+    return out
+
+
+# ---- batch recomputation (for parity checks and backfills) -----------------------------------------------
+def batch_join(events: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Steps and episodes recomputed from a set of clean events, without any stream state."""
+    tasks: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: set[str] = set()
+    for e in events:
+        if e["event_id"] in seen:
+            continue
+        seen.add(e["event_id"])
+        key = (e["session_id"], e["task_id"])
+        task = tasks.setdefault(key, {"dims": dimensions(e), "events": []})
+        if task["dims"].get("task_type") is None and e.get("task_type"):
+            task["dims"]["task_type"] = e["task_type"]
+        task["events"].append(compact(e))
+    steps = [row for task in tasks.values() for row in step_rows(task["dims"], task["events"]).values()]
+    episodes = [episode_row(task["dims"], task["events"]) for task in tasks.values()]
+    return steps, episodes

@@ -1,0 +1,198 @@
+"""The join's pure core on hand-built sessions: order, lateness, duplicates, timeouts, interleaving, parity."""
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from streams.join import CONTENT_EXCLUDE, Timeouts, apply_event, batch_join, new_session, tick
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+TO = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=3600)
+
+
+class Session:
+    """Builds the events of one session; seconds are offsets from T0."""
+
+    def __init__(self, sid="s1", task="t1"):
+        self.sid, self.task, self.events = sid, task, []
+
+    def add(self, sec, event_type, body=None, **kw):
+        family = "agent" if event_type in ("task_started", "llm_call", "tool_call", "action_proposed", "task_ended") else "frontend"
+        self.events.append({"schema": f"{family}/1", "event_id": str(uuid.uuid4()), "event_type": event_type,
+                            "ts": (T0 + timedelta(seconds=sec)).isoformat(), "session_id": self.sid,
+                            "task_id": kw.pop("task_id", self.task), "user_id": "u_1", "agent_version": "v1",
+                            "prompt_variant": "p1", "task_type": "refund", **kw, "body": body or {}})
+        return self
+
+
+def run(events, wall=0.0, timeouts=TO):
+    states, out = {}, []
+    for i, e in enumerate(events):
+        st = states.setdefault(e["session_id"], new_session())
+        out += apply_event(st, e, wall + i * 0.01, timeouts)
+    return states, out
+
+
+def latest(emits, kind):
+    rows = {}
+    for e in emits:
+        if e.kind == kind:
+            key = e.row["step_id"] if kind == "step" else e.row["episode_id"]
+            if key not in rows or e.row["revision"] > rows[key]["revision"]:
+                rows[key] = e.row
+    return rows
+
+
+def typical():
+    return (Session().add(0, "task_started", {"sla_seconds": 120})
+            .add(1, "llm_call", {"model": "m", "output": {"role": "assistant"}, "tokens_in": 100, "tokens_out": 20, "cost_usd": 0.01, "latency_ms": 900})
+            .add(2, "tool_call", {"tool": "refund", "arguments": {}, "status": "error", "cost_usd": 0.002, "latency_ms": 50})
+            .add(3, "action_proposed", {"output": "Refund $40 to card"}, action_id="a1", intent_id="i1")
+            .add(4, "action_shown", {}, action_id="a1", intent_id="i1")
+            .add(9, "action_edited", {"final_value": "Refund $40 to store credit"}, action_id="a1", intent_id="i1")
+            .add(10, "task_ended", {"status": "success", "reward": None})
+            .add(12, "task_completed", {"kpi": 1.0}))
+
+
+def test_a_typical_task_gives_one_step_and_one_episode():
+    _, out = run(typical().events)
+    steps, eps = latest(out, "step"), latest(out, "episode")
+    assert len(out) == 2
+    s = steps["s1/a1"]
+    assert (s["outcome"], s["edited"], s["shown"], s["accepted"], s["revision"]) == ("edited", True, True, False, 0)
+    assert s["closed_reason"] == "terminal" and s["final_value"] == "Refund $40 to store credit"
+    assert 0 < s["edit_distance"] < 1
+    assert s["reaction_ms"] == 6000 and s["next_action_ms"] == 6000
+    assert (s["llm_calls"], s["tool_calls"], s["tool_errors"], s["tokens_in"]) == (1, 1, 1, 100)
+    assert s["cost_usd"] == pytest.approx(0.012)
+    e = eps["s1/t1"]
+    assert (e["outcome"], e["n_steps"], e["edited"], e["duration_ms"], e["sla_seconds"]) == ("completed", 1, 1, 12000, 120)
+    assert e["agent_status"] == "success" and e["kpi"] == 1.0 and e["closed_reason"] == "terminal"
+
+
+def test_out_of_order_arrival_gives_the_same_rows():
+    ordered = typical().events
+    shuffled = ordered[:]
+    random.Random(7).shuffle(shuffled)
+    strip = lambda rows: {k: {c: v for c, v in r.items() if c not in CONTENT_EXCLUDE} for k, r in rows.items()}
+    _, a = run(ordered)
+    _, b = run(shuffled)
+    assert strip(latest(a, "step")) == strip(latest(b, "step"))
+    assert strip(latest(a, "episode")) == strip(latest(b, "episode"))
+
+
+def test_a_reaction_before_its_proposal_waits_for_it():
+    s = Session().add(5, "action_accepted", {}, action_id="a1").add(3, "action_proposed", {"output": "x"}, action_id="a1")
+    st, out = run(s.events[:1])
+    assert out == []
+    out = apply_event(st["s1"], s.events[1], 1.0, TO)
+    assert [(e.kind, e.row["outcome"], e.row["reaction_ms"]) for e in out] == [("step", "accepted", 2000)]
+
+
+def test_a_late_reaction_amends_the_step_as_a_new_revision():
+    s = (Session().add(0, "action_proposed", {"output": "x"}, action_id="a1")
+         .add(2, "action_accepted", {}, action_id="a1").add(90, "action_undone", {}, action_id="a1"))
+    _, out = run(s.events)
+    revs = [(e.row["revision"], e.row["outcome"], e.row["closed_reason"]) for e in out if e.kind == "step"]
+    assert revs == [(0, "accepted", "terminal"), (1, "undone", "late")]
+
+
+def test_duplicates_change_nothing():
+    events = typical().events
+    _, once = run(events)
+    _, twice = run(events + events[2:5])
+    assert [e.row for e in once] == [e.row for e in twice][: len(once)] and len(twice) == len(once)
+
+
+def test_never_closed_steps_and_episodes_time_out():
+    s = Session().add(0, "task_started").add(1, "action_proposed", {"output": "x"}, action_id="a1")
+    st, out = run(s.events, wall=1000.0)
+    assert out == []
+    out = tick(st["s1"], 1000.0 + TO.step_s + 1, TO)
+    assert [(e.kind, e.row["closed_reason"], e.row["outcome"]) for e in out] == [("step", "timeout", "ignored")]
+    out = tick(st["s1"], 1000.0 + TO.episode_s + 1, TO)
+    assert [(e.kind, e.row["closed_reason"], e.row["outcome"]) for e in out] == [("episode", "timeout", "timeout")]
+
+
+def test_event_time_also_closes_a_step_when_the_session_moves_on():
+    s = (Session().add(0, "action_proposed", {"output": "x"}, action_id="a1")
+         .add(TO.step_s + 5, "user_message", {"text": "hello?"}))
+    _, out = run(s.events)
+    assert [(e.row["closed_reason"], e.row["next_action_ms"]) for e in out] == [("timeout", (TO.step_s + 5) * 1000)]
+
+
+def test_interleaved_sessions_do_not_mix():
+    a, b = typical(), Session(sid="s2", task="t9")
+    b.add(0, "task_started").add(1, "action_proposed", {"output": "y"}, action_id="a1", intent_id="i1") \
+     .add(2, "action_rejected", {}, action_id="a1").add(3, "task_ended", {"status": "failure"}) \
+     .add(4, "task_abandoned", {})
+    mixed = [e for pair in zip(a.events, b.events) for e in pair] + a.events[len(b.events):]
+    _, out = run(mixed)
+    steps, eps = latest(out, "step"), latest(out, "episode")
+    assert steps["s1/a1"]["outcome"] == "edited" and steps["s2/a1"]["outcome"] == "rejected"
+    assert eps["s1/t1"]["outcome"] == "completed" and eps["s2/t9"]["outcome"] == "abandoned"
+
+
+def test_retries_and_superseded_actions():
+    s = (Session().add(0, "action_proposed", {"output": "v1"}, action_id="a1", intent_id="i1")
+         .add(2, "action_retried", {}, action_id="a1", intent_id="i1")
+         .add(3, "action_proposed", {"output": "v2"}, action_id="a2", intent_id="i1")
+         .add(4, "action_proposed", {"output": "v3"}, action_id="a3", intent_id="i1")
+         .add(6, "action_accepted", {}, action_id="a3", intent_id="i1"))
+    _, out = run(s.events)
+    steps = latest(out, "step")
+    assert {k: (r["outcome"], r["closed_reason"]) for k, r in steps.items()} == {
+        "s1/a1": ("retried", "terminal"), "s1/a2": ("superseded", "next_action"), "s1/a3": ("accepted", "terminal")}
+
+
+def test_the_episode_waits_a_grace_period_for_the_agents_task_ended():
+    s = Session().add(0, "task_started").add(5, "task_completed", {})
+    st, out = run(s.events, wall=100.0)
+    assert out == []
+    assert tick(st["s1"], 100.0 + TO.grace_s / 2, TO) == []
+    out = tick(st["s1"], 100.0 + TO.grace_s + 1, TO)
+    assert [(e.row["outcome"], e.row["closed_reason"]) for e in out] == [("completed", "terminal")]
+
+
+def test_a_reopen_after_completion_is_a_new_revision():
+    s = typical().add(100, "task_reopened", {"reason": "refund never arrived"})
+    _, out = run(s.events)
+    eps = [(e.row["revision"], e.row["outcome"], e.row["reopened"]) for e in out if e.kind == "episode"]
+    assert eps == [(0, "completed", False), (1, "reopened", True)]
+
+
+def test_state_is_bounded_by_retention():
+    st, _ = run(typical().events, wall=0.0)
+    tick(st["s1"], TO.retention_s + 10, TO)
+    assert st["s1"]["tasks"]["t1"]["events"] == [] and st["s1"]["tasks"]["t1"]["forgotten"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stream_and_batch_agree_on_any_arrival_order(seed):
+    rng = random.Random(seed)
+    sessions = []
+    for n in range(4):
+        s = Session(sid=f"s{n}", task=f"t{n}")
+        t = 0
+        s.add(t, "task_started")
+        for k in range(rng.randint(1, 4)):
+            t += rng.randint(1, 20)
+            s.add(t, "action_proposed", {"output": f"answer {k}"}, action_id=f"a{k}", intent_id=f"i{k // 2}")
+            t += rng.randint(1, 20)
+            kind = rng.choice(["action_accepted", "action_rejected", "action_edited", "action_retried", None])
+            if kind:
+                s.add(t, kind, {"final_value": f"edited {k}"} if kind == "action_edited" else {}, action_id=f"a{k}")
+        s.add(t + 1, "task_ended", {"status": "success"}).add(t + 2, rng.choice(["task_completed", "task_abandoned"]))
+        sessions += s.events
+    arrival = sessions[:]
+    rng.shuffle(arrival)
+    states, out = run(arrival)
+    for st in states.values():
+        out += tick(st, 10_000.0, TO)
+    steps, episodes = batch_join(sessions)
+    strip = lambda r: {c: v for c, v in r.items() if c not in CONTENT_EXCLUDE}
+    assert {k: strip(v) for k, v in latest(out, "step").items()} == {r["step_id"]: r for r in steps}
+    assert {k: strip(v) for k, v in latest(out, "episode").items()} == {r["episode_id"]: r for r in episodes}
