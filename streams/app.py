@@ -1,19 +1,23 @@
-"""The Faust app: ingest (parse ▸ validate ▸ pseudonymize ▸ scrub → clean | dead letter) and the bronze Delta sinks."""
+"""The Faust app: ingest (parse ▸ validate ▸ scrub → clean | dead letter), join (→ steps, episodes), Delta sinks."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import faust
+import orjson
 
 from privacy import worker as scrub_worker
 from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
 from schemas.settings import Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_record, dead_letter, now_iso
-from streams.sink import BRONZE_TARGETS, DeltaSinkWriter, Record
+from streams.join import Timeouts, apply_event, expired, new_session, tick
+from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
 log = logging.getLogger("trajlake.worker")
 
@@ -27,11 +31,11 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     app = faust.App(
         settings.worker_id,
         broker=f"kafka://{settings.bootstrap}",
-        store="memory://",
+        store="rocksdb://",
         datadir=str(datadir),
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
-        topic_allow_declare=False,
+        topic_allow_declare=True,  # for the join table's changelog; DESIGN's topics come from `trajlake up`
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
@@ -45,6 +49,16 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     key_serializer="raw", value_serializer="raw")
     clean = app.topic(settings.topic("events.clean"), key_serializer="raw", value_serializer="raw")
     dead = app.topic(settings.topic("deadletter"), key_serializer="raw", value_serializer="raw")
+    steps = app.topic(settings.topic("steps"), key_serializer="raw", value_serializer="raw")
+    episodes = app.topic(settings.topic("episodes"), key_serializer="raw", value_serializer="raw")
+    topics = {"events.clean": clean, "deadletter": dead, "steps": steps, "episodes": episodes}
+    # per-session join state (RocksDB, changelog-backed). Keys are raw session_id bytes (key_type=bytes) and
+    # use_partitioner=True, so a
+    # session's state lives in the same partition number as its events (the producer's murmur2 of the same key).
+    join_state = app.Table("join-state", default=None, key_type=bytes,
+                           partitions=settings.topic_partitions, use_partitioner=True)
+    timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
+                        grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
     contexts = SessionDictionaries()
     pool: dict[str, ProcessPoolExecutor] = {}
@@ -80,14 +94,49 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
                     await dead.send(key=rec.key, value=dl.to_json())
                 else:
-                    await clean.send(key=rec.key, value=clean_record(s, rec, ingested_at))
+                    await clean.send(key=s["session_id"].encode(), value=clean_record(s, rec, ingested_at))
             await app.producer.flush()
 
-    def sink_agent(topic_name: str) -> None:
-        target = BRONZE_TARGETS[topic_name]
-        topic = clean if topic_name == "events.clean" else dead
+    async def emit(key: bytes, emits: list) -> None:
+        for e in emits:
+            await (steps if e.kind == "step" else episodes).send(key=key, value=orjson.dumps(e.row))
 
-        @app.agent(topic, name=f"sink_{target.spec.layer}_{target.spec.name}")
+    @app.agent(clean, name="join")
+    async def join(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
+            touched: dict[bytes, tuple[int, dict]] = {}
+            wall = time.time()
+            for e in events:
+                event = orjson.loads(e.value)["event"]
+                key = event["session_id"].encode()
+                partition = e.message.partition
+                if key in touched:
+                    state = touched[key][1]
+                else:
+                    state = _table_get(join_state, key, partition) or new_session()
+                touched[key] = (partition, state)
+                await emit(key, apply_event(state, event, wall, timeouts))
+            for key, (partition, state) in touched.items():
+                state["p"] = partition
+                _table_set(join_state, key, state, partition)
+
+    @app.timer(interval=settings.join_tick_seconds)
+    async def close_timed_out() -> None:
+        wall = time.time()
+        for key, state in list(join_state.items()):
+            if state is None:
+                continue
+            emits = tick(state, wall, timeouts)
+            if expired(state, wall, timeouts):
+                _table_set(join_state, key, None, state["p"], delete=True)
+            elif emits or state.get("dirty"):
+                _table_set(join_state, key, state, state["p"])
+            await emit(key, emits)
+
+    def sink_agent(topic_name: str) -> None:
+        target = SINK_TARGETS[topic_name]
+
+        @app.agent(topics[topic_name], name=f"sink_{target.spec.layer}_{target.spec.name}")
         async def sink(stream: faust.StreamT) -> None:
             loop = asyncio.get_running_loop()
             writer = await loop.run_in_executor(None, DeltaSinkWriter, settings, target, settings.worker_id)
@@ -96,7 +145,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 written, skipped = await loop.run_in_executor(None, writer.commit, batch)
                 log.info("sink %s: %d rows written, %d skipped", target.spec.id, written, skipped)
 
-    for name in BRONZE_TARGETS:
+    for name in SINK_TARGETS:
         sink_agent(name)
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
@@ -105,6 +154,41 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             pool["p"].shutdown(wait=False, cancel_futures=True)
 
     return app
+
+
+class _At:
+    """Stands in for "the current event" when the join table is touched: faust-streaming's RocksDB store picks
+    the partition database from the current event, and batched processing and timers have none of their own."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, partition: int):
+        self.message = type("M", (), {"partition": partition})()
+
+
+def _table_get(table: Any, key: bytes, partition: int) -> Any:
+    from faust.streams import _current_event
+
+    at = _At(partition)
+    token = _current_event.set(weakref.ref(at))
+    try:
+        return table.get(key)
+    finally:
+        _current_event.reset(token)
+
+
+def _table_set(table: Any, key: bytes, value: Any, partition: int, delete: bool = False) -> None:
+    from faust.streams import _current_event
+
+    at = _At(partition)
+    token = _current_event.set(weakref.ref(at))
+    try:
+        if delete:
+            del table[key]
+        else:
+            table[key] = value
+    finally:
+        _current_event.reset(token)
 
 
 def _source(event: faust.EventT) -> SourceRecord:

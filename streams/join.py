@@ -213,10 +213,12 @@ def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
     for task in state["tasks"].values():
         if not task["forgotten"]:
             out += _evaluate(state, task, wall, t)
+    state["dirty"] = bool(out)
     if wall - state["wall"] > t.retention_s:
         for task in state["tasks"].values():
             if task["closed"] and not task["forgotten"]:
                 task.update(events=[], forgotten=True)
+                state["dirty"] = True
     return out
 
 

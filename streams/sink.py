@@ -15,7 +15,7 @@ from lake.readers import table_dataset
 from lake.tables import ensure_table
 from lake.writer import app_id, append_exactly_once, committed_offset
 from schemas.settings import Settings
-from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, TableSpec
+from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS, TableSpec
 from streams.ingest import DeadLetter
 
 ENVELOPE_COLUMNS = ("event_id", "schema", "event_type", "session_id", "task_id", "user_id", "action_id",
@@ -49,6 +49,21 @@ def deadletter_row(value: bytes) -> dict[str, Any]:
             "failed_at": failed, "date": failed.date()}
 
 
+def silver_row(spec: TableSpec) -> Callable[[bytes], dict[str, Any]]:
+    """A tl.steps / tl.episodes value (a join row: epoch-ms times, wall-clock closed_at) → a silver row."""
+    ms_columns = [f.name for f in spec.schema if pa.types.is_timestamp(f.type) and f.name != "closed_at"]
+
+    def to_row(value: bytes) -> dict[str, Any]:
+        row = orjson.loads(value)
+        for c in ms_columns:
+            row[c] = datetime.fromtimestamp(row[c] / 1000, timezone.utc)
+        row["closed_at"] = datetime.fromtimestamp(row["closed_at"], timezone.utc)
+        row["date"] = datetime.strptime(row["date"], "%Y-%m-%d").date()
+        return row
+
+    return to_row
+
+
 @dataclass(frozen=True)
 class SinkTarget:
     """What a sink topic writes: the table, how a record becomes a row, and which column dates a row for dedup."""
@@ -58,10 +73,13 @@ class SinkTarget:
     recency_column: str
 
 
-BRONZE_TARGETS = {
+SINK_TARGETS = {
     "events.clean": SinkTarget(BRONZE_EVENTS, bronze_event_row, "ingested_at"),
     "deadletter": SinkTarget(BRONZE_DEADLETTER, deadletter_row, "failed_at"),
+    "steps": SinkTarget(SILVER_STEPS, silver_row(SILVER_STEPS), "closed_at"),
+    "episodes": SinkTarget(SILVER_EPISODES, silver_row(SILVER_EPISODES), "closed_at"),
 }
+BRONZE_TARGETS = {k: SINK_TARGETS[k] for k in ("events.clean", "deadletter")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,5 +174,5 @@ def wait_for_rows(settings: Settings, spec: TableSpec, expected: int, timeout: f
     return n
 
 
-__all__ = ["BRONZE_TARGETS", "DeltaSinkWriter", "Record", "bronze_event_row", "deadletter_row", "wait_for_rows",
+__all__ = ["BRONZE_TARGETS", "SINK_TARGETS", "silver_row", "DeltaSinkWriter", "Record", "bronze_event_row", "deadletter_row", "wait_for_rows",
            "count_rows", "pc"]
