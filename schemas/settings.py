@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     step_timeout_seconds: float = Field(default=600, gt=0)
     episode_timeout_seconds: float = Field(default=1800, gt=0)
     # after a user's terminal task event, wait this long for the agent's task_ended before closing the episode
-    episode_grace_seconds: float = Field(default=5, ge=0)
+    episode_grace_seconds: float = Field(default=30, ge=0)
     # a closed session's events are kept this long for late amendments, then forgotten (bounded state)
     join_retention_seconds: float = Field(default=3600, gt=0)
     join_tick_seconds: float = Field(default=1.0, gt=0)

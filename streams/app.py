@@ -16,7 +16,7 @@ from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
 from schemas.settings import Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_record, dead_letter, now_iso
-from streams.join import Timeouts, apply_event, expired, new_session, tick
+from streams.join import Timeouts, evaluate, expired, fold_event, new_session, tick
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
 log = logging.getLogger("trajlake.worker")
@@ -115,8 +115,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 else:
                     state = _table_get(join_state, key, partition) or new_session()
                 touched[key] = (partition, state)
-                await emit(key, apply_event(state, event, wall, timeouts))
+                fold_event(state, event, wall)
             for key, (partition, state) in touched.items():
+                await emit(key, evaluate(state, wall, timeouts))
                 state["p"] = partition
                 _table_set(join_state, key, state, partition)
 

@@ -31,7 +31,7 @@ CONTENT_EXCLUDE = ("revision", "closed_reason", "closed_at")
 class Timeouts:
     step_s: float = 600
     episode_s: float = 1800
-    grace_s: float = 5          # wait this long after a user's terminal event for the agent's task_ended
+    grace_s: float = 30         # wait this long after a user's terminal event for the agent's task_ended
     retention_s: float = 3600   # forget a closed, idle session's events after this long
 
 
@@ -184,10 +184,10 @@ def new_session() -> dict[str, Any]:
     return {"seen": {}, "tasks": {}, "wall": 0.0, "max_ts": 0}
 
 
-def apply_event(state: dict[str, Any], event: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
-    """Fold one clean event into its session's state; returns the rows to emit (new or amended)."""
+def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float) -> bool:
+    """Fold one clean event into its session's state without emitting; False for a duplicate or a forgotten task."""
     if event["event_id"] in state["seen"]:
-        return []  # a resend or a redelivery
+        return False  # a resend or a redelivery
     c = compact(event)
     state["seen"][event["event_id"]] = c["ts"]
     state["wall"] = wall
@@ -198,13 +198,28 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], wall: float, t: Ti
                                                    "rev": -1, "hash": None, "steps": {}, "terminal_wall": None,
                                                    "forgotten": False}
     if task["forgotten"]:
-        return []  # beyond retention: counted by the caller, never silently merged into a partial episode
+        return False  # beyond retention: never silently merged into a partial episode
     if task["dims"].get("task_type") is None and event.get("task_type"):
         task["dims"]["task_type"] = event["task_type"]
     task["events"].append(c)
+    task["dirty"] = True
     if c["t"] in TERMINAL_TASK and task["terminal_wall"] is None:
         task["terminal_wall"] = wall
-    return _evaluate(state, task, wall, t)
+    return True
+
+
+def evaluate(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
+    """Rows to emit for the tasks that changed since the last evaluation (one revision per changed row)."""
+    out: list[Emit] = []
+    for task in state["tasks"].values():
+        if task.pop("dirty", False) and not task["forgotten"]:
+            out += _evaluate(state, task, wall, t)
+    return out
+
+
+def apply_event(state: dict[str, Any], event: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
+    """Fold one event and evaluate at once (the per-event form of fold_event + evaluate)."""
+    return evaluate(state, wall, t) if fold_event(state, event, wall) else []
 
 
 def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
