@@ -18,9 +18,19 @@ os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range: a client retrying a dead broker on an ephemeral port can end up
+    connected to itself (TCP self-connect) and hold the port the broker must bind again after a restart."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = __import__("random").Random()
+    for _ in range(200):
+        port = rng.randrange(20000, min(low, 32768) - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

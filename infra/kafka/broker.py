@@ -151,6 +151,16 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker binds: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def running_pid(settings: Settings) -> int | None:
     """The pid of our broker if it is alive, else None (a stale pid file is removed)."""
     pid_file = paths(settings).pid
@@ -185,7 +195,7 @@ def start(settings: Settings, progress: Progress = _quiet, timeout: float = 90) 
         wait_until_ready(settings, timeout)
         return f"broker already running on {settings.bootstrap}"
     for port in (settings.kafka_port, settings.kafka_controller_port):
-        if _port_open(settings.kafka_host, port):
+        if not _port_free(settings.kafka_host, port):
             raise BrokerError(
                 f"port {port} on {settings.kafka_host} is taken by another process: stop it, or pick free ports "
                 f"with TRAJLAKE_KAFKA_PORT / TRAJLAKE_KAFKA_CONTROLLER_PORT")
@@ -291,8 +301,18 @@ def stop(settings: Settings, timeout: float = 30) -> str:
         time.sleep(0.2)
     else:
         os.killpg(pid, signal.SIGKILL)
+    _wait_ports_released(settings)
     paths(settings).pid.unlink(missing_ok=True)
     return f"broker stopped (pid {pid})"
+
+
+def _wait_ports_released(settings: Settings, timeout: float = 15) -> None:
+    """A JVM's main thread can be a zombie while its other threads still hold the listening sockets."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_port_free(settings.kafka_host, p) for p in (settings.kafka_port, settings.kafka_controller_port)):
+            return
+        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:
@@ -314,4 +334,5 @@ def kill(settings: Settings) -> None:
         os.killpg(pid, signal.SIGKILL)
         while _alive(pid):
             time.sleep(0.1)
+        _wait_ports_released(settings)
         paths(settings).pid.unlink(missing_ok=True)
