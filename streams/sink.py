@@ -159,6 +159,12 @@ def count_rows(settings: Settings, spec: TableSpec) -> int:
     return table_dataset(settings, spec).count_rows()
 
 
+def count_present(settings: Settings, spec: TableSpec, column: str, values: list[str]) -> int:
+    """How many distinct `values` of `column` the table holds."""
+    t = table_dataset(settings, spec).to_table(columns=[column], filter=ds.field(column).isin(values))
+    return len(set(t.column(column).to_pylist()))
+
+
 def wait_for_rows(settings: Settings, spec: TableSpec, expected: int, timeout: float,
                   on_progress: Callable[[int], None] | None = None) -> int:
     """Poll a table until it holds `expected` rows (or the timeout passes); returns the last count."""
@@ -174,5 +180,5 @@ def wait_for_rows(settings: Settings, spec: TableSpec, expected: int, timeout: f
     return n
 
 
-__all__ = ["BRONZE_TARGETS", "SINK_TARGETS", "silver_row", "DeltaSinkWriter", "Record", "bronze_event_row", "deadletter_row", "wait_for_rows",
+__all__ = ["count_present", "BRONZE_TARGETS", "SINK_TARGETS", "silver_row", "DeltaSinkWriter", "Record", "bronze_event_row", "deadletter_row", "wait_for_rows",
            "count_rows", "pc"]

@@ -132,9 +132,9 @@ def status() -> None:
     console.print(f"Kafka {s.bootstrap}: " + ("[green]up[/]" if up_ else "[red]down[/]") +
                   (f" (pid {pid})" if pid else ""))
     if up_:
-        t = Table("topic", "partitions", "messages")
-        for name, parts, total in _topic_sizes(s):
-            t.add_row(name, str(parts), str(total))
+        t = Table("topic", "partitions", "messages", f"lag of group {s.worker_id!r} per partition")
+        for name, parts, total, lags in _topic_sizes(s):
+            t.add_row(name, str(parts), str(total), " ".join(f"p{p}:{lag}" for p, lag in sorted(lags.items())) or "-")
         console.print(t)
     t = Table("table", "version", "rows", "location")
     for tid, spec in TABLES.items():
@@ -145,16 +145,24 @@ def status() -> None:
 
 
 def _topic_sizes(s):
+    """(topic, partitions, messages, {partition: lag of the worker's group}) for every topic of DESIGN."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=s.bootstrap, client_id="trajlake-status")
+    # a consumer with the worker's group id reads the group's committed offsets without joining the group
+    c = KafkaConsumer(bootstrap_servers=s.bootstrap, client_id="trajlake-status", group_id=s.worker_id,
+                      enable_auto_commit=False)
     try:
         out = []
         for topic in s.topics:
             parts = c.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in parts]
             ends, begins = c.end_offsets(tps), c.beginning_offsets(tps)
-            out.append((topic, len(parts), sum(ends[tp] - begins[tp] for tp in tps)))
+            lags = {}
+            for tp in tps:
+                done = c.committed(tp)
+                if done is not None:
+                    lags[tp.partition] = ends[tp] - done
+            out.append((topic, len(parts), sum(ends[tp] - begins[tp] for tp in tps), lags))
         return out
     finally:
         c.close()
@@ -219,9 +227,9 @@ def demo(
 ) -> None:
     """End to end: broker ▸ τ-bench replay ▸ Faust worker ▸ Delta ▸ DuckDB."""
     from infra.kafka import broker
-    from schemas.tables import BRONZE_EVENTS
+    from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES
     from streams.producer import produce
-    from streams.sink import count_rows, wait_for_rows
+    from streams.sink import count_present
     from streams.sources.tau_bench import load_trajectories, replay_events
 
     s = settings()
@@ -230,7 +238,6 @@ def demo(
     with console.status("starting Kafka…") as st:
         console.print(f"[green]1.[/] {broker.start(s, progress=lambda m: st.update(m))}")
         broker.ensure_topics(s)
-    before = count_rows(s, BRONZE_EVENTS)
     records = load_trajectories(DEFAULT_TAU)
     events = list(replay_events(records, trajectories))
     with console.status("replaying…"):
@@ -242,13 +249,22 @@ def demo(
         proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker"], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     console.print(f"[green]3.[/] stream worker started (pid {proc.pid}, log {log})")
+    # the replay is deterministic, so a rerun finds (and the sink deduplicates) the same ids: wait for *these* ids
+    event_ids = [e.event["event_id"] for e in events]
+    episode_ids = sorted({f"{e.event['session_id']}/{e.event['task_id']}" for e in events})
+    n = e = 0
     try:
         with console.status("waiting for the lake…") as st:
-            n = wait_for_rows(s, BRONZE_EVENTS, before + sent, timeout,
-                              on_progress=lambda k: st.update(f"bronze/events: {k - before}/{sent} rows")
-                              if proc.poll() is None else None)
-            if proc.poll() is not None:
-                raise UserError(f"the worker exited with code {proc.returncode}; see {log}")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise UserError(f"the worker exited with code {proc.returncode}; see {log}")
+                n = count_present(s, BRONZE_EVENTS, "event_id", event_ids)
+                e = count_present(s, SILVER_EPISODES, "episode_id", episode_ids)
+                st.update(f"bronze/events {n}/{sent} · silver/episodes {e}/{len(episode_ids)}")
+                if n == sent and e == len(episode_ids):
+                    break
+                time.sleep(0.5)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -256,15 +272,25 @@ def demo(
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    if n < before + sent:
-        raise UserError(f"only {n - before} of {sent} events reached bronze/events in {timeout:.0f}s; see {log}")
-    console.print(f"[green]4.[/] {sent} events landed in Delta table {s.lake / 'bronze/events'}")
+    if n < sent or e < len(episode_ids):
+        raise UserError(f"the lake did not fill within {timeout:.0f}s ({n}/{sent} events, "
+                        f"{e}/{len(episode_ids)} episodes); see {log}")
+    console.print(f"[green]4.[/] {sent} events landed in bronze/events; the join made {trajectories} episodes "
+                  f"in silver/episodes (lake: {s.lake})")
     from lake.duckdb_views import connect
 
-    sql = ("SELECT event_type, count(*) AS events, count(DISTINCT session_id) AS sessions "
-           "FROM bronze_events GROUP BY event_type ORDER BY events DESC")
-    console.print(f"[green]5.[/] DuckDB over Delta: [dim]{sql}[/]")
-    _print_relation(connect(s).sql(sql))
+    con = connect(s)
+    for title, sql in (
+        ("events by type", "SELECT event_type, count(*) AS events, count(DISTINCT session_id) AS sessions "
+                           "FROM bronze_events GROUP BY event_type ORDER BY events DESC"),
+        ("episodes by outcome (latest revision)",
+         "SELECT outcome, count(*) AS episodes, sum(escalated::INT) AS escalated, round(avg(n_steps), 1) AS steps, "
+         "round(avg(llm_calls), 1) AS llm_calls, round(avg(cost_usd), 4) AS avg_cost_usd, "
+         "round(avg(duration_ms) / 1000) AS avg_seconds FROM (SELECT * FROM silver_episodes "
+         "QUALIFY revision = max(revision) OVER (PARTITION BY episode_id)) GROUP BY outcome ORDER BY episodes DESC"),
+    ):
+        console.print(f"[green]5.[/] DuckDB over Delta — {title}: [dim]{sql}[/]")
+        _print_relation(con.sql(sql))
     console.print("Next: `trajlake query \"SELECT …\"`, `trajlake status`, and `trajlake down` to stop Kafka.")
 
 

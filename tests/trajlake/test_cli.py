@@ -77,3 +77,10 @@ def test_query_answers_on_a_filled_lake(kafka, tmp_path):
             settings_env(s))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["event_type,n", "feedback,1"]
+
+
+@pytest.mark.integration
+def test_status_shows_broker_topics_lag_and_tables(kafka, tmp_path):
+    r = run(["status"], settings_env(kafka.model_copy(update={"state_dir": tmp_path})))
+    assert r.returncode == 0, r.stderr
+    assert "up" in r.stdout and kafka.topic("events.clean") in r.stdout and "silver/episodes" in r.stdout
