@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # fault injection for crash tests: the sink exits hard right after its Nth Delta commit, before Kafka
     # offsets are committed (the window exactly-once must survive). Never set in production.
     crash_after_commits: int | None = None
+    # fault injection: the join exits hard after its Nth state save, before the staged rows are delivered
+    crash_after_join_saves: int | None = None
     step_timeout_seconds: float = Field(default=600, gt=0)
     episode_timeout_seconds: float = Field(default=1800, gt=0)
     # after a user's terminal task event, wait this long for the agent's task_ended before closing the episode

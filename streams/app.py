@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from concurrent.futures import ProcessPoolExecutor
@@ -16,7 +17,7 @@ from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
 from schemas.settings import Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_record, dead_letter, now_iso
-from streams.join import Timeouts, evaluate, expired, fold_event, new_session, tick
+from streams.join import Timeouts, delivered, evaluate, expired, fold_event, new_session, outbox, stage, tick
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
 log = logging.getLogger("trajlake.worker")
@@ -97,42 +98,75 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     await clean.send(key=s["session_id"].encode(), value=clean_record(s, rec, ingested_at))
             await app.producer.flush()
 
-    async def emit(key: bytes, emits: list) -> None:
-        for e in emits:
-            await (steps if e.kind == "step" else episodes).send(key=key, value=orjson.dumps(e.row))
+    # The join agent and the timeout timer both read-modify-write session state and await in between;
+    # one lock keeps their updates from overwriting each other.
+    state_lock = asyncio.Lock()
+    saves = [0]
+
+    async def save_and_deliver(sessions: dict[bytes, tuple[int, dict]]) -> None:
+        """Persist each session's state with its outbox, publish the outbox, wait for the acks, then clear it.
+
+        Faust is at-least-once and its RocksDB store writes locally at once, so without the outbox a crash
+        between "state says emitted" and "the broker has the row" loses the row: the redelivered input is a
+        duplicate to the state and emits nothing. With it, the rows are re-sent after a restart and the silver
+        sinks drop the repeats by (key, revision).
+        """
+        futures = []
+        for key, (partition, state) in sessions.items():
+            state["p"] = partition
+            _table_set(join_state, key, state, partition)
+            for e in outbox(state):
+                futures.append(await (steps if e.kind == "step" else episodes).send(key=key, value=orjson.dumps(e.row)))
+        if not futures:
+            return
+        saves[0] += 1
+        if settings.crash_after_join_saves and saves[0] >= settings.crash_after_join_saves:
+            os._exit(137)  # fault injection: the state (with its outbox) is saved locally, nothing delivered yet
+        await app.producer.flush()
+        await asyncio.gather(*futures)
+        for key, (partition, state) in sessions.items():
+            if state.get("outbox"):
+                delivered(state)
+                _table_set(join_state, key, state, partition)
 
     @app.agent(clean, name="join")
     async def join(stream: faust.StreamT) -> None:
         async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
-            touched: dict[bytes, tuple[int, dict]] = {}
-            wall = time.time()
-            for e in events:
-                event = orjson.loads(e.value)["event"]
-                key = event["session_id"].encode()
-                partition = e.message.partition
-                if key in touched:
-                    state = touched[key][1]
-                else:
-                    state = _table_get(join_state, key, partition) or new_session()
-                touched[key] = (partition, state)
-                fold_event(state, event, wall)
-            for key, (partition, state) in touched.items():
-                await emit(key, evaluate(state, wall, timeouts))
-                state["p"] = partition
-                _table_set(join_state, key, state, partition)
+            async with state_lock:
+                touched: dict[bytes, tuple[int, dict]] = {}
+                wall = time.time()
+                for e in events:
+                    event = orjson.loads(e.value)["event"]
+                    key = event["session_id"].encode()
+                    partition = e.message.partition
+                    state = touched[key][1] if key in touched else (
+                        _table_get(join_state, key, partition) or new_session())
+                    touched[key] = (partition, state)
+                    fold_event(state, event, wall)
+                for _, state in touched.values():
+                    stage(state, evaluate(state, wall, timeouts))
+                await save_and_deliver(touched)
+
+    def active_partitions() -> set[int]:
+        source = settings.topic("events.clean")
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source}
 
     @app.timer(interval=settings.join_tick_seconds)
     async def close_timed_out() -> None:
-        wall = time.time()
-        for key, state in list(join_state.items()):
-            if state is None:
-                continue
-            emits = tick(state, wall, timeouts)
-            if expired(state, wall, timeouts):
-                _table_set(join_state, key, None, state["p"], delete=True)
-            elif emits or state.get("dirty"):
-                _table_set(join_state, key, state, state["p"])
-            await emit(key, emits)
+        """Close timed-out steps and episodes, forget past retention, and re-send outboxes left by a crash."""
+        async with state_lock:
+            wall = time.time()
+            active = active_partitions()
+            changed: dict[bytes, tuple[int, dict]] = {}
+            for key, state in list(join_state.items()):
+                if state is None or state.get("p") not in active:
+                    continue  # another worker's (standby) partition
+                stage(state, tick(state, wall, timeouts))
+                if expired(state, wall, timeouts):
+                    _table_set(join_state, key, None, state["p"], delete=True)
+                elif state.get("outbox") or state.get("dirty"):
+                    changed[key] = (state["p"], state)
+            await save_and_deliver(changed)
 
     def sink_agent(topic_name: str) -> None:
         target = SINK_TARGETS[topic_name]
@@ -149,12 +183,56 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     for name in SINK_TARGETS:
         sink_agent(name)
 
+    _seek_before_streaming(app)
+
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def _stop_pool(*_: Any, **__: Any) -> None:
         if "p" in pool:
             pool["p"].shutdown(wait=False, cancel_futures=True)
 
     return app
+
+
+def _seek_before_streaming(app: faust.App) -> None:
+    """Resume stream partitions only after Faust has sought them to their committed offsets.
+
+    faust-streaming (0.15.3, tables/recovery.py) resumes the stream partitions and *then* awaits the seek to
+    committed offsets, with flow already running. Records fetched in between reach the streams' queues, which
+    are cleared when flow resumes; the seek should bring them back, but (a) aiokafka's seek_to_committed skips
+    offset 0, and (b) the consumer's drain loop, having already passed later offsets from the stale fetch,
+    drops the re-fetched ones as "already read". Either way a restarted worker silently lost events (our crash
+    tests caught it), and Faust then never commits past the hole. Holding the stream partitions paused until
+    the seek is done, and seeking offset 0 explicitly, closes both paths.
+    """
+    consumer = app.consumer
+    resume, seek_to_committed, perform_seek = (consumer.resume_partitions, consumer.seek_to_committed,
+                                               consumer.perform_seek)
+    held: set = set()
+
+    def resume_partitions(tps: Any) -> None:
+        tps = set(tps)
+        streams = {tp for tp in tps if not tp.topic.endswith("-changelog")}
+        held.update(streams)
+        if tps - streams:
+            resume(tps - streams)
+
+    async def seek_to_committed_really() -> Any:
+        committed = await seek_to_committed()
+        for tp, offset in committed.items():
+            if offset == 0:
+                consumer._thread.seek(tp, 0)
+        return committed
+
+    async def perform_seek_then_resume() -> None:
+        await perform_seek()
+        if held:
+            tps = set(held) & consumer.assignment()
+            held.clear()
+            resume(tps)
+
+    consumer.resume_partitions = resume_partitions
+    consumer.seek_to_committed = seek_to_committed_really
+    consumer.perform_seek = perform_seek_then_resume
 
 
 class _At:
@@ -202,5 +280,8 @@ def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True)
     """Run the worker in the foreground until SIGTERM/SIGINT."""
     from faust.worker import Worker
 
+    from streams.offsets import pin_start_offsets
+
+    pin_start_offsets(settings)
     app = build_app(settings, use_ner=use_ner)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

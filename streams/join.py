@@ -238,8 +238,27 @@ def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
 
 
 def expired(state: dict[str, Any], wall: float, t: Timeouts) -> bool:
-    """A session whose tasks are all forgotten and that has been idle twice the retention can be dropped."""
-    return all(task["forgotten"] for task in state["tasks"].values()) and wall - state["wall"] > 2 * t.retention_s
+    """A session whose tasks are all forgotten, with nothing left to deliver, idle twice the retention, can go."""
+    return (all(task["forgotten"] for task in state["tasks"].values()) and not state.get("outbox")
+            and wall - state["wall"] > 2 * t.retention_s)
+
+
+# ---- the outbox: rows stay in the session's state until the broker has acknowledged them ------------------
+def stage(state: dict[str, Any], emits: list[Emit]) -> None:
+    """Queue rows for delivery. The state (with its outbox) is persisted before anything is sent, so a crash
+    after the state is saved but before the rows are acknowledged re-sends them instead of losing them."""
+    if emits:
+        state.setdefault("outbox", []).extend([e.kind, e.row] for e in emits)
+
+
+def outbox(state: dict[str, Any]) -> list[Emit]:
+    """Rows staged but not yet acknowledged: after a crash, these are re-sent (the sinks drop repeats)."""
+    return [Emit(kind, row) for kind, row in state.get("outbox", ())]
+
+
+def delivered(state: dict[str, Any]) -> None:
+    """Every staged row is acknowledged by the broker."""
+    state.pop("outbox", None)
 
 
 def _evaluate(state: dict[str, Any], task: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:

@@ -98,7 +98,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker", *self.args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker", "--loglevel", "info", *self.args],
                                      env=settings_env(self.settings), stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=REPO)
         return self
@@ -126,7 +126,13 @@ class WorkerProcess:
                 tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
                 raise AssertionError(f"the worker exited ({self.proc.returncode}) while waiting for {message}:\n{tail}")
             return predicate()
-        return wait_until(check, timeout, message=message)
+        try:
+            return wait_until(check, timeout, message=message)
+        except AssertionError as e:
+            if "timed out" not in str(e):
+                raise
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-60:])
+            raise AssertionError(f"{e}; the worker's log ends:\n{tail}") from None
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition"):

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from streams.join import CONTENT_EXCLUDE, Timeouts, apply_event, batch_join, new_session, tick
+from streams.join import CONTENT_EXCLUDE, Timeouts, apply_event, batch_join, expired, new_session, tick
 
 pytestmark = pytest.mark.unit
 
@@ -196,3 +196,18 @@ def test_stream_and_batch_agree_on_any_arrival_order(seed):
     strip = lambda r: {c: v for c, v in r.items() if c not in CONTENT_EXCLUDE}
     assert {k: strip(v) for k, v in latest(out, "step").items()} == {r["step_id"]: r for r in steps}
     assert {k: strip(v) for k, v in latest(out, "episode").items()} == {r["episode_id"]: r for r in episodes}
+
+
+def test_the_outbox_holds_rows_until_delivered_and_keeps_the_session_alive():
+    from streams.join import Emit, delivered, outbox, stage
+
+    state = new_session()
+    stage(state, [])
+    assert outbox(state) == [] and "outbox" not in state  # nothing staged, nothing persisted
+    rows = [Emit("step", {"step_id": "a", "revision": 0}), Emit("episode", {"episode_id": "e", "revision": 0})]
+    stage(state, rows)
+    assert outbox(state) == rows
+    t = Timeouts(step_s=1, episode_s=1, grace_s=0, retention_s=1)
+    assert not expired(state, wall=1e9, t=t)  # undelivered rows pin the session
+    delivered(state)
+    assert outbox(state) == [] and expired(state, wall=1e9, t=t)

@@ -81,7 +81,8 @@ def test_no_raw_user_id_reaches_bronze(own, records, tmp_path):
     assert not any(uid in r["body"] for r in rows for uid in raw_ids)
 
 
-@pytest.mark.parametrize("crash", ["sigkill_mid_stream", "between_delta_and_offset_commit"])
+@pytest.mark.parametrize("crash", ["sigkill_mid_stream", "between_delta_and_offset_commit",
+                                   "between_join_state_and_delivery"])
 def test_exactly_once_across_worker_crashes(own, records, tmp_path, crash):
     events = list(replay_events(records, limit=40))
     produce(own, events)
@@ -91,13 +92,20 @@ def test_exactly_once_across_worker_crashes(own, records, tmp_path, crash):
         w = WorkerProcess(crashing, log, "--no-ner").start()
         wait_until(lambda: not w.alive(), 120, message="the injected crash")
         assert w.proc.returncode == 137
+    elif crash == "between_join_state_and_delivery":
+        crashing = own.model_copy(update={"crash_after_join_saves": 3})
+        w = WorkerProcess(crashing, log, "--no-ner").start()
+        wait_until(lambda: not w.alive(), 120, message="the injected crash")
+        assert w.proc.returncode == 137
     else:
         slow = own.model_copy(update={"sink_max_records": 20})
         w = WorkerProcess(slow, log, "--no-ner").start()
         w.wait_for(lambda: len(event_ids(own)) > 0, 120, message="the first commit")
         w.kill()
-    partial = len(event_ids(own))
-    assert 0 < partial < len(events)
+    if crash == "between_join_state_and_delivery":
+        assert read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows < 40
+    else:
+        assert 0 < len(event_ids(own)) < len(events)
     w = WorkerProcess(own, log, "--no-ner").start()
     try:
         w.wait_for(lambda: len(event_ids(own)) >= len(events), 180, message="the restarted worker to catch up")
