@@ -21,8 +21,13 @@ def build_producer(settings: Settings, **overrides) -> KafkaProducer:
 
 
 def produce(settings: Settings, emitted: Iterable[Emitted], speed: float = 0.0,
-            on_progress: Callable[[int], None] | None = None, producer: KafkaProducer | None = None) -> int:
-    """Send events to their raw topics and flush. speed > 0 replays in event time, `speed` times faster."""
+            on_progress: Callable[[int], None] | None = None, producer: KafkaProducer | None = None,
+            rate: float = 0.0) -> int:
+    """Send events to their raw topics and flush.
+
+    speed > 0 replays in event time, `speed` times faster; rate > 0 caps sending at `rate` events per second
+    of wall time. Events are consumed from `emitted` one at a time, so a lazy source stays lazy.
+    """
     own = producer is None
     producer = producer or build_producer(settings)
     sent = 0
@@ -36,6 +41,10 @@ def produce(settings: Settings, emitted: Iterable[Emitted], speed: float = 0.0,
                 wait = (ts - first_event).total_seconds() / speed - (time.monotonic() - started)
                 if wait > 0:
                     time.sleep(wait)
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0.005:
+                    time.sleep(ahead)
             producer.send(settings.topic(item.topic), key=item.event["session_id"].encode(),
                           value=orjson.dumps(item.event))
             sent += 1

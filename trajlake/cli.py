@@ -88,6 +88,43 @@ def replay_tau_bench(
                   f"{s.topic('agent.raw')}")
 
 
+@replay_app.command("synthetic")
+def replay_synthetic(
+    events: int = typer.Option(10_000, min=1, help="how many events to send"),
+    rate: float = typer.Option(0.0, min=0.0, help="events per second; 0 = as fast as the broker takes them"),
+    seed: int = typer.Option(7, help="the seed: same seed, same sessions and the same planted behaviour"),
+    concurrent: int = typer.Option(64, min=1, help="sessions open at a time (interleaving)"),
+) -> None:
+    """Seeded synthetic product sessions with planted behaviour per agent_version × prompt_variant × task_type.
+
+    The planted parameters are written beside the lake (`<lake>/_sources/synthetic-seed<S>.json`) so later jobs
+    can be checked against them. Events are generated lazily: millions stream in constant memory.
+    """
+    import orjson
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streams.producer import produce
+    from streams.sources.synthetic import planted_json, synthetic_events
+
+    s = settings()
+    _require_broker(s)
+    planted_path = s.lake / "_sources" / f"synthetic-seed{seed}.json"
+    planted_path.parent.mkdir(parents=True, exist_ok=True)
+    planted_path.write_bytes(orjson.dumps(planted_json(seed), option=orjson.OPT_INDENT_2))
+    with Progress(TextColumn("synthetic"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("send", total=events, rate="")
+        started = time.monotonic()
+
+        def progress(k: int) -> None:
+            bar.update(task, completed=k, rate=f"{k / max(time.monotonic() - started, 1e-6):,.0f} ev/s")
+
+        sent = produce(s, synthetic_events(events, seed=seed, concurrent=concurrent), rate=rate,
+                       on_progress=progress)
+    console.print(f"[green]✓[/] {sent} synthetic events (seed {seed}) to {s.topic('frontend.raw')}, "
+                  f"{s.topic('agent.raw')}; planted parameters in {planted_path}")
+
+
 # ---- worker ---------------------------------------------------------------------------------------
 @app.command()
 def worker(

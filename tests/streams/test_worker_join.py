@@ -64,3 +64,30 @@ def test_stream_and_batch_recomputation_agree(tau_lake):
     parity = check_parity(s)
     assert parity.ok, json.dumps(parity.__dict__, default=str)[:2000]
     assert (parity.steps, parity.episodes) == (1380, 200)
+
+
+def test_synthetic_sessions_flow_through_ingest_and_join(kafka, tmp_path):
+    """The seeded generator's events all pass the contract in the worker and join into episodes."""
+    from collections import Counter
+
+    from schemas.tables import BRONZE_DEADLETTER
+    from streams.sources.synthetic import synthetic_events
+
+    tag = uuid.uuid4().hex[:6]
+    s = kafka.model_copy(update={"topic_prefix": f"y{tag}.", "worker_id": f"w{tag}", "lake_root": tmp_path / "lake",
+                                 "state_dir": tmp_path / "state"})
+    broker.ensure_topics(s)
+    events = list(synthetic_events(3_000, seed=21))
+    ended = Counter(e.event["task_id"] for e in events if e.event["event_type"] == "task_ended")
+    produce(s, events)
+    w = WorkerProcess(s, tmp_path / "worker.log", "--no-ner").start()
+    try:
+        w.wait_for(lambda: read_table(s, BRONZE_EVENTS, columns=["event_id"]).num_rows >= len(events), 240,
+                   message="bronze/events")
+        w.wait_for(lambda: read_table(s, SILVER_EPISODES, columns=["episode_id"]).num_rows >= 0.9 * len(ended), 120,
+                   message="episodes of the ended tasks")
+    finally:
+        w.stop()
+    assert read_table(s, BRONZE_DEADLETTER).num_rows == 0
+    episodes = read_table(s, SILVER_EPISODES, columns=["agent_version", "prompt_variant"]).to_pylist()
+    assert {e["agent_version"] for e in episodes} == {"agent-v1", "agent-v2"}

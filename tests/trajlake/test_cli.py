@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import REPO, free_port, settings_env
 
-COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["replay"], ["replay", "tau-bench"]]
+COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["replay"], ["replay", "tau-bench"],
+            ["replay", "synthetic"]]
 
 
 def run(args, env=None):
@@ -84,3 +85,27 @@ def test_status_shows_broker_topics_lag_and_tables(kafka, tmp_path):
     r = run(["status"], settings_env(kafka.model_copy(update={"state_dir": tmp_path})))
     assert r.returncode == 0, r.stderr
     assert "up" in r.stdout and kafka.topic("events.clean") in r.stdout and "silver/episodes" in r.stdout
+
+
+@pytest.mark.integration
+def test_replay_synthetic_sends_n_events_and_writes_the_planted_parameters(kafka, tmp_path):
+    import uuid
+
+    import orjson
+    from kafka import KafkaConsumer, TopicPartition
+
+    from infra.kafka import broker
+
+    tag = uuid.uuid4().hex[:6]
+    s = kafka.model_copy(update={"topic_prefix": f"y{tag}.", "state_dir": tmp_path})
+    broker.ensure_topics(s)
+    r = run(["replay", "synthetic", "--events", "700", "--seed", "5"], settings_env(s))
+    assert r.returncode == 0, r.stderr
+    planted = orjson.loads((s.lake / "_sources" / "synthetic-seed5.json").read_bytes())
+    assert planted["seed"] == 5 and len(planted["segments"]) == 12
+    c = KafkaConsumer(bootstrap_servers=s.bootstrap)
+    try:
+        tps = [TopicPartition(s.topic(t), p) for t in ("frontend.raw", "agent.raw") for p in range(s.topic_partitions)]
+        assert sum(c.end_offsets(tps).values()) == 700
+    finally:
+        c.close()
