@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     sink_max_records: int = Field(default=5000, ge=1)
     sink_max_seconds: float = Field(default=2.0, gt=0)
     dedup_window_seconds: int = Field(default=3600, ge=1)
+    # the worker compacts the sink tables' closed date partitions this often (0 = never; `trajlake compact`)
+    compact_interval_seconds: float = Field(default=900, ge=0)
+    compact_min_files: int = Field(default=16, ge=2)
     # fault injection for crash tests: the sink exits hard right after its Nth Delta commit, before Kafka
     # offsets are committed (the window exactly-once must survive). Never set in production.
     crash_after_commits: int | None = None

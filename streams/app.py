@@ -71,9 +71,12 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 initargs=(settings.pseudonym_key.get_secret_value().encode(), use_ner, []))
         return pool["p"]
 
+    clean_topic = settings.topic("events.clean")
+
     @app.agent(raw, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
+        producer = app.producer
         async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
             records = [_source(e) for e in events]
             checked = [check_record(r, families) for r in records]
@@ -95,7 +98,10 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
                     await dead.send(key=rec.key, value=dl.to_json())
                 else:
-                    await clean.send(key=s["session_id"].encode(), value=clean_record(s, rec, ingested_at))
+                    # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
+                    # the hottest send in the worker (every valid event)
+                    await producer.send(clean_topic, s["session_id"].encode(), clean_record(s, rec, ingested_at),
+                                        None, None, None)
             await app.producer.flush()
 
     # The join agent and the timeout timer both read-modify-write session state and await in between;
@@ -182,6 +188,24 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
 
     for name in SINK_TARGETS:
         sink_agent(name)
+
+    if settings.compact_interval_seconds > 0:
+        @app.timer(interval=settings.compact_interval_seconds)
+        async def compact_closed() -> None:
+            """Small files of closed date partitions → few large ones, off the event loop."""
+            from lake.compaction import compact_closed_partitions
+
+            loop = asyncio.get_running_loop()
+            for target in SINK_TARGETS.values():
+                try:
+                    done = await loop.run_in_executor(None, lambda: compact_closed_partitions(
+                        settings, target.spec, min_files=settings.compact_min_files))
+                except Exception as exc:  # a concurrent compaction by another worker: the next pass retries
+                    log.warning("compacting %s failed, will retry: %s", target.spec.id, exc)
+                    continue
+                if done.partitions:
+                    log.info("compacted %s: %d partitions, %d files → %d", target.spec.id, len(done.partitions),
+                             done.files_removed, done.files_added)
 
     _seek_before_streaming(app)
 
@@ -284,4 +308,13 @@ def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True)
 
     pin_start_offsets(settings)
     app = build_app(settings, use_ner=use_ner)
+    level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
+             "debug": logging.DEBUG}[loglevel]
+
+    @app.task
+    async def _set_library_log_levels() -> None:
+        # mode's worker leaves faust's and aiokafka's loggers enabled for DEBUG; with a send per event,
+        # building the unused debug records cost ~8% of the worker's CPU
+        for name in ("faust", "aiokafka", "mode", "kafka"):
+            logging.getLogger(name).setLevel(max(level, logging.INFO) if level > logging.DEBUG else level)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -125,6 +125,29 @@ def replay_synthetic(
                   f"{s.topic('agent.raw')}; planted parameters in {planted_path}")
 
 
+@app.command()
+def compact(
+    table: Optional[str] = typer.Option(None, help="one table, e.g. bronze/events (default: every stream table)"),
+    closed_after_days: int = typer.Option(1, min=0, help="a date partition is closed this many days after its date"),
+    min_files: int = typer.Option(8, min=2, help="compact a closed partition once it has this many files"),
+) -> None:
+    """Compact the small files of closed date partitions (the worker also does this on a timer)."""
+    from lake.compaction import compact_closed_partitions
+    from lake.tables import UnknownTable, spec
+    from streams.sink import SINK_TARGETS
+
+    s = settings()
+    try:
+        specs = [spec(table)] if table else [t.spec for t in SINK_TARGETS.values()]
+    except UnknownTable as exc:
+        raise UserError(f"{exc}: pass --table as layer/name, e.g. bronze/events") from None
+    with console.status("compacting…") as st:
+        for t in specs:
+            st.update(f"compacting {t.id}…")
+            done = compact_closed_partitions(s, t, closed_after_days=closed_after_days, min_files=min_files)
+            console.print(f"{t.id}: {len(done.partitions)} partitions, {done.files_removed} files → {done.files_added}")
+
+
 # ---- worker ---------------------------------------------------------------------------------------
 @app.command()
 def worker(

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import REPO, free_port, settings_env
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["replay"], ["replay", "tau-bench"],
-            ["replay", "synthetic"]]
+            ["replay", "synthetic"], ["compact"]]
 
 
 def run(args, env=None):
@@ -109,3 +109,11 @@ def test_replay_synthetic_sends_n_events_and_writes_the_planted_parameters(kafka
         assert sum(c.end_offsets(tps).values()) == 700
     finally:
         c.close()
+
+
+@pytest.mark.unit
+def test_compact_names_an_unknown_table(base_settings, tmp_path):
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    _assert_clean_error(run(["compact", "--table", "gold/nope"], env), "--table")
+    r = run(["compact"], env)  # an empty lake: nothing to do, no error
+    assert r.returncode == 0, r.stderr

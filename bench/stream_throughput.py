@@ -1,0 +1,251 @@
+"""Benchmark: the stream worker's sustained events/s and produce→visible-in-Delta latency, next to a bare consumer.
+
+Two workloads from the seeded synthetic generator:
+  mix         the product mix: action outputs, edits, user messages and reopen reasons carry free text
+  structural  the same sessions without the free-text event types (nothing for Presidio to read)
+
+Per run, each on fresh topics, consumer group and lake on a broker of the benchmark's own:
+  throughput  N events produced up front; the worker (Presidio NER on) drains them into bronze/events;
+              events/s = N / (last row visible − first row visible)
+  latency     events produced at a fixed rate (--rate) while the worker runs; per event,
+              visible − produced, where "visible" is the first poll (every 100 ms) of the Delta log that lists a
+              file holding the event; p50 and p99
+  baseline    a bare aiokafka consume loop (no parsing) draining the same N events from the same raw topics,
+              in the same run: the ceiling any Kafka consumer in Python meets on this machine
+
+Usage: .venv/bin/python bench/stream_throughput.py [--events 30000] [--rate 1500] [--runs 3]
+Writes bench/out/stream_throughput.json and prints the table for bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+import orjson  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from infra.kafka import broker  # noqa: E402
+from lake.tables import open_table  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
+from schemas.tables import BRONZE_EVENTS  # noqa: E402
+from streams.producer import build_producer  # noqa: E402
+from streams.sources.synthetic import synthetic_events  # noqa: E402
+
+OUT = REPO / "bench" / "out"
+TEXT_TYPES = {"action_proposed", "action_edited", "user_message", "task_reopened"}
+
+
+def free_port(taken: tuple[int, ...] = ()) -> int:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(21000, min(low, 32768) - 1, 7):
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def workload(kind: str, n: int, seed: int) -> list:
+    source = synthetic_events(n * 2 if kind == "structural" else n, seed=seed)
+    events = [e for e in source if kind == "mix" or e.event["event_type"] not in TEXT_TYPES]
+    return events[:n]
+
+
+class Visibility:
+    """Polls bronze/events' Delta log; reads only files it has not seen; records when each event_id appeared."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.seen_files, self.seen = settings, set(), {}
+
+    def poll(self) -> int:
+        dt = open_table(self.settings, BRONZE_EVENTS)
+        if dt is None:
+            return 0
+        now = time.time()
+        for uri in dt.file_uris():
+            if uri not in self.seen_files:
+                self.seen_files.add(uri)
+                for eid in pq.read_table(uri.removeprefix("file://"), columns=["event_id"]).column(0).to_pylist():
+                    self.seen.setdefault(eid, now)
+        return len(self.seen)
+
+
+def run_settings(base: Settings, work: Path) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    s = base.model_copy(update={"topic_prefix": f"b{tag}.", "worker_id": f"bench{tag}", "lake_root": work / tag / "lake",
+                                "state_dir": base.state_dir})
+    broker.ensure_topics(s)
+    return s
+
+
+def start_worker(s: Settings, log: Path) -> subprocess.Popen:
+    env = {**os.environ, **{f"TRAJLAKE_{k.upper()}": str(v) for k, v in {
+        "state_dir": s.state_dir / "worker" / s.worker_id, "lake_root": s.lake_root, "kafka_port": s.kafka_port,
+        "kafka_controller_port": s.kafka_controller_port, "topic_prefix": s.topic_prefix, "worker_id": s.worker_id,
+        "topic_partitions": s.topic_partitions, "sink_max_seconds": s.sink_max_seconds}.items()}}
+    return subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker"], cwd=REPO, env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
+def stop_worker(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def send(s: Settings, events: list, rate: float = 0.0) -> dict[str, float]:
+    """Produce events (paced at `rate`/s when > 0); returns event_id → send time."""
+    p = build_producer(s)
+    sent: dict[str, float] = {}
+    t0 = time.time()
+    for i, e in enumerate(events):
+        if rate > 0:
+            ahead = t0 + i / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+        sent[e.event["event_id"]] = time.time()
+        p.send(s.topic(e.topic), key=e.event["session_id"].encode(), value=orjson.dumps(e.event))
+    p.flush()
+    p.close()
+    return sent
+
+
+def wait_visible(vis: Visibility, n: int, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while vis.poll() < n:
+        if time.time() > deadline:
+            raise RuntimeError(f"only {len(vis.seen)} of {n} events visible after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def warm_worker(s: Settings, log: Path, seed: int) -> tuple[subprocess.Popen, Visibility]:
+    """Start the worker and wait until a small warm-up batch is in Delta (JIT, spaCy load, group join done)."""
+    vis = Visibility(s)
+    w = start_worker(s, log)
+    warm = list(synthetic_events(300, seed=seed + 1000))
+    send(s, warm)
+    wait_visible(vis, len(warm), 240)
+    return w, vis
+
+
+async def bare_consume(s: Settings, n: int) -> float:
+    """Events/s of a bare aiokafka loop draining the raw topics from the beginning (no group, no parsing)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
+    await c.start()
+    try:
+        tps = [TopicPartition(s.topic(t), p) for t in ("frontend.raw", "agent.raw") for p in range(s.topic_partitions)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        got, t0 = 0, time.perf_counter()
+        while got < n:
+            batch = await c.getmany(timeout_ms=1000, max_records=5000)
+            got += sum(len(records) for records in batch.values())
+        return got / (time.perf_counter() - t0)
+    finally:
+        await c.stop()
+
+
+def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: int) -> dict:
+    events = workload(kind, n, seed)
+    text = sum(e.event["event_type"] in TEXT_TYPES for e in events) / len(events)
+    # throughput: a backlog of N, drained
+    s = run_settings(base, work)
+    w, vis = warm_worker(s, work / f"worker-{s.worker_id}.log", seed)
+    try:
+        before = len(vis.seen)
+        sent = send(s, events)
+        wait_visible(vis, before + n, 900)
+        times = sorted(vis.seen[eid] for eid in sent)
+        eps = n / max(times[-1] - min(sent.values()), 1e-6)
+    finally:
+        stop_worker(w)
+    bare = asyncio.run(bare_consume(s, n + 300))
+    # latency: a steady rate
+    s2 = run_settings(base, work)
+    w, vis = warm_worker(s2, work / f"worker-{s2.worker_id}.log", seed)
+    try:
+        k = min(n, int(rate * 20))  # 20 s of traffic at the chosen rate
+        steady = workload(kind, k, seed + 1)
+        sent2 = send(s2, steady, rate=rate)
+        deadline = time.time() + 300
+        while any(eid not in vis.seen for eid in sent2) and time.time() < deadline:
+            vis.poll()
+            time.sleep(0.1)
+        lat = sorted(vis.seen[eid] - t for eid, t in sent2.items() if eid in vis.seen)
+        lost = sum(eid not in vis.seen for eid in sent2)
+    finally:
+        stop_worker(w)
+    q = statistics.quantiles(lat, n=100)
+    return {"kind": kind, "events": n, "text_share": round(text, 3), "events_per_s": round(eps, 1),
+            "bare_consume_per_s": round(bare, 1), "ratio_to_bare": round(eps / bare, 4), "rate": rate,
+            "latency_events": len(sent2), "not_visible": lost, "p50_s": round(q[49], 3), "p99_s": round(q[98], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--rate", type=float, default=1500.0, help="events/s for the latency runs")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--kinds", default="mix,structural")
+    ap.add_argument("--seed", type=int, default=7)
+    a = ap.parse_args()
+    work = OUT / "stream"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    port = free_port()
+    base = Settings(state_dir=work / "state", kafka_port=port, kafka_controller_port=free_port((port,)),
+                    topic_partitions=4, sink_max_seconds=1.0)
+    broker.start(base)
+    results: list[dict] = []
+    try:
+        for kind in a.kinds.split(","):
+            for r in range(a.runs):
+                res = one_run(base, work, kind, a.events, a.rate, a.seed + r)
+                print(json.dumps(res), flush=True)
+                results.append(res)
+    finally:
+        broker.stop(base)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+               "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                            if ln.startswith("model name")), "?")}
+    (OUT / "stream_throughput.json").write_text(json.dumps({"machine": machine, "args": vars(a), "runs": results},
+                                                           indent=2))
+    print(f"\nmachine: {machine}\n")
+    print("| workload | events/s (median) | bare aiokafka consume/s | ratio | p50 s | p99 s | at rate/s |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in a.kinds.split(","):
+        rs = [r for r in results if r["kind"] == kind]
+        med = {k: statistics.median(r[k] for r in rs) for k in ("events_per_s", "bare_consume_per_s", "ratio_to_bare",
+                                                                  "p50_s", "p99_s")}
+        print(f"| {kind} (text share {rs[0]['text_share']:.0%}) | {med['events_per_s']:,.0f} | "
+              f"{med['bare_consume_per_s']:,.0f} | {med['ratio_to_bare']:.3f} | {med['p50_s']:.2f} | "
+              f"{med['p99_s']:.2f} | {a.rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
