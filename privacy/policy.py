@@ -20,6 +20,9 @@ FIELD_LABELS: dict[str, str] = {
 STRUCTURAL_KEYS = {"tool", "call_id", "tool_call_id", "id", "type", "role", "model", "status", "kind", "surface",
                    "channel", "context_mode", "rating", "source", "task_id", "flight_number", "reservation_id",
                    "payment_id", "origin", "destination", "cabin", "flight_type", "function"}
+# an identifier-shaped value that embeds personal data is not structural: an agent that builds a payment id from the
+# card's last four digits ("credit_card_7334", seen in τ-bench) must not carry them past the scrubber
+EMBEDDED_PII = re.compile(r"(?i)card\D{0,3}\d{4}$")
 # fields whose value is an identifier that must still join: HMAC pseudonym instead of a placeholder
 PSEUDONYM_FIELDS: dict[str, str] = {"user_id": "u", "customer_id": "u", "account_id": "acct"}
 # dict-valued keys that are PII as a whole (every leaf below them is redacted with this label)
@@ -60,7 +63,7 @@ ALLOW_PATTERNS = [
     re.compile(r"^[A-Z]{3}$"),              # IATA airport codes (JFK flagged as PERSON)
     re.compile(r"^HAT\d{3}$"),              # flight numbers
     re.compile(r"^[A-Z0-9]{6}$"),           # reservation ids
-    re.compile(r"^(?:certificate|credit_card|gift_card|paypal)_\d+$"),  # payment method ids
+    re.compile(r"^(?:certificate|credit_card|gift_card|paypal)_\d{5,}$"),  # payment method ids (not a card's last 4)
     re.compile(r"^call_[A-Za-z0-9]+$"),     # tool-call ids
 ]
 ALLOW_WORDS = {"suite", "user", "thank", "thanks", "hi", "hello", "yes", "no", "sure", "please", "economy", "business",

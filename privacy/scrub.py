@@ -97,8 +97,8 @@ class EventScrubber:
                 lk = str(k).lower()
                 if lk in policy.PSEUDONYM_FIELDS and isinstance(v, str):
                     out[k] = ctx.learn(v, "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], v))
-                elif lk in policy.STRUCTURAL_KEYS and (isinstance(v, (int, float, bool)) or
-                                                       (isinstance(v, str) and _is_identifier(v))):
+                elif lk in policy.STRUCTURAL_KEYS and (isinstance(v, (int, float, bool)) or (
+                        isinstance(v, str) and _is_identifier(v) and not policy.EMBEDDED_PII.search(v))):
                     out[k] = v
                 elif lk == "function" and isinstance(v, dict):
                     out[k] = {fk: (fv if fk == "name" else self._walk(fv, ctx, learn_only)) for fk, fv in v.items()}

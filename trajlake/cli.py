@@ -148,6 +148,67 @@ def compact(
             console.print(f"{t.id}: {len(done.partitions)} partitions, {done.files_removed} files → {done.files_added}")
 
 
+@app.command()
+def scrub(
+    in_: Path = typer.Option(..., "--in", help="a JSON Lines file of contract events"),
+    out: Path = typer.Option(..., "--out", help="where the scrubbed events go (JSON Lines)"),
+    rejects: Optional[Path] = typer.Option(None, help="invalid lines with their reason (default: <out>.rejects.jsonl)"),
+    ner: bool = typer.Option(True, help="run Presidio NER on free text (--no-ner: dictionary and patterns only)"),
+) -> None:
+    """Apply the stream's scrub policy offline to a file of events (e.g. before sharing a dataset).
+
+    Same policy, key and session dictionaries as the worker: ids pseudonymized, structured PII replaced, free
+    text scrubbed, and any field the policy does not know treated as free text. Invalid lines are not copied.
+    """
+    import orjson
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from privacy.scrub import EventScrubber, SessionDictionaries
+    from schemas.contract import ContractError, parse_event
+
+    if not in_.is_file():
+        raise UserError(f"{in_} does not exist: pass --in with a JSON Lines file of events")
+    if out.resolve() == in_.resolve():
+        raise UserError("--out is the same file as --in: write the scrubbed events somewhere else")
+    s = settings()
+    rejects = rejects or out.with_name(out.name + ".rejects.jsonl")
+    scrubber = EventScrubber(s.pseudonym_key.get_secret_value().encode(), use_ner=ner)
+    contexts = SessionDictionaries()
+    total = sum(1 for _ in in_.open("rb"))
+    done = bad = 0
+    with in_.open("rb") as src, out.open("wb") as dst, rejects.open("wb") as rej, Progress(
+            TextColumn("scrubbing"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("scrub", total=total)
+        batch: list[dict] = []
+
+        def flush() -> None:
+            sessions = contexts.take(e["session_id"] for e in batch)
+            for e in scrubber.scrub_events(batch, sessions):
+                dst.write(orjson.dumps(e) + b"\n")
+            contexts.put(sessions)
+            batch.clear()
+
+        for n, line in enumerate(src, 1):
+            if not line.strip():
+                continue
+            event = parse_event(line)
+            if isinstance(event, ContractError):
+                bad += 1
+                rej.write(orjson.dumps({"line": n, "reason": event.reason.value, "detail": event.detail}) + b"\n")
+            else:
+                batch.append(event)
+                done += 1
+                if len(batch) >= 256:
+                    flush()
+            bar.update(task, completed=n)
+        if batch:
+            flush()
+    console.print(f"[green]✓[/] {done} events scrubbed to {out}" +
+                  (f"; {bad} invalid lines (not copied) listed in {rejects}" if bad else ""))
+    if not bad:
+        rejects.unlink(missing_ok=True)
+
+
 # ---- worker ---------------------------------------------------------------------------------------
 @app.command()
 def worker(

@@ -98,3 +98,17 @@ def test_a_false_positive_does_not_spread_through_the_session(presidio):
     ctx = SessionDictionary()
     presidio.scrub_text("Katherine asked.", ctx)
     assert "katherine" not in ctx.values  # recognizer findings are numbered, never matched session-wide
+
+
+@pytest.mark.unit
+def test_an_id_built_from_a_cards_last_four_is_not_structural(patterns_only):
+    """GPT-4o in τ-bench calls tools with payment_id "credit_card_7334": the card's last four inside an id."""
+    call = event("tool_call", {"tool": "update_reservation_flights", "call_id": "call_2", "status": "ok",
+                               "arguments": {"payment_id": "credit_card_7334", "reservation_id": "UM3OG5"}},
+                 schema="agent/1")
+    real = event("tool_call", {"tool": "book_reservation", "call_id": "call_3", "status": "ok",
+                               "arguments": {"payment_id": "credit_card_4421486"}}, schema="agent/1")
+    out, kept = patterns_only.scrub_events([call, real], {})
+    assert "7334" not in json.dumps(out)
+    assert out["body"]["arguments"]["reservation_id"] == "UM3OG5"
+    assert kept["body"]["arguments"]["payment_id"] == "credit_card_4421486"  # a real method id still joins

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import REPO, free_port, settings_env
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["replay"], ["replay", "tau-bench"],
-            ["replay", "synthetic"], ["compact"]]
+            ["replay", "synthetic"], ["compact"], ["scrub"]]
 
 
 def run(args, env=None):
@@ -117,3 +117,24 @@ def test_compact_names_an_unknown_table(base_settings, tmp_path):
     _assert_clean_error(run(["compact", "--table", "gold/nope"], env), "--table")
     r = run(["compact"], env)  # an empty lake: nothing to do, no error
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.unit
+def test_scrub_a_file_offline(base_settings, tmp_path):
+    import json
+
+    from schemas.contract import CONTRACT_DIR
+
+    good = json.loads((CONTRACT_DIR / "examples/valid/user_message.json").read_text())
+    good["body"]["text"] = "Reach me at mia.li3818@example.com, card ending in 7447"
+    src = tmp_path / "events.jsonl"
+    src.write_text(json.dumps(good) + "\n" + "{broken\n")
+    out = tmp_path / "clean.jsonl"
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    r = run(["scrub", "--in", str(src), "--out", str(out), "--no-ner"], env)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "mia.li3818@example.com" not in text and "7447" not in text and good["user_id"] not in text
+    assert len(text.splitlines()) == 1
+    assert json.loads((tmp_path / "clean.jsonl.rejects.jsonl").read_text())["reason"] == "invalid_json"
+    _assert_clean_error(run(["scrub", "--in", str(tmp_path / "nope.jsonl"), "--out", str(out)], env), "--in")

@@ -1,0 +1,109 @@
+"""Leak measurement against ground truth: the τ-bench customer database's PII searched in any text, and the
+domain tokens (flight numbers, airports, reservation ids) that should survive scrubbing."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+
+CARD_WORDS = r"(?:card|visa|mastercard|amex|discover|ending|last four|last 4|digits)"
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """PII values per kind, from airline-users.json; and domain tokens, from the trajectories."""
+
+    pii: dict[str, frozenset[str]]
+    card_last_four: frozenset[str]
+
+    @classmethod
+    def load(cls, users_file: Path) -> "GroundTruth":
+        users = orjson.loads(users_file.read_bytes())
+        names, emails, dobs, streets = set(), set(), set(), set()
+        cards = set()
+        for u in users.values():
+            people = [u["name"], *u.get("saved_passengers", [])]
+            names.update(f"{p['first_name']} {p['last_name']}" for p in people)
+            dobs.update(p["dob"] for p in [u, *u.get("saved_passengers", [])] if p.get("dob"))
+            emails.add(u["email"])
+            streets.add(u["address"]["address1"])
+            cards.update(pm["last_four"] for pm in u.get("payment_methods", {}).values() if pm.get("last_four"))
+        return cls({"full_name": frozenset(names), "email": frozenset(emails), "dob": frozenset(dobs),
+                    "street_address": frozenset(streets)}, frozenset(cards))
+
+
+@dataclass
+class Leaks:
+    found: dict[str, set[str]] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.found.values())
+
+
+class LeakScanner:
+    """One compiled pass over any text for every PII value (word-bounded, case-insensitive)."""
+
+    def __init__(self, truth: GroundTruth):
+        self.kind_of: dict[str, str] = {}
+        for kind, values in truth.pii.items():
+            for v in values:
+                self.kind_of[v.lower()] = kind
+        alternatives = sorted(self.kind_of, key=len, reverse=True)
+        self.values = re.compile(r"(?<![\w@.])(" + "|".join(map(re.escape, alternatives)) + r")(?![\w@])", re.I)
+        # "next to card words": within a dozen characters, so ids like gift_card_6847880 followed by an
+        # amount that happens to equal someone's last four do not count
+        self.cards = re.compile(CARD_WORDS + r"[^\n\d]{0,12}(" + "|".join(sorted(truth.card_last_four))
+                                + r")(?!\d)", re.I)
+
+    def scan(self, texts: Iterable[str]) -> Leaks:
+        leaks = Leaks()
+        for text in texts:
+            for m in self.values.finditer(text):
+                kind = self.kind_of[m.group(1).lower()]
+                leaks.found.setdefault(kind, set()).add(m.group(1))
+                if len(leaks.examples) < 20:
+                    leaks.examples.append(text[max(0, m.start() - 60):m.end() + 60])
+            for m in self.cards.finditer(text):
+                leaks.found.setdefault("card_last_four", set()).add(m.group(1))
+                if len(leaks.examples) < 20:
+                    leaks.examples.append(text[max(0, m.start() - 60):m.end() + 20])
+        return leaks
+
+
+DOMAIN_PATTERNS = {
+    "flight_number": re.compile(r"\bHAT\d{3}\b"),
+    "airport": re.compile(r"(?<=\")(?:[A-Z]{3})(?=\")"),
+    "reservation_id": re.compile(r"\b(?=[A-Z0-9]{6}\b)(?=[A-Z0-9]*\d)(?=[A-Z0-9]*[A-Z])[A-Z0-9]{6}\b"),
+}
+
+
+def domain_tokens(texts: Iterable[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {k: set() for k in DOMAIN_PATTERNS}
+    for t in texts:
+        for k, p in DOMAIN_PATTERNS.items():
+            out[k].update(p.findall(t))
+    return out
+
+
+def survival(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, tuple[int, int]]:
+    """Per kind: (tokens in the source that survive downstream, tokens in the source)."""
+    return {k: (len(before[k] & after.get(k, set())), len(before[k])) for k in before}
+
+
+def strings_of(value: Any) -> Iterable[str]:
+    """Every string inside a row value (JSON strings are searched as text, bytes decoded leniently)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (bytes, bytearray)):
+        yield bytes(value).decode("utf-8", "replace")
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings_of(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from strings_of(v)
