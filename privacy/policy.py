@@ -50,6 +50,12 @@ TEXT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("SECRET", re.compile(r"https://hooks\.slack\.com/services/[\w/]+")),
     ("SECRET", re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)")),
     ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
+    # a full name right after a word that introduces a person: spaCy's small model misses "User Lucas Brown
+    # (user ID: …)" in τ-bench escalation summaries, and in the stream the escalation can be scrubbed before
+    # the session's profile lookup has taught the dictionary that name (they arrive on different topics)
+    ("PERSON", re.compile(r"\b(?:[Uu]ser|[Cc]ustomer|[Pp]assenger|[Tt]raveler|[Cc]lient|[Mm]ember|[Nn]ame is|"
+                          r"[Nn]amed|[Mm]rs?\.?|[Mm]s\.?|[Dd]r\.?|I'm|I am|[Tt]his is)\s+"
+                          r"([A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+){1,2})\b")),
 ]
 
 # Presidio NER / pattern entities we act on, mapped to our labels. LOCATION is left out on purpose:

@@ -112,3 +112,11 @@ def test_an_id_built_from_a_cards_last_four_is_not_structural(patterns_only):
     assert "7334" not in json.dumps(out)
     assert out["body"]["arguments"]["reservation_id"] == "UM3OG5"
     assert kept["body"]["arguments"]["payment_id"] == "credit_card_4421486"  # a real method id still joins
+
+
+@pytest.mark.unit
+def test_a_name_introduced_in_text_is_caught_without_any_dictionary(patterns_only):
+    """In the stream an escalation summary can be scrubbed before the profile lookup that names the user."""
+    text = "User Lucas Brown (user ID: lucas_brown_4047) needs to change the dates; my name is Ana Maria Silva."
+    out = patterns_only.scrub_text(text, SessionDictionary())
+    assert "Lucas Brown" not in out and "Ana Maria Silva" not in out and "needs to change" in out
