@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     sink_max_records: int = Field(default=5000, ge=1)
     sink_max_seconds: float = Field(default=2.0, gt=0)
     dedup_window_seconds: int = Field(default=3600, ge=1)
+    # terms always redacted from free text (internal project names, a customer's brand…): a JSON list
+    scrub_deny_terms: tuple[str, ...] = ()
     # the worker compacts the sink tables' closed date partitions this often (0 = never; `trajlake compact`)
     compact_interval_seconds: float = Field(default=900, ge=0)
     compact_min_files: int = Field(default=16, ge=2)

@@ -68,7 +68,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         if "p" not in pool:
             pool["p"] = ProcessPoolExecutor(
                 max_workers=scrub_processes, initializer=scrub_worker.init,
-                initargs=(settings.pseudonym_key.get_secret_value().encode(), use_ner, []))
+                initargs=(settings.pseudonym_key.get_secret_value().encode(), use_ner, list(settings.scrub_deny_terms)))
         return pool["p"]
 
     clean_topic = settings.topic("events.clean")

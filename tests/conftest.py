@@ -41,7 +41,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        if isinstance(value, dict):
+        if isinstance(value, (dict, list, tuple)):
             import json
 
             value = json.dumps(value)

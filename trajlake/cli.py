@@ -172,7 +172,7 @@ def scrub(
         raise UserError("--out is the same file as --in: write the scrubbed events somewhere else")
     s = settings()
     rejects = rejects or out.with_name(out.name + ".rejects.jsonl")
-    scrubber = EventScrubber(s.pseudonym_key.get_secret_value().encode(), use_ner=ner)
+    scrubber = EventScrubber(s.pseudonym_key.get_secret_value().encode(), use_ner=ner, deny_terms=s.scrub_deny_terms)
     contexts = SessionDictionaries()
     total = sum(1 for _ in in_.open("rb"))
     done = bad = 0

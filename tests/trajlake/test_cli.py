@@ -126,15 +126,17 @@ def test_scrub_a_file_offline(base_settings, tmp_path):
     from schemas.contract import CONTRACT_DIR
 
     good = json.loads((CONTRACT_DIR / "examples/valid/user_message.json").read_text())
-    good["body"]["text"] = "Reach me at mia.li3818@example.com, card ending in 7447"
+    good["body"]["text"] = "Reach me at mia.li3818@example.com, card ending in 7447, about Project Falcon"
     src = tmp_path / "events.jsonl"
     src.write_text(json.dumps(good) + "\n" + "{broken\n")
     out = tmp_path / "clean.jsonl"
-    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path})) | {
+        "TRAJLAKE_SCRUB_DENY_TERMS": '["project falcon"]'}
     r = run(["scrub", "--in", str(src), "--out", str(out), "--no-ner"], env)
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "mia.li3818@example.com" not in text and "7447" not in text and good["user_id"] not in text
+    assert "Falcon" not in text  # the deny-list from settings
     assert len(text.splitlines()) == 1
     assert json.loads((tmp_path / "clean.jsonl.rejects.jsonl").read_text())["reason"] == "invalid_json"
     _assert_clean_error(run(["scrub", "--in", str(tmp_path / "nope.jsonl"), "--out", str(out)], env), "--in")
