@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,27 +42,13 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from infra.kafka import broker  # noqa: E402
 from lake.tables import open_table  # noqa: E402
-from schemas.settings import Settings  # noqa: E402
+from schemas.settings import Settings, settings_env  # noqa: E402
 from schemas.tables import BRONZE_EVENTS  # noqa: E402
 from streams.producer import build_producer  # noqa: E402
 from streams.sources.synthetic import synthetic_events  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 TEXT_TYPES = {"action_proposed", "action_edited", "user_message", "task_reopened"}
-
-
-def free_port(taken: tuple[int, ...] = ()) -> int:
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in range(21000, min(low, 32768) - 1, 7):
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
 
 
 def workload(kind: str, n: int, seed: int) -> list:
@@ -100,12 +85,9 @@ def run_settings(base: Settings, work: Path) -> Settings:
 
 
 def start_worker(s: Settings, log: Path) -> subprocess.Popen:
-    env = {**os.environ, **{f"TRAJLAKE_{k.upper()}": str(v) for k, v in {
-        "state_dir": s.state_dir / "worker" / s.worker_id, "lake_root": s.lake_root, "kafka_port": s.kafka_port,
-        "kafka_controller_port": s.kafka_controller_port, "topic_prefix": s.topic_prefix, "worker_id": s.worker_id,
-        "topic_partitions": s.topic_partitions, "sink_max_seconds": s.sink_max_seconds}.items()}}
-    return subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker"], cwd=REPO, env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    own_state = s.model_copy(update={"state_dir": s.state_dir / "worker" / s.worker_id})
+    return subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker"], cwd=REPO,
+                            env=settings_env(own_state, os.environ), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
 def stop_worker(p: subprocess.Popen) -> None:
@@ -230,8 +212,8 @@ def main() -> None:
     work = OUT / "stream"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    port = free_port()
-    base = Settings(state_dir=work / "state", kafka_port=port, kafka_controller_port=free_port((port,)),
+    port = broker.free_port()
+    base = Settings(state_dir=work / "state", kafka_port=port, kafka_controller_port=broker.free_port((port,)),
                     topic_partitions=4, sink_max_seconds=1.0)
     broker.start(base)
     results: list[dict] = []

@@ -24,10 +24,8 @@ def small_file_partitions(settings: Settings, spec: TableSpec, before: date, min
     dt = open_table(settings, spec)
     if dt is None or "date" not in spec.partition_by:
         return {}
-    actions = dt.get_add_actions(flatten=True)
-    col = "partition.date" if "partition.date" in actions.column_names else "partition_values.date"
     counts: dict[str, int] = {}
-    for d in actions.column(col).to_pylist():
+    for d in dt.get_add_actions(flatten=True).column("partition.date").to_pylist():
         key = d.isoformat() if isinstance(d, date) else str(d)
         counts[key] = counts.get(key, 0) + 1
     return {d: n for d, n in sorted(counts.items()) if d < before.isoformat() and n >= min_files}

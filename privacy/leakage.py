@@ -14,7 +14,7 @@ CARD_WORDS = r"(?:card|visa|mastercard|amex|discover|ending|last four|last 4|dig
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """PII values per kind, from airline-users.json; and domain tokens, from the trajectories."""
+    """PII values per kind and the cards' last four digits, from airline-users.json."""
 
     pii: dict[str, frozenset[str]]
     card_last_four: frozenset[str]

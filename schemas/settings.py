@@ -1,7 +1,9 @@
 """The one frozen settings object (env prefix TRAJLAKE_), built in entry points and passed down."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Mapping
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,3 +88,18 @@ class Settings(BaseSettings):
 
 
 TOPICS = ("frontend.raw", "agent.raw", "events.clean", "deadletter", "steps", "episodes")
+
+
+def settings_env(settings: Settings, base: Mapping[str, str] = {}) -> dict[str, str]:
+    """The environment that rebuilds `settings` in a child process (the way a deployment passes them):
+    `base` without its TRAJLAKE_ variables, plus one TRAJLAKE_ variable per set field."""
+    env = {k: v for k, v in base.items() if not k.startswith("TRAJLAKE_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, (dict, list, tuple)):
+            value = json.dumps(value)
+        env[f"TRAJLAKE_{name.upper()}"] = str(value)
+    return env

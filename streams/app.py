@@ -7,6 +7,7 @@ import os
 import time
 import weakref
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 import faust
@@ -154,8 +155,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 await save_and_deliver(touched)
 
     def active_partitions() -> set[int]:
-        source = settings.topic("events.clean")
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source}
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == clean_topic}
 
     @app.timer(interval=settings.join_tick_seconds)
     async def close_timed_out() -> None:
@@ -198,8 +198,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             loop = asyncio.get_running_loop()
             for target in SINK_TARGETS.values():
                 try:
-                    done = await loop.run_in_executor(None, lambda: compact_closed_partitions(
-                        settings, target.spec, min_files=settings.compact_min_files))
+                    done = await loop.run_in_executor(None, partial(
+                        compact_closed_partitions, settings, target.spec, min_files=settings.compact_min_files))
                 except Exception as exc:  # a concurrent compaction by another worker: the next pass retries
                     log.warning("compacting %s failed, will retry: %s", target.spec.id, exc)
                     continue
@@ -316,5 +316,5 @@ def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True)
         # mode's worker leaves faust's and aiokafka's loggers enabled for DEBUG; with a send per event,
         # building the unused debug records cost ~8% of the worker's CPU
         for name in ("faust", "aiokafka", "mode", "kafka"):
-            logging.getLogger(name).setLevel(max(level, logging.INFO) if level > logging.DEBUG else level)
+            logging.getLogger(name).setLevel(level)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

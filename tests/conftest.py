@@ -2,51 +2,27 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from infra.kafka import broker
+from infra.kafka.broker import free_port
 from schemas.settings import Settings
+from schemas.settings import settings_env as _settings_env
 
 REPO = Path(__file__).resolve().parent.parent
 TAU = REPO.parent / "shared" / "data" / "tau-bench"
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 
-def free_port() -> int:
-    """A free port below the ephemeral range: a client retrying a dead broker on an ephemeral port can end up
-    connected to itself (TCP self-connect) and hold the port the broker must bind again after a restart."""
-    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    rng = __import__("random").Random()
-    for _ in range(200):
-        port = rng.randrange(20000, min(low, 32768) - 1)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that rebuilds `settings` in a child process (the way a real deployment passes them)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAJLAKE_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, (dict, list, tuple)):
-            import json
-
-            value = json.dumps(value)
-        env[f"TRAJLAKE_{name.upper()}"] = str(value)
-    return env
+    """The environment that rebuilds `settings` in a `trajlake` child process."""
+    return _settings_env(settings, os.environ)
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +33,8 @@ def state_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def base_settings(state_dir: Path) -> Settings:
     """Settings for this test run: private broker ports, private state, no Spark UI."""
-    return Settings(state_dir=state_dir, kafka_port=free_port(), kafka_controller_port=free_port(),
+    port = free_port()
+    return Settings(state_dir=state_dir, kafka_port=port, kafka_controller_port=free_port((port,)),
                     spark_ui=False, topic_partitions=3, sink_max_seconds=0.5,
                     consumer_session_timeout_seconds=8)
 
@@ -87,6 +64,42 @@ def spark(base_settings: Settings):
 def lake_settings(base_settings: Settings, tmp_path: Path) -> Settings:
     """Base settings with a lake of this test's own."""
     return base_settings.model_copy(update={"lake_root": tmp_path / "lake"})
+
+
+def own_settings(kafka: Settings, tmp: Path, letter: str = "t") -> Settings:
+    """Settings with topics, consumer group, lake and state of their own on the shared broker (topics created)."""
+    tag = uuid.uuid4().hex[:6]
+    s = kafka.model_copy(update={"topic_prefix": f"{letter}{tag}.", "worker_id": f"w{tag}", "lake_root": tmp / "lake",
+                                 "state_dir": tmp / "state"})
+    broker.ensure_topics(s)
+    return s
+
+
+@pytest.fixture(scope="session")
+def tau_lake(kafka, tmp_path_factory):
+    """All 200 τ-bench trajectories through the real worker, Presidio NER on (the production configuration),
+    once per test session: the join tests and the leak test read the same lake."""
+    from lake.readers import read_table
+    from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES
+    from streams.producer import produce
+    from streams.recompute import check_parity
+    from streams.sources.tau_bench import load_trajectories, replay_events
+
+    tmp = tmp_path_factory.mktemp("tau-lake")
+    s = own_settings(kafka, tmp)
+    records = load_trajectories(TAU / "gpt-4o-airline.json")
+    events = list(replay_events(records))
+    produce(s, events)
+    w = WorkerProcess(s, tmp / "worker.log").start()
+    try:
+        w.wait_for(lambda: read_table(s, SILVER_EPISODES, columns=["episode_id"]).num_rows >= len(records)
+                   and read_table(s, BRONZE_EVENTS, columns=["event_id"]).num_rows >= len(events),
+                   600, message="200 episodes in silver")
+        # the last late amendments may still be on their way: wait until the lake agrees with bronze
+        w.wait_for(lambda: check_parity(s).ok, 120, message="silver to settle")
+    finally:
+        w.stop()
+    return s, records, events
 
 
 class WorkerProcess:

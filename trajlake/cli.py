@@ -174,7 +174,8 @@ def scrub(
     rejects = rejects or out.with_name(out.name + ".rejects.jsonl")
     scrubber = EventScrubber(s.pseudonym_key.get_secret_value().encode(), use_ner=ner, deny_terms=s.scrub_deny_terms)
     contexts = SessionDictionaries()
-    total = sum(1 for _ in in_.open("rb"))
+    with in_.open("rb") as f:
+        total = sum(1 for _ in f)
     done = bad = 0
     with in_.open("rb") as src, out.open("wb") as dst, rejects.open("wb") as rej, Progress(
             TextColumn("scrubbing"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:

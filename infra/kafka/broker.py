@@ -151,6 +151,20 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def free_port(exclude: tuple[int, ...] = ()) -> int:
+    """A free local port below the ephemeral range: a client retrying a dead broker on an ephemeral port can end
+    up connected to itself (TCP self-connect) and hold the port the broker must bind again after a restart."""
+    import random
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, min(low, 32768) - 1)
+        if port not in exclude and _port_free("127.0.0.1", port):
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker binds: TIME_WAIT is no obstacle

@@ -48,13 +48,11 @@ def test_it_streams_in_constant_memory():
 
 def test_the_planted_reaction_rates_are_what_the_stream_shows():
     shown, reacted = Counter(), defaultdict(Counter)
-    segment_of: dict[str, tuple] = {}
     for e in synthetic_events(150_000, seed=9):
         ev = e.event
         seg = (ev["agent_version"], ev["prompt_variant"], ev["task_type"])
         if ev["event_type"] == "action_shown":
             shown[seg] += 1
-            segment_of[ev["action_id"]] = seg
         elif ev["event_type"] in ("action_accepted", "action_edited", "action_rejected"):
             reacted[seg][ev["event_type"]] += 1
     plan = planted(9)

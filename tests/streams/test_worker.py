@@ -11,7 +11,7 @@ from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SI
 from streams.recompute import check_parity
 from streams.producer import build_producer, produce
 from streams.sources.tau_bench import load_trajectories, replay_events
-from tests.conftest import TAU, WorkerProcess, wait_until
+from tests.conftest import TAU, WorkerProcess, own_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +24,7 @@ def records():
 @pytest.fixture
 def own(kafka, tmp_path):
     """Settings with this test's own topics, consumer group and lake on the shared broker."""
-    tag = uuid.uuid4().hex[:6]
-    s = kafka.model_copy(update={"topic_prefix": f"t{tag}.", "worker_id": f"w{tag}", "lake_root": tmp_path / "lake",
-                                 "state_dir": tmp_path / "state"})
-    broker.ensure_topics(s)
-    return s
+    return own_settings(kafka, tmp_path)
 
 
 def event_ids(settings, spec=BRONZE_EVENTS):

@@ -1,41 +1,17 @@
-"""The join in the running worker: τ-bench end to end into silver, and stream/batch parity against bronze."""
+"""The join in the running worker: τ-bench end to end into silver (the session's `tau_lake`), stream/batch
+parity against bronze, and synthetic sessions."""
 import json
-import uuid
 
 import pytest
 
-from infra.kafka import broker
 from lake.readers import read_table
 from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
 from streams.producer import produce
 from streams.recompute import check_parity, latest_revisions
-from streams.sources.tau_bench import ESCALATION_TOOL, load_trajectories, replay_events
-from tests.conftest import TAU, WorkerProcess
+from streams.sources.tau_bench import ESCALATION_TOOL
+from tests.conftest import WorkerProcess, own_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tau_lake(kafka, tmp_path_factory):
-    """All 200 τ-bench trajectories replayed through the real worker, once for this module."""
-    tmp = tmp_path_factory.mktemp("tau-lake")
-    tag = uuid.uuid4().hex[:6]
-    s = kafka.model_copy(update={"topic_prefix": f"t{tag}.", "worker_id": f"w{tag}", "lake_root": tmp / "lake",
-                                 "state_dir": tmp / "state"})
-    broker.ensure_topics(s)
-    records = load_trajectories(TAU / "gpt-4o-airline.json")
-    events = list(replay_events(records))
-    produce(s, events)
-    w = WorkerProcess(s, tmp / "worker.log", "--no-ner").start()
-    try:
-        w.wait_for(lambda: read_table(s, SILVER_EPISODES, columns=["episode_id"]).num_rows >= len(records)
-                   and read_table(s, BRONZE_EVENTS, columns=["event_id"]).num_rows >= len(events),
-                   420, message="200 episodes in silver")
-        # the last late amendments may still be on their way: wait until the lake agrees with bronze
-        w.wait_for(lambda: check_parity(s).ok, 120, message="silver to settle")
-    finally:
-        w.stop()
-    return s, records, events
 
 
 def test_every_trajectory_is_one_episode_with_its_outcome(tau_lake):
@@ -73,10 +49,7 @@ def test_synthetic_sessions_flow_through_ingest_and_join(kafka, tmp_path):
     from schemas.tables import BRONZE_DEADLETTER
     from streams.sources.synthetic import synthetic_events
 
-    tag = uuid.uuid4().hex[:6]
-    s = kafka.model_copy(update={"topic_prefix": f"y{tag}.", "worker_id": f"w{tag}", "lake_root": tmp_path / "lake",
-                                 "state_dir": tmp_path / "state"})
-    broker.ensure_topics(s)
+    s = own_settings(kafka, tmp_path, "y")
     events = list(synthetic_events(3_000, seed=21))
     ended = Counter(e.event["task_id"] for e in events if e.event["event_type"] == "task_ended")
     produce(s, events)
