@@ -165,7 +165,174 @@ SILVER_EPISODES = TableSpec(
     description="one row per task: outcome, counts, cost and duration; readers take the latest revision",
 )
 
-TABLES: dict[str, TableSpec] = {t.id: t for t in (BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES)}
+_SEGMENT = [
+    _f("agent_version", pa.string(), False),
+    _f("prompt_variant", pa.string(), False),
+    _f("task_type", pa.string(), False, "'unknown' when the events carried none"),
+]
+
+GOLD_STEP_SIGNALS = TableSpec(
+    "gold", "step_signals",
+    pa.schema([
+        _f("step_id", pa.string(), False),
+        _f("revision", pa.int32(), False, "the silver revision these signals were computed from"),
+        _f("episode_id", pa.string(), False),
+        _f("session_id", pa.string(), False),
+        _f("task_id", pa.string(), False),
+        _f("user_id", pa.string(), False),
+        *_SEGMENT,
+        _f("action_id", pa.string(), False),
+        _f("intent_id", pa.string(), False, "the step's intent, or its action_id when it had none"),
+        _f("step_index", pa.int32(), False),
+        _f("proposed_at", TS, False),
+        _f("outcome", pa.string(), False),
+        _f("accepted", pa.bool_(), False),
+        _f("rejected", pa.bool_(), False),
+        _f("edited", pa.bool_(), False),
+        _f("undone", pa.bool_(), False),
+        _f("retried", pa.bool_(), False),
+        _f("edit_distance", pa.float64(), doc="correction: normalised Levenshtein output → final value (edited steps)"),
+        _f("overwritten", pa.bool_(), False, "correction: an edit that changed at least the spec's overwrite share"),
+        _f("correction_penalty", pa.float64(), False, "correction: the spec's penalty of this step's outcome, 0..1"),
+        _f("reaction_s", pa.float64(), doc="friction: proposal → first terminal reaction"),
+        _f("next_action_s", pa.float64(), doc="friction: proposal → next meaningful user action"),
+        _f("intent_attempt", pa.int32(), False, "friction: 1 for the first action of its intent, 2 for the next…"),
+        _f("intent_retries", pa.int32(), False, "friction: retried reactions within this step's intent"),
+        _f("dead_end", pa.bool_(), False, "friction: neither this nor any later action of the intent was kept"),
+        _f("own_reward", pa.float64(), False, "the step's own signals as a score, 0..1"),
+        _f("credit_share", pa.float64(), False, "its share of the episode composite (shares sum to it)"),
+        _f("step_reward", pa.float64(), False, "own_weight × own_reward + (1 - own_weight) × credit_share"),
+        _f("reward_version", pa.string(), False),
+        _f("date", pa.date32(), False, "partition: UTC date of proposed_at"),
+    ]),
+    partition_by=("date",), keys=("step_id", "reward_version"),
+    description="per-step heuristic signals and the process-supervision step reward",
+)
+
+GOLD_EPISODE_SCORES = TableSpec(
+    "gold", "episode_scores",
+    pa.schema([
+        _f("episode_id", pa.string(), False),
+        _f("revision", pa.int32(), False, "the silver revision these scores were computed from"),
+        _f("session_id", pa.string(), False),
+        _f("task_id", pa.string(), False),
+        _f("user_id", pa.string(), False),
+        *_SEGMENT,
+        _f("started_at", TS, False),
+        _f("week", pa.date32(), False, "Monday of the ISO week of started_at"),
+        _f("outcome", pa.string(), False),
+        _f("n_steps", pa.int32(), False),
+        # correction
+        _f("edit_distance", pa.float64(), doc="mean over edited steps"),
+        _f("edit_rate", pa.float64(), doc="share of steps edited"),
+        _f("overwrite_rate", pa.float64()),
+        _f("undo_rate", pa.float64()),
+        _f("accept_rate", pa.float64()),
+        _f("reject_rate", pa.float64()),
+        # friction
+        _f("next_action_s", pa.float64(), doc="mean time to the next meaningful action"),
+        _f("reaction_s", pa.float64()),
+        _f("retry_rate", pa.float64()),
+        _f("dead_end_rate", pa.float64()),
+        # outcome
+        _f("completed", pa.bool_(), False),
+        _f("reopened", pa.bool_(), False),
+        _f("duration_s", pa.float64(), False),
+        _f("completion_time_s", pa.float64(), doc="duration of a completed episode"),
+        _f("within_sla", pa.bool_(), doc="completed within sla_seconds × grace; null without an SLA or completion"),
+        _f("sla_factor", pa.float64(), False),
+        _f("external_reward", pa.float64()),
+        # trust
+        _f("escalated", pa.bool_(), False),
+        _f("delegated", pa.bool_(), False),
+        _f("opted_out", pa.bool_(), False),
+        _f("opted_out_after_poor", pa.bool_(), doc="null unless the outcome was poor (spec outcome.poor_outcomes)"),
+        # cost
+        _f("cost_usd", pa.float64(), False),
+        _f("tokens_in", pa.int64(), False),
+        _f("tokens_out", pa.int64(), False),
+        # scores
+        _f("correction_score", pa.float64(), False),
+        _f("friction_score", pa.float64(), False),
+        _f("outcome_score", pa.float64(), False),
+        _f("trust_score", pa.float64(), False),
+        _f("gate_passed", pa.bool_(), False, "outcome correct (and the outside grade, when there is one)"),
+        _f("composite", pa.float64(), False, "the reward: gated weighted sum of the four bucket scores, 0..1"),
+        _f("reward_version", pa.string(), False),
+        _f("date", pa.date32(), False, "partition: UTC date of started_at"),
+    ]),
+    partition_by=("date",), keys=("episode_id", "reward_version"),
+    description="per-episode signals of the four buckets, bucket scores and the composite reward",
+)
+
+GOLD_SCORECARDS = TableSpec(
+    "gold", "scorecards",
+    pa.schema([
+        _f("grain", pa.string(), False, "day | week"),
+        _f("period_start", pa.date32(), False, "the day, or the Monday of the week"),
+        *_SEGMENT,
+        _f("metric", pa.string(), False),
+        _f("bucket", pa.string(), False, "correction | friction | outcome | trust | reward | cost"),
+        _f("better", pa.int8(), False, "+1 when higher is better, -1 when lower is"),
+        _f("n", pa.int64(), False, "observations (steps or episodes that define the metric)"),
+        _f("value", pa.float64(), doc="a rate or a mean"),
+        _f("std", pa.float64()),
+        _f("ci_low", pa.float64(), doc="confidence interval at the spec's ci_level (Wilson for rates)"),
+        _f("ci_high", pa.float64()),
+        _f("baseline_n", pa.int64()),
+        _f("baseline_value", pa.float64()),
+        _f("delta", pa.float64(), doc="value - baseline_value"),
+        _f("z", pa.float64(), doc="two-sample z statistic of the delta"),
+        _f("significant", pa.bool_(), doc="|z| beyond the spec's ci_level and both sides have min_n"),
+        _f("regression", pa.bool_(), doc="significantly worse than the baseline"),
+        _f("reward_version", pa.string(), False),
+    ]),
+    partition_by=("period_start",),
+    keys=("grain", "period_start", "agent_version", "prompt_variant", "task_type", "metric", "reward_version"),
+    description="every signal and the composite by day and week × agent_version × prompt_variant × task_type",
+)
+
+GOLD_GUARDRAILS = TableSpec(
+    "gold", "guardrails",
+    pa.schema([
+        _f("check", pa.string(), False, "gaming | drift | regression"),
+        _f("grain", pa.string(), False),
+        _f("period_start", pa.date32(), False),
+        *_SEGMENT,
+        _f("metric", pa.string(), False, "the signal checked; '*' for a segment-wide verdict"),
+        _f("statistic", pa.float64(), doc="PSI for drift, z for regression, proxies improved for gaming"),
+        _f("threshold", pa.float64()),
+        _f("flagged", pa.bool_(), False),
+        _f("detail", pa.string(), False, "what was compared, as JSON"),
+        _f("reward_version", pa.string(), False),
+    ]),
+    partition_by=("period_start",),
+    keys=("check", "grain", "period_start", "agent_version", "prompt_variant", "task_type", "metric", "reward_version"),
+    description="anti-gaming flags, week-over-week drift and regressions against the baseline",
+)
+
+GOLD_REVIEW_QUEUE = TableSpec(
+    "gold", "review_queue",
+    pa.schema([
+        _f("episode_id", pa.string(), False),
+        _f("week", pa.date32(), False),
+        *_SEGMENT,
+        _f("band", pa.string(), False, "composite band, e.g. [0.2, 0.5)"),
+        _f("outcome", pa.string(), False),
+        _f("composite", pa.float64(), False),
+        _f("rank", pa.int32(), False, "order within the stratum (a keyed hash, so reruns pick the same)"),
+        _f("stratum_size", pa.int64(), False),
+        _f("weight", pa.float64(), False, "stratum_size / sampled: reweights reviews to the population"),
+        _f("reward_version", pa.string(), False),
+    ]),
+    partition_by=("week",), keys=("episode_id", "reward_version"),
+    description="a stratified sample of episodes for human review, to calibrate the heuristics",
+)
+
+TABLES: dict[str, TableSpec] = {t.id: t for t in (
+    BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES,
+    GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES, GOLD_SCORECARDS, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE,
+)}
 
 
 _SPARK_TYPES = {

@@ -1,0 +1,147 @@
+"""The versioned reward spec: loads schemas/reward/reward-vN.toml into a frozen, validated model."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPEC_DIR = Path(__file__).resolve().parent
+OUTCOMES = ("completed", "reopened", "escalated", "abandoned", "timeout")
+STEP_OUTCOMES = ("accepted", "rejected", "undone", "retried", "superseded", "ignored")
+Unit = Field(ge=0.0, le=1.0)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _sums_to_one(weights: dict[str, float], what: str) -> None:
+    if abs(sum(weights.values()) - 1.0) > 1e-9:
+        raise ValueError(f"{what} weights must sum to 1, not {sum(weights.values())}")
+
+
+class OutcomeSpec(_Frozen):
+    values: dict[Literal[OUTCOMES], float]
+    correct_outcomes: tuple[Literal[OUTCOMES], ...]
+    external_reward_threshold: float
+    poor_outcomes: tuple[Literal[OUTCOMES], ...]
+    sla_grace: float = Field(gt=0)
+    sla_floor: float = Unit
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if missing := set(OUTCOMES) - set(self.values):
+            raise ValueError(f"outcome.values lacks {sorted(missing)}")
+        if any(not 0 <= v <= 1 for v in self.values.values()):
+            raise ValueError("outcome.values must lie in [0, 1]")
+        return self
+
+
+class CorrectionSpec(_Frozen):
+    overwrite_threshold: float = Unit
+    penalty: dict[Literal[STEP_OUTCOMES], float]
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if missing := set(STEP_OUTCOMES) - set(self.penalty):
+            raise ValueError(f"correction.penalty lacks {sorted(missing)}")
+        return self
+
+
+class FrictionSpec(_Frozen):
+    next_action_ref_s: float = Field(gt=0)
+    weights: dict[Literal["retry", "dead_end", "time"], float]
+
+    @model_validator(mode="after")
+    def _sum(self):
+        _sums_to_one(self.weights, "friction")
+        return self
+
+
+class TrustSpec(_Frozen):
+    base: float = Unit
+    delegated_bonus: float = Unit
+    escalated_penalty: float = Unit
+    opted_out_penalty: float = Unit
+
+
+class CompositeSpec(_Frozen):
+    weights: dict[Literal["outcome", "correction", "friction", "trust"], float]
+    ungated_scale: float = Unit
+
+    @model_validator(mode="after")
+    def _sum(self):
+        _sums_to_one(self.weights, "composite")
+        if self.ungated_scale >= self.weights["outcome"]:
+            # a failed episode could then outscore a correct one that did everything else badly
+            raise ValueError("composite.ungated_scale must be below the outcome weight")
+        return self
+
+
+class StepSpec(_Frozen):
+    own_weight: float = Unit
+    dead_end_penalty: float = Unit
+    credit: Literal["uniform", "discounted", "last"]
+    gamma: float = Field(gt=0, le=1)
+
+
+class Baseline(_Frozen):
+    agent_version: str
+    prompt_variant: str
+
+
+class GuardrailSpec(_Frozen):
+    ci_level: float = Field(gt=0.5, lt=1)
+    min_n: int = Field(ge=2)
+    baseline: Baseline
+    proxy_metrics: tuple[str, ...]
+    outcome_metrics: tuple[str, ...]
+    psi_alert: float = Field(gt=0)
+    review_per_stratum: int = Field(ge=1)
+    review_bands: tuple[float, ...]
+
+
+class RewardSpec(_Frozen):
+    """One version of the reward policy; every gold row records `version`."""
+
+    version: str = Field(pattern=r"^reward-v\d+$")
+    description: str
+    outcome: OutcomeSpec
+    correction: CorrectionSpec
+    friction: FrictionSpec
+    trust: TrustSpec
+    composite: CompositeSpec
+    step: StepSpec
+    guardrails: GuardrailSpec
+
+
+class RewardSpecError(ValueError):
+    """The spec file is missing or invalid; the message names the file and the field."""
+
+
+def available_versions() -> list[str]:
+    return sorted((p.stem for p in SPEC_DIR.glob("reward-v*.toml")), key=lambda v: int(v.split("-v")[1]))
+
+
+def load_reward_spec(version: str | Path | None = None) -> RewardSpec:
+    """The spec of `version` ("reward-v1"), of a file path, or the newest one when None."""
+    if version is None:
+        versions = available_versions()
+        if not versions:
+            raise RewardSpecError(f"no reward-v*.toml in {SPEC_DIR}")
+        version = versions[-1]
+    path = Path(version) if str(version).endswith(".toml") else SPEC_DIR / f"{version}.toml"
+    if not path.exists():
+        raise RewardSpecError(f"no reward spec {path}; versions here: {', '.join(available_versions()) or 'none'}")
+    try:
+        spec = RewardSpec.model_validate(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise RewardSpecError(f"{path} is not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RewardSpecError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if path.parent == SPEC_DIR and spec.version != path.stem:
+        raise RewardSpecError(f"{path} declares version {spec.version!r}; the file name and version must agree")
+    return spec
