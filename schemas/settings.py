@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,11 @@ class Settings(BaseSettings):
 
     # privacy: the pseudonymization key never reaches the lake
     pseudonym_key: SecretStr = SecretStr("trajlake-dev-key-change-me")
+    # per-user keys for crypto-shredding (privacy/keystore.py); defaults to <state_dir>/keys/user-keys.sqlite3 and
+    # must lie outside the lake, so nothing that copies the lake copies the keys
+    key_store: Path | None = None
+    # a worker re-reads a cached user key after this long, so an erased user's key leaves its memory too
+    key_cache_seconds: float = Field(default=300, ge=0)
 
     # stream worker
     worker_id: str = "trajlake"
@@ -66,9 +71,25 @@ class Settings(BaseSettings):
     join_retention_seconds: float = Field(default=3600, gt=0)
     join_tick_seconds: float = Field(default=1.0, gt=0)
 
+    # jobs: the reward spec to score with (None = the newest schemas/reward/reward-vN.toml)
+    reward_version: str | None = None
+    # an episode's steps may fall on the days around it; jobs read this many days either side of their window
+    job_margin_days: int = Field(default=1, ge=0)
+
     @property
     def lake(self) -> Path:
         return (self.lake_root or self.state_dir / "lake").resolve()
+
+    @property
+    def key_store_path(self) -> Path:
+        return (self.key_store or self.state_dir / "keys" / "user-keys.sqlite3").resolve()
+
+    @model_validator(mode="after")
+    def _keys_outside_the_lake(self) -> "Settings":
+        if self.key_store_path.is_relative_to(self.lake):
+            raise ValueError(f"the key store {self.key_store_path} is inside the lake {self.lake}; "
+                             "put TRAJLAKE_KEY_STORE outside it")
+        return self
 
     @property
     def bootstrap(self) -> str:

@@ -44,6 +44,10 @@ _ENVELOPE = [
     _f("client_app", pa.string()),
 ]
 
+# the privacy policy (privacy.POLICY_VERSION) that scrubbed the row; for a join row, the oldest policy among its
+# events, so a query for rows a faulty policy touched finds every one of them
+_POLICY_VERSION = _f("policy_version", pa.string(), False, "privacy policy that scrubbed this row, e.g. privacy-1")
+
 _SOURCE = [
     _f("source_topic", pa.string(), False),
     _f("source_partition", pa.int32(), False),
@@ -54,6 +58,9 @@ BRONZE_EVENTS = TableSpec(
     "bronze", "events",
     pa.schema(_ENVELOPE + [
         _f("body", pa.string(), False, "the type-specific body as JSON, after scrubbing"),
+        _POLICY_VERSION,
+        _f("user_ref", pa.string(), doc="the raw user id sealed with the user's own key (privacy/tokens.py): "
+                                        "support can reveal it while the key exists; unreadable once erased"),
         *_SOURCE,
         _f("ingested_at", TS, False),
         _f("date", pa.date32(), False, "partition: UTC date of ts"),
@@ -121,6 +128,7 @@ SILVER_STEPS = TableSpec(
         _f("reaction_ms", pa.int64(), doc="from proposal to the first user reaction"),
         _f("next_action_ms", pa.int64(), doc="from proposal to the next meaningful user action"),
         *_COST,
+        _POLICY_VERSION,
         _f("closed_reason", pa.string(), False, "terminal | next_action | task_end | timeout | late"),
         _f("closed_at", TS, False),
         _f("date", pa.date32(), False, "partition: UTC date of proposed_at"),
@@ -157,6 +165,7 @@ SILVER_EPISODES = TableSpec(
         _f("external_reward", pa.float64(), doc="an outside grade (e.g. τ-bench's reward) when the agent reported one"),
         _f("kpi", pa.float64()),
         *_COST,
+        _POLICY_VERSION,
         _f("closed_reason", pa.string(), False, "terminal | timeout | late"),
         _f("closed_at", TS, False),
         _f("date", pa.date32(), False, "partition: UTC date of started_at"),
@@ -283,7 +292,7 @@ GOLD_SCORECARDS = TableSpec(
         _f("baseline_value", pa.float64()),
         _f("delta", pa.float64(), doc="value - baseline_value"),
         _f("z", pa.float64(), doc="two-sample z statistic of the delta"),
-        _f("significant", pa.bool_(), doc="|z| beyond the spec's ci_level and both sides have min_n"),
+        _f("significant", pa.bool_(), doc="|z| beyond the spec's flag_level and both sides have min_n"),
         _f("regression", pa.bool_(), doc="significantly worse than the baseline"),
         _f("reward_version", pa.string(), False),
     ]),
@@ -329,9 +338,32 @@ GOLD_REVIEW_QUEUE = TableSpec(
     description="a stratified sample of episodes for human review, to calibrate the heuristics",
 )
 
+AUDIT_ERASURES = TableSpec(
+    "audit", "erasures",
+    pa.schema([
+        _f("erasure_id", pa.string(), False, "UUID of this run of `trajlake erase`"),
+        _f("subject", pa.string(), False, "keyed digest of the user's pseudonym (privacy/erase.py): answers 'was "
+                                          "this user erased?' for whoever holds the key, and names no one"),
+        _f("matched_by", pa.string(), False, "raw_id (dead letters searched for it too) | pseudonym"),
+        _f("requested_at", TS, False),
+        _f("finished_at", TS, False),
+        _f("tables", pa.list_(pa.struct([
+            pa.field("table", pa.string()), pa.field("rows_deleted", pa.int64()),
+            pa.field("files_removed", pa.int64())])), False, "every table and export looked at"),
+        _f("rows_deleted", pa.int64(), False),
+        _f("files_removed", pa.int64(), False, "data files vacuumed or rewritten"),
+        _f("key_shredded", pa.bool_(), False, "the user's key was in the key store and is gone"),
+        _f("policy_version", pa.string(), False, "privacy policy of the erase procedure"),
+        _f("note", pa.string(), doc="the operator's note, scrubbed"),
+    ]),
+    partition_by=(), keys=("erasure_id",),
+    description="one PII-free row per erase run: what was deleted, when, under which policy",
+)
+
 TABLES: dict[str, TableSpec] = {t.id: t for t in (
     BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES,
     GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES, GOLD_SCORECARDS, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE,
+    AUDIT_ERASURES,
 )}
 
 

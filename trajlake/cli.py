@@ -125,6 +125,59 @@ def replay_synthetic(
                   f"{s.topic('agent.raw')}; planted parameters in {planted_path}")
 
 
+# ---- jobs -----------------------------------------------------------------------------------------
+jobs_app = typer.Typer(help="Run the Spark jobs over a window of days (the same modules run under spark-submit).",
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+JOB_ORDER = ("heuristics", "scorecards")
+
+
+def _day(value: str, flag: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{flag} {value!r} is not a date: write it as YYYY-MM-DD, e.g. {flag} 2026-11-02") from None
+
+
+@jobs_app.command("run")
+def jobs_run(
+    job: str = typer.Argument(..., help="heuristics | scorecards | all (heuristics, then scorecards)"),
+    start: str = typer.Option(..., help="first day of the window, YYYY-MM-DD"),
+    end: str = typer.Option(..., help="the day after the last day of the window, YYYY-MM-DD"),
+    reward_version: Optional[str] = typer.Option(None, help="score with this spec, e.g. reward-v1 (default: newest)"),
+) -> None:
+    """Compute and publish a job's gold tables for [start, end); a rerun of a window replaces what it wrote."""
+    from schemas.reward import RewardSpecError, load_reward_spec
+
+    names = JOB_ORDER if job == "all" else (job,)
+    if any(n not in JOB_ORDER for n in names):
+        raise UserError(f"no job {job!r}: choose one of {', '.join(JOB_ORDER)} or all")
+    first, last = _day(start, "--start"), _day(end, "--end")
+    if last <= first:
+        raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
+    s = settings()
+    if reward_version:
+        s = s.model_copy(update={"reward_version": reward_version})
+    try:
+        spec = load_reward_spec(s.reward_version)
+    except RewardSpecError as exc:
+        raise UserError(f"{exc} — pass --reward-version with one of the versions listed") from None
+    from jobs.submit import job_runner
+
+    with console.status("starting Spark…") as st:
+        from jobs.spark import build_spark
+
+        spark = build_spark(s, app_name="trajlake-jobs")
+        for name in names:
+            began = time.monotonic()
+            for p in job_runner(name)(spark, s, first, last, spec=spec,
+                                      progress=lambda m, n=name: st.update(f"{n}: {m}…")):
+                console.print(f"[green]✓[/] {p.table}: {p.rows} rows → Delta version {p.version}")
+            console.print(f"{name} {first} … {last} with {spec.version}: {time.monotonic() - began:.1f} s")
+
+
 @app.command()
 def compact(
     table: Optional[str] = typer.Option(None, help="one table, e.g. bronze/events (default: every stream table)"),

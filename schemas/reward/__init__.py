@@ -94,6 +94,7 @@ class Baseline(_Frozen):
 
 class GuardrailSpec(_Frozen):
     ci_level: float = Field(gt=0.5, lt=1)
+    flag_level: float = Field(gt=0.5, lt=1)
     min_n: int = Field(ge=2)
     baseline: Baseline
     proxy_metrics: tuple[str, ...]

@@ -1,0 +1,161 @@
+"""Heuristic signals of the four buckets, bucket scores, the gated composite reward and step rewards.
+
+silver/steps + silver/episodes → gold/step_signals + gold/episode_scores. The transforms are DataFrame →
+DataFrame functions; `run` reads a window, transforms, checks and publishes with replaceWhere. Formulas:
+docs/heuristics.md; numbers: the reward spec (schemas/reward/).
+"""
+from __future__ import annotations
+
+import sys
+from datetime import date, timedelta
+from typing import Callable
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from jobs.tables import Published, latest_revisions, publish, read_window
+from schemas.reward import RewardSpec, load_reward_spec
+from schemas.settings import Settings
+from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS
+
+
+def _clamp(c: Column) -> Column:
+    return F.greatest(F.lit(0.0), F.least(F.lit(1.0), c))
+
+
+def _lookup(mapping: dict[str, float], key: Column) -> Column:
+    return F.create_map(*[x for k, v in sorted(mapping.items()) for x in (F.lit(k), F.lit(float(v)))])[key]
+
+
+def _segment(df: DataFrame) -> DataFrame:
+    return df.withColumn("task_type", F.coalesce(F.col("task_type"), F.lit("unknown")))
+
+
+def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
+    """Per-step correction and friction signals and the step's own score (latest silver revisions in)."""
+    intent = Window.partitionBy("episode_id", "intent_id")
+    after = intent.orderBy("step_index").rowsBetween(0, Window.unboundedFollowing)
+    kept = ((F.col("accepted") & ~F.col("undone")) | F.col("edited")).cast("int")
+    penalty = F.when(F.col("outcome") == "edited", F.col("edit_distance")).otherwise(
+        _lookup(spec.correction.penalty, F.col("outcome")))
+    return (
+        _segment(steps)
+        .withColumn("episode_id", F.concat_ws("/", "session_id", "task_id"))
+        .withColumn("intent_id", F.coalesce("intent_id", "action_id"))
+        .withColumn("overwritten", F.col("edited") & (F.col("edit_distance") >= spec.correction.overwrite_threshold))
+        .withColumn("overwritten", F.coalesce("overwritten", F.lit(False)))
+        .withColumn("correction_penalty", F.coalesce(penalty, F.lit(0.0)))
+        .withColumn("reaction_s", F.col("reaction_ms") / 1000.0)
+        .withColumn("next_action_s", F.col("next_action_ms") / 1000.0)
+        .withColumn("intent_attempt", F.row_number().over(intent.orderBy("step_index")))
+        .withColumn("intent_retries", F.sum(F.col("retried").cast("int")).over(intent))
+        .withColumn("dead_end", F.max(kept).over(after) == 0)
+        .withColumn("own_reward", _clamp(1.0 - F.col("correction_penalty")
+                                         - spec.step.dead_end_penalty * F.col("dead_end").cast("double")))
+    )
+
+
+def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) -> DataFrame:
+    """Per-episode signals of the four buckets, the bucket scores and the gated composite."""
+    mean = lambda c: F.avg(F.col(c).cast("double"))  # noqa: E731
+    per_episode = signals.groupBy("episode_id").agg(
+        mean("edit_distance").alias("edit_distance"), mean("edited").alias("edit_rate"),
+        mean("overwritten").alias("overwrite_rate"), mean("undone").alias("undo_rate"),
+        mean("accepted").alias("accept_rate"), mean("rejected").alias("reject_rate"),
+        mean("next_action_s").alias("next_action_s"), mean("reaction_s").alias("reaction_s"),
+        mean("retried").alias("retry_rate"), mean("dead_end").alias("dead_end_rate"),
+        mean("correction_penalty").alias("_penalty"))
+    o, fr, tr, co = spec.outcome, spec.friction, spec.trust, spec.composite
+    duration_s = F.col("duration_ms") / 1000.0
+    completed = F.col("outcome") == "completed"
+    sla = F.col("sla_seconds") * o.sla_grace
+    over = duration_s / sla
+    sla_factor = (F.when(~completed | sla.isNull() | (over <= 1), 1.0)
+                  .otherwise(F.greatest(F.lit(o.sla_floor), 1.0 - (1.0 - o.sla_floor) * (over - 1.0))))
+    poor = F.col("outcome").isin(*o.poor_outcomes)
+    t = F.coalesce(F.col("next_action_s"), F.lit(0.0))
+    df = (
+        _segment(episodes).join(per_episode, "episode_id", "left")
+        .withColumn("week", F.to_date(F.date_trunc("week", "started_at")))
+        .withColumn("completed", completed)
+        .withColumn("duration_s", duration_s)
+        .withColumn("completion_time_s", F.when(completed, duration_s))
+        .withColumn("within_sla", F.when(completed & sla.isNotNull(), duration_s <= sla))
+        .withColumn("sla_factor", sla_factor)
+        .withColumn("opted_out_after_poor", F.when(poor, F.col("opted_out")))
+        .withColumn("correction_score", 1.0 - F.coalesce(F.col("_penalty"), F.lit(0.0)))
+        .withColumn("friction_score", _clamp(1.0 - (
+            fr.weights["retry"] * F.coalesce(F.col("retry_rate"), F.lit(0.0))
+            + fr.weights["dead_end"] * F.coalesce(F.col("dead_end_rate"), F.lit(0.0))
+            + fr.weights["time"] * t / (t + fr.next_action_ref_s))))
+        .withColumn("outcome_score", _lookup(o.values, F.col("outcome")) * F.col("sla_factor"))
+        .withColumn("trust_score", _clamp(
+            tr.base + tr.delegated_bonus * F.col("delegated").cast("double")
+            - tr.escalated_penalty * F.col("escalated").cast("double")
+            - tr.opted_out_penalty * F.col("opted_out").cast("double")))
+        .withColumn("gate_passed", F.col("outcome").isin(*o.correct_outcomes)
+                    & (F.col("external_reward").isNull() | (F.col("external_reward") >= o.external_reward_threshold)))
+    )
+    weighted = sum(co.weights[b] * F.col(f"{b}_score") for b in ("outcome", "correction", "friction", "trust"))
+    return (df.withColumn("composite", F.when(F.col("gate_passed"), weighted).otherwise(co.ungated_scale * weighted))
+              .withColumn("reward_version", F.lit(spec.version)))
+
+
+def step_rewards(signals: DataFrame, scores: DataFrame, spec: RewardSpec) -> DataFrame:
+    """Step signals with their credit share of the episode composite and the step reward.
+
+    Steps of episodes that have not closed yet (no episode row) get no reward: a later run scores them.
+    """
+    episode = Window.partitionBy("episode_id")
+    steps_after = F.count(F.lit(1)).over(episode) - F.row_number().over(episode.orderBy("step_index"))
+    if spec.step.credit == "uniform":
+        weight = F.lit(1.0)
+    elif spec.step.credit == "last":
+        weight = F.when(steps_after == 0, 1.0).otherwise(0.0)
+    else:
+        weight = F.pow(F.lit(spec.step.gamma), steps_after.cast("double"))
+    own = spec.step.own_weight
+    return (
+        signals.join(scores.select("episode_id", "composite"), "episode_id", "inner")
+        .withColumn("_w", weight)
+        .withColumn("credit_share", F.col("composite") * F.col("_w") / F.sum("_w").over(episode))
+        .withColumn("step_reward", own * F.col("own_reward") + (1.0 - own) * F.col("credit_share"))
+        .withColumn("reward_version", F.lit(spec.version))
+        .drop("_w", "composite")
+    )
+
+
+def window_predicate(column: str, start: date, end: date, spec: RewardSpec) -> str:
+    return f"{column} >= '{start}' AND {column} < '{end}' AND reward_version = '{spec.version}'"
+
+
+def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: RewardSpec | None = None,
+        progress: Callable[[str], None] = lambda _: None) -> list[Published]:
+    """Score the episodes started and the steps proposed in [start, end) and publish both gold tables."""
+    spec = spec or load_reward_spec(settings.reward_version)
+    margin = timedelta(days=settings.job_margin_days)
+    progress(f"reading silver {start - margin} … {end + margin}")
+    steps = latest_revisions(read_window(spark, settings, SILVER_STEPS, start - margin, end + margin), "step_id")
+    episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start - margin, end + margin),
+                                "episode_id")
+    signals = step_signals(steps, spec).cache()
+    scores = episode_scores(episodes, signals, spec).cache()
+    try:
+        in_window = (F.col("date") >= F.lit(start)) & (F.col("date") < F.lit(end))
+        progress("publishing gold/step_signals")
+        out = [publish(spark, settings, GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(in_window),
+                       window_predicate("date", start, end, spec))]
+        progress("publishing gold/episode_scores")
+        out.append(publish(spark, settings, GOLD_EPISODE_SCORES, scores.where(in_window),
+                           window_predicate("date", start, end, spec)))
+    finally:
+        signals.unpersist()
+        scores.unpersist()
+    return out
+
+
+if __name__ == "__main__":  # spark-submit jobs/heuristics.py --start … --end …
+    from jobs.submit import main
+
+    sys.exit(main("heuristics", sys.argv[1:]))

@@ -1,0 +1,308 @@
+"""Scorecards by day and week × agent_version × prompt_variant × task_type, with guardrails and a review sample.
+
+gold/step_signals + gold/episode_scores → gold/scorecards (every signal and the composite with a confidence
+interval and its comparison with the named baseline), gold/guardrails (regressions, anti-gaming flags,
+week-over-week drift) and gold/review_queue (a stratified sample for human review). Formulas: docs/heuristics.md.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import date, timedelta
+from statistics import NormalDist
+from typing import Callable
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from jobs.tables import Published, publish, read_window
+from schemas.reward import RewardSpec, load_reward_spec
+from schemas.settings import Settings
+from schemas.tables import (GOLD_EPISODE_SCORES, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE, GOLD_SCORECARDS,
+                            GOLD_STEP_SIGNALS)
+
+SEGMENT = ("agent_version", "prompt_variant", "task_type")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One scorecard line: per step or per episode, a rate (of a boolean) or a mean, and which way is better."""
+
+    name: str
+    source: str      # step | episode
+    column: str      # the column of the source observed; null rows are outside the metric's denominator
+    kind: str        # rate | mean
+    better: int      # +1 higher is better, -1 lower is better
+    bucket: str
+
+
+def _m(name, source, kind, better, bucket, column=None) -> Metric:
+    return Metric(name, source, column or name, kind, better, bucket)
+
+
+METRICS: tuple[Metric, ...] = (
+    _m("accept_rate", "step", "rate", +1, "correction", "accepted"),
+    _m("reject_rate", "step", "rate", -1, "correction", "rejected"),
+    _m("edit_rate", "step", "rate", -1, "correction", "edited"),
+    _m("overwrite_rate", "step", "rate", -1, "correction", "overwritten"),
+    _m("edit_distance", "step", "mean", -1, "correction"),
+    _m("undo_rate", "step", "rate", -1, "correction", "undone"),
+    _m("undo_after_accept", "step", "rate", -1, "correction", "_undo_after_accept"),
+    _m("retry_rate", "step", "rate", -1, "friction", "retried"),
+    _m("dead_end_rate", "step", "rate", -1, "friction", "dead_end"),
+    _m("next_action_s", "step", "mean", -1, "friction"),
+    _m("reaction_s", "step", "mean", -1, "friction"),
+    _m("step_reward", "step", "mean", +1, "reward"),
+    _m("completion_rate", "episode", "rate", +1, "outcome", "completed"),
+    _m("abandon_rate", "episode", "rate", -1, "outcome", "_abandoned"),
+    _m("reopen_rate", "episode", "rate", -1, "outcome", "reopened"),
+    _m("timeout_rate", "episode", "rate", -1, "outcome", "_timeout"),
+    _m("within_sla_rate", "episode", "rate", +1, "outcome", "within_sla"),
+    _m("completion_time_s", "episode", "mean", -1, "outcome"),
+    _m("escalation_rate", "episode", "rate", -1, "trust", "escalated"),
+    _m("delegation_rate", "episode", "rate", +1, "trust", "delegated"),
+    _m("opt_out_rate", "episode", "rate", -1, "trust", "opted_out"),
+    _m("opt_out_after_poor", "episode", "rate", -1, "trust", "opted_out_after_poor"),
+    _m("correction_score", "episode", "mean", +1, "reward"),
+    _m("friction_score", "episode", "mean", +1, "reward"),
+    _m("outcome_score", "episode", "mean", +1, "reward"),
+    _m("trust_score", "episode", "mean", +1, "reward"),
+    _m("gate_pass_rate", "episode", "rate", +1, "outcome", "gate_passed"),
+    _m("composite", "episode", "mean", +1, "reward"),
+    _m("steps_per_episode", "episode", "mean", -1, "cost", "n_steps"),
+    _m("cost_usd", "episode", "mean", -1, "cost"),
+)
+METRIC_NAMES = frozenset(m.name for m in METRICS)
+
+UNIT = [i / 10 for i in range(1, 10)]
+SECONDS = [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]
+# drift: each signal's distribution over fixed bins (left edges of all bins but the first), per source
+DRIFT_SIGNALS: tuple[tuple[str, str, list[float]], ...] = (
+    ("composite", "episode", UNIT), ("correction_score", "episode", UNIT), ("friction_score", "episode", UNIT),
+    ("outcome_score", "episode", UNIT), ("trust_score", "episode", UNIT),
+    ("completion_time_s", "episode", SECONDS), ("completed", "episode", [0.5]),
+    ("edit_distance", "step", UNIT), ("next_action_s", "step", SECONDS), ("reaction_s", "step", SECONDS),
+    ("accepted", "step", [0.5]),
+)
+PSI_EPSILON = 1e-4  # share given to a bin empty in one week, so the log stays finite
+
+
+def z_of(level: float) -> float:
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def _observations(df: DataFrame, metrics: list[Metric]) -> DataFrame:
+    """One row per (row, metric) with a non-null observation x."""
+    obs = F.explode(F.array(*[F.struct(F.lit(m.name).alias("metric"), F.col(m.column).cast("double").alias("x"))
+                              for m in metrics])).alias("o")
+    return df.select(*SEGMENT, F.col("date"), obs).select(*SEGMENT, "date", "o.metric", "o.x").where("x IS NOT NULL")
+
+
+def daily_sums(steps: DataFrame, episodes: DataFrame) -> DataFrame:
+    """n, Σx and Σx² per day × segment × metric: the additive form days roll up into weeks from."""
+    steps = steps.withColumn("_undo_after_accept", F.when(F.col("accepted"), F.col("undone")))
+    episodes = (episodes.withColumn("_abandoned", F.col("outcome") == "abandoned")
+                        .withColumn("_timeout", F.col("outcome") == "timeout"))
+    obs = _observations(steps, [m for m in METRICS if m.source == "step"]).unionByName(
+        _observations(episodes, [m for m in METRICS if m.source == "episode"]))
+    return obs.groupBy(*SEGMENT, "date", "metric").agg(
+        F.count("x").alias("n"), F.sum("x").alias("s"), F.sum(F.col("x") * F.col("x")).alias("ss"))
+
+
+def _metric_table(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([(m.name, m.kind, m.better, m.bucket) for m in METRICS],
+                                 "metric STRING, kind STRING, better TINYINT, bucket STRING")
+
+
+def scorecards(spark: SparkSession, sums: DataFrame, spec: RewardSpec) -> DataFrame:
+    """Day and week rows of every metric with its confidence interval and the comparison with the baseline."""
+    g = spec.guardrails
+    z = z_of(g.ci_level)
+    z_flag = z_of(g.flag_level)
+    day = sums.select(F.lit("day").alias("grain"), F.col("date").alias("period_start"), *SEGMENT, "metric",
+                      "n", "s", "ss")
+    week = (sums.withColumn("period_start", F.to_date(F.date_trunc("week", "date")))
+                .groupBy(*SEGMENT, "period_start", "metric").agg(F.sum("n").alias("n"), F.sum("s").alias("s"),
+                                                                   F.sum("ss").alias("ss"))
+                .select(F.lit("week").alias("grain"), "period_start", *SEGMENT, "metric", "n", "s", "ss"))
+    n, s, ss = F.col("n").cast("double"), F.col("s"), F.col("ss")
+    mean = s / n
+    var = F.when(n > 1, F.greatest(F.lit(0.0), (ss - n * mean * mean) / (n - 1)))
+    rows = (day.unionByName(week).join(F.broadcast(_metric_table(spark)), "metric")
+            .withColumn("value", mean)
+            .withColumn("std", F.sqrt(var))
+            .withColumn("_p", mean))
+    # Wilson score interval for rates (sound near 0 and 1 and for small n); normal interval for means
+    centre = (F.col("_p") + z * z / (2 * n)) / (1 + z * z / n)
+    half_w = z * F.sqrt(F.col("_p") * (1 - F.col("_p")) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    half_m = z * F.col("std") / F.sqrt(n)
+    rows = (rows.withColumn("ci_low", F.when(F.col("kind") == "rate", centre - half_w).otherwise(F.col("value") - half_m))
+                .withColumn("ci_high", F.when(F.col("kind") == "rate", centre + half_w).otherwise(F.col("value") + half_m)))
+    base = (rows.where((F.col("agent_version") == g.baseline.agent_version)
+                       & (F.col("prompt_variant") == g.baseline.prompt_variant))
+                .select("grain", "period_start", "task_type", "metric", F.col("n").alias("baseline_n"),
+                        F.col("s").alias("_bs"), F.col("value").alias("baseline_value"), F.col("std").alias("_bstd")))
+    n2 = F.col("baseline_n").cast("double")
+    pooled = (F.col("s") + F.col("_bs")) / (n + n2)
+    se = F.when(F.col("kind") == "rate", F.sqrt(pooled * (1 - pooled) * (1 / n + 1 / n2))).otherwise(
+        F.sqrt(F.col("std") ** 2 / n + F.col("_bstd") ** 2 / n2))
+    is_base = ((F.col("agent_version") == g.baseline.agent_version)
+               & (F.col("prompt_variant") == g.baseline.prompt_variant))
+    out = (rows.join(base, ["grain", "period_start", "task_type", "metric"], "left")
+               .withColumn("delta", F.col("value") - F.col("baseline_value"))
+               .withColumn("z", F.when(~is_base & (se > 0), F.col("delta") / se))
+               .withColumn("significant", F.when(~is_base & F.col("baseline_n").isNotNull(),
+                                                 F.coalesce((F.abs(F.col("z")) > z_flag) & (n >= g.min_n)
+                                                            & (n2 >= g.min_n), F.lit(False))))
+               .withColumn("regression", F.col("significant") & (F.col("delta") * F.col("better") < 0))
+               .withColumn("reward_version", F.lit(spec.version)))
+    return out
+
+
+def regressions(cards: DataFrame, spec: RewardSpec) -> DataFrame:
+    """One guardrail row per metric significantly worse than the baseline."""
+    return cards.where("regression").select(
+        F.lit("regression").alias("check"), "grain", "period_start", *SEGMENT, "metric",
+        F.col("z").alias("statistic"), F.lit(z_of(spec.guardrails.flag_level)).alias("threshold"),
+        F.lit(True).alias("flagged"),
+        F.to_json(F.struct("value", "baseline_value", "n", "baseline_n", "delta")).alias("detail"),
+        "reward_version")
+
+
+def gaming_flags(cards: DataFrame, spec: RewardSpec) -> DataFrame:
+    """Per segment and period: flagged when a proxy is significantly better than the baseline while an outcome
+    metric is significantly worse (the proxies are being gamed)."""
+    g = spec.guardrails
+    improved = F.col("significant") & (F.col("delta") * F.col("better") > 0)
+    worse = F.col("significant") & (F.col("delta") * F.col("better") < 0)
+    is_base = ((F.col("agent_version") == g.baseline.agent_version)
+               & (F.col("prompt_variant") == g.baseline.prompt_variant))
+    per_segment = (
+        cards.where(~is_base & F.col("baseline_n").isNotNull())
+        .groupBy("grain", "period_start", *SEGMENT)
+        .agg(F.array_sort(F.collect_list(F.when(F.col("metric").isin(*g.proxy_metrics) & improved,
+                                                F.col("metric")))).alias("proxies_better"),
+             F.array_sort(F.collect_list(F.when(F.col("metric").isin(*g.outcome_metrics) & worse,
+                                                F.col("metric")))).alias("outcomes_worse")))
+    return per_segment.select(
+        F.lit("gaming").alias("check"), "grain", "period_start", *SEGMENT, F.lit("*").alias("metric"),
+        F.size("proxies_better").cast("double").alias("statistic"), F.lit(1.0).alias("threshold"),
+        ((F.size("proxies_better") > 0) & (F.size("outcomes_worse") > 0)).alias("flagged"),
+        F.to_json(F.struct("proxies_better", "outcomes_worse",
+                           F.lit(f"{g.baseline.agent_version}/{g.baseline.prompt_variant}").alias("baseline")))
+        .alias("detail"),
+        F.lit(spec.version).alias("reward_version"))
+
+
+def _binned(df: DataFrame, signals: list[tuple[str, str, list[float]]]) -> DataFrame:
+    """(segment, week, signal, bin) counts of each signal over its fixed bins."""
+    obs = F.explode(F.array(*[
+        F.struct(F.lit(name).alias("signal"),
+                 F.when(F.col(name).isNotNull(),
+                        sum((F.col(name).cast("double") >= edge).cast("int") for edge in edges)).alias("bin"))
+        for name, _, edges in signals])).alias("o")
+    return (df.withColumn("week", F.to_date(F.date_trunc("week", "date")))
+              .select(*SEGMENT, "week", obs).select(*SEGMENT, "week", "o.signal", "o.bin")
+              .where("bin IS NOT NULL").groupBy(*SEGMENT, "week", "signal", "bin").count())
+
+
+def drift(steps: DataFrame, episodes: DataFrame, spec: RewardSpec) -> DataFrame:
+    """Week-over-week population stability index of every drift signal per segment (weeks that have a previous
+    week with data); flagged at the spec's psi_alert when both weeks have min_n observations."""
+    g = spec.guardrails
+    counts = _binned(steps, [d for d in DRIFT_SIGNALS if d[1] == "step"]).unionByName(
+        _binned(episodes, [d for d in DRIFT_SIGNALS if d[1] == "episode"]))
+    total = Window.partitionBy(*SEGMENT, "week", "signal")
+    shares = counts.withColumn("n", F.sum("count").over(total)).withColumn("p", F.col("count") / F.col("n"))
+    cur = shares.select(*SEGMENT, "week", "signal", "bin", F.col("p").alias("p"), F.col("n").alias("n"))
+    prev = shares.select(*SEGMENT, F.date_add("week", 7).alias("week"), "signal", "bin",
+                         F.col("p").alias("q"), F.col("n").alias("prev_n"))
+    weeks = (cur.select(*SEGMENT, "week", "signal", "n").distinct()
+             .join(prev.select(*SEGMENT, "week", "signal", "prev_n").distinct(), [*SEGMENT, "week", "signal"]))
+    keys = [*SEGMENT, "week", "signal", "bin"]
+    both = (cur.drop("n").join(prev.drop("prev_n"), keys, "full_outer")
+               .join(weeks, [*SEGMENT, "week", "signal"], "inner")
+               .withColumn("p", F.coalesce("p", F.lit(0.0)) + PSI_EPSILON)
+               .withColumn("q", F.coalesce("q", F.lit(0.0)) + PSI_EPSILON))
+    psi = (both.groupBy(*SEGMENT, "week", "signal", "n", "prev_n")
+               .agg(F.sum((F.col("p") - F.col("q")) * F.log(F.col("p") / F.col("q"))).alias("psi")))
+    return psi.select(
+        F.lit("drift").alias("check"), F.lit("week").alias("grain"), F.col("week").alias("period_start"), *SEGMENT,
+        F.col("signal").alias("metric"), F.col("psi").alias("statistic"), F.lit(g.psi_alert).alias("threshold"),
+        ((F.col("psi") >= g.psi_alert) & (F.col("n") >= g.min_n) & (F.col("prev_n") >= g.min_n)).alias("flagged"),
+        F.to_json(F.struct(F.col("n"), F.col("prev_n"), F.date_sub("week", 7).alias("compared_with"))).alias("detail"),
+        F.lit(spec.version).alias("reward_version"))
+
+
+def review_queue(episodes: DataFrame, spec: RewardSpec) -> DataFrame:
+    """Up to review_per_stratum episodes per week × segment × composite band, picked by a keyed hash so a rerun
+    picks the same ones, with the weight that maps reviews back to the population."""
+    g = spec.guardrails
+    edges = [0.0, *g.review_bands]
+    labels = [f"[{lo}, {hi})" for lo, hi in zip(edges, [*g.review_bands, 1.0])]
+    labels[-1] = labels[-1].replace(")", "]")
+    band = F.element_at(F.array(*[F.lit(x) for x in labels]),
+                        sum((F.col("composite") >= e).cast("int") for e in edges))
+    stratum = Window.partitionBy("week", *SEGMENT, "band")
+    k = g.review_per_stratum
+    return (episodes.withColumn("band", band)
+            .withColumn("rank", F.row_number().over(stratum.orderBy(F.xxhash64("episode_id", F.lit(spec.version)),
+                                                                    "episode_id")))
+            .withColumn("stratum_size", F.count(F.lit(1)).over(stratum))
+            .where(F.col("rank") <= k)
+            .withColumn("weight", F.col("stratum_size") / F.least(F.col("stratum_size"), F.lit(k)))
+            .withColumn("reward_version", F.lit(spec.version)))
+
+
+def _weeks(start: date, end: date) -> tuple[date, date]:
+    """[Monday of start's week, Monday after the week of end - 1 day)."""
+    first = start - timedelta(days=start.weekday())
+    last = end - timedelta(days=1)
+    return first, last - timedelta(days=last.weekday()) + timedelta(days=7)
+
+
+def periods_predicate(start: date, end: date, spec: RewardSpec) -> str:
+    ws, we = _weeks(start, end)
+    return (f"reward_version = '{spec.version}' AND ((grain = 'day' AND period_start >= '{start}' AND "
+            f"period_start < '{end}') OR (grain = 'week' AND period_start >= '{ws}' AND period_start < '{we}'))")
+
+
+def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: RewardSpec | None = None,
+        progress: Callable[[str], None] = lambda _: None) -> list[Published]:
+    """Scorecards for the days in [start, end) and the whole weeks they touch; guardrails; the review sample."""
+    spec = spec or load_reward_spec(settings.reward_version)
+    ws, we = _weeks(start, end)
+    progress(f"reading gold scores {ws - timedelta(days=7)} … {we}")
+    version = F.col("reward_version") == spec.version
+    steps = read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we).where(version).cache()
+    episodes = read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we).where(version).cache()
+    try:
+        in_periods = (((F.col("grain") == "day") & (F.col("period_start") >= F.lit(start))
+                       & (F.col("period_start") < F.lit(end)))
+                      | ((F.col("grain") == "week") & (F.col("period_start") >= F.lit(ws))
+                         & (F.col("period_start") < F.lit(we))))
+        progress("aggregating signals by day and week")
+        cards = scorecards(spark, daily_sums(steps, episodes), spec).where(in_periods).cache()
+        where = periods_predicate(start, end, spec)
+        progress("publishing gold/scorecards")
+        out = [publish(spark, settings, GOLD_SCORECARDS, cards, where)]
+        progress("checking regressions, gaming and drift")
+        rails = regressions(cards, spec).unionByName(gaming_flags(cards, spec)).unionByName(
+            drift(steps, episodes, spec).where(in_periods))
+        out.append(publish(spark, settings, GOLD_GUARDRAILS, rails, where))
+        progress("sampling episodes for review")
+        sample = review_queue(episodes.where((F.col("week") >= F.lit(ws)) & (F.col("week") < F.lit(we))), spec)
+        out.append(publish(spark, settings, GOLD_REVIEW_QUEUE, sample,
+                           f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'"))
+        cards.unpersist()
+    finally:
+        steps.unpersist()
+        episodes.unpersist()
+    return out
+
+
+if __name__ == "__main__":  # spark-submit jobs/scorecards.py --start … --end …
+    from jobs.submit import main
+
+    sys.exit(main("scorecards", sys.argv[1:]))

@@ -1,0 +1,104 @@
+"""Spark reads and guarded publishes of the declared lake tables: windows, latest revisions, replaceWhere, checksums."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+from pyspark.sql.window import Window
+
+from lake.tables import ensure_table, open_table, table_path
+from schemas.settings import Settings
+from schemas.tables import TableSpec, spark_ddl
+
+
+class PublishRefused(RuntimeError):
+    """The rows failed a pre-publish check; nothing was written."""
+
+
+def declared_schema(spec: TableSpec) -> StructType:
+    return StructType.fromDDL(spark_ddl(spec.schema))
+
+
+def read_window(spark: SparkSession, settings: Settings, spec: TableSpec, start: date, end: date,
+                column: str | None = None) -> DataFrame:
+    """Rows of `spec` with `column` (its first partition column by default) in [start, end); an empty frame with
+    the declared schema when the table does not exist yet."""
+    column = column or spec.partition_by[0]
+    if open_table(settings, spec) is None:
+        return spark.createDataFrame([], declared_schema(spec))
+    df = spark.read.format("delta").load(str(table_path(settings, spec)))
+    return df.where((F.col(column) >= F.lit(start)) & (F.col(column) < F.lit(end)))
+
+
+def latest_revisions(df: DataFrame, key: str) -> DataFrame:
+    """Only the highest revision of each `key` (late amendments supersede earlier rows)."""
+    w = Window.partitionBy(key).orderBy(F.col("revision").desc())
+    return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
+
+
+def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
+    """The declared columns, in declared order, cast to declared types."""
+    missing = [f.name for f in declared_schema(spec) if f.name not in df.columns]
+    if missing:
+        raise PublishRefused(f"{spec.id}: the job produced no column(s) {missing}")
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in declared_schema(spec)])
+
+
+@dataclass(frozen=True)
+class Published:
+    table: str
+    rows: int
+    version: int
+
+
+def check_before_publish(df: DataFrame, spec: TableSpec) -> int:
+    """Declared NOT NULL columns hold no nulls and the declared keys are unique; returns the row count.
+
+    These are the structural invariants every gold table has; the Great Expectations suites in quality/
+    add the semantic ones.
+    """
+    required = [f.name for f in spec.schema if not f.nullable]
+    aggs = [F.count(F.lit(1)).alias("_rows"),
+            F.countDistinct(*[F.col(k) for k in spec.keys]).alias("_keys")]
+    aggs += [F.sum(F.col(c).isNull().cast("long")).alias(c) for c in required]
+    stats = df.agg(*aggs).first().asDict()
+    rows = stats.pop("_rows")
+    keys = stats.pop("_keys")
+    nulls = {c: n for c, n in stats.items() if n}
+    if nulls:
+        raise PublishRefused(f"{spec.id}: nulls in NOT NULL columns {nulls}; nothing was published")
+    if keys != rows:
+        raise PublishRefused(f"{spec.id}: {rows - keys} rows repeat a key {spec.keys}; nothing was published")
+    return rows
+
+
+def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFrame, where: str) -> Published:
+    """Replace exactly the rows matching `where` with `df` in one Delta commit (replaceWhere), after the checks.
+
+    Every row of `df` must satisfy `where` (Delta enforces it), so a rerun of the same window replaces what the
+    last run wrote and nothing else: reruns are idempotent.
+    """
+    df = conform(df, spec).cache()
+    try:
+        rows = check_before_publish(df, spec)
+        ensure_table(settings, spec)
+        (df.sortWithinPartitions(*spec.keys).write.format("delta").mode("overwrite")
+           .option("replaceWhere", where).save(str(table_path(settings, spec))))
+    finally:
+        df.unpersist()
+    return Published(spec.id, rows, open_table(settings, spec).version())
+
+
+def checksum(spark: SparkSession, settings: Settings, spec: TableSpec, where: str = "true") -> tuple[int, int]:
+    """(rows, order-independent content hash) of the rows matching `where`: equal for equal data, whatever the
+    files, so two runs over one window can be compared."""
+    if open_table(settings, spec) is None:
+        return (0, 0)
+    df = spark.read.format("delta").load(str(table_path(settings, spec))).where(where)
+    cols = [F.col(f.name) for f in declared_schema(spec)]
+    row = df.agg(F.count(F.lit(1)).alias("n"),
+                 F.sum(F.xxhash64(*cols).cast("decimal(38,0)")).alias("h")).first()
+    return int(row["n"]), int(row["h"] or 0)
