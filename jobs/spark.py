@@ -47,3 +47,18 @@ def build_spark(settings: Settings, app_name: str = "trajlake", extra: Mapping[s
     spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def delta_packages() -> str:
+    """The Maven coordinates delta-spark resolves through Ivy, for `spark-submit --packages`.
+
+    Under spark-submit the JVM starts before the job's Python, so the packages must be on its command line.
+    """
+    from delta import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    return configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+
+
+if __name__ == "__main__":  # spark-submit --packages "$(python -m jobs.spark)" jobs/heuristics.py …
+    print(delta_packages())

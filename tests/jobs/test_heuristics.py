@@ -1,0 +1,116 @@
+"""Heuristic signals, bucket scores, the gated composite and step credit on hand-built silver rows (real Spark)."""
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from jobs.heuristics import episode_scores, step_rewards, step_signals
+from jobs.tables import declared_schema
+from schemas.reward import load_reward_spec
+from schemas.tables import SILVER_EPISODES, SILVER_STEPS
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+SPEC = load_reward_spec("reward-v1")
+
+
+def step(task: str, index: int, outcome: str, intent: str | None = None, **kw):
+    flags = {k: False for k in ("accepted", "rejected", "edited", "undone", "retried")}
+    flags.update({"accepted": outcome in ("accepted", "undone"), "rejected": outcome == "rejected",
+                  "edited": outcome == "edited", "undone": outcome == "undone", "retried": outcome == "retried"})
+    row = {f.name: None for f in SILVER_STEPS.schema}
+    row.update(step_id=f"s1/a-{task}-{index}", revision=0, session_id="s1", task_id=task, user_id="u_1",
+               agent_version="agent-v1", prompt_variant="control", task_type="refund", action_id=f"a-{task}-{index}",
+               intent_id=intent, step_index=index, proposed_at=T0 + timedelta(minutes=index), output="x",
+               outcome=outcome, shown=True, **flags, reaction_ms=4000, next_action_ms=6000, llm_calls=1, tool_calls=0,
+               tool_errors=0, tokens_in=1, tokens_out=1, cost_usd=0.0, latency_ms=1.0, closed_reason="terminal",
+               closed_at=T0, date=date(2026, 11, 2))
+    if "policy_version" in row:
+        row["policy_version"] = "privacy-1"
+    row.update(kw)
+    return row
+
+
+def episode(task: str, outcome: str, **kw):
+    row = {f.name: None for f in SILVER_EPISODES.schema}
+    row.update(episode_id=f"s1/{task}", revision=0, session_id="s1", task_id=task, user_id="u_1",
+               agent_version="agent-v1", prompt_variant="control", task_type="refund", started_at=T0,
+               ended_at=T0 + timedelta(seconds=60), duration_ms=60_000, outcome=outcome, n_steps=1,
+               n_user_messages=0, accepted=0, rejected=0, edited=0, undone=0, retried=0, escalated=False,
+               delegated=False, opted_out=False, reopened=outcome == "reopened", feedback_up=0, feedback_down=0,
+               sla_seconds=120.0, llm_calls=1, tool_calls=0, tool_errors=0, tokens_in=1, tokens_out=1, cost_usd=0.0,
+               latency_ms=1.0, closed_reason="terminal", closed_at=T0, date=date(2026, 11, 2))
+    if "policy_version" in row:
+        row["policy_version"] = "privacy-1"
+    row.update(kw)
+    return row
+
+
+def frames(spark, steps, episodes):
+    return (spark.createDataFrame(steps, declared_schema(SILVER_STEPS)),
+            spark.createDataFrame(episodes, declared_schema(SILVER_EPISODES)))
+
+
+@pytest.mark.integration
+def test_dead_ends_overwrites_and_penalties(spark):
+    steps, _ = frames(spark, [
+        step("t1", 0, "rejected", "i1"), step("t1", 1, "accepted", "i1"),   # rejected, then kept: no dead end
+        step("t1", 2, "retried", "i2"), step("t1", 3, "undone", "i2"),      # nothing kept in i2: both dead ends
+        step("t1", 4, "edited", "i3", final_value="y", edit_distance=0.7),  # a big edit is an overwrite
+        step("t1", 5, "edited", "i4", final_value="y", edit_distance=0.1),
+        step("t1", 6, "ignored", None),                                      # no intent: its own
+    ], [])
+    rows = {r.step_index: r for r in step_signals(steps, SPEC).collect()}
+    assert [rows[i].dead_end for i in range(7)] == [False, False, True, True, False, False, True]
+    assert [rows[i].overwritten for i in range(7)] == [False, False, False, False, True, False, False]
+    assert [rows[i].correction_penalty for i in range(7)] == [1.0, 0.0, 0.5, 1.0, 0.7, 0.1, 0.25]
+    assert rows[1].intent_attempt == 2 and rows[3].intent_retries == 1 and rows[6].intent_id == "a-t1-6"
+    assert rows[2].own_reward == 0.0 and rows[5].own_reward == pytest.approx(0.9)
+    assert rows[0].reaction_s == 4.0 and rows[0].next_action_s == 6.0
+
+
+@pytest.mark.integration
+def test_the_gate_keeps_proxies_alone_from_scoring_well(spark):
+    """A perfect-looking failed episode (all accepted, instant) scores below a slow, heavily edited success."""
+    steps, episodes = frames(spark, [
+        step("gamer", 0, "accepted", reaction_ms=100, next_action_ms=100),
+        step("worker", 0, "edited", final_value="y", edit_distance=0.9, reaction_ms=90_000, next_action_ms=90_000),
+    ], [episode("gamer", "abandoned"), episode("worker", "completed", duration_ms=240_000)])
+    signals = step_signals(steps, SPEC)
+    scores = {r.task_id: r for r in episode_scores(episodes, signals, SPEC).collect()}
+    gamer, worker = scores["gamer"], scores["worker"]
+    assert not gamer.gate_passed and worker.gate_passed
+    assert gamer.correction_score == 1.0 and gamer.friction_score > worker.friction_score
+    assert gamer.composite <= SPEC.composite.ungated_scale < worker.composite
+    # 240 s against a 120 s SLA is 2× the SLA: the factor has fallen to the floor
+    assert worker.within_sla is False and worker.sla_factor == SPEC.outcome.sla_floor
+    assert worker.completion_time_s == 240.0 and gamer.completion_time_s is None
+    assert gamer.reward_version == "reward-v1" and str(worker.week) == "2026-11-02"
+
+
+@pytest.mark.integration
+def test_outside_grade_gates_too_and_opt_out_counts_after_poor_outcomes(spark):
+    steps, episodes = frames(spark, [step("a", 0, "accepted"), step("b", 0, "accepted"), step("c", 0, "accepted")], [
+        episode("a", "completed", external_reward=0.0),   # the user completed, the grader says wrong
+        episode("b", "escalated", escalated=True, opted_out=True),
+        episode("c", "completed", opted_out=True, delegated=True)])
+    scores = {r.task_id: r for r in episode_scores(episodes, step_signals(steps, SPEC), SPEC).collect()}
+    assert not scores["a"].gate_passed
+    assert scores["b"].opted_out_after_poor is True and scores["c"].opted_out_after_poor is None
+    assert scores["b"].trust_score == 0.0 and scores["c"].trust_score == pytest.approx(0.2)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("credit", ["uniform", "discounted", "last"])
+def test_step_credit_shares_sum_to_the_episode_composite(spark, credit):
+    spec = SPEC.model_copy(update={"step": SPEC.step.model_copy(update={"credit": credit})})
+    steps, episodes = frames(spark, [step("t", i, "accepted") for i in range(4)], [episode("t", "completed", n_steps=4)])
+    signals = step_signals(steps, spec)
+    scores = episode_scores(episodes, signals, spec)
+    composite = scores.first().composite
+    rows = sorted(step_rewards(signals, scores, spec).collect(), key=lambda r: r.step_index)
+    shares = [r.credit_share for r in rows]
+    assert sum(shares) == pytest.approx(composite)
+    expected = {"uniform": [1, 1, 1, 1], "last": [0, 0, 0, 1],
+                "discounted": [spec.step.gamma ** (3 - i) for i in range(4)]}[credit]
+    assert shares == pytest.approx([composite * w / sum(expected) for w in expected])
+    assert all(r.step_reward == pytest.approx(spec.step.own_weight * r.own_reward
+                                              + (1 - spec.step.own_weight) * r.credit_share) for r in rows)

@@ -1,0 +1,196 @@
+"""Scorecards recover the synthetic generator's planted behaviour, flag its gaming segment, agree with τ-bench's
+ground truth, detect drift, and reruns leave identical tables (real Spark, real Delta)."""
+import math
+import subprocess
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.reward import load_reward_spec
+from schemas.tables import (GOLD_EPISODE_SCORES, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE, GOLD_SCORECARDS,
+                            GOLD_STEP_SIGNALS)
+from tests.conftest import REPO, settings_env
+
+SEED = 11
+START, END = date(2026, 11, 1), date(2026, 11, 15)
+GOLD = (GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES, GOLD_SCORECARDS, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE)
+
+
+@pytest.fixture(scope="module")
+def synthetic_gold(spark, base_settings, tmp_path_factory):
+    """~30k synthetic events (≈1,750 episodes over four days) → silver by the batch join → both jobs."""
+    from jobs import heuristics, scorecards
+    from streams.recompute import write_silver
+    from streams.sources.synthetic import synthetic_events
+
+    s = base_settings.model_copy(update={"lake_root": tmp_path_factory.mktemp("synthetic") / "lake"})
+    write_silver(s, (e.event for e in synthetic_events(30_000, seed=SEED, sessions_per_minute=0.3)))
+    heuristics.run(spark, s, START, END)
+    scorecards.run(spark, s, START, END)
+    return s
+
+
+def week_cards(spark, s):
+    from lake.tables import table_path
+
+    rows = (spark.read.format("delta").load(str(table_path(s, GOLD_SCORECARDS)))
+            .where("grain = 'week' AND period_start = '2026-11-02'").collect())
+    return {(r.agent_version, r.prompt_variant, r.task_type, r.metric): r for r in rows}
+
+
+def expected_from_planted(b) -> dict[str, float]:
+    """What each scorecard metric must recover, from the generator's planted parameters."""
+    poor = b.abandon + b.escalate + b.reopen
+    return {
+        "accept_rate": b.accept, "edit_rate": b.edit, "reject_rate": b.reject, "retry_rate": b.retry,
+        "undo_after_accept": b.undo_after_accept,
+        "completion_rate": b.complete, "abandon_rate": b.abandon, "escalation_rate": b.escalate,
+        "reopen_rate": b.reopen, "delegation_rate": b.delegate,
+        "opt_out_after_poor": b.opt_out_after_failure * b.abandon / poor,
+        # shown 30–200 ms after the proposal, then an exponential think time
+        "reaction_s": b.think_s + 0.115,
+    }
+
+
+@pytest.mark.integration
+def test_scorecard_recovers_every_planted_rate(spark, synthetic_gold):
+    from streams.sources.synthetic import planted
+
+    cards = week_cards(spark, synthetic_gold)
+    checks, covered, worst = 0, 0, 0.0
+    for segment, behaviour in planted(SEED).items():
+        for metric, truth in expected_from_planted(behaviour).items():
+            row = cards[(*segment, metric)]
+            checks += 1
+            covered += row.ci_low <= truth <= row.ci_high
+            se = (math.sqrt(truth * (1 - truth) / row.n) if metric.endswith(("rate", "accept", "poor"))
+                  else row.std / math.sqrt(row.n))
+            worst = max(worst, abs(row.value - truth) / se)
+    # 95% intervals: about 95% of the 144 checks cover the truth; none is far out (Bonferroni: z 3.8 at α 0.01)
+    assert checks == 12 * 12
+    assert covered / checks >= 0.90, f"{covered}/{checks} intervals cover the planted value"
+    assert worst < 3.8
+
+
+@pytest.mark.integration
+def test_only_the_planted_gaming_segment_is_flagged(spark, synthetic_gold):
+    from lake.tables import table_path
+
+    flagged = (spark.read.format("delta").load(str(table_path(synthetic_gold, GOLD_GUARDRAILS)))
+               .where("check = 'gaming' AND grain = 'week' AND flagged").collect())
+    assert {(r.agent_version, r.prompt_variant, r.task_type) for r in flagged} == {("agent-v2", "concise", "search")}
+    assert "accept_rate" in flagged[0].detail and "completion_rate" in flagged[0].detail
+    cards = week_cards(spark, synthetic_gold)
+    assert cards[("agent-v2", "concise", "search", "completion_rate")].regression
+    # the planted improvement of agent-v2 is no regression
+    assert not cards[("agent-v2", "control", "refund", "completion_rate")].regression
+
+
+@pytest.mark.integration
+def test_review_sample_is_stratified_and_weighted(spark, synthetic_gold):
+    from lake.readers import read_table
+
+    sample = read_table(synthetic_gold, GOLD_REVIEW_QUEUE).to_pandas()
+    scores = read_table(synthetic_gold, GOLD_EPISODE_SCORES).to_pandas()
+    k = load_reward_spec().guardrails.review_per_stratum
+    per_stratum = sample.groupby(["week", "agent_version", "prompt_variant", "task_type", "band"]).size()
+    assert per_stratum.max() == k and set(sample["band"]) >= {"[0.0, 0.2)", "[0.8, 1.0]"}
+    # the weights map the sample back onto the population
+    assert sample["weight"].sum() == pytest.approx(len(scores))
+
+
+@pytest.mark.integration
+def test_rerunning_a_window_leaves_identical_tables(spark, synthetic_gold):
+    from jobs import heuristics, scorecards
+    from jobs.tables import checksum
+    from lake.tables import open_table
+
+    before = {t.id: checksum(spark, synthetic_gold, t) for t in GOLD}
+    versions = {t.id: open_table(synthetic_gold, t).version() for t in GOLD}
+    heuristics.run(spark, synthetic_gold, START, END)
+    scorecards.run(spark, synthetic_gold, START, END)
+    after = {t.id: checksum(spark, synthetic_gold, t) for t in GOLD}
+    assert after == before and all(n > 0 for n, _ in after.values())
+    assert all(open_table(synthetic_gold, t).version() == versions[t.id] + 1 for t in GOLD)
+
+
+@pytest.mark.integration
+def test_a_shifted_week_is_flagged_as_drift(spark):
+    """Week 2's composite moves up by 0.3: its PSI against week 1 is far beyond the alert; an unchanged week is not."""
+    import random
+
+    from jobs.scorecards import drift
+
+    rng = random.Random(3)
+    spec = load_reward_spec()
+    monday = date(2026, 11, 2)
+    episodes = []
+    for week, shift in ((0, 0.0), (1, 0.3), (2, 0.3)):
+        for i in range(400):
+            x = min(1.0, max(0.0, rng.gauss(0.4 + shift, 0.1)))
+            episodes.append(("agent-v1", "control", "refund", monday + timedelta(days=7 * week + i % 7), x))
+    eps = spark.createDataFrame(episodes, "agent_version STRING, prompt_variant STRING, task_type STRING, date DATE, "
+                                          "composite DOUBLE")
+    for col in ("correction_score", "friction_score", "outcome_score", "trust_score", "completion_time_s",
+                "completed"):
+        eps = eps.withColumn(col, eps.composite)
+    steps = spark.createDataFrame([], "agent_version STRING, prompt_variant STRING, task_type STRING, date DATE, "
+                                      "edit_distance DOUBLE, next_action_s DOUBLE, reaction_s DOUBLE, accepted BOOLEAN")
+    rows = {(str(r.period_start), r.metric): r for r in drift(steps, eps, spec).collect()}
+    assert rows[("2026-11-09", "composite")].flagged and rows[("2026-11-09", "composite")].statistic > 1
+    assert not rows[("2026-11-16", "composite")].flagged
+    assert ("2026-11-02", "composite") not in rows  # no earlier week to compare with
+
+
+@pytest.mark.integration
+def test_tau_bench_rates_equal_the_ground_truth(spark, tau_lake):
+    """Completion = share of reward-1.0 trajectories; escalation = share that called transfer_to_human_agents."""
+    import pyarrow.compute as pc
+
+    from jobs import heuristics, scorecards
+    from lake.readers import read_table
+    from schemas.tables import SILVER_EPISODES
+    from streams.sources.tau_bench import ESCALATION_TOOL
+
+    s, records, _ = tau_lake
+    dates = read_table(s, SILVER_EPISODES, columns=["date"]).column("date")
+    start, end = pc.min(dates).as_py(), pc.max(dates).as_py() + timedelta(days=1)
+    heuristics.run(spark, s, start, end)
+    scorecards.run(spark, s, start, end)
+    scores = read_table(s, GOLD_EPISODE_SCORES).to_pandas()
+    assert len(scores) == len(records)
+    completed = sum(1 for r in records if r["reward"] >= 1.0) / len(records)
+    escalated = sum(1 for r in records if any(
+        c.get("function", {}).get("name") == ESCALATION_TOOL
+        for m in r["traj"] for c in (m.get("tool_calls") or []))) / len(records)
+    assert scores["completed"].mean() == pytest.approx(completed)
+    assert scores["escalated"].mean() == pytest.approx(escalated)
+    assert scores["gate_passed"].mean() == pytest.approx(completed)  # the outside grade agrees with completion
+    cards = read_table(s, GOLD_SCORECARDS).to_pandas()
+    week = cards[cards["grain"] == "week"].set_index("metric")
+    for metric, truth in (("completion_rate", completed), ("escalation_rate", escalated)):
+        rows = week.loc[[metric]]
+        assert (rows["value"] * rows["n"]).sum() / rows["n"].sum() == pytest.approx(truth)
+
+
+@pytest.mark.integration
+def test_jobs_run_under_spark_submit(synthetic_gold, tmp_path):
+    """The same module, submitted to a (local) master with spark-submit, publishes the same table."""
+    import os
+    import sys
+
+    from jobs.spark import delta_packages
+
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**settings_env(synthetic_gold), "TRAJLAKE_SPARK_MASTER": "", "PYTHONPATH": str(REPO),
+           "PYSPARK_PYTHON": sys.executable, "PATH": venv_bin + os.pathsep + os.environ["PATH"]}
+    r = subprocess.run([str(Path(venv_bin) / "spark-submit"), "--master", "local[1]", "--packages", delta_packages(),
+                        str(REPO / "jobs" / "heuristics.py"), "--start", str(START), "--end", str(END)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "gold/episode_scores:" in r.stdout and "rows → version" in r.stdout
+    bad = subprocess.run([str(Path(venv_bin) / "spark-submit"), str(REPO / "jobs" / "heuristics.py"),
+                          "--start", "2026-11-05", "--end", "2026-11-01"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert bad.returncode != 0 and "must be after --start" in bad.stdout + bad.stderr, bad.stdout + bad.stderr

@@ -1,0 +1,42 @@
+"""The reward spec loads, validates and refuses unsafe policies with a message naming the field."""
+import pytest
+
+from schemas.reward import RewardSpecError, available_versions, load_reward_spec
+
+
+@pytest.mark.unit
+def test_newest_spec_loads_and_is_versioned():
+    spec = load_reward_spec()
+    assert spec.version == available_versions()[-1] == "reward-v1"
+    assert abs(sum(spec.composite.weights.values()) - 1) < 1e-12
+
+
+@pytest.mark.unit
+def test_a_failed_outcome_can_never_outscore_a_correct_one():
+    spec = load_reward_spec("reward-v1")
+    # the most an episode failing the gate can score, against the least a correct one (completed, SLA blown) scores
+    assert spec.composite.ungated_scale * 1.0 < (spec.composite.weights["outcome"] * spec.outcome.values["completed"]
+                                                 * spec.outcome.sla_floor)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("edit, needle", [
+    (("weights = { outcome = 0.5,", "weights = { outcome = 0.6,"), "composite: Value error, composite weights must sum to 1"),
+    (('credit = "discounted"', 'credit = "random"'), "step.credit"),
+    (("ungated_scale = 0.2", "ungated_scale = 0.6"), "ungated_scale must be below the outcome weight"),
+    (('version = "reward-v1"', 'version = "v1"'), "version"),
+])
+def test_invalid_specs_are_refused_with_the_field(tmp_path, edit, needle):
+    text = load_reward_spec.__globals__["SPEC_DIR"].joinpath("reward-v1.toml").read_text()
+    assert edit[0] in text
+    path = tmp_path / "mine.toml"
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(RewardSpecError) as exc:
+        load_reward_spec(path)
+    assert needle.split(": Value error, ")[-1] in str(exc.value) and str(path) in str(exc.value)
+
+
+@pytest.mark.unit
+def test_unknown_version_lists_the_known_ones():
+    with pytest.raises(RewardSpecError, match="versions here: reward-v1"):
+        load_reward_spec("reward-v9")
