@@ -1,11 +1,13 @@
 """Exactly-once appends: each Delta commit carries the last Kafka offset per source partition as an app transaction."""
 from __future__ import annotations
 
+import random
 import time
 from typing import Mapping
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from schemas.tables import TableSpec
 
@@ -22,7 +24,7 @@ def committed_offset(table: DeltaTable, app: str) -> int:
 
 
 def append_exactly_once(table: DeltaTable, spec: TableSpec, batch: pa.Table,
-                        offsets: Mapping[str, int]) -> int | None:
+                        offsets: Mapping[str, int], attempts: int = 8) -> int | None:
     """Append `batch` and record `offsets` (app id → last offset) in the same commit.
 
     delta-rs records app transactions but does not enforce them, so the caller must already have dropped
@@ -30,16 +32,27 @@ def append_exactly_once(table: DeltaTable, spec: TableSpec, batch: pa.Table,
     refuses a commit that would move an offset backwards. Returns the new table version, or None when
     there was nothing to write.
     """
-    table.update_incremental()
-    for app, last in offsets.items():
-        done = committed_offset(table, app)
-        if last <= done:
-            raise ValueError(f"offset {last} for {app} is already committed (at {done}); drop it before writing")
-    if batch.num_rows == 0 and not offsets:
-        return None
-    now_ms = int(time.time() * 1000)
-    txns = [Transaction(app_id=app, version=int(last), last_updated=now_ms) for app, last in offsets.items()]
-    write_deltalake(table, batch.cast(spec.schema), mode="append", partition_by=list(spec.partition_by) or None,
-                    commit_properties=CommitProperties(app_transactions=txns))
+    for attempt in range(attempts):
+        table.update_incremental()
+        for app, last in offsets.items():
+            done = committed_offset(table, app)
+            if last <= done:
+                raise ValueError(f"offset {last} for {app} is already committed (at {done}); drop it before writing")
+        if batch.num_rows == 0 and not offsets:
+            return None
+        now_ms = int(time.time() * 1000)
+        txns = [Transaction(app_id=app, version=int(last), last_updated=now_ms) for app, last in offsets.items()]
+        try:
+            write_deltalake(table, batch.cast(spec.schema), mode="append",
+                            partition_by=list(spec.partition_by) or None,
+                            commit_properties=CommitProperties(app_transactions=txns))
+            break
+        except CommitFailedError:
+            # delta-rs checks an append against deletes committed since it read the table; `trajlake erase`
+            # deleting another user's rows meanwhile is such a conflict. Re-read and append again: the offset
+            # check above makes the retry exactly once.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2 ** attempt, 2.0) * (0.5 + random.random()))
     table.update_incremental()
     return table.version()

@@ -1,11 +1,19 @@
 """The scrubber in a worker process: built once per process, called with batches so the event loop never blocks."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
+from privacy import POLICY_VERSION
+from privacy.keystore import KeyStore
 from privacy.scrub import EventScrubber, SessionDictionary
+from privacy.tokens import seal
+from schemas.settings import Settings
 
 _scrubber: EventScrubber | None = None
+_keys: KeyStore | None = None
+# a user's token is the same on every row while their key lives: seal once per (key, user)
+_seal = lru_cache(maxsize=65_536)(seal)
 
 
 def _die_with_parent() -> None:
@@ -19,24 +27,37 @@ def _die_with_parent() -> None:
         pass
 
 
-def init(key: bytes, use_ner: bool, deny_terms: list[str]) -> None:
-    """Process-pool initializer: die with the parent, then load Presidio and spaCy once."""
-    global _scrubber
+def init(settings: Settings, use_ner: bool) -> None:
+    """Process-pool initializer: die with the parent, then load Presidio and spaCy once and open the key store."""
+    global _scrubber, _keys
     _die_with_parent()
-    _scrubber = EventScrubber(key, use_ner=use_ner, deny_terms=deny_terms)
+    _scrubber = EventScrubber(settings.pseudonym_key.get_secret_value().encode(), use_ner=use_ner,
+                              deny_terms=settings.scrub_deny_terms)
+    _keys = KeyStore(settings.key_store_path, settings.key_cache_seconds)
     if use_ner:
         _scrubber.analyzer  # noqa: B018 — load the model now, not on the first event
 
 
 def scrub(events: list[dict[str, Any]], contexts: dict[str, SessionDictionary]
           ) -> tuple[list[dict[str, Any] | str], dict[str, SessionDictionary]]:
-    """Scrub a batch in order; a failing event yields its error text instead of stopping the batch."""
-    assert _scrubber is not None, "privacy.worker.init was not called"
+    """The pool's entry point: `scrub_batch` with this process's scrubber and key store."""
+    assert _scrubber is not None and _keys is not None, "privacy.worker.init was not called"
+    return scrub_batch(_scrubber, _keys, events, contexts)
+
+
+def scrub_batch(scrubber: EventScrubber, keys: KeyStore, events: list[dict[str, Any]],
+                contexts: dict[str, SessionDictionary]
+                ) -> tuple[list[dict[str, Any] | str], dict[str, SessionDictionary]]:
+    """Scrub a batch in order; a failing event yields its error text instead of stopping the batch.
+
+    Each result is {"event": the scrubbed event, "policy_version", "user_ref": the raw user id sealed with the
+    user's own key}, the fields of a tl.events.clean record that the scrubber alone can fill in.
+    """
     out: list[dict[str, Any] | str] = []
     for e in events:
         ctx = contexts.setdefault(e["session_id"], SessionDictionary())
         try:
-            _scrubber.learn_event(e, ctx)
+            scrubber.learn_event(e, ctx)
         except Exception as exc:  # noqa: BLE001 — reported as a dead letter, not raised
             out.append(f"{type(exc).__name__}: {exc}")
             continue
@@ -44,7 +65,10 @@ def scrub(events: list[dict[str, Any]], contexts: dict[str, SessionDictionary]
     for i, e in enumerate(out):
         if isinstance(e, dict):
             try:
-                out[i] = _scrubber.scrub_event(e, contexts[e["session_id"]])
+                clean = scrubber.scrub_event(e, contexts[e["session_id"]])
+                pseudonym = clean["user_id"]
+                out[i] = {"event": clean, "policy_version": POLICY_VERSION,
+                          "user_ref": _seal(keys.key(pseudonym), pseudonym, e["user_id"])}
             except Exception as exc:  # noqa: BLE001
                 out[i] = f"{type(exc).__name__}: {exc}"
     return out, contexts

@@ -17,7 +17,7 @@ from privacy import worker as scrub_worker
 from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
 from schemas.settings import Settings
-from streams.ingest import DeadLetter, SourceRecord, check_record, clean_record, dead_letter, now_iso
+from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import Timeouts, delivered, evaluate, expired, fold_event, new_session, outbox, stage, tick
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
@@ -68,8 +68,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     def scrub_pool() -> ProcessPoolExecutor:
         if "p" not in pool:
             pool["p"] = ProcessPoolExecutor(
-                max_workers=scrub_processes, initializer=scrub_worker.init,
-                initargs=(settings.pseudonym_key.get_secret_value().encode(), use_ner, list(settings.scrub_deny_terms)))
+                max_workers=scrub_processes, initializer=scrub_worker.init, initargs=(settings, use_ner))
         return pool["p"]
 
     clean_topic = settings.topic("events.clean")
@@ -101,8 +100,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 else:
                     # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
                     # the hottest send in the worker (every valid event)
-                    await producer.send(clean_topic, s["session_id"].encode(), clean_record(s, rec, ingested_at),
-                                        None, None, None)
+                    await producer.send(clean_topic, s["event"]["session_id"].encode(),
+                                        clean_record(s["event"], rec, ingested_at, s["policy_version"],
+                                                     s["user_ref"]), None, None, None)
             await app.producer.flush()
 
     # The join agent and the timeout timer both read-modify-write session state and await in between;
@@ -143,7 +143,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 touched: dict[bytes, tuple[int, dict]] = {}
                 wall = time.time()
                 for e in events:
-                    event = orjson.loads(e.value)["event"]
+                    event = clean_event(e.value)
                     key = event["session_id"].encode()
                     partition = e.message.partition
                     state = touched[key][1] if key in touched else (

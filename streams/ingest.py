@@ -84,7 +84,16 @@ def _peek_event_id(raw: bytes) -> str | None:
     return eid if isinstance(eid, str) else None
 
 
-def clean_record(event: dict[str, Any], rec: SourceRecord, ingested_at: str) -> bytes:
-    """The tl.events.clean value: the scrubbed event plus where it came from."""
-    return orjson.dumps({"event": event, "source": {"topic": rec.topic, "partition": rec.partition,
-                                                    "offset": rec.offset}, "ingested_at": ingested_at})
+def clean_record(event: dict[str, Any], rec: SourceRecord, ingested_at: str, policy_version: str,
+                 user_ref: str | None = None) -> bytes:
+    """The tl.events.clean value: the scrubbed event, the privacy policy that scrubbed it, the user's sealed
+    reference, and where it came from."""
+    return orjson.dumps({"event": event, "policy_version": policy_version, "user_ref": user_ref,
+                         "source": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+                         "ingested_at": ingested_at})
+
+
+def clean_event(value: bytes) -> dict[str, Any]:
+    """A tl.events.clean value → the event as the join folds it: the scrubbed event with its policy version."""
+    msg = orjson.loads(value)
+    return {**msg["event"], "policy_version": msg.get("policy_version")}

@@ -25,6 +25,9 @@ MEANINGFUL = {"action_accepted", "action_rejected", "action_edited", "action_und
 STEP_OUTCOMES = (("undone", "action_undone"), ("edited", "action_edited"), ("rejected", "action_rejected"),
                  ("retried", "action_retried"), ("accepted", "action_accepted"))
 CONTENT_EXCLUDE = ("revision", "closed_reason", "closed_at")
+# the policy version of an event that carries none: join state from before versions were recorded, and batch
+# paths that join events no scrubber saw (synthetic backfills). Sorts below every real version.
+UNRECORDED_POLICY = "unrecorded"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ def compact(event: dict[str, Any]) -> dict[str, Any]:
     b = event.get("body") or {}
     c: dict[str, Any] = {"id": event["event_id"], "t": event["event_type"], "ts": _ms(event["ts"]),
                          "a": event.get("action_id"), "i": event.get("intent_id")}
+    if event.get("policy_version"):
+        c["pv"] = event["policy_version"]
     et = event["event_type"]
     if et == "action_proposed":
         c["out"] = b.get("output", "")
@@ -112,6 +117,7 @@ def step_rows(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, d
             "llm_calls": len(llm), "tool_calls": len(tools), "tool_errors": sum(1 for t in tools if t.get("err")),
             "tokens_in": sum(e["tin"] for e in llm), "tokens_out": sum(e["tout"] for e in llm),
             "cost_usd": round(sum(e["cost"] for e in work), 9), "latency_ms": round(sum(e["lat"] for e in work), 3),
+            "policy_version": policy_version([p, *reactions, *work]),  # the events whose content the row carries
             "date": _date(p["ts"]),
         }
         prev_ts = p["ts"]
@@ -160,8 +166,21 @@ def episode_row(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
         "llm_calls": len(llm), "tool_calls": len(tools), "tool_errors": sum(1 for t in tools if t.get("err")),
         "tokens_in": sum(e["tin"] for e in llm), "tokens_out": sum(e["tout"] for e in llm),
         "cost_usd": round(sum(e["cost"] for e in work), 9), "latency_ms": round(sum(e["lat"] for e in work), 3),
+        "policy_version": policy_version(evs),
         "date": _date(started),
     }
+
+
+def policy_version(events: Iterable[dict[str, Any]]) -> str:
+    """The oldest privacy policy among a row's events: a row is only as clean as its least-scrubbed input, so a
+    query for rows a faulty policy touched finds every one of them."""
+    return min((e.get("pv") or UNRECORDED_POLICY for e in events), key=_policy_order, default=UNRECORDED_POLICY)
+
+
+def _policy_order(version: str) -> tuple[int, str]:
+    # privacy-10 is newer than privacy-9: compare the trailing number, not the text
+    head, _, number = version.rpartition("-")
+    return (int(number), head) if number.isdigit() else (-1, version)
 
 
 def _date(ms: int) -> str:

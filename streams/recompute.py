@@ -24,7 +24,7 @@ def bronze_events(settings: Settings) -> list[dict[str, Any]]:
     """bronze/events rows back as contract events (as the join saw them on tl.events.clean)."""
     rows = read_table(settings, BRONZE_EVENTS).to_pylist()
     return [{**{k: r[k] for k in ENVELOPE}, "ts": r["ts"].astimezone(timezone.utc).isoformat(),
-             "body": orjson.loads(r["body"])} for r in rows]
+             "body": orjson.loads(r["body"]), "policy_version": r["policy_version"]} for r in rows]
 
 
 def latest_revisions(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from lake.readers import table_dataset
+from privacy import LEGACY_POLICY_VERSION
 from lake.tables import ensure_table
 from lake.writer import app_id, append_exactly_once, committed_offset
 from schemas.settings import Settings
@@ -32,8 +33,10 @@ def bronze_event_row(value: bytes) -> dict[str, Any]:
     e, src = msg["event"], msg["source"]
     ts = _utc(e["ts"])
     row = {c: e.get(c) for c in ENVELOPE_COLUMNS}
+    # a record from a worker older than recorded policy versions was scrubbed by privacy-1, the only policy then
     row.update(ts=ts, client_app=(e.get("client") or {}).get("app"),
-               body=orjson.dumps(e["body"]).decode(), source_topic=src["topic"],
+               body=orjson.dumps(e["body"]).decode(), policy_version=msg.get("policy_version") or LEGACY_POLICY_VERSION,
+               user_ref=msg.get("user_ref"), source_topic=src["topic"],
                source_partition=src["partition"], source_offset=src["offset"],
                ingested_at=_utc(msg["ingested_at"]), date=ts.date())
     return row

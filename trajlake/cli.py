@@ -38,6 +38,8 @@ def settings():
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a rule across settings (e.g. the key store inside the lake) names its variables
+            raise UserError(f"settings are inconsistent: {first['msg'].removeprefix('Value error, ')}") from None
         name = "TRAJLAKE_" + str(first["loc"][0]).upper()
         raise UserError(f"setting {name} is invalid: {first['msg']} — fix or unset that environment variable") from None
 
@@ -272,9 +274,13 @@ def worker(
     """Run the stream worker (ingest, dead-letter, bronze sinks) in the foreground until Ctrl-C."""
     from streams.app import run_worker
 
+    from lake.tables import schema_mismatches
+
     if loglevel not in ("crit", "error", "warn", "info", "debug"):
         raise UserError(f"--loglevel {loglevel!r} is not one of crit, error, warn, info, debug")
     s = settings()
+    for mismatch in schema_mismatches(s):
+        raise UserError(str(mismatch))
     _require_broker(s)
     run_worker(s, loglevel=loglevel, use_ner=ner)
 
@@ -286,6 +292,81 @@ def _require_broker(s) -> None:
         broker.wait_until_ready(s, timeout=5)
     except broker.BrokerError:
         raise UserError(f"Kafka at {s.bootstrap} is not answering: start it with `trajlake up`") from None
+
+
+# ---- privacy --------------------------------------------------------------------------------------
+@app.command()
+def erase(
+    user: Optional[str] = typer.Option(None, "--user", help="the raw user id, exactly as the product sends it"),
+    pseudonym: Optional[str] = typer.Option(None, "--pseudonym",
+                                            help="the user's pseudonym u_… (dead letters then cannot be searched "
+                                                 "for the raw id)"),
+    note: str = typer.Option("", help="for the audit record, e.g. a ticket number (scrubbed before it is stored)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="count the user's rows per table; change nothing"),
+) -> None:
+    """Right to be forgotten: delete a user's rows from every table and export, vacuum them, shred their key.
+
+    Every Delta table under the lake is searched (declared or not): rows with the user's pseudonym in user_id,
+    rows of their sessions in tables without user_id, dead letters whose original bytes name them. The removed
+    files are vacuumed at once (retention override, for erase only), the Delta log is scrubbed of statistics and
+    predicates naming them, the user's key is shredded, and a PII-free record goes to audit/erasures.
+    """
+    from datetime import datetime, timezone
+
+    from lake.erase import Target, append_audit, audited, erase_user, survey
+    from privacy.erase import audit_record, subject_digest, subject_for
+    from privacy.keystore import KeyStore
+
+    s = settings()
+    key = s.pseudonym_key.get_secret_value().encode()
+    subject = subject_for(key, raw_id=user, pseudonym=pseudonym)
+    if isinstance(subject, str):
+        raise UserError(subject)
+    shown = f"--user {user}" if user is not None else f"--pseudonym {pseudonym}"
+    if not s.lake.is_dir():
+        raise UserError(f"there is no lake at {s.lake}: set TRAJLAKE_LAKE_ROOT (or TRAJLAKE_STATE_DIR) to the lake "
+                        "that holds the user's data")
+    requested = datetime.now(timezone.utc)
+    target = Target(subject.pseudonym, subject.patterns())
+    keys = KeyStore(s.key_store_path)
+    digest = subject_digest(key, subject.pseudonym)
+    with console.status("looking for the user's rows…"):
+        found = survey(s, target)
+    has_key = keys.find(subject.pseudonym) is not None
+    before = audited(s, digest)
+    if dry_run:
+        _print_erasure([(t.table, t.rows_deleted, 0) for t in found], "rows that would be erased")
+        console.print(f"key in the key store: {'yes' if has_key else 'no'}; earlier erasures: {before}")
+        return
+    if not any(t.rows_deleted for t in found) and not has_key and not before:
+        raise UserError(f"no rows, key or earlier erasure for {shown} in the lake at {s.lake}: check the id "
+                        "(raw ids are case-sensitive), or pass --pseudonym u_… if you have the pseudonym")
+    from deltalake.exceptions import CommitFailedError
+
+    with console.status("erasing…") as st:
+        try:
+            done = erase_user(s, target, progress=lambda m: st.update(m))
+        except CommitFailedError as exc:
+            raise UserError(f"a concurrent writer kept winning the commit race ({str(exc).splitlines()[0]}): run "
+                            "`trajlake erase` again (what is erased stays erased), or pause the worker") from None
+        shredded = keys.shred(subject.pseudonym)
+        row = audit_record(key, subject, requested, datetime.now(timezone.utc),
+                           [(t.table, t.rows_deleted, t.files_removed) for t in done.tables], shredded, note)
+        append_audit(s, row)
+    _print_erasure([(t.table, t.rows_deleted, t.files_removed) for t in done.tables], "erased")
+    console.print(f"[green]✓[/] {done.rows_deleted} rows erased; key {'shredded' if shredded else 'was not in the store'}"
+                  f"; audit record {row['erasure_id']} in audit/erasures" + (" (a rerun)" if before else ""))
+    if done.residual:
+        raise UserError(f"{len(done.residual)} files still name the user ({', '.join(done.residual[:3])}…): a "
+                        "writer committed their rows during the erase, or a file format erase cannot edit; run "
+                        "`trajlake erase` again when the worker has caught up")
+
+
+def _print_erasure(rows: list[tuple[str, int, int]], title: str) -> None:
+    t = Table("table", "rows", "files removed", title=title)
+    for name, n, files in rows:
+        t.add_row(name, str(n), str(files))
+    console.print(t)
 
 
 # ---- lake -----------------------------------------------------------------------------------------
@@ -471,11 +552,11 @@ def demo(
 
 def main() -> None:
     from infra.kafka.broker import BrokerError
-    from lake.tables import UnknownTable
+    from lake.tables import SchemaMismatch, UnknownTable
 
     try:
         app()
-    except (UserError, BrokerError, UnknownTable) as exc:
+    except (UserError, BrokerError, UnknownTable, SchemaMismatch) as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:

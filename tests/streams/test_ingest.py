@@ -44,13 +44,24 @@ def test_an_event_on_the_wrong_family_topic_is_rejected():
 
 
 def test_clean_record_becomes_a_bronze_row():
-    row = bronze_event_row(clean_record(EDITED, rec(b""), "2026-11-02T08:00:00+00:00"))
+    row = bronze_event_row(clean_record(EDITED, rec(b""), "2026-11-02T08:00:00+00:00", "privacy-1", "ur1.x"))
     assert row["event_id"] == EDITED["event_id"]
     assert row["ts"].utcoffset().total_seconds() == 0 and row["ts"].hour == 8  # 09:15+01:00 → 08:15Z
     assert row["date"].isoformat() == "2026-11-02"
     assert json.loads(row["body"]) == EDITED["body"]
     assert (row["source_topic"], row["source_partition"], row["source_offset"]) == ("tl.frontend.raw", 2, 7)
     assert row["client_app"] == "helpdesk-web"
+    assert (row["policy_version"], row["user_ref"]) == ("privacy-1", "ur1.x")
+
+
+def test_a_clean_record_from_before_policy_versions_is_privacy_1():
+    """Records a worker wrote before versions were recorded were scrubbed by privacy-1, the only policy then."""
+    import orjson
+
+    legacy = orjson.dumps({"event": EDITED, "source": {"topic": "t", "partition": 0, "offset": 1},
+                           "ingested_at": "2026-11-02T08:00:00+00:00"})
+    row = bronze_event_row(legacy)
+    assert (row["policy_version"], row["user_ref"]) == ("privacy-1", None)
 
 
 def test_dead_letter_becomes_a_deadletter_row():

@@ -211,3 +211,22 @@ def test_the_outbox_holds_rows_until_delivered_and_keeps_the_session_alive():
     assert not expired(state, wall=1e9, t=t)  # undelivered rows pin the session
     delivered(state)
     assert outbox(state) == [] and expired(state, wall=1e9, t=t)
+
+
+def test_rows_record_the_oldest_policy_among_their_events():
+    """A row is only as clean as its least-scrubbed input; privacy-10 is newer than privacy-9."""
+    from streams.join import UNRECORDED_POLICY
+
+    events = typical().events
+    for e in events:
+        e["policy_version"] = "privacy-10"
+    events[1]["policy_version"] = "privacy-9"  # the llm_call before the step: part of the step's work
+    events[-1]["policy_version"] = "privacy-2"  # task_completed: the episode's, not the step's
+    _, out = run(events)
+    assert latest(out, "step")["s1/a1"]["policy_version"] == "privacy-9"
+    assert latest(out, "episode")["s1/t1"]["policy_version"] == "privacy-2"
+    steps, episodes = batch_join(events)
+    assert (steps[0]["policy_version"], episodes[0]["policy_version"]) == ("privacy-9", "privacy-2")
+    # events no scrubber saw (a synthetic backfill) say so rather than claim a policy
+    _, out = run(typical().events)
+    assert latest(out, "episode")["s1/t1"]["policy_version"] == UNRECORDED_POLICY

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import REPO, free_port, settings_env
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["replay"], ["replay", "tau-bench"],
-            ["replay", "synthetic"], ["compact"], ["scrub"]]
+            ["replay", "synthetic"], ["compact"], ["scrub"], ["erase"]]
 
 
 def run(args, env=None):
@@ -72,7 +72,8 @@ def test_query_answers_on_a_filled_lake(kafka, tmp_path):
 
     s = kafka.model_copy(update={"state_dir": tmp_path})
     ev = orjson.loads((CONTRACT_DIR / "examples/valid/feedback.json").read_bytes())
-    value = clean_record(ev, SourceRecord("tl.frontend.raw", 0, 0, None, b""), "2026-11-02T08:00:00+00:00")
+    value = clean_record(ev, SourceRecord("tl.frontend.raw", 0, 0, None, b""), "2026-11-02T08:00:00+00:00",
+                         "privacy-1")
     DeltaSinkWriter(s, BRONZE_TARGETS["events.clean"], "g").commit([Record("tl.events.clean", 0, 0, value)])
     r = run(["query", "SELECT event_type, count(*) n FROM bronze_events GROUP BY 1", "--format", "csv"],
             settings_env(s))
