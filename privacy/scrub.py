@@ -5,7 +5,6 @@ import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Iterable
 
 from privacy import policy
@@ -66,7 +65,9 @@ class EventScrubber:
         self.use_ner = use_ner
         self.deny = [t for t in deny_terms if t]
         self._analyzer = None
-        self._ner = lru_cache(maxsize=ner_cache)(self._ner_uncached)
+        # NER results by text: system prompts and tool outputs repeat across episodes
+        self._ner = _LruCache(self._ner_uncached, ner_cache)
+        self._collect: list[str] | None = None  # set while gathering the texts of a batch for nlp.pipe
 
     # ---- events ---------------------------------------------------------------------------------
     def learn_event(self, event: dict[str, Any], ctx: SessionDictionary) -> None:
@@ -87,7 +88,31 @@ class EventScrubber:
     def scrub_events(self, events: list[dict[str, Any]], contexts: dict[str, SessionDictionary]) -> list[dict[str, Any]]:
         for e in events:
             self.learn_event(e, contexts.setdefault(e["session_id"], SessionDictionary()))
+        self.prepare_ner(events, contexts)
         return [self.scrub_event(e, contexts[e["session_id"]]) for e in events]
+
+    def prepare_ner(self, events: list[dict[str, Any]], contexts: dict[str, SessionDictionary]) -> None:
+        """Run NER for a whole batch at once (spaCy's nlp.pipe), so scrubbing then finds every result cached.
+
+        One pipe call over many texts costs far less than a call per text. The texts are gathered by a dry walk
+        of the same code that scrubs (so exactly the texts scrubbing will send to NER); learning in that walk is
+        idempotent, as `learn_event` has already seen the same structured values."""
+        if not self.use_ner:
+            return
+        self._collect = []
+        try:
+            for e in events:
+                self._walk(e.get("body"), contexts.setdefault(e["session_id"], SessionDictionary()), learn_only=False)
+            texts = list(dict.fromkeys(t for t in self._collect if t not in self._ner))
+        finally:
+            self._collect = None
+        if not texts:
+            return
+        analyzer = self.analyzer
+        entities = list(policy.PRESIDIO_LABELS)
+        for text, artifacts in analyzer.nlp_engine.process_batch(texts, language="en", batch_size=64):
+            results = analyzer.analyze(text, language="en", entities=entities, nlp_artifacts=artifacts)
+            self._ner.put(text, _findings(results))
 
     # ---- structure ------------------------------------------------------------------------------
     def _walk(self, value: Any, ctx: SessionDictionary, learn_only: bool) -> Any:
@@ -153,6 +178,10 @@ class EventScrubber:
     def scrub_text(self, text: str, ctx: SessionDictionary) -> str:
         if not text or len(text) < 2:
             return text
+        if self._collect is not None:  # prepare_ner's dry walk: note the text, change nothing
+            if self.use_ner and any(c.isupper() for c in text):
+                self._collect.append(text)
+            return text
         spans: list[tuple[int, int, str | None, str]] = []  # start, end, fixed replacement, label
         rx = ctx.regex()
         if rx is not None:
@@ -188,15 +217,45 @@ class EventScrubber:
         return "".join(out)
 
     def _ner_uncached(self, text: str) -> tuple[tuple[int, int, str], ...]:
-        results = self.analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS))
-        return tuple((r.start, r.end, policy.PRESIDIO_LABELS[r.entity_type]) for r in results
-                     if r.score >= policy.PRESIDIO_MIN_SCORE)
+        return _findings(self.analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS)))
 
     @property
     def analyzer(self):
         if self._analyzer is None:
             self._analyzer = build_analyzer()
         return self._analyzer
+
+
+def _findings(results) -> tuple[tuple[int, int, str], ...]:
+    return tuple((r.start, r.end, policy.PRESIDIO_LABELS[r.entity_type]) for r in results
+                 if r.score >= policy.PRESIDIO_MIN_SCORE)
+
+
+class _LruCache:
+    """A bounded LRU of a function's results that can also be filled from outside (batched NER)."""
+
+    def __init__(self, fn, capacity: int):
+        self.fn, self.capacity, self.data = fn, capacity, OrderedDict()
+
+    def __call__(self, key):
+        if key in self.data:
+            self.data.move_to_end(key)
+            return self.data[key]
+        value = self.fn(key)
+        self.put(key, value)
+        return value
+
+    def __contains__(self, key) -> bool:
+        return key in self.data
+
+    def put(self, key, value) -> None:
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.capacity:
+            self.data.popitem(last=False)
+
+    def cache_clear(self) -> None:
+        self.data.clear()
 
 
 _IDENTIFIER = re.compile(r"^[\w.:/-]{1,128}$")

@@ -62,6 +62,11 @@ def scrub_batch(scrubber: EventScrubber, keys: KeyStore, events: list[dict[str, 
             out.append(f"{type(exc).__name__}: {exc}")
             continue
         out.append(e)
+    learnt = [e for e in out if isinstance(e, dict)]
+    try:
+        scrubber.prepare_ner(learnt, contexts)
+    except Exception:  # noqa: BLE001 — batching is an optimisation: each event then runs NER on its own below
+        pass
     for i, e in enumerate(out):
         if isinstance(e, dict):
             try:

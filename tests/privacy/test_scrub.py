@@ -120,3 +120,25 @@ def test_a_name_introduced_in_text_is_caught_without_any_dictionary(patterns_onl
     text = "User Lucas Brown (user ID: lucas_brown_4047) needs to change the dates; my name is Ana Maria Silva."
     out = patterns_only.scrub_text(text, SessionDictionary())
     assert "Lucas Brown" not in out and "Ana Maria Silva" not in out and "needs to change" in out
+
+
+@pytest.mark.component
+def test_batched_ner_scrubs_exactly_as_text_by_text(presidio):
+    """scrub_events runs NER for the whole batch in one nlp.pipe pass, then scrubs from the cache: same output."""
+    from streams.sources.tau_bench import load_trajectories, replay_events
+    from tests.conftest import TAU
+
+    events = [e.event for e in replay_events(load_trajectories(TAU / "gpt-4o-airline.json"), limit=3)]
+    one_by_one = EventScrubber(KEY, use_ner=True)
+    one_by_one._analyzer = presidio.analyzer
+    contexts: dict = {}
+    for e in events:
+        one_by_one.learn_event(e, contexts.setdefault(e["session_id"], SessionDictionary()))
+    expected = [one_by_one.scrub_event(e, contexts[e["session_id"]]) for e in events]
+    batched = EventScrubber(KEY, use_ner=True)
+    batched._analyzer = presidio.analyzer
+    calls = []
+    batched._ner_uncached = lambda text: calls.append(text) or ()  # any NER outside the batch would show here
+    batched._ner.fn = batched._ner_uncached
+    assert batched.scrub_events(json.loads(json.dumps(events)), {}) == expected
+    assert calls == []
