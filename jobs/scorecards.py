@@ -275,8 +275,8 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     ws, we = _weeks(start, end)
     progress(f"reading gold scores {ws - timedelta(days=7)} … {we}")
     version = F.col("reward_version") == spec.version
-    steps = read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we).where(version).cache()
-    episodes = read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we).where(version).cache()
+    steps = read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version).cache()
+    episodes = read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version).cache()
     try:
         in_periods = (((F.col("grain") == "day") & (F.col("period_start") >= F.lit(start))
                        & (F.col("period_start") < F.lit(end)))

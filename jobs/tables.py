@@ -23,10 +23,9 @@ def declared_schema(spec: TableSpec) -> StructType:
 
 
 def read_window(spark: SparkSession, settings: Settings, spec: TableSpec, start: date, end: date,
-                column: str | None = None) -> DataFrame:
-    """Rows of `spec` with `column` (its first partition column by default) in [start, end); an empty frame with
-    the declared schema when the table does not exist yet."""
-    column = column or spec.partition_by[0]
+                column: str = "date") -> DataFrame:
+    """Rows of `spec` with `column` in [start, end); an empty frame with the declared schema when the table
+    does not exist yet."""
     if open_table(settings, spec) is None:
         return spark.createDataFrame([], declared_schema(spec))
     df = spark.read.format("delta").load(str(table_path(settings, spec)))

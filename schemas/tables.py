@@ -214,7 +214,7 @@ GOLD_STEP_SIGNALS = TableSpec(
         _f("reward_version", pa.string(), False),
         _f("date", pa.date32(), False, "partition: UTC date of proposed_at"),
     ]),
-    partition_by=("date",), keys=("step_id", "reward_version"),
+    partition_by=("reward_version", "date"), keys=("step_id", "reward_version"),
     description="per-step heuristic signals and the process-supervision step reward",
 )
 
@@ -270,7 +270,7 @@ GOLD_EPISODE_SCORES = TableSpec(
         _f("reward_version", pa.string(), False),
         _f("date", pa.date32(), False, "partition: UTC date of started_at"),
     ]),
-    partition_by=("date",), keys=("episode_id", "reward_version"),
+    partition_by=("reward_version", "date"), keys=("episode_id", "reward_version"),
     description="per-episode signals of the four buckets, bucket scores and the composite reward",
 )
 
@@ -296,7 +296,7 @@ GOLD_SCORECARDS = TableSpec(
         _f("regression", pa.bool_(), doc="significantly worse than the baseline"),
         _f("reward_version", pa.string(), False),
     ]),
-    partition_by=("period_start",),
+    partition_by=("reward_version", "grain", "period_start"),
     keys=("grain", "period_start", "agent_version", "prompt_variant", "task_type", "metric", "reward_version"),
     description="every signal and the composite by day and week × agent_version × prompt_variant × task_type",
 )
@@ -315,7 +315,7 @@ GOLD_GUARDRAILS = TableSpec(
         _f("detail", pa.string(), False, "what was compared, as JSON"),
         _f("reward_version", pa.string(), False),
     ]),
-    partition_by=("period_start",),
+    partition_by=("reward_version", "grain", "period_start"),
     keys=("check", "grain", "period_start", "agent_version", "prompt_variant", "task_type", "metric", "reward_version"),
     description="anti-gaming flags, week-over-week drift and regressions against the baseline",
 )
@@ -334,7 +334,7 @@ GOLD_REVIEW_QUEUE = TableSpec(
         _f("weight", pa.float64(), False, "stratum_size / sampled: reweights reviews to the population"),
         _f("reward_version", pa.string(), False),
     ]),
-    partition_by=("week",), keys=("episode_id", "reward_version"),
+    partition_by=("reward_version", "week"), keys=("episode_id", "reward_version"),
     description="a stratified sample of episodes for human review, to calibrate the heuristics",
 )
 
