@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
@@ -32,7 +33,7 @@ def pin_start_offsets(settings: Settings, group: str | None = None) -> dict[Topi
                              client_id=f"{group}-offsets")
     try:
         tps = [TopicPartition(settings.topic(name), p) for name in SOURCE_TOPICS
-               for p in sorted(consumer.partitions_for_topic(settings.topic(name)) or ())]
+               for p in sorted(_partitions(consumer, settings.topic(name)))]
         if not tps:
             return {}
         consumer.assign(tps)
@@ -49,3 +50,14 @@ def pin_start_offsets(settings: Settings, group: str | None = None) -> dict[Topi
         return {tp: o.offset for tp, o in offsets.items()}
     finally:
         consumer.close(autocommit=False)
+
+
+def _partitions(consumer: KafkaConsumer, topic: str, wait_s: float = 15.0) -> set[int]:
+    """The topic's partitions, waiting for a just-created topic to show up in the broker's metadata (KRaft
+    publishes it a moment after CreateTopics returns; an unknown topic would silently go unpinned)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts or time.monotonic() >= deadline:
+            return set(parts or ())
+        time.sleep(0.2)
