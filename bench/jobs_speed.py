@@ -113,8 +113,7 @@ WITH steps AS (
 ), sig2 AS (
   SELECT *, greatest(0.0, least(1.0, 1.0 - penalty - {st.dead_end_penalty} * dead_end::DOUBLE)) AS own_reward FROM sig
 ), per_ep AS (
-  SELECT episode_id, avg(edit_distance) AS edit_distance, avg(edited::DOUBLE) AS edit_rate,
-         avg(retried::DOUBLE) AS retry_rate, avg(dead_end::DOUBLE) AS dead_end_rate,
+  SELECT episode_id, avg(retried::DOUBLE) AS retry_rate, avg(dead_end::DOUBLE) AS dead_end_rate,
          avg(next_action_s) AS next_action_s, avg(penalty) AS penalty
   FROM sig2 GROUP BY episode_id
 ), ep0 AS (

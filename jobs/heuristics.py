@@ -43,8 +43,8 @@ def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
         _segment(steps)
         .withColumn("episode_id", F.concat_ws("/", "session_id", "task_id"))
         .withColumn("intent_id", F.coalesce("intent_id", "action_id"))
-        .withColumn("overwritten", F.col("edited") & (F.col("edit_distance") >= spec.correction.overwrite_threshold))
-        .withColumn("overwritten", F.coalesce("overwritten", F.lit(False)))
+        .withColumn("overwritten", F.coalesce(
+            F.col("edited") & (F.col("edit_distance") >= spec.correction.overwrite_threshold), F.lit(False)))
         .withColumn("correction_penalty", F.coalesce(penalty, F.lit(0.0)))
         .withColumn("reaction_s", F.col("reaction_ms") / 1000.0)
         .withColumn("next_action_s", F.col("next_action_ms") / 1000.0)
@@ -142,13 +142,11 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     signals = step_signals(steps, spec).cache()
     scores = episode_scores(episodes, signals, spec).cache()
     try:
-        in_window = (F.col("date") >= F.lit(start)) & (F.col("date") < F.lit(end))
+        where = window_predicate("date", start, end, spec)  # filters the rows and bounds the replace alike
         progress("publishing gold/step_signals")
-        out = [publish(spark, settings, GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(in_window),
-                       window_predicate("date", start, end, spec))]
+        out = [publish(spark, settings, GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where)]
         progress("publishing gold/episode_scores")
-        out.append(publish(spark, settings, GOLD_EPISODE_SCORES, scores.where(in_window),
-                           window_predicate("date", start, end, spec)))
+        out.append(publish(spark, settings, GOLD_EPISODE_SCORES, scores.where(where), where))
     finally:
         signals.unpersist()
         scores.unpersist()

@@ -88,6 +88,11 @@ DRIFT_SIGNALS: tuple[tuple[str, str, list[float]], ...] = (
 PSI_EPSILON = 1e-4  # share given to a bin empty in one week, so the log stays finite
 
 
+def _is_baseline(spec: RewardSpec) -> Column:
+    b = spec.guardrails.baseline
+    return (F.col("agent_version") == b.agent_version) & (F.col("prompt_variant") == b.prompt_variant)
+
+
 def z_of(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 2)
 
@@ -131,24 +136,22 @@ def scorecards(spark: SparkSession, sums: DataFrame, spec: RewardSpec) -> DataFr
     var = F.when(n > 1, F.greatest(F.lit(0.0), (ss - n * mean * mean) / (n - 1)))
     rows = (day.unionByName(week).join(F.broadcast(_metric_table(spark)), "metric")
             .withColumn("value", mean)
-            .withColumn("std", F.sqrt(var))
-            .withColumn("_p", mean))
+            .withColumn("std", F.sqrt(var)))
     # Wilson score interval for rates (sound near 0 and 1 and for small n); normal interval for means
-    centre = (F.col("_p") + z * z / (2 * n)) / (1 + z * z / n)
-    half_w = z * F.sqrt(F.col("_p") * (1 - F.col("_p")) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    p = F.col("value")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half_w = z * F.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     half_m = z * F.col("std") / F.sqrt(n)
     rows = (rows.withColumn("ci_low", F.when(F.col("kind") == "rate", centre - half_w).otherwise(F.col("value") - half_m))
                 .withColumn("ci_high", F.when(F.col("kind") == "rate", centre + half_w).otherwise(F.col("value") + half_m)))
-    base = (rows.where((F.col("agent_version") == g.baseline.agent_version)
-                       & (F.col("prompt_variant") == g.baseline.prompt_variant))
+    is_base = _is_baseline(spec)
+    base = (rows.where(is_base)
                 .select("grain", "period_start", "task_type", "metric", F.col("n").alias("baseline_n"),
                         F.col("s").alias("_bs"), F.col("value").alias("baseline_value"), F.col("std").alias("_bstd")))
     n2 = F.col("baseline_n").cast("double")
     pooled = (F.col("s") + F.col("_bs")) / (n + n2)
     se = F.when(F.col("kind") == "rate", F.sqrt(pooled * (1 - pooled) * (1 / n + 1 / n2))).otherwise(
         F.sqrt(F.col("std") ** 2 / n + F.col("_bstd") ** 2 / n2))
-    is_base = ((F.col("agent_version") == g.baseline.agent_version)
-               & (F.col("prompt_variant") == g.baseline.prompt_variant))
     out = (rows.join(base, ["grain", "period_start", "task_type", "metric"], "left")
                .withColumn("delta", F.col("value") - F.col("baseline_value"))
                .withColumn("z", F.when(~is_base & (se > 0), F.col("delta") / se))
@@ -176,10 +179,8 @@ def gaming_flags(cards: DataFrame, spec: RewardSpec) -> DataFrame:
     g = spec.guardrails
     improved = F.col("significant") & (F.col("delta") * F.col("better") > 0)
     worse = F.col("significant") & (F.col("delta") * F.col("better") < 0)
-    is_base = ((F.col("agent_version") == g.baseline.agent_version)
-               & (F.col("prompt_variant") == g.baseline.prompt_variant))
     per_segment = (
-        cards.where(~is_base & F.col("baseline_n").isNotNull())
+        cards.where(~_is_baseline(spec) & F.col("baseline_n").isNotNull())
         .groupBy("grain", "period_start", *SEGMENT)
         .agg(F.array_sort(F.collect_list(F.when(F.col("metric").isin(*g.proxy_metrics) & improved,
                                                 F.col("metric")))).alias("proxies_better"),
@@ -215,18 +216,15 @@ def drift(steps: DataFrame, episodes: DataFrame, spec: RewardSpec) -> DataFrame:
         _binned(episodes, [d for d in DRIFT_SIGNALS if d[1] == "episode"]))
     total = Window.partitionBy(*SEGMENT, "week", "signal")
     shares = counts.withColumn("n", F.sum("count").over(total)).withColumn("p", F.col("count") / F.col("n"))
-    cur = shares.select(*SEGMENT, "week", "signal", "bin", F.col("p").alias("p"), F.col("n").alias("n"))
+    cur = shares.select(*SEGMENT, "week", "signal", "bin", "p", "n")
     prev = shares.select(*SEGMENT, F.date_add("week", 7).alias("week"), "signal", "bin",
                          F.col("p").alias("q"), F.col("n").alias("prev_n"))
-    weeks = (cur.select(*SEGMENT, "week", "signal", "n").distinct()
-             .join(prev.select(*SEGMENT, "week", "signal", "prev_n").distinct(), [*SEGMENT, "week", "signal"]))
-    keys = [*SEGMENT, "week", "signal", "bin"]
-    both = (cur.drop("n").join(prev.drop("prev_n"), keys, "full_outer")
-               .join(weeks, [*SEGMENT, "week", "signal"], "inner")
-               .withColumn("p", F.coalesce("p", F.lit(0.0)) + PSI_EPSILON)
-               .withColumn("q", F.coalesce("q", F.lit(0.0)) + PSI_EPSILON))
-    psi = (both.groupBy(*SEGMENT, "week", "signal", "n", "prev_n")
-               .agg(F.sum((F.col("p") - F.col("q")) * F.log(F.col("p") / F.col("q"))).alias("psi")))
+    p = F.coalesce("p", F.lit(0.0)) + PSI_EPSILON
+    q = F.coalesce("q", F.lit(0.0)) + PSI_EPSILON
+    psi = (cur.join(prev, [*SEGMENT, "week", "signal", "bin"], "full_outer")
+              .groupBy(*SEGMENT, "week", "signal")
+              .agg(F.sum((p - q) * F.log(p / q)).alias("psi"), F.max("n").alias("n"), F.max("prev_n").alias("prev_n"))
+              .where(F.col("n").isNotNull() & F.col("prev_n").isNotNull()))  # both weeks have data
     return psi.select(
         F.lit("drift").alias("check"), F.lit("week").alias("grain"), F.col("week").alias("period_start"), *SEGMENT,
         F.col("signal").alias("metric"), F.col("psi").alias("statistic"), F.lit(g.psi_alert).alias("threshold"),
@@ -277,26 +275,24 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     version = F.col("reward_version") == spec.version
     steps = read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version).cache()
     episodes = read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version).cache()
+    cards = None
     try:
-        in_periods = (((F.col("grain") == "day") & (F.col("period_start") >= F.lit(start))
-                       & (F.col("period_start") < F.lit(end)))
-                      | ((F.col("grain") == "week") & (F.col("period_start") >= F.lit(ws))
-                         & (F.col("period_start") < F.lit(we))))
+        where = periods_predicate(start, end, spec)  # filters the rows and bounds the replace alike
         progress("aggregating signals by day and week")
-        cards = scorecards(spark, daily_sums(steps, episodes), spec).where(in_periods).cache()
-        where = periods_predicate(start, end, spec)
+        cards = scorecards(spark, daily_sums(steps, episodes), spec).where(where).cache()
         progress("publishing gold/scorecards")
         out = [publish(spark, settings, GOLD_SCORECARDS, cards, where)]
         progress("checking regressions, gaming and drift")
         rails = regressions(cards, spec).unionByName(gaming_flags(cards, spec)).unionByName(
-            drift(steps, episodes, spec).where(in_periods))
+            drift(steps, episodes, spec).where(where))
         out.append(publish(spark, settings, GOLD_GUARDRAILS, rails, where))
         progress("sampling episodes for review")
         sample = review_queue(episodes.where((F.col("week") >= F.lit(ws)) & (F.col("week") < F.lit(we))), spec)
         out.append(publish(spark, settings, GOLD_REVIEW_QUEUE, sample,
                            f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'"))
-        cards.unpersist()
     finally:
+        if cards is not None:
+            cards.unpersist()
         steps.unpersist()
         episodes.unpersist()
     return out

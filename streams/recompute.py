@@ -115,28 +115,21 @@ def write_silver(settings: Settings, events: Iterable[dict[str, Any]], rows_per_
     is tested), without the broker.
     """
     closed = (closed_at or datetime.now(timezone.utc)).timestamp()
-    pending: dict[str, list[dict[str, Any]]] = {SILVER_STEPS.id: [], SILVER_EPISODES.id: []}
-    counts = {SILVER_STEPS.id: 0, SILVER_EPISODES.id: 0}
-    convert = {SILVER_STEPS.id: silver_row(SILVER_STEPS), SILVER_EPISODES.id: silver_row(SILVER_EPISODES)}
+    targets = [(SILVER_STEPS, silver_row(SILVER_STEPS), [], [0]), (SILVER_EPISODES, silver_row(SILVER_EPISODES), [], [0])]
 
-    def flush(table_id: str) -> None:
-        rows = pending[table_id]
-        if rows:
-            spec = SILVER_STEPS if table_id == SILVER_STEPS.id else SILVER_EPISODES
-            table = ensure_table(settings, spec)
-            write_deltalake(table, pa.Table.from_pylist(rows, schema=spec.schema), mode="append",
-                            partition_by=list(spec.partition_by))
-            counts[table_id] += len(rows)
-            rows.clear()
+    def flush(spec, pending: list[dict[str, Any]], count: list[int]) -> None:
+        if pending:
+            write_deltalake(ensure_table(settings, spec), pa.Table.from_pylist(pending, schema=spec.schema),
+                            mode="append", partition_by=list(spec.partition_by))
+            count[0] += len(pending)
+            pending.clear()
 
-    for steps, episodes in silver_from_events(events):
-        for table_id, rows in ((SILVER_STEPS.id, steps), (SILVER_EPISODES.id, episodes)):
-            to_row = convert[table_id]
-            pending[table_id].extend(
-                to_row(orjson.dumps({**r, "revision": 0, "closed_reason": "terminal", "closed_at": closed}))
-                for r in rows)
-            if len(pending[table_id]) >= rows_per_commit:
-                flush(table_id)
-    flush(SILVER_STEPS.id)
-    flush(SILVER_EPISODES.id)
-    return counts[SILVER_STEPS.id], counts[SILVER_EPISODES.id]
+    for joined in silver_from_events(events):
+        for (spec, to_row, pending, count), rows in zip(targets, joined):
+            pending.extend(to_row(orjson.dumps({**r, "revision": 0, "closed_reason": "terminal", "closed_at": closed}))
+                           for r in rows)
+            if len(pending) >= rows_per_commit:
+                flush(spec, pending, count)
+    for spec, _, pending, count in targets:
+        flush(spec, pending, count)
+    return targets[0][3][0], targets[1][3][0]

@@ -131,7 +131,6 @@ def replay_synthetic(
 jobs_app = typer.Typer(help="Run the Spark jobs over a window of days (the same modules run under spark-submit).",
                        no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
-JOB_ORDER = ("heuristics", "scorecards")
 
 
 def _day(value: str, flag: str):
@@ -151,11 +150,12 @@ def jobs_run(
     reward_version: Optional[str] = typer.Option(None, help="score with this spec, e.g. reward-v1 (default: newest)"),
 ) -> None:
     """Compute and publish a job's gold tables for [start, end); a rerun of a window replaces what it wrote."""
+    from jobs.submit import JOBS, job_runner
     from schemas.reward import RewardSpecError, load_reward_spec
 
-    names = JOB_ORDER if job == "all" else (job,)
-    if any(n not in JOB_ORDER for n in names):
-        raise UserError(f"no job {job!r}: choose one of {', '.join(JOB_ORDER)} or all")
+    names = JOBS if job == "all" else (job,)
+    if any(n not in JOBS for n in names):
+        raise UserError(f"no job {job!r}: choose one of {', '.join(JOBS)} or all")
     first, last = _day(start, "--start"), _day(end, "--end")
     if last <= first:
         raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
@@ -166,7 +166,6 @@ def jobs_run(
         spec = load_reward_spec(s.reward_version)
     except RewardSpecError as exc:
         raise UserError(f"{exc} — pass --reward-version with one of the versions listed") from None
-    from jobs.submit import job_runner
 
     with console.status("starting Spark…") as st:
         from jobs.spark import build_spark

@@ -21,7 +21,7 @@ def test_a_failed_outcome_can_never_outscore_a_correct_one():
 
 @pytest.mark.unit
 @pytest.mark.parametrize("edit, needle", [
-    (("weights = { outcome = 0.5,", "weights = { outcome = 0.6,"), "composite: Value error, composite weights must sum to 1"),
+    (("weights = { outcome = 0.5,", "weights = { outcome = 0.6,"), "composite weights must sum to 1"),
     (('credit = "discounted"', 'credit = "random"'), "step.credit"),
     (("ungated_scale = 0.2", "ungated_scale = 0.6"), "ungated_scale must be below the outcome weight"),
     (('version = "reward-v1"', 'version = "v1"'), "version"),
@@ -33,7 +33,7 @@ def test_invalid_specs_are_refused_with_the_field(tmp_path, edit, needle):
     path.write_text(text.replace(edit[0], edit[1], 1))
     with pytest.raises(RewardSpecError) as exc:
         load_reward_spec(path)
-    assert needle.split(": Value error, ")[-1] in str(exc.value) and str(path) in str(exc.value)
+    assert needle in str(exc.value) and str(path) in str(exc.value)
 
 
 @pytest.mark.unit
