@@ -107,3 +107,39 @@ def strings_of(value: Any) -> Iterable[str]:
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from strings_of(v)
+
+
+# ---- detectors that need no ground truth: what an export must never carry, whoever the users are ---------------
+PII_PATTERNS = {
+    "email": re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    "phone": re.compile(r"(?<![\w+])(?:\+?1[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?!\w)"),
+    "us_ssn": re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"),
+    "card_number": re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\w.,-])"),
+}
+
+
+def _luhn(number: str) -> bool:
+    digits = [int(c) for c in number if c.isdigit()]
+    total = sum(d if i % 2 == 0 else (d * 2 - 9 if d * 2 > 9 else d * 2) for i, d in enumerate(reversed(digits)))
+    return total % 10 == 0
+
+
+class PatternScanner:
+    """Structured PII by pattern (emails, phone numbers, US SSNs, Luhn-valid card numbers), no ground truth
+    needed; with a `truth`, also every value of that customer database (the τ-bench check)."""
+
+    def __init__(self, truth: GroundTruth | None = None):
+        self.truth = LeakScanner(truth) if truth else None
+
+    def scan(self, texts: Iterable[str]) -> Leaks:
+        texts = list(texts)
+        leaks = self.truth.scan(texts) if self.truth else Leaks()
+        for text in texts:
+            for kind, pattern in PII_PATTERNS.items():
+                for m in pattern.finditer(text):
+                    if kind == "card_number" and not _luhn(m.group(0)):
+                        continue
+                    leaks.found.setdefault(kind, set()).add(m.group(0))
+                    if len(leaks.examples) < 20:
+                        leaks.examples.append(text[max(0, m.start() - 60):m.end() + 20])
+        return leaks

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +75,27 @@ class Settings(BaseSettings):
     reward_version: str | None = None
     # an episode's steps may fall on the days around it; jobs read this many days either side of their window
     job_margin_days: int = Field(default=1, ge=0)
+
+    # training exports (jobs/export.py): groups are split by a keyed hash of this key, never by the row
+    export_group_by: Literal["user", "task", "session"] = "user"
+    export_ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    # this share of groups goes to the frozen holdout; once a group is there it stays (exports/holdout_registry)
+    export_holdout_share: float = Field(default=0.05, ge=0, lt=1)
+    # changing the salt reshuffles every split: a deliberate, recorded act (it is in every manifest)
+    export_split_salt: str = "trajlake-splits-1"
+    # prompts at least this similar (MinHash estimate of word-3-gram Jaccard) are near duplicates
+    export_near_duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
+    # a customer database whose values must never appear in an export (e.g. τ-bench's airline-users.json);
+    # the export's PII scan always runs its pattern detectors, and also this ground truth when it is set
+    pii_ground_truth: Path | None = None
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "Settings":
+        if set(self.export_ratios) != {"train", "validation", "test"} or \
+                abs(sum(self.export_ratios.values()) - 1) > 1e-9 or min(self.export_ratios.values()) < 0:
+            raise ValueError("export_ratios must give train, validation and test shares that sum to 1, "
+                             f"e.g. {{\"train\": 0.8, \"validation\": 0.1, \"test\": 0.1}}; got {self.export_ratios}")
+        return self
 
     @property
     def lake(self) -> Path:

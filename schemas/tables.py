@@ -360,10 +360,23 @@ AUDIT_ERASURES = TableSpec(
     description="one PII-free row per erase run: what was deleted, when, under which policy",
 )
 
+EXPORT_HOLDOUT = TableSpec(
+    "exports", "holdout_registry",
+    pa.schema([
+        _f("group_by", pa.string(), False, "user | task | session"),
+        _f("group_hash", pa.string(), False, "sha256 of the salted group key: names no one, survives erasure"),
+        _f("export_name", pa.string(), False, "the export that first put the group in the holdout"),
+        _f("export_version", pa.string(), False),
+        _f("registered_at", TS, False),
+    ]),
+    partition_by=(), keys=("group_by", "group_hash"),
+    description="the frozen holdout: once a group is here, every later export keeps it in the holdout split",
+)
+
 TABLES: dict[str, TableSpec] = {t.id: t for t in (
     BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES,
     GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES, GOLD_SCORECARDS, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE,
-    AUDIT_ERASURES,
+    AUDIT_ERASURES, EXPORT_HOLDOUT,
 )}
 
 

@@ -1,4 +1,4 @@
-"""The `trajlake` command: broker, replay, worker, status, query and the end-to-end demo."""
+"""The `trajlake` command: broker, replay, worker, jobs, export, status, query and the end-to-end demo."""
 from __future__ import annotations
 
 import os
@@ -177,6 +177,61 @@ def jobs_run(
                                       progress=lambda m, n=name: st.update(f"{n}: {m}…")):
                 console.print(f"[green]✓[/] {p.table}: {p.rows} rows → Delta version {p.version}")
             console.print(f"{name} {first} … {last} with {spec.version}: {time.monotonic() - began:.1f} s")
+
+
+@app.command()
+def export(
+    name: Optional[str] = typer.Argument(None, help="the export's name: files go to <lake>/exports/NAME/vNNNN/"),
+    format: str = typer.Option("sft,dpo,openai_dpo,kto,rft,steps", "--format",
+                               help="comma-separated: sft, dpo, openai_dpo, kto, rft, steps"),
+    since: Optional[str] = typer.Option(None, help="first day of episodes to export, YYYY-MM-DD"),
+    until: Optional[str] = typer.Option(None, help="the day after the last day, YYYY-MM-DD"),
+    reward_version: Optional[str] = typer.Option(None, help="scores and export policy of this spec (default: newest)"),
+    from_manifest: Optional[Path] = typer.Option(None, "--from-manifest",
+                                                 help="rebuild the export a manifest describes and verify its checksums"),
+    out: Optional[Path] = typer.Option(None, help="with --from-manifest: where the rebuilt files go"),
+) -> None:
+    """Export scored episodes as training data: leak-free splits, PII-scanned, with a reproducible manifest."""
+    from jobs.export import ExportFailed, ExportRequest, reproduce, run
+    from jobs.export_rows import FORMATS
+    from schemas.reward import RewardSpecError
+
+    s = settings()
+    try:
+        with console.status("exporting…") as st:
+            if from_manifest is not None:
+                if not from_manifest.exists():
+                    raise UserError(f"no manifest at {from_manifest}: pass an export's manifest.json or its directory")
+                target = out or from_manifest.resolve().parent.with_name(from_manifest.resolve().parent.name + "-rebuilt")
+                rebuilt = reproduce(s, from_manifest, target, progress=lambda m: st.update(f"{m}…"))
+                console.print(f"[green]✓[/] rebuilt {len(rebuilt['files'])} files into {target}: every sha256 "
+                              "equals the manifest's")
+                return
+            if not name or not since or not until:
+                raise UserError("give NAME, --since and --until (e.g. trajlake export weekly --since 2026-11-02 "
+                                "--until 2026-11-09), or --from-manifest M")
+            formats = tuple(f.strip() for f in format.split(",") if f.strip())
+            unknown = [f for f in formats if f not in FORMATS]
+            if unknown or not formats:
+                raise UserError(f"unknown format(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
+            request = ExportRequest(name, formats, _day(since, "--since"), _day(until, "--until"), reward_version)
+            result = run(s, request, progress=lambda m: st.update(f"{m}…"))
+    except ExportFailed as exc:
+        raise UserError(str(exc)) from None
+    except RewardSpecError as exc:
+        raise UserError(f"{exc} — pass --reward-version with one of the versions listed") from None
+    m = result.manifest
+    table = Table(title=f"export {m['name']} {m['version']} ({m['reward_version']}, groups by {m['splits']['group_by']})")
+    table.add_column("format")
+    for split in ("train", "validation", "test", "holdout"):
+        table.add_column(split, justify="right")
+    for fmt, counts in m["counts"]["rows"].items():
+        table.add_row(fmt, *(f"{counts.get(sp, 0):,}" for sp in ("train", "validation", "test", "holdout")))
+    console.print(table)
+    ep = m["counts"]["episodes"]
+    console.print(f"{ep['exported']:,} of {ep['in_window']:,} episodes ({ep['near_duplicates_removed']:,} near "
+                  f"duplicates removed, {ep['unscored']:,} unscored); PII scan clean; no leakage")
+    console.print(f"[green]✓[/] {result.path}  (manifest: {result.path / 'manifest.json'})")
 
 
 @app.command()

@@ -104,6 +104,22 @@ class GuardrailSpec(_Frozen):
     review_bands: tuple[float, ...]
 
 
+class ExportSpec(_Frozen):
+    """What the training exports take as good enough to imitate (SFT), to prefer (pairs) or to label (KTO)."""
+
+    sft_min_composite: float = Unit
+    rft_requires_reference: bool = True
+    pair_min_edit_distance: float = Unit
+    kto_desirable: tuple[Literal[STEP_OUTCOMES], ...]
+    kto_undesirable: tuple[Literal[STEP_OUTCOMES], ...]
+
+    @model_validator(mode="after")
+    def _disjoint(self):
+        if both := set(self.kto_desirable) & set(self.kto_undesirable):
+            raise ValueError(f"exports.kto_desirable and kto_undesirable share {sorted(both)}")
+        return self
+
+
 class RewardSpec(_Frozen):
     """One version of the reward policy; every gold row records `version`."""
 
@@ -116,6 +132,8 @@ class RewardSpec(_Frozen):
     composite: CompositeSpec
     step: StepSpec
     guardrails: GuardrailSpec
+    # reward-v1 predates the export policy; exports need a spec that has one (reward-v2 on)
+    exports: ExportSpec | None = None
 
 
 class RewardSpecError(ValueError):

@@ -111,6 +111,10 @@ def _session(rng: random.Random, n: int, seed: int, start: datetime, segments) -
                                          "ts": clock.isoformat(timespec="milliseconds"), **base, **kw, "body": body})
 
     yield ev("agent", "task_started", {"sla_seconds": b.sla_s})
+    # the user's request opens the conversation (the prompt of every training row); drawn from its own generator
+    # so the planted behaviour below sees the same random stream as without it
+    ask = random.Random(f"{seed}/{n}/request")
+    yield ev("frontend", "user_message", {"text": f"{key[2].capitalize()} request: {_sentence(ask, ask.randrange(8, 17))}"})
     steps = max(1, int(rng.expovariate(1 / b.steps_mean)) + 1)
     intent = f"i-{next(ids)}"
     for k in range(steps):

@@ -7,7 +7,8 @@ from schemas.reward import RewardSpecError, available_versions, load_reward_spec
 @pytest.mark.unit
 def test_newest_spec_loads_and_is_versioned():
     spec = load_reward_spec()
-    assert spec.version == available_versions()[-1] == "reward-v1"
+    assert spec.version == available_versions()[-1] == "reward-v2"
+    assert spec.exports is not None
     assert abs(sum(spec.composite.weights.values()) - 1) < 1e-12
 
 
@@ -38,5 +39,14 @@ def test_invalid_specs_are_refused_with_the_field(tmp_path, edit, needle):
 
 @pytest.mark.unit
 def test_unknown_version_lists_the_known_ones():
-    with pytest.raises(RewardSpecError, match="versions here: reward-v1"):
+    with pytest.raises(RewardSpecError, match="versions here: reward-v1, reward-v2"):
         load_reward_spec("reward-v9")
+
+
+@pytest.mark.unit
+def test_v2_scores_exactly_like_v1():
+    """reward-v2 only adds the export policy: every scoring field equals v1's, so scores of both agree."""
+    v1, v2 = load_reward_spec("reward-v1"), load_reward_spec("reward-v2")
+    assert v1.exports is None
+    assert v1.model_dump(exclude={"version", "description", "exports"}) == \
+        v2.model_dump(exclude={"version", "description", "exports"})

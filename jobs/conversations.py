@@ -1,0 +1,135 @@
+"""An episode's chat conversation (OpenAI message form) rebuilt from its bronze events, with where each action sits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import orjson
+
+# the message keys a trainer reads; anything else an agent put into a context snapshot is dropped
+_MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+@dataclass
+class Conversation:
+    """The messages a model saw and said in one episode, in order.
+
+    `action_at` maps each proposed action to the index of the assistant message that carried it, so a step's
+    prompt is `messages[:action_at[action_id]]`. `grader` holds the references an outside grader reported at
+    task end (τ-bench's expected actions and outputs), when there were any.
+    """
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    action_at: dict[str, int] = field(default_factory=dict)
+    grader: dict[str, Any] | None = None
+
+    @property
+    def first_user_turn(self) -> int | None:
+        """Index just past the first user message: the task as the user posed it."""
+        for i, m in enumerate(self.messages):
+            if m["role"] == "user":
+                return i + 1
+        return None
+
+    def user_text(self) -> str:
+        """Everything the user said, for near-duplicate detection of prompts."""
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "user" and isinstance(m["content"], str))
+
+    def tools(self) -> list[dict[str, Any]]:
+        """Function schemas of the tools the agent called here, inferred from the calls (the contract carries no
+        tool definitions): name and the argument names with their JSON types."""
+        seen: dict[str, dict[str, str]] = {}
+        for m in self.messages:
+            for call in m.get("tool_calls") or ():
+                fn = call.get("function") or {}
+                name = fn.get("name")
+                if not name:
+                    continue
+                props = seen.setdefault(name, {})
+                try:
+                    args = orjson.loads(fn.get("arguments") or "{}")
+                except orjson.JSONDecodeError:
+                    args = {}
+                for k, v in (args.items() if isinstance(args, dict) else ()):
+                    props.setdefault(k, _json_type(v))
+        return [{"type": "function", "function": {
+            "name": name, "description": f"{name} (signature inferred from observed calls)",
+            "parameters": {"type": "object", "properties": {k: {"type": t} for k, t in sorted(props.items())}}}}
+            for name, props in sorted(seen.items())]
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, dict):
+        return "object"
+    if isinstance(v, list):
+        return "array"
+    return "string"
+
+
+def message(raw: dict[str, Any]) -> dict[str, Any]:
+    """One chat message with the keys trainers read; tool-call arguments as JSON strings (OpenAI's form)."""
+    out = {k: raw[k] for k in _MESSAGE_KEYS if raw.get(k) is not None}
+    out.setdefault("content", None)
+    if out.get("tool_calls"):
+        out["tool_calls"] = [_tool_call(c) for c in out["tool_calls"]]
+    if out["content"] is not None and not isinstance(out["content"], str):
+        out["content"] = orjson.dumps(out["content"]).decode()
+    return out
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    fn = dict(call.get("function") or {})
+    if not isinstance(fn.get("arguments"), str):
+        fn["arguments"] = orjson.dumps(fn.get("arguments") or {}).decode()
+    return {"id": call.get("id"), "type": call.get("type", "function"),
+            "function": {"name": fn.get("name"), "arguments": fn["arguments"]}}
+
+
+def conversation(events: Iterable[tuple[str, str | None, dict[str, Any]]]) -> Conversation:
+    """The conversation of one episode from its events `(event_type, action_id, body)` in event-time order.
+
+    Two sources, by what the agent reported:
+    - the agent's own view, when its LLM calls carry context snapshots: each call's snapshot (the messages that
+      were new to it, or all of them when `context_mode` is full) and then its output. This is exactly what the
+      model saw, tool results and system prompt included.
+    - the product's view otherwise: user messages and the actions the agent proposed, as user and assistant
+      turns.
+    An action is placed at the assistant message that carried it: in the agent's view, the latest assistant
+    message when the action was proposed.
+    """
+    events = list(events)
+    agent_view = any(t == "llm_call" and body.get("context_snapshot") for t, _, body in events)
+    conv = Conversation()
+    msgs = conv.messages
+    for event_type, action_id, body in events:
+        if event_type == "task_ended" and isinstance(body.get("grader"), dict):
+            conv.grader = body["grader"]
+        if agent_view:
+            if event_type == "llm_call":
+                snapshot = [message(m) for m in body.get("context_snapshot") or () if isinstance(m, dict)]
+                if body.get("context_mode") == "full" and msgs:
+                    # a full snapshot restates the context: keep it, and the actions that still fall inside it
+                    msgs[:] = snapshot
+                    conv.action_at = {a: i for a, i in conv.action_at.items() if i < len(msgs)}
+                else:
+                    msgs.extend(snapshot)
+                out = body.get("output")
+                if isinstance(out, dict) and (out.get("content") or out.get("tool_calls")):
+                    msgs.append(message({**out, "role": "assistant"}))
+            elif event_type == "action_proposed" and action_id:
+                last = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i]["role"] == "assistant"), None)
+                if last is not None:
+                    conv.action_at[action_id] = last
+        else:
+            if event_type == "user_message" and body.get("text"):
+                msgs.append({"role": "user", "content": body["text"]})
+            elif event_type == "action_proposed" and action_id:
+                conv.action_at[action_id] = len(msgs)
+                msgs.append({"role": "assistant", "content": body.get("output") or ""})
+    return conv

@@ -1,0 +1,447 @@
+"""Training exports: leak-free splits of scored episodes in trainers' formats, PII-scanned, with a manifest that
+reproduces them byte for byte (`trajlake export`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import duckdb
+import orjson
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from jobs.conversations import conversation
+from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode
+from jobs.splits import (PRECEDENCE, SPLITS, Leakage, clusters, group_hash, keep_one_per_cluster, leakage,
+                         near_duplicate_edges, prompt_digest, split_of)
+from lake.duckdb_views import connect
+from lake.tables import ensure_table, open_table, table_path
+from privacy import POLICY_VERSION
+from privacy.leakage import GroundTruth, PatternScanner, strings_of
+from schemas.reward import RewardSpec, load_reward_spec
+from schemas.settings import Settings
+from schemas.tables import (BRONZE_EVENTS, EXPORT_HOLDOUT, GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES,
+                            SILVER_STEPS)
+
+MANIFEST = "manifest.json"
+SOURCES = (BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS, GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, EXPORT_HOLDOUT)
+GROUP_COLUMN = {"user": "user_id", "task": "task_id", "session": "session_id"}
+RESERVED = {EXPORT_HOLDOUT.name}
+
+
+class ExportFailed(RuntimeError):
+    """The export was refused (leakage, PII, a quality gate, bad inputs); nothing was published."""
+
+    def __init__(self, message: str, manifest: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.manifest = manifest
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export. `sources` pins Delta versions (None: the latest, which the manifest then records)."""
+
+    name: str
+    formats: tuple[str, ...]
+    since: date
+    until: date
+    reward_version: str | None = None
+    sources: dict[str, int] | None = None
+
+    def check(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or self.name in RESERVED:
+            raise ExportFailed(f"export name {self.name!r}: use letters, digits, '-', '_' or '.', not "
+                               f"{', '.join(sorted(RESERVED))}")
+        unknown = set(self.formats) - set(FORMATS)
+        if unknown or not self.formats:
+            raise ExportFailed(f"unknown format(s) {sorted(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+        if self.since >= self.until:
+            raise ExportFailed(f"--since {self.since} is not before --until {self.until}")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        return self.manifest["counts"]["rows"]
+
+
+Progress = Callable[[str], None]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pinned_sources(settings: Settings, sources: dict[str, int] | None) -> dict[str, int | None]:
+    """Each source table's Delta version: the one asked for, else the latest (None: the table does not exist)."""
+    out: dict[str, int | None] = {}
+    for t in SOURCES:
+        if sources and t.id in sources:
+            out[t.id] = sources[t.id]
+        else:
+            dt = open_table(settings, t)
+            out[t.id] = None if dt is None else dt.version()
+    return out
+
+
+def _open_lake(settings: Settings, versions: dict[str, int | None]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false").fetchall()
+    try:
+        return connect(settings, {k: v for k, v in versions.items() if v is not None}, con=con)
+    except Exception as exc:  # a pinned version that time travel can no longer reach
+        raise ExportFailed(f"cannot read the lake at the pinned versions {versions}: {exc}. A version removed by "
+                           "VACUUM cannot be reproduced") from None
+
+
+def _episodes_sql(reward_version: str) -> str:
+    # the latest revision of each episode in the window, with its scores under the reward version
+    return f"""
+    CREATE OR REPLACE TEMP TABLE ep AS
+    WITH e AS (
+        SELECT * FROM silver_episodes WHERE date >= $since AND date < $until
+        QUALIFY row_number() OVER (PARTITION BY episode_id ORDER BY revision DESC) = 1),
+    s AS (SELECT episode_id, composite, gate_passed FROM gold_episode_scores
+          WHERE reward_version = '{reward_version}' AND date >= $since AND date < $until)
+    SELECT e.episode_id, e.session_id, e.task_id, e.user_id, e.agent_version, e.prompt_variant,
+           coalesce(e.task_type, 'unknown') AS task_type, e.outcome, e.date, e.policy_version,
+           s.composite, s.gate_passed
+    FROM e LEFT JOIN s USING (episode_id)"""
+
+
+def _user_text_sql(margin: int) -> str:
+    return f"""
+    CREATE OR REPLACE TEMP TABLE ep_text AS
+    SELECT ep.episode_id AS id,
+           string_agg(json_extract_string(b.body, '$.text'), '\n' ORDER BY b.ts, b.event_id) AS text
+    FROM ep JOIN bronze_events b ON b.session_id = ep.session_id AND b.task_id = ep.task_id
+    WHERE b.event_type = 'user_message' AND b.date >= $since - INTERVAL {margin} DAY
+          AND b.date < $until + INTERVAL {margin} DAY
+    GROUP BY ALL"""
+
+
+def _rows_sql(margin: int, reward_version: str) -> str:
+    # one row per kept episode: its events and its steps as ordered lists, so Python only assembles
+    return f"""
+    WITH ev AS (
+        SELECT b.session_id, b.task_id,
+               list({{'t': b.event_type, 'a': b.action_id, 'b': b.body}} ORDER BY b.ts, b.event_id) AS events
+        FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
+        WHERE b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
+        GROUP BY ALL),
+    st AS (
+        SELECT session_id, task_id, step_id, action_id, intent_id, step_index, output, final_value, outcome,
+               accepted, rejected, edited, undone, retried, edit_distance
+        FROM silver_steps
+        WHERE date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY
+        QUALIFY row_number() OVER (PARTITION BY step_id ORDER BY revision DESC) = 1),
+    sg AS (
+        SELECT step_id, overwritten, own_reward, credit_share, step_reward FROM gold_step_signals
+        WHERE reward_version = '{reward_version}'
+          AND date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY),
+    steps AS (
+        SELECT st.session_id, st.task_id,
+               list({{'step_id': st.step_id, 'action_id': st.action_id, 'intent_id': st.intent_id,
+                     'step_index': st.step_index, 'output': st.output, 'final_value': st.final_value,
+                     'outcome': st.outcome, 'accepted': st.accepted, 'rejected': st.rejected, 'edited': st.edited,
+                     'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
+                     'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
+                     'credit_share': sg.credit_share, 'step_reward': sg.step_reward}}
+                    ORDER BY st.step_index, st.step_id) AS steps
+        FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
+        LEFT JOIN sg USING (step_id)
+        GROUP BY ALL)
+    SELECT k.*, ev.events, coalesce(steps.steps, []) AS steps
+    FROM kept k LEFT JOIN ev USING (session_id, task_id) LEFT JOIN steps USING (session_id, task_id)
+    ORDER BY k.episode_id"""
+
+
+@dataclass
+class _Writer:
+    """JSON Lines per format and split, written in a deterministic order, with row counts and a PII scan."""
+
+    root: Path
+    scanner: PatternScanner
+    files: dict[tuple[str, str], Any] = field(default_factory=dict)
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    seen: dict[str, set[bytes]] = field(default_factory=dict)
+    exact_duplicates: dict[str, int] = field(default_factory=dict)
+    pii: dict[str, dict[str, int]] = field(default_factory=dict)  # kind → {file: hits}, values never kept
+    buffer: list[tuple[str, str]] = field(default_factory=list)
+
+    def write(self, fmt: str, row: dict[str, Any]) -> bool:
+        split = row["split"]
+        line = orjson.dumps(row)
+        # identical training content (the row minus where it came from) is written once per format
+        content = {k: v for k, v in row.items() if k not in ("split", "episode_id", "user_id", "step_id", "id",
+                                                             "observed_reward", "reward", "source")}
+        digest = hashlib.blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        seen = self.seen.setdefault(fmt, set())
+        if digest in seen:
+            self.exact_duplicates[fmt] = self.exact_duplicates.get(fmt, 0) + 1
+            return False
+        seen.add(digest)
+        f = self.files.get((fmt, split))
+        if f is None:
+            (self.root / fmt).mkdir(parents=True, exist_ok=True)
+            f = self.files[(fmt, split)] = open(self.root / fmt / f"{split}.jsonl", "wb")
+        f.write(line + b"\n")
+        self.rows.setdefault(fmt, {}).setdefault(split, 0)
+        self.rows[fmt][split] += 1
+        # the row's strings (numbers and booleans cannot be personal data; a long float's digits could pass Luhn)
+        self.buffer.append((f"{fmt}/{split}.jsonl", "\n".join(strings_of(row))))
+        if len(self.buffer) >= 2048:
+            self.scan()
+        return True
+
+    def scan(self) -> None:
+        if not self.buffer:
+            return
+        for name, text in self.buffer:
+            found = self.scanner.scan([text]).found
+            for kind, values in found.items():
+                hits = self.pii.setdefault(kind, {})
+                hits[name] = hits.get(name, 0) + len(values)
+        self.buffer.clear()
+
+    def close(self) -> None:
+        self.scan()
+        for f in self.files.values():
+            f.close()
+
+
+def _spec(reward_version: str | None) -> RewardSpec:
+    spec = load_reward_spec(reward_version)
+    if spec.exports is None:
+        raise ExportFailed(f"{spec.version} has no [exports] policy (thresholds for SFT, pairs and KTO); export "
+                           "with --reward-version reward-v2 or newer, after scoring with it (`trajlake jobs run`)")
+    return spec
+
+
+def build(settings: Settings, request: ExportRequest, out: Path,
+          progress: Progress = lambda _: None) -> tuple[dict[str, Any], list[str]]:
+    """Write the export's files into the empty directory `out`; returns its manifest (without version and time)
+    and the holdout groups it newly put in the holdout.
+
+    Raises ExportFailed when the leakage check or the PII scan fails."""
+    request.check()
+    spec = _spec(request.reward_version)
+    versions = pinned_sources(settings, request.sources)
+    if versions[GOLD_EPISODE_SCORES.id] is None:
+        raise ExportFailed("no gold/episode_scores yet: run `trajlake jobs run all --start D --end D` first")
+    con = _open_lake(settings, versions)
+    margin = settings.job_margin_days
+    params = {"since": request.since, "until": request.until}
+
+    progress("reading episodes and scores")
+    con.execute(_episodes_sql(spec.version), params).fetchall()
+    total, unscored = con.execute("SELECT count(*), count(*) FILTER (composite IS NULL) FROM ep").fetchall()[0]
+    if total == 0:
+        raise ExportFailed(f"no episodes in silver/episodes between {request.since} and {request.until}")
+    if unscored == total:
+        raise ExportFailed(f"none of the {total} episodes is scored under {spec.version}: run `trajlake jobs run "
+                           f"all --start {request.since} --end {request.until} --reward-version {spec.version}`")
+
+    progress("assigning splits")
+    group_col = GROUP_COLUMN[settings.export_group_by]
+    frozen = frozenset(r[0] for r in con.execute(
+        "SELECT group_hash FROM exports_holdout_registry WHERE group_by = ?", [settings.export_group_by]).fetchall())
+    eps = con.execute(f"SELECT episode_id, {group_col}, composite FROM ep WHERE composite IS NOT NULL "
+                      "ORDER BY episode_id").fetchall()
+    split_by_group: dict[str, str] = {}
+    ghash_of: dict[str, str] = {}
+    split_rows = []
+    for episode_id, key, _ in eps:
+        g = group_hash(settings.export_group_by, key, settings.export_split_salt)
+        if g not in split_by_group:
+            split_by_group[g] = split_of(g, settings.export_ratios, settings.export_holdout_share, frozen)
+        ghash_of[episode_id] = g
+        split_rows.append((episode_id, g, split_by_group[g]))
+    con.register("_splits", pa.table({"episode_id": [r[0] for r in split_rows], "group_hash": [r[1] for r in split_rows],
+                                      "split": [r[2] for r in split_rows]}))
+
+    progress("finding near-duplicate prompts")
+    con.execute(_user_text_sql(margin), params).fetchall()
+    edges = near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold)
+    cluster_of = clusters(edges)
+    composite = {e: c for e, _, c in eps}
+    split_of_ep = {r[0]: r[2] for r in split_rows}
+    dropped = keep_one_per_cluster(cluster_of, {x: (PRECEDENCE[split_of_ep[x]], -composite[x], x)
+                                                for x in cluster_of if x in split_of_ep})
+    con.register("_dropped", pa.table({"episode_id": pa.array(sorted(dropped), pa.string())}))
+    con.execute("""CREATE OR REPLACE TEMP TABLE kept AS
+                   SELECT ep.*, s.split, s.group_hash, t.text AS user_text FROM ep
+                   JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
+                   WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)""").fetchall()
+    n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
+
+    truth = GroundTruth.load(settings.pii_ground_truth) if settings.pii_ground_truth else None
+    writer = _Writer(out, PatternScanner(truth))
+    leak_rows: list[tuple[str, str, str]] = []
+    builders = [(fmt, BUILDERS[fmt]) for fmt in request.formats]
+    done = 0
+    progress(f"writing {n_kept:,} episodes")
+    reader = con.sql(_rows_sql(margin, spec.version), params=params).to_arrow_reader(4096)
+    for batch in reader:
+        for r in batch.to_pylist():
+            conv = conversation((e["t"], e["a"], orjson.loads(e["b"])) for e in r["events"] or ())
+            ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
+                         r["prompt_variant"], r["outcome"], r["composite"], bool(r["gate_passed"]), r["split"],
+                         tuple(r["steps"]))
+            wrote = False
+            for fmt, build_rows in builders:
+                for row in build_rows(ep, conv, spec.exports, spec.version):
+                    wrote |= writer.write(fmt, row)
+            if wrote:
+                leak_rows.append((r["split"], r["group_hash"], prompt_digest(r["user_text"] or "")))
+        done += batch.num_rows
+        progress(f"wrote {done:,}/{n_kept:,} episodes")
+    writer.close()
+    if "rft" in request.formats and (out / "rft").is_dir():
+        (out / "rft" / "grader.json").write_bytes(orjson.dumps(RFT_GRADER, option=orjson.OPT_INDENT_2))
+
+    progress("checking for leakage")
+    leak = leakage(leak_rows, frozen)
+    policies = sorted(r[0] for r in con.execute("SELECT DISTINCT policy_version FROM kept").fetchall())
+    files = {p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    for fmt, per_split in writer.rows.items():
+        for split, n in per_split.items():
+            files[f"{fmt}/{split}.jsonl"]["rows"] = n
+    manifest = {
+        "name": request.name,
+        "trajlake_manifest": 1,
+        "request": {"formats": list(request.formats), "since": str(request.since), "until": str(request.until)},
+        "sources": versions,
+        "reward_version": spec.version,
+        "privacy": {"policy_version": POLICY_VERSION, "row_policies": policies},
+        "splits": {"group_by": settings.export_group_by, "ratios": settings.export_ratios,
+                   "holdout_share": settings.export_holdout_share, "salt": settings.export_split_salt,
+                   "frozen_holdout_groups": len(frozen),
+                   "near_duplicate_threshold": settings.export_near_duplicate_threshold},
+        "counts": {
+            "episodes": {"in_window": total, "unscored": unscored, "near_duplicates_removed": len(dropped),
+                         "exported": n_kept},
+            "exact_duplicates_removed": writer.exact_duplicates,
+            "rows": writer.rows,
+        },
+        "pii_scan": {"detectors": ["email", "phone", "us_ssn", "card_number"]
+                     + (["ground_truth"] if truth else []),
+                     "ground_truth": str(settings.pii_ground_truth) if truth else None,
+                     "hits": {k: sum(v.values()) for k, v in writer.pii.items()}},
+        "leakage": {"ok": leak.ok, "summary": leak.summary()},
+        "files": files,
+    }
+    if writer.pii:
+        where = "; ".join(f"{kind} in {', '.join(sorted(files_))}" for kind, files_ in sorted(writer.pii.items()))
+        raise ExportFailed(f"the PII scan found personal data ({where}); nothing was published. Fix the scrubber "
+                           "policy (privacy/policy.py) and re-export", manifest)
+    if not leak.ok:
+        raise ExportFailed(f"the leakage check failed: {leak.summary()}; nothing was published", manifest)
+    new_holdout = sorted(g for g, s in split_by_group.items() if s == "holdout" and g not in frozen)
+    return manifest, new_holdout
+
+
+def _next_version(root: Path) -> str:
+    taken = [int(p.name[1:]) for p in root.glob("v[0-9]*") if p.name[1:].isdigit()] if root.is_dir() else []
+    return f"v{max(taken, default=0) + 1:04d}"
+
+
+def _register_holdout(settings: Settings, groups: Sequence[str], name: str, version: str) -> None:
+    if not groups:
+        return
+    ensure_table(settings, EXPORT_HOLDOUT)
+    now = datetime.now(timezone.utc)
+    batch = pa.Table.from_pylist([{"group_by": settings.export_group_by, "group_hash": g, "export_name": name,
+                                   "export_version": version, "registered_at": now} for g in groups],
+                                 schema=EXPORT_HOLDOUT.schema)
+    # MERGE on the declared keys: a group registered by a concurrent export is not registered twice
+    from deltalake import DeltaTable
+    (DeltaTable(str(table_path(settings, EXPORT_HOLDOUT)))
+     .merge(batch, "t.group_by = s.group_by AND t.group_hash = s.group_hash", source_alias="s", target_alias="t")
+     .when_not_matched_insert_all().execute())
+
+
+def run(settings: Settings, request: ExportRequest, progress: Progress = lambda _: None) -> ExportResult:
+    """Export into <lake>/exports/<name>/<vNNNN>/ atomically (a new version per run), then freeze the holdout
+    groups it introduced. A failed check publishes nothing; its files stay in a `.failed-…` directory."""
+    root = settings.lake / "exports" / request.name
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".building-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        manifest, new_holdout = build(settings, request, tmp, progress)
+    except ExportFailed:
+        failed = root / f".failed-{tmp.name.split('-')[-1]}"
+        tmp.rename(failed)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    version = _next_version(root)
+    manifest = {**manifest, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
+                "holdout_groups_registered": len(new_holdout)}
+    (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    final = root / version
+    os.replace(tmp, final)
+    (root / "LATEST").write_text(version + "\n")
+    _register_holdout(settings, new_holdout, request.name, version)
+    progress(f"published {final}")
+    return ExportResult(final, manifest)
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    path = path / MANIFEST if path.is_dir() else path
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ExportFailed(f"no manifest at {path}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ExportFailed(f"{path} is not a manifest (invalid JSON: {exc})") from None
+    if manifest.get("trajlake_manifest") != 1:
+        raise ExportFailed(f"{path} is not a trajlake export manifest")
+    return manifest
+
+
+def reproduce(settings: Settings, manifest_path: Path, out: Path, progress: Progress = lambda _: None) -> dict[str, Any]:
+    """Rebuild an export from its manifest (the same source versions, reward spec, split settings and filters)
+    into `out`, and verify every file's sha256 against the manifest. Registers nothing."""
+    m = load_manifest(manifest_path)
+    mismatched = {k: (m["splits"][k], getattr(settings, f"export_{k}"))
+                  for k in ("group_by", "ratios", "holdout_share", "near_duplicate_threshold")
+                  if m["splits"][k] != getattr(settings, f"export_{k}")}
+    if m["splits"]["salt"] != settings.export_split_salt:
+        mismatched["split_salt"] = ("(recorded)", "(set)")
+    if mismatched:
+        raise ExportFailed(f"the settings differ from the manifest's: {mismatched}; set the TRAJLAKE_EXPORT_* "
+                           "variables to the manifest's values")
+    req = m["request"]
+    request = ExportRequest(m["name"], tuple(req["formats"]), date.fromisoformat(req["since"]),
+                            date.fromisoformat(req["until"]), m["reward_version"],
+                            {k: v for k, v in m["sources"].items() if v is not None})
+    if out.exists() and any(out.iterdir()):
+        raise ExportFailed(f"{out} is not empty; pass --out with a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    rebuilt, _ = build(settings, request, out, progress)
+    differ = sorted(set(m["files"]) ^ set(rebuilt["files"])) + sorted(
+        f for f in set(m["files"]) & set(rebuilt["files"]) if m["files"][f]["sha256"] != rebuilt["files"][f]["sha256"])
+    if differ:
+        raise ExportFailed(f"the rebuilt export differs from the manifest in {', '.join(differ)}")
+    (out / MANIFEST).write_bytes(orjson.dumps({**m, "reproduced_at": datetime.now(timezone.utc).isoformat()},
+                                              option=orjson.OPT_INDENT_2) + b"\n")
+    return rebuilt

@@ -1,0 +1,226 @@
+"""Training rows in the formats trainers read (SFT, TRL and OpenAI preference pairs, KTO, RFT, step-level), built
+from one episode's conversation, scores and steps. Pure functions: no I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from jobs.conversations import Conversation
+from schemas.reward import ExportSpec
+
+# format → what its files hold; docs/exports.md shows a row of each
+FORMATS = {
+    "sft": "chat `messages` (+ `tools`) of episodes that pass the gate above the spec's composite threshold",
+    "dpo": "TRL conversational preference pairs: `prompt`, `chosen`, `rejected`",
+    "openai_dpo": "OpenAI DPO: `input.messages` (+ `tools`), `preferred_output`, `non_preferred_output`",
+    "kto": "TRL unpaired preference: `prompt`, `completion`, `label`",
+    "rft": "RL/RFT prompts: `messages` ending in the user's request, `tools` and `reference_answer` for the grader",
+    "steps": "step-level trajectories (rLLM Episode → Trajectory → Step) with per-step rewards",
+}
+
+
+@dataclass(frozen=True)
+class Episode:
+    """What the export knows of one episode: ids, the split it falls in, its scores and its steps (dicts of
+    silver/steps ⋈ gold/step_signals columns, in step order)."""
+
+    episode_id: str
+    user_id: str
+    task_id: str
+    task_type: str
+    agent_version: str
+    prompt_variant: str
+    outcome: str
+    composite: float
+    gate_passed: bool
+    split: str
+    steps: tuple[dict[str, Any], ...]
+
+
+def _meta(ep: Episode, reward_version: str, **extra: Any) -> dict[str, Any]:
+    # last in every row, after the trainer's own columns; user_id is the pseudonym, so `trajlake erase` finds the
+    # row and removes it
+    return {"split": ep.split, "episode_id": ep.episode_id, "user_id": ep.user_id, "reward_version": reward_version,
+            **extra}
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def kept_turns(ep: Episode, conv: Conversation) -> list[dict[str, Any]]:
+    """The conversation as the user left it: an edited action's turn says what the user submitted instead, and
+    actions the user rejected, undid or retried are left out, so SFT imitates only what was kept."""
+    replace: dict[int, str | None] = {}
+    for s in ep.steps:
+        at = conv.action_at.get(s["action_id"])
+        if at is None or conv.messages[at].get("tool_calls"):
+            continue
+        if s["rejected"] or s["undone"] or s["retried"]:
+            replace[at] = None
+        elif s["edited"] and s["final_value"]:
+            replace[at] = s["final_value"]
+    out = []
+    for i, m in enumerate(conv.messages):
+        if i not in replace:
+            out.append(m)
+        elif replace[i] is not None:
+            out.append({**m, "content": replace[i]})
+    return out
+
+
+def sft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+    """Rejection sampling: the conversation of an episode that passed the gate with a composite at least the
+    spec's threshold, as the user left it (`kept_turns`), cut after its last assistant turn."""
+    if not ep.gate_passed or ep.composite < spec.sft_min_composite:
+        return
+    msgs = kept_turns(ep, conv)
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None or not any(m["role"] == "user" for m in msgs[:last]):
+        return
+    row: dict[str, Any] = {"messages": msgs[:last + 1]}
+    tools = conv.tools()
+    if tools:
+        row["tools"] = tools
+    yield {**row, **_meta(ep, reward_version, reward=ep.composite)}
+
+
+def _prompt(conv: Conversation, action_id: str) -> list[dict[str, Any]] | None:
+    at = conv.action_at.get(action_id)
+    if at is None:
+        return None
+    prompt = conv.messages[:at]
+    return prompt if any(m["role"] == "user" for m in prompt) else None
+
+
+def preference_pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> Iterator[tuple[list, str, str, str]]:
+    """(prompt, chosen text, rejected text, source) from behaviour:
+    - edit: the user's final value over the agent's output, when the edit changed at least the spec's share;
+    - alternative: within one intent, the output the user kept over each output they rejected, undid or
+      retried; the prompt is the context before the first attempt."""
+    for s in ep.steps:
+        if s["edited"] and s["final_value"] and (s["edit_distance"] or 0) >= spec.pair_min_edit_distance \
+                and s["final_value"] != s["output"]:
+            prompt = _prompt(conv, s["action_id"])
+            if prompt:
+                yield prompt, s["final_value"], s["output"], "edit"
+    by_intent: dict[str, list[dict[str, Any]]] = {}
+    for s in ep.steps:
+        by_intent.setdefault(s["intent_id"] or s["action_id"], []).append(s)
+    for attempts in by_intent.values():
+        kept = [s for s in attempts if s["accepted"] and not s["undone"]]
+        lost = [s for s in attempts if s["rejected"] or s["undone"] or s["retried"]]
+        if not kept or not lost:
+            continue
+        prompt = _prompt(conv, attempts[0]["action_id"])
+        if not prompt:
+            continue
+        for loser in lost:
+            if loser["output"] != kept[0]["output"]:
+                yield prompt, kept[0]["output"], loser["output"], "alternative"
+
+
+def dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+    """TRL's conversational preference format."""
+    for prompt, chosen, rejected, source in preference_pairs(ep, conv, spec):
+        yield {"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected),
+               **_meta(ep, reward_version, source=source)}
+
+
+def openai_dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+    """OpenAI's preference fine-tuning format."""
+    tools = conv.tools()
+    for prompt, chosen, rejected, source in preference_pairs(ep, conv, spec):
+        inp: dict[str, Any] = {"messages": prompt}
+        if tools:
+            inp["tools"] = tools
+        yield {"input": inp, "preferred_output": _assistant(chosen), "non_preferred_output": _assistant(rejected),
+               **_meta(ep, reward_version, source=source)}
+
+
+def kto_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+    """One row per step the user clearly judged: kept (label true) or rejected, undone or overwritten (false)."""
+    for s in ep.steps:
+        outcome = "undone" if s["undone"] else s["outcome"]
+        if outcome in spec.kto_desirable:
+            label = True
+        elif outcome in spec.kto_undesirable or (s["edited"] and s["overwritten"]):
+            label = False
+        else:
+            continue
+        prompt = _prompt(conv, s["action_id"])
+        if prompt:
+            yield {"prompt": prompt, "completion": _assistant(s["output"]), "label": label,
+                   **_meta(ep, reward_version, step_id=s["step_id"])}
+
+
+def rft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+    """The task as the user first posed it, for a policy to attempt, with the references a grader compares
+    against (τ-bench: the expected tool actions and outputs)."""
+    end = conv.first_user_turn
+    if end is None or (spec.rft_requires_reference and not conv.grader):
+        return
+    grader = conv.grader or {}
+    row: dict[str, Any] = {"messages": conv.messages[:end]}
+    tools = conv.tools()
+    if tools:
+        row["tools"] = tools
+    row["reference_answer"] = {"actions": grader.get("expected_actions") or [],
+                               "outputs": grader.get("expected_outputs") or [],
+                               "source": grader.get("source")}
+    yield {**row, **_meta(ep, reward_version, observed_reward=ep.composite)}
+
+
+def step_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+    """rLLM-style Episode → Trajectory → Step: each step's chat so far, the model's response, what the user did
+    (the observation) and the step reward from gold/step_signals; the trajectory reward is the composite."""
+    steps = []
+    placed = [s for s in ep.steps if s["action_id"] in conv.action_at]
+    for k, s in enumerate(placed):
+        at = conv.action_at[s["action_id"]]
+        steps.append({
+            "step_index": s["step_index"], "action_id": s["action_id"],
+            "chat_completions": conv.messages[:at + 1], "model_response": s["output"],
+            "observation": {"outcome": s["outcome"], "final_value": s["final_value"]},
+            "reward": s["step_reward"], "done": k == len(placed) - 1,
+            "info": {"own_reward": s["own_reward"], "credit_share": s["credit_share"]},
+        })
+    if not steps:
+        return
+    yield {"id": ep.episode_id,
+           "task": {"task_id": ep.task_id, "task_type": ep.task_type,
+                    "prompt": conv.messages[:conv.first_user_turn or 0]},
+           "is_correct": ep.gate_passed, "termination_reason": ep.outcome,
+           "trajectories": [{"name": ep.agent_version, "reward": ep.composite, "steps": steps}],
+           "metrics": {"composite": ep.composite, "n_steps": len(steps)},
+           **_meta(ep, reward_version)}
+
+
+BUILDERS = {"sft": sft_rows, "dpo": dpo_rows, "openai_dpo": openai_dpo_rows, "kto": kto_rows, "rft": rft_rows,
+            "steps": step_rows}
+
+# The grader beside the RFT prompts: OpenAI's python grader (grade(sample, item) → [0, 1]); it scores a sampled
+# trajectory by the share of the expected database-changing actions it performed with the expected arguments.
+RFT_GRADER = {
+    "type": "python",
+    "name": "expected_actions",
+    "source": '''import json
+
+def grade(sample, item):
+    expected = item.get("reference_answer", {}).get("actions") or []
+    if not expected:
+        return 0.0
+    calls = []
+    for call in sample.get("output_tools") or []:
+        fn = call.get("function", call)
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                args = {}
+        calls.append((fn.get("name"), args or {}))
+    hit = sum(1 for a in expected if (a.get("name"), a.get("kwargs") or a.get("arguments") or {}) in calls)
+    return hit / len(expected)
+''',
+}
