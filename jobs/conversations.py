@@ -6,6 +6,8 @@ from typing import Any, Iterable
 
 import orjson
 
+# the only events a conversation is built from (readers may skip the rest)
+CONVERSATION_EVENTS = ("llm_call", "action_proposed", "user_message", "task_ended")
 # the message keys a trainer reads; anything else an agent put into a context snapshot is dropped
 _MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 

@@ -17,15 +17,15 @@ import orjson
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from jobs.conversations import conversation
+from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode
 from jobs.splits import (PRECEDENCE, SPLITS, Leakage, clusters, group_hash, keep_one_per_cluster, leakage,
                          near_duplicate_edges, prompt_digest, split_of)
 from lake.duckdb_views import connect
 from lake.tables import ensure_table, open_table, table_path
 from privacy import POLICY_VERSION
-from privacy.leakage import GroundTruth, PatternScanner, strings_of
-from schemas.reward import RewardSpec, load_reward_spec
+from privacy.leakage import GroundTruth, PatternScanner
+from schemas.reward import ExportSpec, RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import (BRONZE_EVENTS, EXPORT_HOLDOUT, GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES,
                             SILVER_STEPS)
@@ -139,10 +139,13 @@ def _rows_sql(margin: int, reward_version: str) -> str:
     # one row per kept episode: its events and its steps as ordered lists, so Python only assembles
     return f"""
     WITH ev AS (
+        -- the bodies are JSON text already: spliced into the list as they are, never parsed here
         SELECT b.session_id, b.task_id,
-               list({{'t': b.event_type, 'a': b.action_id, 'b': b.body}} ORDER BY b.ts, b.event_id) AS events
+               '[' || string_agg('{{"t":' || to_json(b.event_type) || ',"a":' || coalesce(to_json(b.action_id), 'null')
+                                 || ',"b":' || b.body || '}}', ',' ORDER BY b.ts, b.event_id) || ']' AS events
         FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
-        WHERE b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
+        WHERE b.event_type IN ({", ".join(f"'{t}'" for t in CONVERSATION_EVENTS)})
+          AND b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
         GROUP BY ALL),
     st AS (
         SELECT session_id, task_id, step_id, action_id, intent_id, step_index, output, final_value, outcome,
@@ -162,67 +165,197 @@ def _rows_sql(margin: int, reward_version: str) -> str:
                      'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
                      'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
                      'credit_share': sg.credit_share, 'step_reward': sg.step_reward}}
-                    ORDER BY st.step_index, st.step_id) AS steps
+                    ORDER BY st.step_index, st.step_id)::JSON AS steps
         FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
         LEFT JOIN sg USING (step_id)
         GROUP BY ALL)
-    SELECT k.*, ev.events, coalesce(steps.steps, []) AS steps
+    SELECT k.*, ev.events, steps.steps::VARCHAR AS steps
     FROM kept k LEFT JOIN ev USING (session_id, task_id) LEFT JOIN steps USING (session_id, task_id)
     ORDER BY k.episode_id"""
 
 
 @dataclass
 class _Writer:
-    """JSON Lines per format and split, written in a deterministic order, with row counts and a PII scan."""
+    """JSON Lines per format and split in a deterministic order, exact duplicates dropped."""
 
     root: Path
-    scanner: PatternScanner
+    chunk_bytes: int = 16 << 20
     files: dict[tuple[str, str], Any] = field(default_factory=dict)
+    pending: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
+    pending_bytes: int = 0
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     seen: dict[str, set[bytes]] = field(default_factory=dict)
     exact_duplicates: dict[str, int] = field(default_factory=dict)
-    pii: dict[str, dict[str, int]] = field(default_factory=dict)  # kind → {file: hits}, values never kept
-    buffer: list[tuple[str, str]] = field(default_factory=list)
 
-    def write(self, fmt: str, row: dict[str, Any]) -> bool:
-        split = row["split"]
-        line = orjson.dumps(row)
-        # identical training content (the row minus where it came from) is written once per format
-        content = {k: v for k, v in row.items() if k not in ("split", "episode_id", "user_id", "step_id", "id",
-                                                             "observed_reward", "reward", "source")}
-        digest = hashlib.blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    def write(self, fmt: str, split: str, digest: bytes, line: bytes) -> bool:
+        """Append one row unless a row of identical training content (`digest`) is already in this format."""
         seen = self.seen.setdefault(fmt, set())
         if digest in seen:
             self.exact_duplicates[fmt] = self.exact_duplicates.get(fmt, 0) + 1
             return False
         seen.add(digest)
-        f = self.files.get((fmt, split))
-        if f is None:
-            (self.root / fmt).mkdir(parents=True, exist_ok=True)
-            f = self.files[(fmt, split)] = open(self.root / fmt / f"{split}.jsonl", "wb")
-        f.write(line + b"\n")
-        self.rows.setdefault(fmt, {}).setdefault(split, 0)
-        self.rows[fmt][split] += 1
-        # the row's strings (numbers and booleans cannot be personal data; a long float's digits could pass Luhn)
-        self.buffer.append((f"{fmt}/{split}.jsonl", "\n".join(strings_of(row))))
-        if len(self.buffer) >= 2048:
-            self.scan()
+        self.pending.setdefault((fmt, split), []).append(line)
+        self.pending_bytes += len(line)
+        counts = self.rows.setdefault(fmt, {})
+        counts[split] = counts.get(split, 0) + 1
+        if self.pending_bytes >= self.chunk_bytes:
+            self.flush()
         return True
 
-    def scan(self) -> None:
-        if not self.buffer:
-            return
-        for name, text in self.buffer:
-            found = self.scanner.scan([text]).found
-            for kind, values in found.items():
-                hits = self.pii.setdefault(kind, {})
-                hits[name] = hits.get(name, 0) + len(values)
-        self.buffer.clear()
+    def flush(self) -> None:
+        for (fmt, split), lines in self.pending.items():
+            data = b"".join(lines)
+            name = f"{fmt}/{split}.jsonl"
+            f = self.files.get((fmt, split))
+            if f is None:
+                (self.root / fmt).mkdir(parents=True, exist_ok=True)
+                f = self.files[(fmt, split)] = open(self.root / name, "wb")
+            f.write(data)
+        self.pending.clear()
+        self.pending_bytes = 0
 
     def close(self) -> None:
-        self.scan()
+        self.flush()
         for f in self.files.values():
             f.close()
+
+
+@dataclass
+class _PiiScan:
+    """The PII scan of an export: every text value its rows are built from — each message's content, tool-call
+    arguments, outputs, final values and grader references of every exported episode — scanned in batches (one
+    regex pass per batch, not per row). Everything else in a row is an id or a number the pipeline made."""
+
+    scanner: PatternScanner
+    batch: list[str] = field(default_factory=list)
+    episodes: list[str] = field(default_factory=list)
+    size: int = 0
+    hits: dict[str, int] = field(default_factory=dict)          # kind → distinct values found (never the values)
+    where: dict[str, list[str]] = field(default_factory=dict)   # kind → some episode ids, to find the rows
+
+    def add(self, episode_id: str, conv: Any, steps: Sequence[dict[str, Any]]) -> None:
+        texts = self.batch
+        start = len(texts)
+        for m in conv.messages:
+            if m.get("content"):
+                texts.append(m["content"])
+            for call in m.get("tool_calls") or ():
+                texts.append(call["function"]["arguments"])
+        if conv.grader:
+            texts.append(orjson.dumps(conv.grader).decode())
+        for st in steps:
+            texts.extend(t for t in (st.get("output"), st.get("final_value")) if t)
+        self.episodes.append(episode_id)
+        self.size += sum(len(t) for t in texts[start:])
+        texts.append("\x00")  # a boundary no pattern crosses
+        if self.size >= 8 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        found = self.scanner.scan(["\n".join(self.batch)]).found
+        for kind, values in found.items():
+            self.hits[kind] = self.hits.get(kind, 0) + len(values)
+            # which episodes: rescan just this batch's episodes one by one (rare: only when something was found)
+            self.where.setdefault(kind, [])
+        if found:
+            chunks, current, i = [], [], 0
+            for t in self.batch:
+                if t == "\x00":
+                    chunks.append(current)
+                    current = []
+                else:
+                    current.append(t)
+            for eid, texts in zip(self.episodes, chunks):
+                for kind in self.scanner.scan(["\n".join(texts)]).found:
+                    if len(self.where[kind]) < 5:
+                        self.where[kind].append(eid)
+        self.batch, self.episodes, self.size = [], [], 0
+
+
+@dataclass(frozen=True)
+class _FormatJob:
+    """What a formatting process needs: the formats, the export policy and the PII ground truth."""
+
+    formats: tuple[str, ...]
+    policy: ExportSpec
+    reward_version: str
+    ground_truth: Path | None
+
+
+@dataclass
+class _Formatted:
+    """One batch of episodes as rows: (episode index, format, split, content digest, JSON line) in episode order,
+    each episode's (split, group, prompt digest) for the leakage check, and the PII scan of their texts."""
+
+    n: int
+    rows: list[tuple[int, str, str, bytes, bytes]]
+    episodes: list[tuple[str, str, str]]
+    pii_hits: dict[str, int]
+    pii_where: dict[str, list[str]]
+
+
+_job: _FormatJob | None = None
+_scanner: PatternScanner | None = None
+
+
+def _start_formatting(job: _FormatJob) -> None:
+    global _job, _scanner
+    _job = job
+    _scanner = PatternScanner(GroundTruth.load(job.ground_truth) if job.ground_truth else None)
+
+
+def _format_batch(batch: pa.RecordBatch) -> _Formatted:
+    """Episodes (rows of the export's grouping query) → training rows of every format, and their PII scan."""
+    assert _job is not None and _scanner is not None
+    builders = [(fmt, BUILDERS[fmt]) for fmt in _job.formats]
+    pii = _PiiScan(_scanner)
+    out = _Formatted(batch.num_rows, [], [], {}, {})
+    for i, r in enumerate(batch.to_pylist()):
+        conv = conversation((e["t"], e["a"], e["b"]) for e in orjson.loads(r["events"] or "[]"))
+        ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
+                     r["prompt_variant"], r["outcome"], r["composite"], bool(r["gate_passed"]), r["split"],
+                     tuple(orjson.loads(r["steps"] or "[]")))
+        any_row = False
+        for fmt, build_rows in builders:
+            for content, meta in build_rows(ep, conv, _job.policy, _job.reward_version):
+                body = orjson.dumps(content)
+                # identical training content is written once per format, whichever episode it came from
+                out.rows.append((i, fmt, meta["split"], hashlib.blake2b(body, digest_size=16).digest(),
+                                 body[:-1] + b"," + orjson.dumps(meta)[1:] + b"\n"))
+                any_row = True
+        out.episodes.append((r["split"], r["group_hash"], prompt_digest(r["user_text"] or "")))
+        if any_row:
+            pii.add(ep.episode_id, conv, ep.steps)
+    pii.flush()
+    out.pii_hits, out.pii_where = pii.hits, pii.where
+    return out
+
+
+def _formatted(batches: Iterator[pa.RecordBatch], job: _FormatJob, workers: int, total: int) -> Iterator[_Formatted]:
+    """Format the batches in order, in `workers` processes (inline when one, or when the export is small)."""
+    if workers <= 1 or total <= 4096:
+        _start_formatting(job)
+        yield from map(_format_batch, batches)
+        return
+    import multiprocessing
+    import threading
+
+    # at most a few batches in flight: the pool's feeder would otherwise read the whole query into memory
+    slots = threading.Semaphore(workers * 3)
+
+    def fed() -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            slots.acquire()
+            yield b
+
+    # forkserver: the parent holds DuckDB's threads, which a plain fork would copy mid-flight
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(workers, initializer=_start_formatting, initargs=(job,)) as pool:
+        for formatted in pool.imap(_format_batch, fed()):
+            slots.release()
+            yield formatted
 
 
 def _spec(reward_version: str | None) -> RewardSpec:
@@ -290,26 +423,24 @@ def build(settings: Settings, request: ExportRequest, out: Path,
                    WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)""").fetchall()
     n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
 
-    truth = GroundTruth.load(settings.pii_ground_truth) if settings.pii_ground_truth else None
-    writer = _Writer(out, PatternScanner(truth))
+    job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth)
+    writer = _Writer(out)
+    pii_hits: dict[str, int] = {}
+    pii_where: dict[str, list[str]] = {}
     leak_rows: list[tuple[str, str, str]] = []
-    builders = [(fmt, BUILDERS[fmt]) for fmt in request.formats]
     done = 0
     progress(f"writing {n_kept:,} episodes")
-    reader = con.sql(_rows_sql(margin, spec.version), params=params).to_arrow_reader(4096)
-    for batch in reader:
-        for r in batch.to_pylist():
-            conv = conversation((e["t"], e["a"], orjson.loads(e["b"])) for e in r["events"] or ())
-            ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
-                         r["prompt_variant"], r["outcome"], r["composite"], bool(r["gate_passed"]), r["split"],
-                         tuple(r["steps"]))
-            wrote = False
-            for fmt, build_rows in builders:
-                for row in build_rows(ep, conv, spec.exports, spec.version):
-                    wrote |= writer.write(fmt, row)
-            if wrote:
-                leak_rows.append((r["split"], r["group_hash"], prompt_digest(r["user_text"] or "")))
-        done += batch.num_rows
+    batches = con.sql(_rows_sql(margin, spec.version), params=params).to_arrow_reader(2048)
+    for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
+        wrote: set[int] = set()
+        for i, fmt, split, digest, line in formatted.rows:
+            if writer.write(fmt, split, digest, line):
+                wrote.add(i)
+        leak_rows.extend(formatted.episodes[i] for i in sorted(wrote))
+        for kind, n in formatted.pii_hits.items():
+            pii_hits[kind] = pii_hits.get(kind, 0) + n
+            pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
+        done += formatted.n
         progress(f"wrote {done:,}/{n_kept:,} episodes")
     writer.close()
     if "rft" in request.formats and (out / "rft").is_dir():
@@ -341,14 +472,17 @@ def build(settings: Settings, request: ExportRequest, out: Path,
             "rows": writer.rows,
         },
         "pii_scan": {"detectors": ["email", "phone", "us_ssn", "card_number"]
-                     + (["ground_truth"] if truth else []),
-                     "ground_truth": str(settings.pii_ground_truth) if truth else None,
-                     "hits": {k: sum(v.values()) for k, v in writer.pii.items()}},
+                     + (["ground_truth"] if settings.pii_ground_truth else []),
+                     "ground_truth": str(settings.pii_ground_truth) if settings.pii_ground_truth else None,
+                     "scope": "every message content, tool-call argument, output, final value and grader "
+                              "reference of the exported episodes",
+                     "hits": pii_hits},
         "leakage": {"ok": leak.ok, "summary": leak.summary()},
         "files": files,
     }
-    if writer.pii:
-        where = "; ".join(f"{kind} in {', '.join(sorted(files_))}" for kind, files_ in sorted(writer.pii.items()))
+    if pii_hits:
+        where = "; ".join(f"{n} {kind} value(s), e.g. in episode {', '.join(pii_where[kind][:3])}"
+                          for kind, n in sorted(pii_hits.items()))
         raise ExportFailed(f"the PII scan found personal data ({where}); nothing was published. Fix the scrubber "
                            "policy (privacy/policy.py) and re-export", manifest)
     if not leak.ok:

@@ -37,9 +37,13 @@ class Episode:
     steps: tuple[dict[str, Any], ...]
 
 
+Row = tuple[dict[str, Any], dict[str, Any]]
+
+
 def _meta(ep: Episode, reward_version: str, **extra: Any) -> dict[str, Any]:
-    # last in every row, after the trainer's own columns; user_id is the pseudonym, so `trajlake erase` finds the
-    # row and removes it
+    # Each builder yields (content, meta): the trainer's columns, and where the row came from. The file row is
+    # both; duplicates are judged on the content alone. user_id is the pseudonym, so `trajlake erase` finds the
+    # row and removes it.
     return {"split": ep.split, "episode_id": ep.episode_id, "user_id": ep.user_id, "reward_version": reward_version,
             **extra}
 
@@ -69,7 +73,7 @@ def kept_turns(ep: Episode, conv: Conversation) -> list[dict[str, Any]]:
     return out
 
 
-def sft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+def sft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """Rejection sampling: the conversation of an episode that passed the gate with a composite at least the
     spec's threshold, as the user left it (`kept_turns`), cut after its last assistant turn."""
     if not ep.gate_passed or ep.composite < spec.sft_min_composite:
@@ -82,7 +86,7 @@ def sft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: 
     tools = conv.tools()
     if tools:
         row["tools"] = tools
-    yield {**row, **_meta(ep, reward_version, reward=ep.composite)}
+    yield row, _meta(ep, reward_version, reward=ep.composite)
 
 
 def _prompt(conv: Conversation, action_id: str) -> list[dict[str, Any]] | None:
@@ -120,25 +124,25 @@ def preference_pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> Itera
                 yield prompt, kept[0]["output"], loser["output"], "alternative"
 
 
-def dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+def dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """TRL's conversational preference format."""
     for prompt, chosen, rejected, source in preference_pairs(ep, conv, spec):
-        yield {"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected),
-               **_meta(ep, reward_version, source=source)}
+        yield ({"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
+               _meta(ep, reward_version, source=source))
 
 
-def openai_dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+def openai_dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """OpenAI's preference fine-tuning format."""
     tools = conv.tools()
     for prompt, chosen, rejected, source in preference_pairs(ep, conv, spec):
         inp: dict[str, Any] = {"messages": prompt}
         if tools:
             inp["tools"] = tools
-        yield {"input": inp, "preferred_output": _assistant(chosen), "non_preferred_output": _assistant(rejected),
-               **_meta(ep, reward_version, source=source)}
+        yield ({"input": inp, "preferred_output": _assistant(chosen), "non_preferred_output": _assistant(rejected)},
+               _meta(ep, reward_version, source=source))
 
 
-def kto_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+def kto_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """One row per step the user clearly judged: kept (label true) or rejected, undone or overwritten (false)."""
     for s in ep.steps:
         outcome = "undone" if s["undone"] else s["outcome"]
@@ -150,11 +154,11 @@ def kto_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: 
             continue
         prompt = _prompt(conv, s["action_id"])
         if prompt:
-            yield {"prompt": prompt, "completion": _assistant(s["output"]), "label": label,
-                   **_meta(ep, reward_version, step_id=s["step_id"])}
+            yield ({"prompt": prompt, "completion": _assistant(s["output"]), "label": label},
+                   _meta(ep, reward_version, step_id=s["step_id"]))
 
 
-def rft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+def rft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """The task as the user first posed it, for a policy to attempt, with the references a grader compares
     against (τ-bench: the expected tool actions and outputs)."""
     end = conv.first_user_turn
@@ -168,10 +172,10 @@ def rft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: 
     row["reference_answer"] = {"actions": grader.get("expected_actions") or [],
                                "outputs": grader.get("expected_outputs") or [],
                                "source": grader.get("source")}
-    yield {**row, **_meta(ep, reward_version, observed_reward=ep.composite)}
+    yield row, _meta(ep, reward_version, observed_reward=ep.composite)
 
 
-def step_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[dict[str, Any]]:
+def step_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """rLLM-style Episode → Trajectory → Step: each step's chat so far, the model's response, what the user did
     (the observation) and the step reward from gold/step_signals; the trajectory reward is the composite."""
     steps = []
@@ -187,13 +191,12 @@ def step_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version:
         })
     if not steps:
         return
-    yield {"id": ep.episode_id,
+    yield {
            "task": {"task_id": ep.task_id, "task_type": ep.task_type,
                     "prompt": conv.messages[:conv.first_user_turn or 0]},
            "is_correct": ep.gate_passed, "termination_reason": ep.outcome,
            "trajectories": [{"name": ep.agent_version, "reward": ep.composite, "steps": steps}],
-           "metrics": {"composite": ep.composite, "n_steps": len(steps)},
-           **_meta(ep, reward_version)}
+           "metrics": {"composite": ep.composite, "n_steps": len(steps)}}, _meta(ep, reward_version, id=ep.episode_id)
 
 
 BUILDERS = {"sft": sft_rows, "dpo": dpo_rows, "openai_dpo": openai_dpo_rows, "kto": kto_rows, "rft": rft_rows,

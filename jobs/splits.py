@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import duckdb
 
+_WORD = re.compile(r"[^\W_]+")
 SPLITS = ("train", "validation", "test", "holdout")
 # when near duplicates fall into several splits, the one kept is in the split that must stay clean first
 PRECEDENCE = {"holdout": 0, "test": 1, "validation": 2, "train": 3}
@@ -154,5 +156,5 @@ def leakage(rows: Iterable[tuple[str, str, str]], frozen: set[str] | frozenset[s
 
 def prompt_digest(text: str) -> str:
     """Digest of a prompt's normalised words: equal for prompts that differ only in case, spacing or punctuation."""
-    words = "".join(ch.lower() if ch.isalnum() else " " for ch in text).split()
+    words = _WORD.findall(text.lower())
     return hashlib.blake2b(" ".join(words).encode(), digest_size=16).hexdigest() if words else ""

@@ -124,6 +124,14 @@ def _luhn(number: str) -> bool:
     return total % 10 == 0
 
 
+# Python's regex engine skips ahead fast only to a literal or a character class that starts a pattern; the
+# detectors above start with a look-behind, so they would be tried at every position (a few MB/s). The scan finds
+# the rare places they can match instead — an '@' with a domain, a run of nine or more digits and separators —
+# and runs the detectors there alone.
+_AT_DOMAIN = re.compile(r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_DIGIT_RUN = re.compile(r"\d[\d ().-]{7,}\d")
+
+
 class PatternScanner:
     """Structured PII by pattern (emails, phone numbers, US SSNs, Luhn-valid card numbers), no ground truth
     needed; with a `truth`, also every value of that customer database (the τ-bench check)."""
@@ -134,12 +142,24 @@ class PatternScanner:
     def scan(self, texts: Iterable[str]) -> Leaks:
         texts = list(texts)
         leaks = self.truth.scan(texts) if self.truth else Leaks()
+
+        def found(kind: str, m: re.Match, text: str) -> None:
+            if kind == "card_number" and not _luhn(m.group(0)):
+                return
+            leaks.found.setdefault(kind, set()).add(m.group(0))
+            if len(leaks.examples) < 20:
+                leaks.examples.append(text[max(0, m.start() - 60):m.end() + 20])
+
+        email = PII_PATTERNS["email"]
         for text in texts:
-            for kind, pattern in PII_PATTERNS.items():
-                for m in pattern.finditer(text):
-                    if kind == "card_number" and not _luhn(m.group(0)):
-                        continue
-                    leaks.found.setdefault(kind, set()).add(m.group(0))
-                    if len(leaks.examples) < 20:
-                        leaks.examples.append(text[max(0, m.start() - 60):m.end() + 20])
+            for at in _AT_DOMAIN.finditer(text):
+                # the whole address: the detector over the local part before the '@' and the domain after it
+                for m in email.finditer(text, max(0, at.start() - 64), at.end()):
+                    found("email", m, text)
+            for run in _DIGIT_RUN.finditer(text):
+                # pos keeps the look-behind's view of the character before; endpos lets the look-ahead see one after
+                lo, hi = max(0, run.start() - 3), min(len(text), run.end() + 1)
+                for kind in ("phone", "us_ssn", "card_number"):
+                    for m in PII_PATTERNS[kind].finditer(text, lo, hi):
+                        found(kind, m, text)
         return leaks

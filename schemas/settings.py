@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     export_split_salt: str = "trajlake-splits-1"
     # prompts at least this similar (MinHash estimate of word-3-gram Jaccard) are near duplicates
     export_near_duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
+    # processes that format export rows (0: one per CPU)
+    export_workers: int = Field(default=0, ge=0)
     # a customer database whose values must never appear in an export (e.g. τ-bench's airline-users.json);
     # the export's PII scan always runs its pattern detectors, and also this ground truth when it is set
     pii_ground_truth: Path | None = None
@@ -93,7 +95,7 @@ class Settings(BaseSettings):
     def _ratios(self) -> "Settings":
         if set(self.export_ratios) != {"train", "validation", "test"} or \
                 abs(sum(self.export_ratios.values()) - 1) > 1e-9 or min(self.export_ratios.values()) < 0:
-            raise ValueError("export_ratios must give train, validation and test shares that sum to 1, "
+            raise ValueError("TRAJLAKE_EXPORT_RATIOS must give train, validation and test shares that sum to 1, "
                              f"e.g. {{\"train\": 0.8, \"validation\": 0.1, \"test\": 0.1}}; got {self.export_ratios}")
         return self
 

@@ -166,22 +166,27 @@ def test_leakage_check_catches_a_planted_leak(synthetic_export):
 
 
 def test_a_pii_hit_fails_the_export_and_publishes_nothing(synthetic_lake, tmp_path):
-    from jobs import export as export_mod
+    """A value the scrubber missed (planted in a copy of the lake's bronze events) stops the export."""
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
 
-    real = export_mod.BUILDERS["kto"]
+    from lake.readers import read_table
+    from lake.tables import table_path
+    from schemas.tables import BRONZE_EVENTS
 
-    def leaky(ep, conv, spec, version):
-        for row in real(ep, conv, spec, version):
-            row["completion"][0]["content"] += " write to jane.roe@example.com"
-            yield row
-    export_mod.BUILDERS["kto"] = leaky
-    try:
-        with pytest.raises(ExportFailed, match="email in kto/"):
-            run(synthetic_lake, ExportRequest("leaky", ("kto",), SYN_START, SYN_END, "reward-v2"))
-    finally:
-        export_mod.BUILDERS["kto"] = real
-    root = synthetic_lake.lake / "exports" / "leaky"
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
+    events = read_table(s, BRONZE_EVENTS)
+    row = events.filter(pc.equal(events["event_type"], "user_message")).slice(0, 1).to_pylist()[0]
+    row.update(event_id="00000000-0000-4000-8000-00000000beef", body=orjson.dumps(
+        {"text": "my address is jane.roe@example.com, call me on 415-555-0100"}).decode())
+    write_deltalake(str(table_path(s, BRONZE_EVENTS)), events.schema.empty_table().from_pylist([row], events.schema),
+                    mode="append", partition_by=["date"])
+    with pytest.raises(ExportFailed, match="email value.*phone value|personal data"):
+        run(s, ExportRequest("leaky", ("kto", "sft"), SYN_START, SYN_END, "reward-v2"))
+    root = s.lake / "exports" / "leaky"
     assert not any(p.name.startswith("v") for p in root.iterdir())
+    assert not (s.lake / "exports" / "holdout_registry").exists()
 
 
 def test_bad_requests_name_the_problem(synthetic_lake, tmp_path):
@@ -191,3 +196,13 @@ def test_bad_requests_name_the_problem(synthetic_lake, tmp_path):
         build(synthetic_lake, ExportRequest("x", ("sft",), SYN_START, SYN_END, "reward-v1"), tmp_path)
     with pytest.raises(ExportFailed, match="no episodes"):
         build(synthetic_lake, ExportRequest("x", ("sft",), date(2020, 1, 1), date(2020, 1, 2), "reward-v2"), tmp_path)
+
+
+def test_the_cli_rebuilds_from_a_manifest(synthetic_lake, synthetic_export, tmp_path):
+    from tests.conftest import settings_env
+    from tests.trajlake.test_cli import run as cli
+
+    r = cli(["export", "--from-manifest", str(synthetic_export.path), "--out", str(tmp_path / "rebuilt")],
+            settings_env(synthetic_lake))
+    assert r.returncode == 0 and "every sha256 equals the manifest's" in r.stdout, r.stderr
+    assert (tmp_path / "rebuilt" / "manifest.json").exists()
