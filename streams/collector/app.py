@@ -52,7 +52,7 @@ async def _admit(request: web.Request, n_events: int | None = None) -> str:
     origin = request.headers.get("Origin")
     # simple (text/plain) requests reach us without a preflight, so CORS headers alone would not stop a
     # disallowed page from writing: the collector refuses it itself
-    if origin is not None and origin not in s.collector_cors_origins:
+    if origin is not None and origin not in s.collector_cors_origins and origin != f"{request.scheme}://{request.host}":
         raise Refused(_error(403, "origin_not_allowed", f"origin {origin!r} is not in TRAJLAKE_COLLECTOR_CORS_ORIGINS"))
     key = presented_key(request.headers, request.query)
     app = app_for_key(key, s.collector_write_keys)
