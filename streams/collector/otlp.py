@@ -108,7 +108,7 @@ def span_events(span: Span, resource: dict[str, Any], app: str, default_variant:
     execute_tool → tool_call, invoke_agent → task_started + task_ended; anything else → none."""
     attrs = attributes(span.attributes)
     both = {**resource, **attrs}
-    op = attrs.get("gen_ai.operation.name")
+    op = attrs.get("gen_ai.operation.name") if isinstance(attrs.get("gen_ai.operation.name"), str) else None
     trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
 
     def envelope(event_type: str, ts_ns: int, body: dict[str, Any], **extra: Any) -> dict[str, Any]:
