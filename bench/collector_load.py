@@ -39,7 +39,7 @@ from pydantic import SecretStr  # noqa: E402
 
 from infra.kafka import broker  # noqa: E402
 from schemas.settings import Settings, settings_env  # noqa: E402
-from streams.producer import produce  # noqa: E402
+from streams.producer import build_producer, produce  # noqa: E402
 from streams.sources.synthetic import synthetic_events  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -123,9 +123,13 @@ def one_run(base: Settings, work: Path, kind: str, n: int, batch: int, clients: 
     try:
         warm(s2, vis2, seed)
         before = len(vis2.seen)
+        producer = build_producer(s2)  # connected before the clock starts, like the collector's
+        producer.partitions_for(s2.topic("frontend.raw"))
+        producer.partitions_for(s2.topic("agent.raw"))
         t0 = time.time()
-        produce(s2, items)
+        produce(s2, items, producer=producer)
         t_sent = time.time()
+        producer.close()
         wait_visible(vis2, before + n, 900)
         last = max(vis2.seen[e.event["event_id"]] for e in items)
         result.update(producer_send_per_s=round(n / (t_sent - t0), 1), producer_e2e_per_s=round(n / (last - t0), 1))

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from schemas.contract import ContractError
 from schemas.settings import Settings
 from streams.collector import otlp
-from streams.collector.core import (Accepted, BatchError, Bucket, Limits, Rejected, app_for_key, check_batch,
+from streams.collector.core import (Accepted, BatchError, Bucket, Limits, app_for_key, check_batch,
                                     collector_dead_letter, decode_batch, presented_key, take)
 from streams.ingest import DeadLetter
 
@@ -46,7 +46,7 @@ class Refused(Exception):
         self.response = response
 
 
-async def _admit(request: web.Request, n_events: int | None = None) -> str:
+async def _admit(request: web.Request) -> str:
     """Origin, write key and body size; returns the key's app. Raises Refused with the answer otherwise."""
     s = request.app[SETTINGS]
     origin = request.headers.get("Origin")
@@ -141,8 +141,8 @@ async def traces(request: web.Request) -> web.Response:
             return _error(400, decoded.reason.value, decoded.detail)
         mapped = otlp.map_request(decoded, app, s.otlp_default_prompt_variant, s.otlp_default_user_id)
         _rate(request, app, max(1, len(mapped.events)))
-        checked = check_batch(mapped.events, app, Limits(s.collector_max_event_bytes, 10**9))
-        await _produce(request, checked.accepted, [_retag(r) for r in checked.rejected])
+        checked = check_batch(mapped.events, app, Limits(s.collector_max_event_bytes, 10**9), "/v1/traces")
+        await _produce(request, checked.accepted, [r.dead for r in checked.rejected])
     except Refused as r:
         return r.response
     except (asyncio.TimeoutError, KafkaError) as exc:
@@ -153,12 +153,6 @@ async def traces(request: web.Request) -> web.Response:
     request.app[STATS]["rejected"] += rejected
     message = "; ".join(f"{r.reason}: {r.detail}" for r in checked.rejected[:3])
     return otlp.response(rejected, message, ctype)
-
-
-def _retag(r: Rejected) -> DeadLetter:
-    d = r.dead
-    return DeadLetter(d.reason, "otlp", d.detail, d.event_id, d.source_topic.replace("/v1/events", "/v1/traces"),
-                      d.source_partition, d.source_offset, d.original, d.original_key, d.failed_at)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -152,7 +152,7 @@ def decode_batch(body: bytes, app: str, limits: Limits) -> list[Any] | BatchErro
     return items
 
 
-def check_batch(items: Iterable[Any], app: str, limits: Limits) -> Checked:
+def check_batch(items: Iterable[Any], app: str, limits: Limits, path: str = "/v1/events") -> Checked:
     """Each item → Accepted (valid, stamped with the key's app) or Rejected (with its dead letter).
 
     Validation is the contract's own (schemas.contract.validate_event, the worker's too); the collector adds only
@@ -167,7 +167,7 @@ def check_batch(items: Iterable[Any], app: str, limits: Limits) -> Checked:
         def reject(reason: Reason, detail: str) -> None:
             out.rejected.append(Rejected(i, event_id, reason.value, detail,
                                          collector_dead_letter(app, ContractError(reason, detail), value, key_bytes,
-                                                               event_id)))
+                                                               event_id, path)))
 
         if len(value) > limits.max_event_bytes:
             reject(Reason.event_too_large, f"the event is {len(value)} bytes; the limit is {limits.max_event_bytes}")
