@@ -392,6 +392,29 @@ def worker(
     run_worker(s, loglevel=loglevel, use_ner=ner)
 
 
+@app.command()
+def collect(
+    host: Optional[str] = typer.Option(None, help="listen address (default TRAJLAKE_COLLECTOR_HOST, 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, min=1, max=65535, help="port (default TRAJLAKE_COLLECTOR_PORT, 8787)"),
+) -> None:
+    """Serve the collector: POST /v1/events (contract events), POST /v1/traces (OTLP GenAI spans), /tracker.js, /demo."""
+    from streams.collector.app import serve
+
+    s = settings()
+    s = s.model_copy(update={k: v for k, v in (("collector_host", host), ("collector_port", port)) if v is not None})
+    if not s.collector_write_keys:
+        raise UserError("no write keys: set TRAJLAKE_COLLECTOR_WRITE_KEYS='{\"my-app\": \"<a long random key>\"}'")
+    _require_broker(s)
+    apps = ", ".join(s.collector_write_keys)
+    try:
+        serve(s, on_ready=lambda _msg: console.print(
+            f"[green]✓[/] collector on http://{s.collector_host}:{s.collector_port} for {apps} → "
+            f"{s.topic('frontend.raw')}, {s.topic('agent.raw')}; demo: /demo?key=…  (Ctrl-C stops)"))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {s.collector_host}:{s.collector_port} ({exc.strerror}): "
+                        "pass --port or set TRAJLAKE_COLLECTOR_PORT") from None
+
+
 def _require_broker(s) -> None:
     from infra.kafka import broker
 

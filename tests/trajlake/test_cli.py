@@ -8,7 +8,7 @@ from tests.conftest import REPO, free_port, settings_env
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["replay"], ["replay", "tau-bench"],
             ["replay", "synthetic"], ["compact"], ["scrub"], ["erase"], ["export"],
-            ["quality"], ["quality", "check"]]
+            ["quality"], ["quality", "check"], ["collect"]]
 
 
 def run(args, env=None):
