@@ -17,7 +17,8 @@ EXPORT_SUITE = "exports"
 EXPORT_INDEX_COLUMNS = ("episode_id", "split", "group_hash", "prompt_digest", "frozen_holdout", "pii_values")
 STEP_OUTCOMES = ("accepted", "edited", "rejected", "undone", "retried", "superseded", "ignored")
 EPISODE_OUTCOMES = ("completed", "reopened", "escalated", "abandoned", "timeout")
-DEADLETTER_STAGES = ("parse", "validate", "scrub")
+# the stream's stages, and the HTTP collector's (streams/collector/core.py), which dead-letters before Kafka
+DEADLETTER_STAGES = ("parse", "validate", "scrub", "collect")
 # tolerance for floating-point sums that should sit exactly on a bound
 EPS = 1e-9
 
