@@ -15,7 +15,7 @@ manifest), next to a bare dump of the same rows measured in the same run, and th
 Runs alternate export/baseline, --runs times each; medians are reported.
 
 Usage: .venv/bin/python bench/export_speed.py [--episodes 1000000] [--runs 3] [--formats sft,dpo,...]
-Writes bench/out/export_speed.json and prints the table for bench/RESULTS.md.
+Writes bench/out/export_speed-<formats>.json and prints the table for bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -157,12 +157,21 @@ def prepare(episodes: int) -> tuple[Settings, dict]:
     return s, out
 
 
-def run_export(s: Settings, formats: tuple[str, ...], start: date, end: date) -> tuple[float, dict]:
+def run_export(s: Settings, formats: tuple[str, ...], start: date, end: date) -> tuple[float, dict, dict]:
+    """Wall time, manifest, and seconds per stage (from the export's own progress messages)."""
     from jobs.export import ExportRequest, run
 
+    marks: list[tuple[float, str]] = []
+
+    def progress(msg: str) -> None:
+        if not msg.startswith("wrote "):
+            marks.append((time.perf_counter(), msg))
+
     began = time.perf_counter()
-    result = run(s, ExportRequest("bench", formats, start, end, "reward-v2"))
-    return time.perf_counter() - began, result.manifest
+    result = run(s, ExportRequest("bench", formats, start, end, "reward-v2"), progress=progress)
+    ended = time.perf_counter()
+    stages = {m: round(t2 - t1, 1) for (t1, m), (t2, _) in zip(marks, marks[1:] + [(ended, "")])}
+    return ended - began, result.manifest, stages
 
 
 def run_baseline(s: Settings, start: date, end: date, out: Path) -> float:
@@ -198,10 +207,12 @@ def main() -> None:
     start, end = window(s)
     shutil.rmtree(s.lake / "exports", ignore_errors=True)
     shutil.rmtree(s.lake / "exports_baseline", ignore_errors=True)
-    exports, baselines, digests, manifest = [], [], [], None
+    exports, baselines, digests, manifest, stages = [], [], [], None, []
     for i in range(args.runs):
-        wall, manifest = run_export(s, formats, start, end)
+        wall, manifest, st = run_export(s, formats, start, end)
         exports.append(wall)
+        stages.append(st)
+        print(f"run {i + 1}: stages {st}", flush=True)
         digests.append({k: v["sha256"] for k, v in manifest["files"].items()})
         print(f"run {i + 1}: export {wall:.1f} s", flush=True)
         base = run_baseline(s, start, end, OUT / "export" / "dump" / f"run{i}.jsonl")
@@ -216,9 +227,10 @@ def main() -> None:
         "bytes": sum(v["bytes"] for v in manifest["files"].values()), "formats": formats,
         "export_s": exports, "baseline_s": baselines, "export_median_s": round(exp, 1),
         "baseline_median_s": round(base, 1), "ratio": round(exp / base, 2),
-        "identical_reruns": all(d == digests[0] for d in digests), "lake": info,
+        "identical_reruns": all(d == digests[0] for d in digests), "lake": info, "stages_s": stages,
     }
-    (OUT / "export_speed.json").write_text(json.dumps(result, indent=2))
+    tag = "all" if len(formats) == 6 else "-".join(formats)
+    (OUT / f"export_speed-{tag}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -186,7 +186,7 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
             failures.append(Failure(cfg.type, column, desc, count, tuple(_plain(k) for k in keys[:EXAMPLES]),
                                     column in suite.critical, keys[:QUARANTINE_CAP]))
     report = QualityReport(run_id, suite.name, suite.table, frame.num_rows, evaluated, tuple(failures),
-                           data_docs_index(settings).as_uri() if data_docs_index(settings).exists() else None)
+                           data_docs_index(settings).resolve().as_uri() if data_docs_index(settings).exists() else None)
     return report, frame
 
 

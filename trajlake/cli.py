@@ -282,7 +282,7 @@ def quality_check(
     for r in reports:
         if not r.success:
             console.print(r.summary())
-    console.print(f"Data Docs: {data_docs_index(s).as_uri()}")
+    console.print(f"Data Docs: {data_docs_index(s).resolve().as_uri()}")
     if not all(r.success for r in reports):
         raise typer.Exit(1)
 
@@ -707,7 +707,7 @@ def demo(
     for r in bad:
         console.print(r.summary())
     console.print(f"[green]6.[/] quality: {len(reports) - len(bad)}/{len(reports)} table suites passed "
-                  f"(Data Docs: {data_docs_index(s).as_uri()})")
+                  f"(Data Docs: {data_docs_index(s).resolve().as_uri()})")
 
     from jobs.export import ExportFailed, ExportRequest, run as export_run
     from jobs.export_rows import FORMATS

@@ -55,3 +55,16 @@ def test_an_override_passes_a_leak_but_never_pii(lake_settings):
     # exports quarantine keys only: their content stays in the failed export's directory
     q = read_table(lake_settings, QUALITY_QUARANTINE).to_pylist()
     assert q and all(r["row"] is None and r["table"] == "exports" for r in q)
+
+
+def test_a_relative_state_dir_works(tmp_path, monkeypatch):
+    """The default state dir is relative (.trajlake); reports still link their Data Docs as a file URI."""
+    from pathlib import Path
+
+    from quality.suites import suite_for
+    from schemas.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    s = Settings(state_dir=Path("rel-state"))
+    report = gate(s, suite_for("silver/steps", SPEC), table("silver/steps", [step(0)]))
+    assert report.data_docs == (tmp_path / "rel-state/quality/gx/uncommitted/data_docs/local_site/index.html").as_uri()
