@@ -482,9 +482,10 @@ def _topic_sizes(s):
 def query(
     sql: str = typer.Argument(..., help="SQL over the views bronze_events, bronze_deadletter, silver_steps, silver_episodes"),
     as_of: list[str] = typer.Option([], "--as-of", help="pin a table: TABLE=VERSION, e.g. bronze/events=3"),
-    format: str = typer.Option("table", "--format", help="table | csv | json"),
+    format: str = typer.Option("table", "--format", help="table | csv | json | parquet (parquet needs --out)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result to this file (csv, json, parquet)"),
 ) -> None:
-    """Run DuckDB SQL over the lake's Delta tables."""
+    """Run DuckDB SQL over the lake's Delta tables; print the result or write it to a file."""
     import duckdb
 
     from lake.duckdb_views import connect
@@ -495,33 +496,53 @@ def query(
         if not version.isdigit():
             raise UserError(f"--as-of {p!r}: write TABLE=VERSION, e.g. bronze/events=3")
         pins[name] = int(version)
-    if format not in ("table", "csv", "json"):
-        raise UserError(f"--format {format!r}: choose table, csv or json")
+    if format not in ("table", "csv", "json", "parquet"):
+        raise UserError(f"--format {format!r}: choose table, csv, json or parquet")
+    if format == "parquet" and out is None:
+        raise UserError("--format parquet writes a file: add --out FILE, e.g. --out result.parquet")
+    if format == "table" and out is not None:
+        raise UserError("--out needs a file format: add --format csv, json or parquet")
+    if out is not None and not out.resolve().parent.is_dir():
+        raise UserError(f"--out {out}: the directory {out.resolve().parent} does not exist; create it first")
     try:
         con = connect(settings(), as_of=pins)
         rel = con.sql(sql)
+        if rel is not None and format == "parquet":
+            # DuckDB writes the file itself (streaming, typed columns: timestamps, lists and structs survive)
+            rel.write_parquet(str(out))
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
     except duckdb.Error as exc:
         raise UserError(f"DuckDB: {str(exc).splitlines()[0]}") from None
     if rel is None:
+        if out is not None:
+            raise UserError("the SQL returned no result to write: --out needs a query (SELECT …)")
+        return
+    if format == "parquet":
+        err.print(f"[green]✓[/] {out}")
+        return
+    if out is not None:
+        with out.open("w", newline="") as f:
+            _print_relation(rel, format, f)
+        err.print(f"[green]✓[/] {out}")
         return
     _print_relation(rel, format)
 
 
-def _print_relation(rel, format: str = "table") -> None:
+def _print_relation(rel, format: str = "table", stream=None) -> None:
+    stream = stream or sys.stdout
     cols, rows = rel.columns, rel.fetchall()
     if format == "csv":
         import csv
 
-        w = csv.writer(sys.stdout)
+        w = csv.writer(stream)
         w.writerow(cols)
         w.writerows(rows)
     elif format == "json":
         import orjson
 
         for r in rows:
-            sys.stdout.write(orjson.dumps(dict(zip(cols, r)), default=str).decode() + "\n")
+            stream.write(orjson.dumps(dict(zip(cols, r)), default=str).decode() + "\n")
     else:
         t = Table(*cols)
         for r in rows:
