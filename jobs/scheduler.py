@@ -126,7 +126,7 @@ class History:
                 cur = con.execute(
                     "INSERT INTO runs (entry, job, fire_time, window_start, window_end, started_at, status, host, pid,"
                     " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-                    (entry.name, entry.job, fire.isoformat(), *(str(d) for d in window or (None, None)),
+                    (entry.name, entry.job, fire.isoformat(), *((str(window[0]), str(window[1])) if window else (None, None)),
                      now.isoformat(), self.host, self.pid, now.isoformat()))
                 con.execute("COMMIT")
                 return int(cur.lastrowid)
@@ -175,9 +175,9 @@ def _run(r: sqlite3.Row) -> Run:
 class Runner:
     """Runs entries' jobs in this process; one SparkSession, built on first need, serves every Spark job."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, spark=None):
         self.settings = settings
-        self._spark = None
+        self._spark, self._own_spark = spark, spark is None
 
     def spark(self):
         if self._spark is None:
@@ -187,7 +187,7 @@ class Runner:
         return self._spark
 
     def stop(self) -> None:
-        if self._spark is not None:
+        if self._spark is not None and self._own_spark:
             self._spark.stop()
             self._spark = None
 

@@ -352,7 +352,8 @@ def schedule_cmd(
         for name in job:
             sched.entry(name)
     except ScheduleError as exc:
-        raise UserError(f"schedule {path}: " + "; ".join(exc.problems)) from None
+        said = "; ".join(exc.problems)
+        raise UserError(said if str(path) in said else f"schedule {path}: {said}") from None
     if at is not None:
         try:
             now = datetime.fromisoformat(at)
@@ -366,6 +367,7 @@ def schedule_cmd(
     hist = History.for_settings(s)
     if history:
         t = Table("run", "entry", "fire", "window", "started", "seconds", "status", "error", title=f"runs ({hist.path})")
+        t.columns[1].no_wrap = t.columns[6].no_wrap = True
         for r in hist.runs(limit=history):
             if only and r.entry not in only:
                 continue

@@ -6,7 +6,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import settings_env
-from tests.trajlake.test_cli import _assert_clean_error, run
+from tests.trajlake.test_cli import run
+
+
+def _assert_clean_error(r, *needles):
+    """One line naming the problem and the fix (rich wraps long lines: compared with whitespace collapsed)."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    said = " ".join(r.stderr.split())
+    for n in needles:
+        assert n in said, said
 
 
 @pytest.fixture
