@@ -410,6 +410,11 @@ def schedule_cmd(
         return
 
     runner = Runner(s)
+    # SIGTERM (a service manager stopping us) unwinds like Ctrl-C, so a run in progress is recorded as crashed
+    def _terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
 
     def report(o) -> None:
         w = "" if o.window is None else f" [{o.window[0]} … {o.window[1]})"
