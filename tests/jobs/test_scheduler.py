@@ -146,3 +146,32 @@ def test_schedule_mistakes_are_one_line(base_settings, tmp_path):
     ok = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
     _assert_clean_error(run(["schedule", "--once", "--job", "nope"], ok), "no entry named 'nope'")
     _assert_clean_error(run(["schedule", "--once", "--at", "tomorrow"], ok), "--at")
+
+
+@pytest.mark.integration
+def test_the_scheduler_loop_fires_on_cron_and_stops_on_sigterm(base_settings, tmp_path):
+    """`trajlake schedule` as a service runs it: an every-minute entry fires within a minute, SIGTERM stops it."""
+    import signal
+    import time
+
+    from tests.conftest import wait_until
+
+    f = tmp_path / "schedule.toml"
+    f.write_text('[[job]]\nname = "tick"\njob = "compact"\ncron = "* * * * *"\n')
+    s = base_settings.model_copy(update={"state_dir": tmp_path / "state", "schedule_file": f})
+    log = open(tmp_path / "schedule.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "schedule"], env=settings_env(s) | {"COLUMNS": "200"},
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        history = s.state_dir.resolve() / "schedule" / "history.sqlite3"
+        wait_until(lambda: history.exists() and any(r.status == "succeeded" for r in History(history).runs("tick")),
+                   150, interval=1, message="a scheduled run to succeed")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    run_ = History(history).runs("tick")[-1]
+    assert run_.fire_time.second == 0 and run_.window is None and run_.status == "succeeded"
+    assert "tick" in (tmp_path / "schedule.log").read_text()
