@@ -2,7 +2,6 @@
 built in this session — τ-bench through the real worker (`tau_lake`), scored and carded by the Spark jobs, exported."""
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import nbformat
@@ -64,15 +63,8 @@ def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
-    # the kernel is started with this process's environment: the lake is chosen by TRAJLAKE_* only
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    # the kernel gets exactly `env` (start_kernel's env): the lake is chosen by TRAJLAKE_* only, as for an analyst
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute(env=env)
     return nb
 
 
