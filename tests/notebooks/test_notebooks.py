@@ -12,7 +12,7 @@ from tests.conftest import REPO, TAU, settings_env
 NOTEBOOK_DIR = REPO / "notebooks"
 # Every notebook, with what its executed outputs must say. Adding a notebook is one line here.
 NOTEBOOKS: dict[str, tuple[str, ...]] = {
-    "scorecards": ("95% intervals", "cards,", "regressions flagged"),
+    "scorecards": ("week starting", " cards, ", "] n=", "regressions flagged"),
     "trajectory_browser": ("episode: ", "scored with reward-v"),
     "pii_audit": ("TOTAL HITS: 0 ", "ground truth: " + str(TAU / "airline-users.json"), "raw τ-bench trajectories:"),
 }
