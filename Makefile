@@ -21,6 +21,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@command -v java >/dev/null || { echo "java not found: install a JDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 1; }
 	@command -v mvn >/dev/null  || { echo "mvn not found: install Maven (apt-get install maven)"; exit 1; }
+	@# the collector's browser test drives Debian's chromium (no browser download is reachable)
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==24.3.1"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"

@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -25,11 +26,14 @@ from lake.duckdb_views import connect
 from lake.tables import ensure_table, open_table, table_path
 from privacy import POLICY_VERSION
 from privacy.leakage import GroundTruth, PatternScanner
+from quality.runner import quarantine, validate
+from quality.suites import exports as exports_suite
 from schemas.reward import ExportSpec, RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import (BRONZE_EVENTS, EXPORT_HOLDOUT, GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES,
                             SILVER_STEPS)
 
+log = logging.getLogger("trajlake.export")
 MANIFEST = "manifest.json"
 SOURCES = (BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS, GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, EXPORT_HOLDOUT)
 GROUP_COLUMN = {"user": "user_id", "task": "task_id", "session": "session_id"}
@@ -54,6 +58,8 @@ class ExportRequest:
     until: date
     reward_version: str | None = None
     sources: dict[str, int] | None = None
+    # publish despite failed non-critical expectations (leakage, splits); recorded in the manifest. PII never passes.
+    allow_failed_checks: bool = False
 
     def check(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or self.name in RESERVED:
@@ -232,6 +238,7 @@ class _PiiScan:
     size: int = 0
     hits: dict[str, int] = field(default_factory=dict)          # kind → distinct values found (never the values)
     where: dict[str, list[str]] = field(default_factory=dict)   # kind → some episode ids, to find the rows
+    per_episode: dict[str, int] = field(default_factory=dict)   # episode → values found in its texts (hits only)
 
     def add(self, episode_id: str, conv: Any, steps: Sequence[dict[str, Any]]) -> None:
         texts = self.batch
@@ -268,7 +275,9 @@ class _PiiScan:
                 else:
                     current.append(t)
             for eid, texts in zip(self.episodes, chunks):
-                for kind in self.scanner.scan(["\n".join(texts)]).found:
+                mine = self.scanner.scan(["\n".join(texts)]).found
+                for kind, values in mine.items():
+                    self.per_episode[eid] = self.per_episode.get(eid, 0) + len(values)
                     if len(self.where[kind]) < 5:
                         self.where[kind].append(eid)
         self.batch, self.episodes, self.size = [], [], 0
@@ -287,13 +296,14 @@ class _FormatJob:
 @dataclass
 class _Formatted:
     """One batch of episodes as rows: (episode index, format, split, content digest, JSON line) in episode order,
-    each episode's (split, group, prompt digest) for the leakage check, and the PII scan of their texts."""
+    each episode's (id, split, group, prompt digest) for the quality suite, and the PII scan of their texts."""
 
     n: int
     rows: list[tuple[int, str, str, bytes, bytes]]
-    episodes: list[tuple[str, str, str]]
+    episodes: list[tuple[str, str, str, str]]
     pii_hits: dict[str, int]
     pii_where: dict[str, list[str]]
+    pii_episodes: dict[str, int]
 
 
 _job: _FormatJob | None = None
@@ -311,7 +321,7 @@ def _format_batch(batch: pa.RecordBatch) -> _Formatted:
     assert _job is not None and _scanner is not None
     builders = [(fmt, BUILDERS[fmt]) for fmt in _job.formats]
     pii = _PiiScan(_scanner)
-    out = _Formatted(batch.num_rows, [], [], {}, {})
+    out = _Formatted(batch.num_rows, [], [], {}, {}, {})
     for i, r in enumerate(batch.to_pylist()):
         conv = conversation((e["t"], e["a"], e["b"]) for e in orjson.loads(r["events"] or "[]"))
         ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
@@ -325,11 +335,11 @@ def _format_batch(batch: pa.RecordBatch) -> _Formatted:
                 out.rows.append((i, fmt, meta["split"], hashlib.blake2b(body, digest_size=16).digest(),
                                  body[:-1] + b"," + orjson.dumps(meta)[1:] + b"\n"))
                 any_row = True
-        out.episodes.append((r["split"], r["group_hash"], prompt_digest(r["user_text"] or "")))
+        out.episodes.append((r["episode_id"], r["split"], r["group_hash"], prompt_digest(r["user_text"] or "")))
         if any_row:
             pii.add(ep.episode_id, conv, ep.steps)
     pii.flush()
-    out.pii_hits, out.pii_where = pii.hits, pii.where
+    out.pii_hits, out.pii_where, out.pii_episodes = pii.hits, pii.where, pii.per_episode
     return out
 
 
@@ -427,7 +437,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     writer = _Writer(out)
     pii_hits: dict[str, int] = {}
     pii_where: dict[str, list[str]] = {}
-    leak_rows: list[tuple[str, str, str]] = []
+    index: list[tuple[str, str, str, str]] = []   # (episode, split, group, prompt digest) of each exported episode
+    pii_episodes: dict[str, int] = {}
     done = 0
     progress(f"writing {n_kept:,} episodes")
     batches = con.sql(_rows_sql(margin, spec.version), params=params).to_arrow_reader(2048)
@@ -436,7 +447,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         for i, fmt, split, digest, line in formatted.rows:
             if writer.write(fmt, split, digest, line):
                 wrote.add(i)
-        leak_rows.extend(formatted.episodes[i] for i in sorted(wrote))
+        index.extend(formatted.episodes[i] for i in sorted(wrote))
+        pii_episodes.update(formatted.pii_episodes)
         for kind, n in formatted.pii_hits.items():
             pii_hits[kind] = pii_hits.get(kind, 0) + n
             pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
@@ -446,8 +458,16 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     if "rft" in request.formats and (out / "rft").is_dir():
         (out / "rft" / "grader.json").write_bytes(orjson.dumps(RFT_GRADER, option=orjson.OPT_INDENT_2))
 
-    progress("checking for leakage")
-    leak = leakage(leak_rows, frozen)
+    progress("checking the export (leakage, PII, splits)")
+    leak = leakage(((s, g, p) for _, s, g, p in index), frozen)
+    report, frame = validate(settings, exports_suite(tuple(settings.export_ratios) + ("holdout",)), pa.table({
+        "episode_id": pa.array([r[0] for r in index], pa.string()),
+        "split": pa.array([r[1] for r in index], pa.string()),
+        "group_hash": pa.array([r[2] for r in index], pa.string()),
+        "prompt_digest": pa.array([r[3] for r in index], pa.string()),
+        "frozen_holdout": pa.array([r[2] in frozen for r in index], pa.bool_()),
+        "pii_values": pa.array([pii_episodes.get(r[0], 0) for r in index], pa.int64()),
+    }))
     policies = sorted(r[0] for r in con.execute("SELECT DISTINCT policy_version FROM kept").fetchall())
     files = {p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
              for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST}
@@ -480,13 +500,25 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         "leakage": {"ok": leak.ok, "summary": leak.summary()},
         "files": files,
     }
-    if pii_hits:
-        where = "; ".join(f"{n} {kind} value(s), e.g. in episode {', '.join(pii_where[kind][:3])}"
-                          for kind, n in sorted(pii_hits.items()))
-        raise ExportFailed(f"the PII scan found personal data ({where}); nothing was published. Fix the scrubber "
-                           "policy (privacy/policy.py) and re-export", manifest)
-    if not leak.ok:
-        raise ExportFailed(f"the leakage check failed: {leak.summary()}; nothing was published", manifest)
+    if not report.success or pii_hits:
+        suite = exports_suite(tuple(settings.export_ratios) + ("holdout",))
+        report = replace(report, quarantined=quarantine(settings, suite, report, frame))
+        blocking = report.blocking(request.allow_failed_checks)
+        manifest["quality"] = report.as_manifest()
+        if any(f.critical for f in blocking) or pii_hits:
+            where = "; ".join(f"{n} {kind} value(s), e.g. in episode {', '.join(pii_where[kind][:3])}"
+                              for kind, n in sorted(pii_hits.items()))
+            raise ExportFailed(f"the PII scan found personal data ({where}); nothing was published (no override "
+                               "publishes personal data). Fix the scrubber policy (privacy/policy.py) and re-export\n"
+                               + report.summary(), manifest)
+        if blocking:
+            reason = f"the leakage check failed: {leak.summary()}" if not leak.ok else "the export's quality suite failed"
+            raise ExportFailed(f"{reason}; nothing was published. Fix the cause, or publish anyway with "
+                               f"--allow-failed-checks (recorded in the manifest)\n{report.summary()}", manifest)
+        report = replace(report, overridden=True)
+        log.warning("exporting despite failed checks (--allow-failed-checks):\n%s", report.summary())
+        progress("WARNING: publishing despite failed checks (--allow-failed-checks); the manifest records it")
+    manifest["quality"] = report.as_manifest()
     new_holdout = sorted(g for g, s in split_by_group.items() if s == "holdout" and g not in frozen)
     return manifest, new_holdout
 
@@ -567,7 +599,8 @@ def reproduce(settings: Settings, manifest_path: Path, out: Path, progress: Prog
     req = m["request"]
     request = ExportRequest(m["name"], tuple(req["formats"]), date.fromisoformat(req["since"]),
                             date.fromisoformat(req["until"]), m["reward_version"],
-                            {k: v for k, v in m["sources"].items() if v is not None})
+                            {k: v for k, v in m["sources"].items() if v is not None},
+                            allow_failed_checks=bool(m.get("quality", {}).get("overridden")))
     if out.exists() and any(out.iterdir()):
         raise ExportFailed(f"{out} is not empty; pass --out with a new directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -144,9 +144,9 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     try:
         where = window_predicate("date", start, end, spec)  # filters the rows and bounds the replace alike
         progress("publishing gold/step_signals")
-        out = [publish(spark, settings, GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where)]
+        out = [publish(spark, settings, GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where, spec)]
         progress("publishing gold/episode_scores")
-        out.append(publish(spark, settings, GOLD_EPISODE_SCORES, scores.where(where), where))
+        out.append(publish(spark, settings, GOLD_EPISODE_SCORES, scores.where(where), where, spec))
     finally:
         signals.unpersist()
         scores.unpersist()

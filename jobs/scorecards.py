@@ -281,15 +281,15 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
         progress("aggregating signals by day and week")
         cards = scorecards(spark, daily_sums(steps, episodes), spec).where(where).cache()
         progress("publishing gold/scorecards")
-        out = [publish(spark, settings, GOLD_SCORECARDS, cards, where)]
+        out = [publish(spark, settings, GOLD_SCORECARDS, cards, where, spec)]
         progress("checking regressions, gaming and drift")
         rails = regressions(cards, spec).unionByName(gaming_flags(cards, spec)).unionByName(
             drift(steps, episodes, spec).where(where))
-        out.append(publish(spark, settings, GOLD_GUARDRAILS, rails, where))
+        out.append(publish(spark, settings, GOLD_GUARDRAILS, rails, where, spec))
         progress("sampling episodes for review")
         sample = review_queue(episodes.where((F.col("week") >= F.lit(ws)) & (F.col("week") < F.lit(we))), spec)
         out.append(publish(spark, settings, GOLD_REVIEW_QUEUE, sample,
-                           f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'"))
+                           f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'", spec))
     finally:
         if cards is not None:
             cards.unpersist()

@@ -10,6 +10,9 @@ from pyspark.sql.types import StructType
 from pyspark.sql.window import Window
 
 from lake.tables import ensure_table, open_table, table_path
+from quality.runner import QualityReport, gate
+from quality.suites import suite_for
+from schemas.reward import RewardSpec
 from schemas.settings import Settings
 from schemas.tables import TableSpec, spark_ddl
 
@@ -51,13 +54,14 @@ class Published:
     table: str
     rows: int
     version: int
+    quality: QualityReport | None = None
 
 
 def check_before_publish(df: DataFrame, spec: TableSpec) -> int:
     """Declared NOT NULL columns hold no nulls and the declared keys are unique; returns the row count.
 
-    These are the structural invariants every gold table has; the Great Expectations suites in quality/
-    add the semantic ones.
+    These are the structural invariants every gold table has, checked in Spark before anything is collected;
+    the Great Expectations suite of the table (quality/suites.py) adds the semantic ones.
     """
     required = [f.name for f in spec.schema if not f.nullable]
     aggs = [F.count(F.lit(1)).alias("_rows"),
@@ -74,8 +78,11 @@ def check_before_publish(df: DataFrame, spec: TableSpec) -> int:
     return rows
 
 
-def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFrame, where: str) -> Published:
-    """Replace exactly the rows matching `where` with `df` in one Delta commit (replaceWhere), after the checks.
+def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFrame, where: str,
+            reward: RewardSpec) -> Published:
+    """Replace exactly the rows matching `where` with `df` in one Delta commit (replaceWhere), after the checks:
+    the structural ones, then the table's Great Expectations suite (a failure quarantines the failing rows and
+    raises QualityGateFailed; nothing is written).
 
     Every row of `df` must satisfy `where` (Delta enforces it), so a rerun of the same window replaces what the
     last run wrote and nothing else: reruns are idempotent.
@@ -83,12 +90,13 @@ def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFr
     df = conform(df, spec).cache()
     try:
         rows = check_before_publish(df, spec)
+        report = gate(settings, suite_for(spec.id, reward), df.toArrow())
         ensure_table(settings, spec)
         (df.sortWithinPartitions(*spec.keys).write.format("delta").mode("overwrite")
            .option("replaceWhere", where).save(str(table_path(settings, spec))))
     finally:
         df.unpersist()
-    return Published(spec.id, rows, open_table(settings, spec).version())
+    return Published(spec.id, rows, open_table(settings, spec).version(), report)
 
 
 def checksum(spark: SparkSession, settings: Settings, spec: TableSpec, where: str = "true") -> tuple[int, int]:

@@ -91,6 +91,25 @@ class Settings(BaseSettings):
     # the export's PII scan always runs its pattern detectors, and also this ground truth when it is set
     pii_ground_truth: Path | None = None
 
+    # collector (streams/collector/): the HTTP front door for browsers, SDKs and OpenTelemetry exporters
+    collector_host: str = "127.0.0.1"
+    collector_port: int = 8787
+    # write keys per app, as JSON: {"helpdesk-web": "wk_…"}. A key names its app; events are stamped with it.
+    # Browser keys are public by nature (like any analytics write key): they only allow writing events.
+    collector_write_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # origins allowed to call the collector from a browser (CORS), as a JSON list; empty = none
+    collector_cors_origins: tuple[str, ...] = ()
+    # a request body above this is refused whole (413); one event above collector_max_event_bytes is rejected
+    collector_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    collector_max_event_bytes: int = Field(default=262_144, ge=256)
+    collector_max_batch_events: int = Field(default=500, ge=1)
+    # per write key: a token bucket of `burst` events refilled at `rate` events/s; over it → 429 + Retry-After
+    collector_rate_per_second: float = Field(default=500.0, gt=0)
+    collector_rate_burst: int = Field(default=5000, ge=1)
+    # OTLP spans carry no contract dimensions of their own: these fill the ones their attributes lack
+    otlp_default_prompt_variant: str = "default"
+    otlp_default_user_id: str = "otel-anonymous"
+
     # the job schedule `trajlake schedule` and the Airflow DAG (infra/airflow/) both read; None: infra/schedule.toml
     # of this checkout. Run history and locks live in <state_dir>/schedule/
     schedule_file: Path | None = None
@@ -151,7 +170,7 @@ def settings_env(settings: Settings, base: Mapping[str, str] = {}) -> dict[str, 
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        if isinstance(value, (dict, list, tuple)):
-            value = json.dumps(value)
+        if isinstance(value, (dict, list, tuple)):  # secrets inside (the collector's write keys) are unwrapped
+            value = json.dumps(value, default=lambda v: v.get_secret_value())
         env[f"TRAJLAKE_{name.upper()}"] = str(value)
     return env

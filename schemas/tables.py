@@ -373,10 +373,29 @@ EXPORT_HOLDOUT = TableSpec(
     description="the frozen holdout: once a group is here, every later export keeps it in the holdout split",
 )
 
+QUALITY_QUARANTINE = TableSpec(
+    "quality", "quarantine",
+    pa.schema([
+        _f("run_id", pa.string(), False, "the quality run (quality/runner.py) that failed these rows"),
+        _f("table", pa.string(), False, "the table (or export) the rows were bound for"),
+        _f("suite", pa.string(), False, "the Great Expectations suite"),
+        _f("expectation", pa.string(), False, "the expectation type the row failed"),
+        _f("column", pa.string(), doc="the column (or derived check) it failed on"),
+        _f("row_key", pa.string(), False, "the row's declared key columns as JSON"),
+        _f("user_id", pa.string(), doc="the row's user pseudonym, when it has one: `trajlake erase` finds it here"),
+        _f("row", pa.string(), doc="the whole row as JSON (already scrubbed: rows reach a suite after the scrubber); "
+                                   "null for exports, whose content stays in the failed export directory"),
+        _f("quarantined_at", TS, False),
+        _f("date", pa.date32(), False, "day of quarantined_at"),
+    ]),
+    partition_by=("date",), keys=("run_id", "expectation", "column", "row_key"),
+    description="rows that failed a quality suite before publishing, for inspection; nothing here was published",
+)
+
 TABLES: dict[str, TableSpec] = {t.id: t for t in (
     BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES,
     GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES, GOLD_SCORECARDS, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE,
-    AUDIT_ERASURES, EXPORT_HOLDOUT,
+    AUDIT_ERASURES, EXPORT_HOLDOUT, QUALITY_QUARANTINE,
 )}
 
 

@@ -190,6 +190,9 @@ def export(
     from_manifest: Optional[Path] = typer.Option(None, "--from-manifest",
                                                  help="rebuild the export a manifest describes and verify its checksums"),
     out: Optional[Path] = typer.Option(None, help="with --from-manifest: where the rebuilt files go"),
+    allow_failed_checks: bool = typer.Option(False, "--allow-failed-checks",
+                                             help="publish despite failed quality checks (leakage, splits); logged and "
+                                                  "recorded in the manifest. A PII finding always fails the export"),
 ) -> None:
     """Export scored episodes as training data: leak-free splits, PII-scanned, with a reproducible manifest."""
     from jobs.export import ExportFailed, ExportRequest, reproduce, run
@@ -214,7 +217,8 @@ def export(
             unknown = [f for f in formats if f not in FORMATS]
             if unknown or not formats:
                 raise UserError(f"unknown format(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
-            request = ExportRequest(name, formats, _day(since, "--since"), _day(until, "--until"), reward_version)
+            request = ExportRequest(name, formats, _day(since, "--since"), _day(until, "--until"), reward_version,
+                                    allow_failed_checks=allow_failed_checks)
             result = run(s, request, progress=lambda m: st.update(f"{m}…"))
     except ExportFailed as exc:
         raise UserError(str(exc)) from None
@@ -229,9 +233,58 @@ def export(
         table.add_row(fmt, *(f"{counts.get(sp, 0):,}" for sp in ("train", "validation", "test", "holdout")))
     console.print(table)
     ep = m["counts"]["episodes"]
+    q = m["quality"]
+    checks = (f"quality suite {q['suite']} passed ({q['expectations']} expectations): PII scan clean, no leakage"
+              if q["success"] else f"[yellow]WARNING: published despite {len(q['failures'])} failed check(s) "
+                                   f"(--allow-failed-checks): {', '.join(f['expectation'] for f in q['failures'])}[/]")
     console.print(f"{ep['exported']:,} of {ep['in_window']:,} episodes ({ep['near_duplicates_removed']:,} near "
-                  f"duplicates removed, {ep['unscored']:,} unscored); PII scan clean; no leakage")
+                  f"duplicates removed, {ep['unscored']:,} unscored); {checks}")
     console.print(f"[green]✓[/] {result.path}  (manifest: {result.path / 'manifest.json'})")
+
+
+quality_app = typer.Typer(help="Great Expectations suites over the lake: check tables, open Data Docs.",
+                          no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+
+
+@quality_app.command("check")
+def quality_check(
+    table: list[str] = typer.Argument(None, help="tables to check, e.g. silver/steps (default: every table with a suite)"),
+    start: Optional[str] = typer.Option(None, help="first day, YYYY-MM-DD (default: all days)"),
+    end: Optional[str] = typer.Option(None, help="the day after the last, YYYY-MM-DD"),
+    reward_version: Optional[str] = typer.Option(None, help="gold rows scored with this spec (default: newest)"),
+) -> None:
+    """Run each table's suite over a window; failing rows go to quality/quarantine; exits 1 when any suite fails."""
+    from quality.lake_checks import check_lake
+    from quality.runner import data_docs_index
+    from quality.suites import checked_tables
+    from schemas.reward import RewardSpecError, load_reward_spec
+
+    unknown = [t for t in table or () if t not in checked_tables()]
+    if unknown:
+        raise UserError(f"no suite for {', '.join(unknown)}: choose from {', '.join(checked_tables())}")
+    first = _day(start, "--start") if start else None
+    last = _day(end, "--end") if end else None
+    if first and last and last <= first:
+        raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
+    s = settings()
+    try:
+        spec = load_reward_spec(reward_version or s.reward_version)
+    except RewardSpecError as exc:
+        raise UserError(f"{exc} — pass --reward-version with one of the versions listed") from None
+    with console.status("checking…") as st:
+        reports = check_lake(s, spec, table or None, first, last, progress=lambda m: st.update(f"{m}…"))
+    t = Table("table", "suite", "rows", "expectations", "result", title="quality check")
+    for r in reports:
+        t.add_row(r.table, r.suite, f"{r.rows:,}", str(r.evaluated),
+                  "[green]passed[/]" if r.success else f"[red]{len(r.failures)} failed[/]")
+    console.print(t)
+    for r in reports:
+        if not r.success:
+            console.print(r.summary())
+    console.print(f"Data Docs: {data_docs_index(s).as_uri()}")
+    if not all(r.success for r in reports):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -475,6 +528,29 @@ def worker(
     run_worker(s, loglevel=loglevel, use_ner=ner)
 
 
+@app.command()
+def collect(
+    host: Optional[str] = typer.Option(None, help="listen address (default TRAJLAKE_COLLECTOR_HOST, 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, min=1, max=65535, help="port (default TRAJLAKE_COLLECTOR_PORT, 8787)"),
+) -> None:
+    """Serve the collector: POST /v1/events (contract events), POST /v1/traces (OTLP GenAI spans), /tracker.js, /demo."""
+    from streams.collector.app import serve
+
+    s = settings()
+    s = s.model_copy(update={k: v for k, v in (("collector_host", host), ("collector_port", port)) if v is not None})
+    if not s.collector_write_keys:
+        raise UserError("no write keys: set TRAJLAKE_COLLECTOR_WRITE_KEYS='{\"my-app\": \"<a long random key>\"}'")
+    _require_broker(s)
+    apps = ", ".join(s.collector_write_keys)
+    try:
+        serve(s, on_ready=lambda _msg: console.print(
+            f"[green]✓[/] collector on http://{s.collector_host}:{s.collector_port} for {apps} → "
+            f"{s.topic('frontend.raw')}, {s.topic('agent.raw')}; demo: /demo?key=…  (Ctrl-C stops)"))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {s.collector_host}:{s.collector_port} ({exc.strerror}): "
+                        "pass --port or set TRAJLAKE_COLLECTOR_PORT") from None
+
+
 def _require_broker(s) -> None:
     from infra.kafka import broker
 
@@ -686,17 +762,20 @@ def _print_relation(rel, format: str = "table", stream=None) -> None:
         console.print(t)
 
 
-# ---- demo -----------------------------------------------------------------------------------------
+# ---- demo ---------------------------------------------------------------------------------------
 @app.command()
 def demo(
     trajectories: int = typer.Option(20, min=1, max=200, help="how many τ-bench trajectories to replay"),
-    timeout: float = typer.Option(300, help="seconds to wait for the lake to fill"),
+    synthetic: int = typer.Option(4000, min=0, help="how many synthetic product events to replay beside them"),
+    timeout: float = typer.Option(600, help="seconds to wait for the lake to fill"),
 ) -> None:
-    """End to end: broker ▸ τ-bench replay ▸ Faust worker ▸ Delta ▸ DuckDB."""
+    """The whole loop: broker ▸ τ-bench + synthetic replay ▸ Faust worker ▸ Delta ▸ Spark jobs ▸ quality checks ▸
+    training export ▸ scorecard."""
     from infra.kafka import broker
     from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES
     from streams.producer import produce
     from streams.sink import count_present
+    from streams.sources.synthetic import planted_json, synthetic_events
     from streams.sources.tau_bench import load_trajectories, replay_events
 
     s = settings()
@@ -706,10 +785,16 @@ def demo(
         console.print(f"[green]1.[/] {broker.start(s, progress=lambda m: st.update(m))}")
         broker.ensure_topics(s)
     records = load_trajectories(DEFAULT_TAU)
-    events = list(replay_events(records, trajectories))
+    events = list(replay_events(records, trajectories)) + [e for e in synthetic_events(synthetic, seed=7)]
     with console.status("replaying…"):
         sent = produce(s, events)
-    console.print(f"[green]2.[/] replayed {trajectories} τ-bench trajectories: {sent} events into Kafka")
+    planted = s.lake / "_sources" / "synthetic-seed7.json"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    import orjson
+
+    planted.write_bytes(orjson.dumps(planted_json(7), option=orjson.OPT_INDENT_2))
+    console.print(f"[green]2.[/] replayed {trajectories} τ-bench trajectories and {synthetic:,} synthetic product "
+                  f"events: {sent:,} events into Kafka")
     log = s.state_dir / "worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -718,7 +803,7 @@ def demo(
     console.print(f"[green]3.[/] stream worker started (pid {proc.pid}, log {log})")
     # the replay is deterministic, so a rerun finds (and the sink deduplicates) the same ids: wait for *these* ids
     event_ids = [e.event["event_id"] for e in events]
-    episode_ids = sorted({f"{e.event['session_id']}/{e.event['task_id']}" for e in events})
+    tau_ids = sorted({f"{e.event['session_id']}/{e.event['task_id']}" for e in events[:len(events) - synthetic]})
     n = e = 0
     try:
         with console.status("waiting for the lake…") as st:
@@ -727,9 +812,9 @@ def demo(
                 if proc.poll() is not None:
                     raise UserError(f"the worker exited with code {proc.returncode}; see {log}")
                 n = count_present(s, BRONZE_EVENTS, "event_id", event_ids)
-                e = count_present(s, SILVER_EPISODES, "episode_id", episode_ids)
-                st.update(f"bronze/events {n}/{sent} · silver/episodes {e}/{len(episode_ids)}")
-                if n == sent and e == len(episode_ids):
+                e = count_present(s, SILVER_EPISODES, "episode_id", tau_ids)
+                st.update(f"bronze/events {n:,}/{sent:,} · τ-bench episodes in silver {e}/{len(tau_ids)}")
+                if n == sent and e == len(tau_ids):
                     break
                 time.sleep(0.5)
     finally:
@@ -739,35 +824,86 @@ def demo(
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    if n < sent or e < len(episode_ids):
+    if n < sent or e < len(tau_ids):
         raise UserError(f"the lake did not fill within {timeout:.0f}s ({n}/{sent} events, "
-                        f"{e}/{len(episode_ids)} episodes); see {log}")
-    console.print(f"[green]4.[/] {sent} events landed in bronze/events; the join made {trajectories} episodes "
-                  f"in silver/episodes (lake: {s.lake})")
+                        f"{e}/{len(tau_ids)} τ-bench episodes); see {log}")
     from lake.duckdb_views import connect
 
     con = connect(s)
-    for title, sql in (
-        ("events by type", "SELECT event_type, count(*) AS events, count(DISTINCT session_id) AS sessions "
-                           "FROM bronze_events GROUP BY event_type ORDER BY events DESC"),
-        ("episodes by outcome (latest revision)",
-         "SELECT outcome, count(*) AS episodes, sum(escalated::INT) AS escalated, round(avg(n_steps), 1) AS steps, "
-         "round(avg(llm_calls), 1) AS llm_calls, round(avg(cost_usd), 4) AS avg_cost_usd, "
-         "round(avg(duration_ms) / 1000) AS avg_seconds FROM (SELECT * FROM silver_episodes "
-         "QUALIFY revision = max(revision) OVER (PARTITION BY episode_id)) GROUP BY outcome ORDER BY episodes DESC"),
-    ):
-        console.print(f"[green]5.[/] DuckDB over Delta — {title}: [dim]{sql}[/]")
-        _print_relation(con.sql(sql))
+    episodes = con.sql("SELECT count(DISTINCT episode_id), min(date), max(date) FROM silver_episodes").fetchall()[0]
+    console.print(f"[green]4.[/] {sent:,} events landed in bronze/events; the join made {episodes[0]:,} episodes in "
+                  f"silver/episodes (lake: {s.lake})")
+    _print_relation(con.sql(
+        "SELECT outcome, count(*) AS episodes, sum(escalated::INT) AS escalated, round(avg(n_steps), 1) AS steps, "
+        "round(avg(cost_usd), 4) AS avg_cost_usd FROM (SELECT * FROM silver_episodes "
+        "QUALIFY revision = max(revision) OVER (PARTITION BY episode_id)) GROUP BY outcome ORDER BY episodes DESC"))
+
+    from datetime import timedelta
+
+    from jobs.spark import build_spark
+    from jobs.submit import JOBS, job_runner
+    from schemas.reward import load_reward_spec
+
+    first, last = episodes[1], episodes[2] + timedelta(days=1)
+    spec = load_reward_spec(s.reward_version)
+    with console.status("starting Spark…") as st:
+        spark = build_spark(s, app_name="trajlake-demo")
+        for name in JOBS:
+            for p in job_runner(name)(spark, s, first, last, spec=spec,
+                                      progress=lambda m, n=name: st.update(f"{n}: {m}…")):
+                console.print(f"[green]5.[/] {name}: {p.table} {p.rows:,} rows → Delta version {p.version} "
+                              f"(quality suite {p.quality.suite}: passed)")
+        spark.stop()
+
+    from quality.lake_checks import check_lake
+    from quality.runner import data_docs_index
+
+    with console.status("checking the lake…") as st:
+        reports = check_lake(s, spec, start=first, end=last, progress=lambda m: st.update(f"{m}…"))
+    bad = [r for r in reports if not r.success]
+    for r in bad:
+        console.print(r.summary())
+    console.print(f"[green]6.[/] quality: {len(reports) - len(bad)}/{len(reports)} table suites passed "
+                  f"(Data Docs: {data_docs_index(s).as_uri()})")
+
+    from jobs.export import ExportFailed, ExportRequest, run as export_run
+    from jobs.export_rows import FORMATS
+
+    try:
+        with console.status("exporting…") as st:
+            result = export_run(s, ExportRequest("demo", tuple(FORMATS), first, last, spec.version),
+                                progress=lambda m: st.update(f"{m}…"))
+    except ExportFailed as exc:
+        raise UserError(str(exc)) from None
+    rows = result.manifest["counts"]["rows"]
+    console.print(f"[green]7.[/] training export {result.path.name}: "
+                  + ", ".join(f"{fmt} {sum(c.values()):,}" for fmt, c in rows.items()) + " rows")
+
+    console.print(f"[green]8.[/] scorecard ({spec.version}), whole weeks, by agent version × prompt variant:")
+    _print_relation(connect(s).sql(f"""
+        SELECT period_start AS week, agent_version, prompt_variant, task_type,
+               max(n) FILTER (metric = 'composite') AS episodes,
+               max(printf('%.3f [%.3f, %.3f]', value, ci_low, ci_high)) FILTER (metric = 'composite') AS composite_ci95,
+               max(printf('%.3f [%.3f, %.3f]', value, ci_low, ci_high)) FILTER (metric = 'completion_rate')
+                   AS completion_ci95,
+               bool_or(coalesce(regression, false)) AS any_regression
+        FROM gold_scorecards
+        WHERE grain = 'week' AND reward_version = '{spec.version}' AND metric IN ('composite', 'completion_rate')
+        GROUP BY ALL ORDER BY ALL"""))
+    console.print(f"\nExport manifest: {result.path / 'manifest.json'}")
+    console.print("Notebooks: notebooks/*.ipynb read this lake (TRAJLAKE_STATE_DIR="
+                  f"{s.state_dir}); run them with `make notebooks`, or open them in Jupyter/VS Code.")
     console.print("Next: `trajlake query \"SELECT …\"`, `trajlake status`, and `trajlake down` to stop Kafka.")
 
 
 def main() -> None:
     from infra.kafka.broker import BrokerError
     from lake.tables import SchemaMismatch, UnknownTable
+    from quality.runner import QualityGateFailed
 
     try:
         app()
-    except (UserError, BrokerError, UnknownTable, SchemaMismatch) as exc:
+    except (UserError, BrokerError, UnknownTable, SchemaMismatch, QualityGateFailed) as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:

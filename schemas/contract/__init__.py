@@ -27,6 +27,9 @@ class Reason(str, Enum):
     bad_timestamp = "bad_timestamp"
     wrong_topic = "wrong_topic"
     scrub_failed = "scrub_failed"
+    # the collector's own (streams/collector/): checked at the HTTP door, before the raw topics
+    event_too_large = "event_too_large"
+    wrong_app = "wrong_app"
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,8 +182,11 @@ def test_a_pii_hit_fails_the_export_and_publishes_nothing(synthetic_lake, tmp_pa
         {"text": "my address is jane.roe@example.com, call me on 415-555-0100"}).decode())
     write_deltalake(str(table_path(s, BRONZE_EVENTS)), events.schema.empty_table().from_pylist([row], events.schema),
                     mode="append", partition_by=["date"])
-    with pytest.raises(ExportFailed, match="email value.*phone value|personal data"):
+    with pytest.raises(ExportFailed, match="email value.*phone value|personal data") as exc:
         run(s, ExportRequest("leaky", ("kto", "sft"), SYN_START, SYN_END, "reward-v2"))
+    assert exc.value.manifest["quality"]["failures"][0]["column"] == "pii_values"
+    with pytest.raises(ExportFailed, match="no override publishes personal data"):  # the override cannot pass PII
+        run(s, ExportRequest("leaky", ("kto", "sft"), SYN_START, SYN_END, "reward-v2", allow_failed_checks=True))
     root = s.lake / "exports" / "leaky"
     assert not any(p.name.startswith("v") for p in root.iterdir())
     assert not (s.lake / "exports" / "holdout_registry").exists()
@@ -204,5 +207,38 @@ def test_the_cli_rebuilds_from_a_manifest(synthetic_lake, synthetic_export, tmp_
 
     r = cli(["export", "--from-manifest", str(synthetic_export.path), "--out", str(tmp_path / "rebuilt")],
             settings_env(synthetic_lake))
-    assert r.returncode == 0 and "every sha256 equals the manifest's" in r.stdout, r.stderr
+    # rich wraps long lines at the terminal's width
+    assert r.returncode == 0 and "every sha256 equals the manifest's" in " ".join(r.stdout.split()), r.stderr
     assert (tmp_path / "rebuilt" / "manifest.json").exists()
+
+
+def test_a_leak_fails_the_export_unless_overridden(synthetic_lake, tmp_path, monkeypatch):
+    """Identical prompts in two splits (as if the near-duplicate pass had missed them: every prompt digest is made
+    equal) fail the export's quality suite and publish nothing; --allow-failed-checks publishes, and the manifest
+    records the override and what failed."""
+    import jobs.export as export
+    from lake.readers import read_table
+    from schemas.tables import QUALITY_QUARANTINE
+
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
+    monkeypatch.setattr(export, "prompt_digest", lambda text: "one-prompt")
+    request = ExportRequest("leaky", ("kto",), SYN_START, SYN_END, "reward-v2")
+    with pytest.raises(ExportFailed, match="identical prompt.*in more than one split.*--allow-failed-checks") as exc:
+        run(s, request)
+    assert not any(p.name.startswith("v") for p in (s.lake / "exports" / "leaky").iterdir())
+    failed = exc.value.manifest["quality"]
+    assert not failed["success"] and not failed["overridden"]
+    assert [f["column"] for f in failed["failures"]] == ["check_one_split_per_prompt"]
+    quarantined = read_table(s, QUALITY_QUARANTINE).to_pylist()
+    assert quarantined and {r["table"] for r in quarantined} == {"exports"}
+
+    result = run(s, ExportRequest("leaky", ("kto",), SYN_START, SYN_END, "reward-v2", allow_failed_checks=True))
+    q = result.manifest["quality"]
+    assert q["overridden"] and not q["success"] and q["failures"][0]["column"] == "check_one_split_per_prompt"
+    assert (result.path / "kto" / "train.jsonl").exists()
+
+
+def test_a_clean_export_records_its_passing_suite(synthetic_export):
+    q = synthetic_export.manifest["quality"]
+    assert q["suite"] == "exports" and q["success"] and not q["overridden"] and q["expectations"] >= 10

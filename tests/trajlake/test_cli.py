@@ -7,7 +7,8 @@ import pytest
 from tests.conftest import REPO, free_port, settings_env
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["schedule"], ["replay"], ["replay", "tau-bench"],
-            ["replay", "synthetic"], ["compact"], ["scrub"], ["erase"], ["export"]]
+            ["replay", "synthetic"], ["compact"], ["scrub"], ["erase"], ["export"],
+            ["quality"], ["quality", "check"], ["collect"]]
 
 
 def run(args, env=None):

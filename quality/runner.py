@@ -1,0 +1,251 @@
+"""The quality gate: runs a table's Great Expectations suite on rows about to be published, quarantines the rows
+that fail, keeps Data Docs in the state dir, and refuses the publish with a readable report."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from quality.suites import Suite
+from schemas.settings import Settings
+
+log = logging.getLogger("trajlake.quality")
+# failing rows copied to the quarantine table per expectation; the count in the report is always the full one
+QUARANTINE_CAP = 10_000
+EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One expectation that did not hold: how many rows broke it and a few of their keys."""
+
+    expectation: str
+    column: str | None
+    description: str | None
+    unexpected: int
+    examples: tuple[dict[str, Any], ...]
+    critical: bool
+    rows: tuple[dict[str, Any], ...] = field(default=(), repr=False)  # key columns of every failing row (capped)
+
+    def line(self) -> str:
+        what = self.description or f"{self.expectation}({self.column})"
+        ex = "; ".join(", ".join(f"{k}={v}" for k, v in e.items()) for e in self.examples)
+        return f"{what}: {self.unexpected:,} row(s) fail" + (f" — e.g. {ex}" if ex else "")
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The outcome of one suite on one batch of rows."""
+
+    run_id: str
+    suite: str
+    table: str
+    rows: int
+    evaluated: int
+    failures: tuple[Failure, ...]
+    data_docs: str | None
+    quarantined: int = 0
+    overridden: bool = False
+
+    @property
+    def success(self) -> bool:
+        return not self.failures
+
+    def blocking(self, allow_failures: bool) -> tuple[Failure, ...]:
+        """The failures that stop a publish: all of them, or only the critical ones under an override."""
+        return tuple(f for f in self.failures if f.critical or not allow_failures)
+
+    def summary(self) -> str:
+        head = (f"{self.table}: suite {self.suite} {'passed' if self.success else 'FAILED'} "
+                f"({self.evaluated - len(self.failures)}/{self.evaluated} expectations on {self.rows:,} rows)")
+        lines = [head] + [f"  ✗ {f.line()}" + ("  [critical]" if f.critical else "") for f in self.failures]
+        if self.quarantined:
+            lines.append(f"  {self.quarantined:,} failing row(s) copied to quality/quarantine (run_id {self.run_id})")
+        if self.data_docs:
+            lines.append(f"  Data Docs: {self.data_docs}")
+        return "\n".join(lines)
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {"suite": self.suite, "run_id": self.run_id, "success": self.success, "overridden": self.overridden,
+                "rows": self.rows, "expectations": self.evaluated,
+                "failures": [{"expectation": f.expectation, "column": f.column, "unexpected": f.unexpected}
+                             for f in self.failures]}
+
+
+class QualityGateFailed(RuntimeError):
+    """A suite failed; nothing was published. `report` says what and where the failing rows went."""
+
+    def __init__(self, report: QualityReport):
+        super().__init__(report.summary() + "\nNothing was published.")
+        self.report = report
+
+
+# ---- Great Expectations -------------------------------------------------------------------------------------
+def quality_dir(settings: Settings) -> Path:
+    return settings.state_dir / "quality"
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    """One GE run at a time per state dir: the file context's stores are plain files that two writers would tear."""
+    d = quality_dir(settings)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@lru_cache(maxsize=4)
+def _context(root: str):
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="file", project_root_dir=root)
+    bars = ctx.variables.progress_bars  # an object when set here, a dict when read back from the YAML
+    if (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is not False:
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        ctx.variables.save()
+    return ctx
+
+
+def data_docs_index(settings: Settings) -> Path:
+    return quality_dir(settings) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
+    """`data` plus one boolean column per derived check of the suite."""
+    if not suite.derived:
+        return data
+    con = duckdb.connect()
+    try:
+        con.execute("SET enable_progress_bar = false").fetchall()
+        con.register("t", data)
+        cols = ", ".join(f"({sql}) AS {name}" for name, sql in suite.derived.items())
+        return con.sql(f"SELECT t.*, {cols} FROM t").to_arrow_table()
+    finally:
+        con.close()
+
+
+def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | None = None) -> tuple[QualityReport, pa.Table]:
+    """Run `suite` on `data` through Great Expectations (results and Data Docs kept under <state_dir>/quality);
+    returns the report and the checked frame (data plus derived check columns)."""
+    import great_expectations as gx
+
+    run_id = run_id or uuid.uuid4().hex[:12]
+    frame = with_derived(suite, data)
+    df = frame.to_pandas()
+    with _locked(settings):
+        ctx = _context(str(quality_dir(settings)))
+        source = ctx.data_sources.add_or_update_pandas("trajlake")
+        asset = next((a for a in source.assets if a.name == suite.name), None) or source.add_dataframe_asset(suite.name)
+        batch = next((b for b in asset.batch_definitions if b.name == "batch"), None) \
+            or asset.add_batch_definition_whole_dataframe("batch")
+        gx_suite = ctx.suites.add_or_update(gx.ExpectationSuite(
+            name=suite.name, expectations=[e.copy(update={"id": None}, deep=True) for e in suite.expectations],
+            meta={"table": suite.table}))
+        definition = ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
+        checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
+            name=suite.name, validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": list(suite.keys),
+                           "partial_unexpected_count": EXAMPLES}))
+        result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=run_id))
+    failures = []
+    evaluated = 0
+    for vr in result.run_results.values():
+        for r in vr.results:
+            evaluated += 1
+            if r.success:
+                continue
+            cfg = r.expectation_config
+            kw = cfg.kwargs
+            column = kw.get("column") or (",".join(kw["column_list"]) if "column_list" in kw else None) \
+                or (f"{kw.get('column_A')},{kw.get('column_B')}" if "column_A" in kw else None)
+            res = r.result or {}
+            keys = tuple({k: row.get(k) for k in suite.keys} for row in (res.get("unexpected_index_list") or [])
+                         if isinstance(row, dict))
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                desc = f"{cfg.type}({column}) raised: {r.exception_info.get('exception_message')}"
+                count = len(df)
+            else:
+                desc, count = cfg.description, int(res.get("unexpected_count") or len(keys) or 0)
+            failures.append(Failure(cfg.type, column, desc, count, tuple(_plain(k) for k in keys[:EXAMPLES]),
+                                    column in suite.critical, keys[:QUARANTINE_CAP]))
+    report = QualityReport(run_id, suite.name, suite.table, frame.num_rows, evaluated, tuple(failures),
+                           data_docs_index(settings).as_uri() if data_docs_index(settings).exists() else None)
+    return report, frame
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v.item() if hasattr(v, "item") else v)
+            for k, v in d.items()}
+
+
+# ---- quarantine ---------------------------------------------------------------------------------------------
+def quarantine(settings: Settings, suite: Suite, report: QualityReport, frame: pa.Table) -> int:
+    """Copy the failing rows (their keys, and the whole row unless the suite keeps content out) into
+    quality/quarantine. Returns how many rows were written."""
+    from deltalake import write_deltalake
+
+    from lake.tables import ensure_table
+    from schemas.tables import QUALITY_QUARANTINE
+
+    now = datetime.now(timezone.utc)
+    out = []
+    rows_by_key: dict[str, dict[str, Any]] = {}
+    if suite.quarantine_rows and any(f.rows for f in report.failures):
+        wanted = {_key(suite, k) for f in report.failures for k in f.rows}
+        for row in frame.to_pylist():
+            k = _key(suite, row)
+            if k in wanted:
+                rows_by_key[k] = row
+    for f in report.failures:
+        for k in f.rows:
+            key = _key(suite, k)
+            row = rows_by_key.get(key)
+            out.append({"run_id": report.run_id, "table": suite.table, "suite": suite.name,
+                        "expectation": f.expectation, "column": f.column, "row_key": key,
+                        "user_id": row.get("user_id") if row else None,
+                        "row": orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS).decode() if row else None,
+                        "quarantined_at": now, "date": now.date()})
+    if not out:
+        return 0
+    table = ensure_table(settings, QUALITY_QUARANTINE)
+    write_deltalake(table, pa.Table.from_pylist(out, schema=QUALITY_QUARANTINE.schema), mode="append",
+                    partition_by=list(QUALITY_QUARANTINE.partition_by))
+    return len(out)
+
+
+def _key(suite: Suite, row: dict[str, Any]) -> str:
+    return orjson.dumps(_plain({k: row.get(k) for k in suite.keys}), default=str).decode()
+
+
+# ---- the gate -----------------------------------------------------------------------------------------------
+def gate(settings: Settings, suite: Suite, data: pa.Table, allow_failures: bool = False) -> QualityReport:
+    """Validate `data` before it is published. On failure, quarantine the failing rows and raise
+    QualityGateFailed — unless `allow_failures` and no critical expectation failed, in which case log a warning
+    and return the report marked `overridden` (callers record it, e.g. in an export's manifest)."""
+    report, frame = validate(settings, suite, data)
+    if report.success:
+        log.info(report.summary())
+        return report
+    report = replace(report, quarantined=quarantine(settings, suite, report, frame))
+    if report.blocking(allow_failures):
+        raise QualityGateFailed(report)
+    report = replace(report, overridden=True)
+    log.warning("publishing despite failed checks (override):\n%s", report.summary())
+    return report

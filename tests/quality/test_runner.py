@@ -1,0 +1,57 @@
+"""The gate: a failing suite quarantines its rows, refuses the publish with a readable report, writes Data Docs;
+an override passes non-critical failures only."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from lake.readers import read_table
+from quality.runner import QualityGateFailed, gate
+from quality.suites import exports
+from schemas.tables import QUALITY_QUARANTINE
+from tests.quality.test_suites import SPEC, step, table
+
+pytestmark = pytest.mark.component
+
+
+def test_a_failing_suite_refuses_quarantines_and_reports(lake_settings):
+    from quality.suites import suite_for
+
+    rows = [step(0), step(1, edit_distance=2.0, edited=True, outcome="edited", final_value="y", accepted=False)]
+    with pytest.raises(QualityGateFailed) as exc:
+        gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", rows))
+    report = exc.value.report
+    text = str(exc.value)
+    assert "silver/steps: suite silver_steps FAILED" in text and "edit_distance" in text and "step_id=s1" in text
+    assert "Nothing was published" in text
+    assert report.quarantined == 1
+    q = read_table(lake_settings, QUALITY_QUARANTINE).to_pylist()
+    assert [(r["table"], r["column"], r["row_key"]) for r in q] == [
+        ("silver/steps", "edit_distance", '{"step_id":"s1","revision":0}')]
+    assert q[0]["user_id"] == "u_" + "a" * 24 and '"final_value":"y"' in q[0]["row"]  # erasable, inspectable
+    docs = lake_settings.state_dir / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site"
+    assert (docs / "index.html").exists() and list((docs / "validations").rglob("*.html"))
+
+
+def test_passing_rows_pass(lake_settings):
+    from quality.suites import suite_for
+
+    report = gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0), step(1)]))
+    assert report.success and report.evaluated > 20 and not report.overridden
+
+
+def test_an_override_passes_a_leak_but_never_pii(lake_settings):
+    suite = exports(("train", "test", "holdout"))
+    leak = pa.table({"episode_id": ["a", "b"], "split": ["train", "test"], "group_hash": ["g", "g"],
+                     "prompt_digest": ["", ""], "frozen_holdout": [False, False], "pii_values": [0, 0]})
+    with pytest.raises(QualityGateFailed):
+        gate(lake_settings, suite, leak)
+    report = gate(lake_settings, suite, leak, allow_failures=True)
+    assert report.overridden and [f.column for f in report.failures] == ["check_one_split_per_group"]
+    assert report.as_manifest()["overridden"] is True
+    pii = leak.set_column(5, "pii_values", pa.array([0, 1]))
+    with pytest.raises(QualityGateFailed, match=r"pii_values.*\[critical\]|no PII pattern.*\[critical\]"):
+        gate(lake_settings, suite, pii, allow_failures=True)
+    # exports quarantine keys only: their content stays in the failed export's directory
+    q = read_table(lake_settings, QUALITY_QUARANTINE).to_pylist()
+    assert q and all(r["row"] is None and r["table"] == "exports" for r in q)
