@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     otlp_default_prompt_variant: str = "default"
     otlp_default_user_id: str = "otel-anonymous"
 
+    # the job schedule `trajlake schedule` and the Airflow DAG (infra/airflow/) both read; None: infra/schedule.toml
+    # of this checkout. Run history and locks live in <state_dir>/schedule/
+    schedule_file: Path | None = None
+
     @model_validator(mode="after")
     def _ratios(self) -> "Settings":
         if set(self.export_ratios) != {"train", "validation", "test"} or \
@@ -132,6 +136,10 @@ class Settings(BaseSettings):
             raise ValueError(f"the key store {self.key_store_path} is inside the lake {self.lake}; "
                              "put TRAJLAKE_KEY_STORE outside it")
         return self
+
+    @property
+    def schedule_path(self) -> Path:
+        return (self.schedule_file or Path(__file__).resolve().parent.parent / "infra" / "schedule.toml").resolve()
 
     @property
     def bootstrap(self) -> str:

@@ -1,4 +1,4 @@
-"""The `trajlake` command: broker, replay, worker, jobs, export, status, query and the end-to-end demo."""
+"""The `trajlake` command: broker, replay, worker, jobs, schedule, export, status, query and the end-to-end demo."""
 from __future__ import annotations
 
 import os
@@ -372,6 +372,142 @@ def scrub(
         rejects.unlink(missing_ok=True)
 
 
+# ---- schedule -------------------------------------------------------------------------------------
+@app.command("schedule")
+def schedule_cmd(
+    once: bool = typer.Option(False, "--once", help="run each entry's latest fire time (at --at, default now) "
+                                                    "unless it already succeeded, then exit"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show what --once would run (fire, window, command); "
+                                                          "run nothing"),
+    list_: bool = typer.Option(False, "--list", help="the entries: cron, window, next fire, last run"),
+    history: int = typer.Option(0, "--history", min=0, help="show the last N runs (start, end, status, error)"),
+    at: Optional[str] = typer.Option(None, help="pretend it is this UTC time, e.g. 2026-11-03T02:30 (backfills)"),
+    job: list[str] = typer.Option([], "--job", help="only this entry (repeatable)"),
+    file: Optional[Path] = typer.Option(None, help="the schedule file (default: TRAJLAKE_SCHEDULE_FILE or "
+                                                   "infra/schedule.toml)"),
+    force: bool = typer.Option(False, help="with --once: rerun a fire time that already succeeded"),
+) -> None:
+    """Run the jobs of the schedule file on their cron times (embedded scheduler; Ctrl-C stops it).
+
+    Runs of one entry never overlap (a lock in the state dir that a crashed run gives up); every run's start, end,
+    status and error are kept in <state_dir>/schedule/history.sqlite3.
+    """
+    import threading
+    from datetime import datetime, timezone
+
+    from jobs.schedule import ScheduleError, command, due, latest_fire, load_schedule, next_fire, next_wake, window_for
+    from jobs.scheduler import History, Runner, run_due, sleep_until
+
+    s = settings()
+    path = file or s.schedule_path
+    try:
+        sched = load_schedule(path)
+        for name in job:
+            sched.entry(name)
+    except ScheduleError as exc:
+        said = "; ".join(exc.problems)
+        raise UserError(said if str(path) in said else f"schedule {path}: {said}") from None
+    if at is not None:
+        try:
+            now = datetime.fromisoformat(at)
+        except ValueError:
+            raise UserError(f"--at {at!r} is not a time: write it as YYYY-MM-DDTHH:MM (UTC), e.g. "
+                            "--at 2026-11-03T02:30") from None
+        now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
+    else:
+        now = datetime.now(timezone.utc)
+    only = job or None
+    hist = History.for_settings(s)
+    if history:
+        t = Table("run", "entry", "fire", "window", "started", "seconds", "status", "error", title=f"runs ({hist.path})")
+        t.columns[1].no_wrap = t.columns[6].no_wrap = True
+        for r in hist.runs(limit=history):
+            if only and r.entry not in only:
+                continue
+            t.add_row(str(r.run_id), r.entry, f"{r.fire_time:%Y-%m-%d %H:%M}",
+                      "" if r.window is None else f"{r.window[0]} … {r.window[1]}", f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                      "" if r.seconds is None else f"{r.seconds:.1f}", r.status, (r.error or "").split("\n")[0])
+        console.print(t)
+    if list_:
+        t = Table("entry", "job", "cron", "window", "options", "next fire (UTC)", "its window", "last run",
+                  title=f"schedule {path}")
+        for e in sched.entries:
+            if only and e.name not in only:
+                continue
+            nxt = next_fire(e.cron, now)
+            w = window_for(e, nxt)
+            last = hist.last(e.name)
+            t.add_row(e.name + ("" if e.enabled else " (disabled)"), e.job, e.cron, e.window,
+                      ", ".join(f"{k}={v}" for k, v in e.options.items()), f"{nxt:%Y-%m-%d %H:%M}",
+                      "" if w is None else f"{w[0]} … {w[1]}",
+                      "-" if last is None else f"{last.status} ({last.fire_time:%Y-%m-%d %H:%M})")
+        console.print(t)
+    if list_ or history:
+        return
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    if dry_run:
+        import sys as _sys
+
+        todo = due(sched, epoch, now, only)
+        t = Table("entry", "job", "fire (UTC)", "window [start, end)", "state",
+                  title=f"--once at {now:%Y-%m-%d %H:%M} UTC would run")
+        for e, fire in todo:
+            w = window_for(e, fire)
+            state = "done before" if hist.succeeded(e.name, fire) and not force else "would run"
+            t.add_row(e.name, e.job, f"{fire:%Y-%m-%d %H:%M}", "" if w is None else f"{w[0]} … {w[1]}", state)
+        console.print(t)
+        console.print("[dim]the same runs as commands (what the Airflow DAG runs):[/]")
+        for e, fire in todo:
+            console.print(f"{e.name}: {command(e, window_for(e, fire), python=_sys.executable, repo=str(REPO))}",
+                          soft_wrap=True, highlight=False, markup=False)
+        return
+
+    runner = Runner(s)
+    # SIGTERM (a service manager stopping us) unwinds like Ctrl-C, so a run in progress is recorded as crashed
+    def _terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
+
+    def report(o) -> None:
+        w = "" if o.window is None else f" [{o.window[0]} … {o.window[1]})"
+        style = {"succeeded": "[green]✓[/]", "failed": "[red]✗[/]"}.get(o.status, "[yellow]–[/]")
+        console.log(f"{style} {o.entry} @ {o.fire:%Y-%m-%d %H:%M}{w}: {o.status} — {o.detail}")
+
+    failed = 0
+    try:
+        if once:
+            with console.status("running…") as st:
+                for o in run_due(hist, sched, epoch, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
+                                 force=force, on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")):
+                    report(o)
+                    failed += o.status == "failed"
+            if failed:
+                raise UserError(f"{failed} run(s) failed: see `trajlake schedule --history 10` for the errors")
+            return
+        stop = threading.Event()
+        after = now
+        console.log(f"scheduler started with {len(sched.entries)} entries from {path}; history in {hist.path}")
+        while True:
+            wake = next_wake(sched, after)
+            if wake is None:
+                raise UserError(f"schedule {path} has no enabled entries: nothing to wait for")
+            when, names = wake
+            if only:
+                names = [n for n in names if n in only]
+            with console.status(f"next: {', '.join(names) or '(other entries)'} at {when:%Y-%m-%d %H:%M} UTC"):
+                if not sleep_until(when, stop):
+                    return
+            now = datetime.now(timezone.utc)
+            with console.status("running…") as st:
+                for o in run_due(hist, sched, after, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
+                                 on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")):
+                    report(o)
+            after = now
+    finally:
+        runner.stop()
+
+
 # ---- worker ---------------------------------------------------------------------------------------
 @app.command()
 def worker(
@@ -558,9 +694,10 @@ def _topic_sizes(s):
 def query(
     sql: str = typer.Argument(..., help="SQL over the views bronze_events, bronze_deadletter, silver_steps, silver_episodes"),
     as_of: list[str] = typer.Option([], "--as-of", help="pin a table: TABLE=VERSION, e.g. bronze/events=3"),
-    format: str = typer.Option("table", "--format", help="table | csv | json"),
+    format: str = typer.Option("table", "--format", help="table | csv | json | parquet (parquet needs --out)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result to this file (csv, json, parquet)"),
 ) -> None:
-    """Run DuckDB SQL over the lake's Delta tables."""
+    """Run DuckDB SQL over the lake's Delta tables; print the result or write it to a file."""
     import duckdb
 
     from lake.duckdb_views import connect
@@ -571,33 +708,53 @@ def query(
         if not version.isdigit():
             raise UserError(f"--as-of {p!r}: write TABLE=VERSION, e.g. bronze/events=3")
         pins[name] = int(version)
-    if format not in ("table", "csv", "json"):
-        raise UserError(f"--format {format!r}: choose table, csv or json")
+    if format not in ("table", "csv", "json", "parquet"):
+        raise UserError(f"--format {format!r}: choose table, csv, json or parquet")
+    if format == "parquet" and out is None:
+        raise UserError("--format parquet writes a file: add --out FILE, e.g. --out result.parquet")
+    if format == "table" and out is not None:
+        raise UserError("--out needs a file format: add --format csv, json or parquet")
+    if out is not None and not out.resolve().parent.is_dir():
+        raise UserError(f"--out {out}: the directory {out.resolve().parent} does not exist; create it first")
     try:
         con = connect(settings(), as_of=pins)
         rel = con.sql(sql)
+        if rel is not None and format == "parquet":
+            # DuckDB writes the file itself (streaming, typed columns: timestamps, lists and structs survive)
+            rel.write_parquet(str(out))
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
     except duckdb.Error as exc:
         raise UserError(f"DuckDB: {str(exc).splitlines()[0]}") from None
     if rel is None:
+        if out is not None:
+            raise UserError("the SQL returned no result to write: --out needs a query (SELECT …)")
+        return
+    if format == "parquet":
+        err.print(f"[green]✓[/] {out}")
+        return
+    if out is not None:
+        with out.open("w", newline="") as f:
+            _print_relation(rel, format, f)
+        err.print(f"[green]✓[/] {out}")
         return
     _print_relation(rel, format)
 
 
-def _print_relation(rel, format: str = "table") -> None:
+def _print_relation(rel, format: str = "table", stream=None) -> None:
+    stream = stream or sys.stdout
     cols, rows = rel.columns, rel.fetchall()
     if format == "csv":
         import csv
 
-        w = csv.writer(sys.stdout)
+        w = csv.writer(stream)
         w.writerow(cols)
         w.writerows(rows)
     elif format == "json":
         import orjson
 
         for r in rows:
-            sys.stdout.write(orjson.dumps(dict(zip(cols, r)), default=str).decode() + "\n")
+            stream.write(orjson.dumps(dict(zip(cols, r)), default=str).decode() + "\n")
     else:
         t = Table(*cols)
         for r in rows:

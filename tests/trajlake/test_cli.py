@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, settings_env
 
-COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["replay"], ["replay", "tau-bench"],
+COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["schedule"], ["replay"], ["replay", "tau-bench"],
             ["replay", "synthetic"], ["compact"], ["scrub"], ["erase"], ["export"],
             ["quality"], ["quality", "check"], ["collect"]]
 

@@ -1,0 +1,177 @@
+"""The embedded scheduler's shell: locks that survive a crashed run, run history, and real runs end to end (Spark
+jobs and an export in-process on a small lake, compaction through `trajlake schedule --once`)."""
+import subprocess
+import sys
+from datetime import date, datetime, timezone
+
+import pytest
+
+from jobs.schedule import Entry, Schedule, parse_schedule
+from jobs.scheduler import History, Runner, Skipped, run_due, run_entry
+from tests.conftest import REPO, settings_env
+from tests.trajlake.test_cli import run
+
+
+def _assert_clean_error(r, *needles):
+    """One line naming the problem and the fix (rich wraps long lines: compared with whitespace collapsed)."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    said = " ".join(r.stderr.split())
+    for n in needles:
+        assert n in said, said
+
+UTC = timezone.utc
+FIRE = datetime(2026, 11, 3, 1, 30, tzinfo=UTC)
+HEUR = Entry("h", "heuristics", "30 1 * * *", "previous_day", {"reward_version": "reward-v2"})
+
+
+@pytest.mark.component
+def test_runs_of_one_entry_never_overlap(tmp_path):
+    h = History(tmp_path / "history.sqlite3")
+    first = h.acquire(HEUR, FIRE, None)
+    assert isinstance(first, int)
+    again = h.acquire(HEUR, FIRE, None)
+    assert isinstance(again, Skipped) and "still running" in again.reason
+    other = h.acquire(Entry("c", "compact", "@daily"), FIRE, None)  # other entries are not held up
+    assert isinstance(other, int)
+    h.finish(first, "succeeded")
+    assert isinstance(h.acquire(HEUR, FIRE, None), int)
+
+
+@pytest.mark.component
+def test_a_crashed_runs_lock_is_taken_over(tmp_path):
+    """A real process takes the lock and dies hard mid-run; the next attempt records it as crashed and runs."""
+    path = tmp_path / "history.sqlite3"
+    code = ("import os, sys; from datetime import datetime, timezone; from jobs.scheduler import History; "
+            "from jobs.schedule import Entry; "
+            "History(__import__('pathlib').Path(sys.argv[1])).acquire(Entry('h', 'heuristics', '30 1 * * *', "
+            "'previous_day'), datetime(2026, 11, 3, 1, 30, tzinfo=timezone.utc), None); os._exit(9)")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, timeout=60)
+    assert r.returncode == 9
+    h = History(path)
+    assert [x.status for x in h.runs("h")] == ["running"]
+    got = h.acquire(HEUR, FIRE, None)
+    assert isinstance(got, int)
+    crashed, = [x for x in h.runs("h") if x.run_id != got]
+    assert crashed.status == "crashed" and "ended without finishing" in crashed.error and crashed.ended_at
+
+
+@pytest.mark.component
+def test_failures_are_recorded_and_successes_not_repeated(tmp_path):
+    h = History(tmp_path / "history.sqlite3")
+
+    def boom(entry, window, log):
+        raise RuntimeError("the lake is on fire")
+
+    failed = run_entry(h, HEUR, FIRE, boom)
+    assert failed.status == "failed" and "the lake is on fire" in failed.detail
+    assert failed.window == (date(2026, 11, 2), date(2026, 11, 3))
+    row = h.last("h")
+    assert row.status == "failed" and "RuntimeError: the lake is on fire" in row.error and row.ended_at
+    ok = run_entry(h, HEUR, FIRE, lambda e, w, log: f"did {w[0]}")
+    assert (ok.status, ok.detail) == ("succeeded", "did 2026-11-02")
+    assert run_entry(h, HEUR, FIRE, lambda e, w, log: "again").status == "done-before"
+    assert run_entry(h, HEUR, FIRE, lambda e, w, log: "again", force=True).status == "succeeded"
+    assert [r.status for r in h.runs("h")] == ["succeeded", "succeeded", "failed"]
+
+
+@pytest.fixture(scope="module")
+def small_lake(base_settings, tmp_path_factory):
+    """~3k synthetic events on 2026-11-02 → bronze (scrubbed) and silver by the batch path."""
+    from streams.recompute import bronze_through, write_silver
+    from streams.sources.synthetic import synthetic_events
+
+    tmp = tmp_path_factory.mktemp("schedule")
+    s = base_settings.model_copy(update={"lake_root": tmp / "lake", "state_dir": tmp / "state"})
+    write_silver(s, bronze_through(s, (e.event for e in synthetic_events(3_000, seed=3))))
+    return s
+
+
+@pytest.mark.integration
+def test_scheduled_jobs_run_end_to_end(spark, small_lake):
+    """heuristics, then scorecards, then an export, each at its fire time, over the window the fire implies."""
+    from lake.readers import read_table
+    from schemas.tables import GOLD_EPISODE_SCORES, GOLD_SCORECARDS, SILVER_EPISODES
+
+    sched = parse_schedule({"job": [
+        {"name": "h", "job": "heuristics", "cron": "30 1 * * *", "window": "previous_day",
+         "options": {"reward_version": "reward-v2"}},
+        {"name": "s", "job": "scorecards", "cron": "30 2 * * *", "window": "previous_day",
+         "options": {"reward_version": "reward-v2"}},
+        {"name": "x", "job": "export", "cron": "0 3 * * *", "window": "previous_day",
+         "options": {"name": "nightly", "formats": ["sft", "steps"], "reward_version": "reward-v2"}},
+    ]})
+    h = History.for_settings(small_lake)
+    runner = Runner(small_lake, spark=spark)
+    outcomes = list(run_due(h, sched, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, 3, 5, tzinfo=UTC),
+                            runner))
+    assert [(o.entry, o.status) for o in outcomes] == [("h", "succeeded"), ("s", "succeeded"), ("x", "succeeded")], \
+        [o.detail for o in outcomes]
+    assert {o.window for o in outcomes} == {(date(2026, 11, 2), date(2026, 11, 3))}
+    episodes = read_table(small_lake, SILVER_EPISODES, columns=["episode_id"]).num_rows
+    assert read_table(small_lake, GOLD_EPISODE_SCORES, columns=["episode_id"]).num_rows == episodes > 0
+    assert read_table(small_lake, GOLD_SCORECARDS, columns=["metric"]).num_rows > 0
+    assert (small_lake.lake / "exports" / "nightly" / "v0001" / "manifest.json").is_file()
+    runs = h.runs()
+    assert all(r.status == "succeeded" and r.ended_at >= r.started_at for r in runs) and len(runs) == 3
+
+
+@pytest.mark.integration
+def test_trajlake_schedule_once_runs_a_job_and_keeps_its_history(small_lake, tmp_path):
+    f = tmp_path / "schedule.toml"
+    f.write_text('[[job]]\nname = "compact-now"\njob = "compact"\ncron = "15 0 * * *"\n'
+                 'options = { closed_after_days = 0, min_files = 2 }\n')
+    env = settings_env(small_lake.model_copy(update={"schedule_file": f})) | {"COLUMNS": "200"}
+    dry = run(["schedule", "--dry-run", "--at", "2026-11-03T00:20"], env)
+    assert dry.returncode == 0, dry.stderr
+    assert "compact-now" in dry.stdout and "would run" in dry.stdout and "trajlake.cli compact" in dry.stdout
+    r = run(["schedule", "--once", "--at", "2026-11-03T00:20"], env)
+    assert r.returncode == 0, r.stderr
+    assert "compact-now" in r.stdout and "succeeded" in r.stdout and "bronze/events" in r.stdout
+    again = run(["schedule", "--once", "--at", "2026-11-03T00:20"], env)  # that fire time is done
+    assert again.returncode == 0 and "done-before" in again.stdout
+    hist = run(["schedule", "--history", "5"], env)
+    assert hist.returncode == 0 and "succeeded" in hist.stdout and "compact-now" in hist.stdout
+    listed = run(["schedule", "--list", "--at", "2026-11-03T00:20"], env)
+    assert listed.returncode == 0 and "2026-11-04 00:15" in listed.stdout
+
+
+@pytest.mark.unit
+def test_schedule_mistakes_are_one_line(base_settings, tmp_path):
+    f = tmp_path / "schedule.toml"
+    f.write_text('[[job]]\nname = "h"\njob = "heuristic"\ncron = "99 * * * *"\nwindow = "previous_day"\n')
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path, "schedule_file": f}))
+    _assert_clean_error(run(["schedule", "--list"], env), "unknown job", "not a valid cron")
+    _assert_clean_error(run(["schedule", "--list", "--file", str(tmp_path / "none.toml")], env), "no schedule file")
+    ok = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    _assert_clean_error(run(["schedule", "--once", "--job", "nope"], ok), "no entry named 'nope'")
+    _assert_clean_error(run(["schedule", "--once", "--at", "tomorrow"], ok), "--at")
+
+
+@pytest.mark.integration
+def test_the_scheduler_loop_fires_on_cron_and_stops_on_sigterm(base_settings, tmp_path):
+    """`trajlake schedule` as a service runs it: an every-minute entry fires within a minute, SIGTERM stops it."""
+    import signal
+    import time
+
+    from tests.conftest import wait_until
+
+    f = tmp_path / "schedule.toml"
+    f.write_text('[[job]]\nname = "tick"\njob = "compact"\ncron = "* * * * *"\n')
+    s = base_settings.model_copy(update={"state_dir": tmp_path / "state", "schedule_file": f})
+    log = open(tmp_path / "schedule.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "schedule"], env=settings_env(s) | {"COLUMNS": "200"},
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        history = s.state_dir.resolve() / "schedule" / "history.sqlite3"
+        wait_until(lambda: history.exists() and any(r.status == "succeeded" for r in History(history).runs("tick")),
+                   150, interval=1, message="a scheduled run to succeed")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    run_ = History(history).runs("tick")[-1]
+    assert run_.fire_time.second == 0 and run_.window is None and run_.status == "succeeded"
+    assert "tick" in (tmp_path / "schedule.log").read_text()

@@ -1,0 +1,69 @@
+"""`trajlake query --format parquet --out FILE`: DuckDB's result over a real Delta table written as a Parquet file."""
+from datetime import datetime
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import settings_env
+from tests.trajlake.test_cli import run
+
+
+def _assert_clean_error(r, *needles):
+    """One line naming the problem and the fix (rich wraps long lines: compared with whitespace collapsed)."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    said = " ".join(r.stderr.split())
+    for n in needles:
+        assert n in said, said
+
+
+@pytest.fixture
+def one_event_lake(base_settings, tmp_path):
+    """A lake whose bronze/events holds one contract example, written by the stream sink's writer."""
+    from schemas.contract import CONTRACT_DIR
+    from streams.ingest import SourceRecord, clean_record
+    from streams.sink import BRONZE_TARGETS, DeltaSinkWriter, Record
+
+    s = base_settings.model_copy(update={"state_dir": tmp_path / "state"})
+    ev = orjson.loads((CONTRACT_DIR / "examples/valid/feedback.json").read_bytes())
+    value = clean_record(ev, SourceRecord("tl.frontend.raw", 0, 0, None, b""), "2026-11-02T08:00:00+00:00",
+                         "privacy-1")
+    DeltaSinkWriter(s, BRONZE_TARGETS["events.clean"], "g").commit([Record("tl.events.clean", 0, 0, value)])
+    return s
+
+
+@pytest.mark.component
+def test_parquet_keeps_rows_and_types(one_event_lake, tmp_path):
+    out = tmp_path / "events.parquet"
+    r = run(["query", "SELECT event_id, event_type, ts, 2 AS n FROM bronze_events", "--format", "parquet",
+             "--out", str(out)], settings_env(one_event_lake))
+    assert r.returncode == 0, r.stderr
+    t = pq.read_table(out)
+    assert t.num_rows == 1 and t.column_names == ["event_id", "event_type", "ts", "n"]
+    assert t.column("event_type").to_pylist() == ["feedback"]
+    assert isinstance(t.column("ts")[0].as_py(), datetime)  # a timestamp, not its text
+    assert str(out) in r.stderr and r.stdout == ""  # nothing on stdout: it can still be piped
+
+
+@pytest.mark.component
+def test_csv_and_json_can_go_to_a_file_too(one_event_lake, tmp_path):
+    env = settings_env(one_event_lake)
+    r = run(["query", "SELECT event_type FROM bronze_events", "--format", "csv", "--out", str(tmp_path / "e.csv")], env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "e.csv").read_text().splitlines() == ["event_type", "feedback"]
+    r = run(["query", "SELECT event_type FROM bronze_events", "--format", "json", "--out", str(tmp_path / "e.json")],
+            env)
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads((tmp_path / "e.json").read_text()) == {"event_type": "feedback"}
+
+
+@pytest.mark.unit
+def test_parquet_without_out_and_other_mistakes_are_one_line(base_settings, tmp_path):
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    _assert_clean_error(run(["query", "SELECT 1", "--format", "parquet"], env), "--out FILE")
+    _assert_clean_error(run(["query", "SELECT 1", "--format", "xml"], env), "parquet")
+    _assert_clean_error(run(["query", "SELECT 1", "--out", str(tmp_path / "x.txt")], env), "--format csv")
+    _assert_clean_error(run(["query", "SELECT 1", "--format", "parquet", "--out", str(tmp_path / "no" / "x.parquet")],
+                            env), "create it first")
+    assert not (tmp_path / "no").exists()
