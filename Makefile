@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit setup lock bench clean down
+.PHONY: demo test unit setup lock bench clean down notebooks
 
 demo: $(STAMP)
 	$(BIN)/trajlake demo
@@ -35,6 +35,10 @@ lock:
 	rm -rf /tmp/trajlake-lock && $(PYTHON) -m venv /tmp/trajlake-lock
 	/tmp/trajlake-lock/bin/pip install --quiet "pip==24.3.1" && /tmp/trajlake-lock/bin/pip install --quiet -e ".[dev]"
 	/tmp/trajlake-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+# every notebook executed against the demo lake (TRAJLAKE_* choose another); outputs in .trajlake/notebooks/
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/run.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

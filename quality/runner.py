@@ -131,7 +131,10 @@ def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
         return data
     con = duckdb.connect()
     try:
-        con.execute("SET enable_progress_bar = false").fetchall()
+        try:
+            con.execute("SET enable_progress_bar = false").fetchall()
+        except duckdb.Error:  # inside Jupyter DuckDB refuses to touch the setting without ipywidgets
+            pass
         con.register("t", data)
         cols = ", ".join(f"({sql}) AS {name}" for name, sql in suite.derived.items())
         return con.sql(f"SELECT t.*, {cols} FROM t").to_arrow_table()

@@ -14,6 +14,7 @@ NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "scorecards": ("week starting", " cards, ", "] n=", "regressions flagged"),
     "trajectory_browser": ("episode: ", "scored with reward-v"),
+    "data_quality": ("9/9 suites passed", "no failed expectations", "Data Docs: file://"),
     "pii_audit": ("TOTAL HITS: 0 ", "ground truth: " + str(TAU / "airline-users.json"), "raw τ-bench trajectories:"),
 }
 # notebooks whose outputs must include a figure
