@@ -14,7 +14,7 @@ from croniter import croniter
 
 # Only stdlib and croniter here: the Airflow DAG (infra/airflow/) imports this module in Airflow's own venv.
 
-JOBS = ("heuristics", "scorecards", "export", "compact")
+JOBS = ("heuristics", "scorecards", "export", "compact", "quality")
 SPARK_JOBS = ("heuristics", "scorecards")
 # what each job accepts in its `options` table, and which of them it cannot do without
 OPTIONS = {
@@ -22,6 +22,8 @@ OPTIONS = {
     "scorecards": {"reward_version"},
     "export": {"name", "formats", "reward_version"},
     "compact": {"table", "closed_after_days", "min_files"},
+    # the Great Expectations suites over the window (the stream's bronze and silver are checked this way)
+    "quality": {"tables", "reward_version"},
 }
 REQUIRED = {"export": {"name"}}
 ENTRY_KEYS = {"name", "job", "cron", "window", "options", "enabled"}
@@ -119,7 +121,7 @@ def parse_schedule(doc: Mapping[str, Any], source: Path | None = None) -> Schedu
             problems.append(f"{where}: {job} needs a window (previous_day, previous_week or previous_N_days)")
         elif not isinstance(window, str) or (p := window_problem(window)):
             problems.append(f"{where}: {p or 'window must be a string'}")
-        elif job in SPARK_JOBS + ("export",) and window == "none":
+        elif job in SPARK_JOBS + ("export", "quality") and window == "none":
             problems.append(f"{where}: {job} needs a window, not none")
         options = item.get("options", {})
         if not isinstance(options, dict):
@@ -272,6 +274,11 @@ def command(entry: Entry, window: tuple[date, date] | None, *, python: str, repo
         cmd = f"{py} -m trajlake.cli export {q(str(opts['name']))} --since {window[0]} --until {window[1]}"
         if opts.get("formats"):
             cmd += f" --format {q(_formats(opts['formats']))}"
+        return f"{env} && {cmd}"
+    if entry.job == "quality":
+        assert window is not None
+        tables = " ".join(q(t) for t in opts.get("tables", ()))
+        cmd = f"{py} -m trajlake.cli quality check {tables + ' ' if tables else ''}--start {window[0]} --end {window[1]}"
         return f"{env} && {cmd}"
     cmd = f"{py} -m trajlake.cli compact"
     for key in ("table", "closed_after_days", "min_files"):

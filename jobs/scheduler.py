@@ -213,6 +213,16 @@ class Runner:
             result = run(s, ExportRequest(str(opts["name"]), formats, *window, opts.get("reward_version")),
                          progress=log)
             return f"export {result.manifest['name']} {result.manifest['version']} at {result.path}"
+        if entry.job == "quality":
+            from quality.lake_checks import check_lake
+            from schemas.reward import load_reward_spec
+
+            reports = check_lake(s, load_reward_spec(s.reward_version), opts.get("tables") or None, *window,
+                                 progress=log)
+            failed = [r for r in reports if not r.success]
+            if failed:  # a failed suite is a failed run: the history records the report
+                raise RuntimeError("\n".join(r.summary() for r in failed))
+            return f"{len(reports)} suites passed on {sum(r.rows for r in reports):,} rows"
         if entry.job == "compact":
             from lake.compaction import compact_closed_partitions
             from lake.tables import spec as table_spec

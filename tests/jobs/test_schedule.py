@@ -24,7 +24,7 @@ HEUR = {"name": "h", "job": "heuristics", "cron": "30 1 * * *", "window": "previ
 
 def test_the_committed_schedule_file_is_valid():
     s = load_schedule(REPO / "infra" / "schedule.toml")
-    assert {e.job for e in s.entries} == {"heuristics", "scorecards", "export", "compact"}
+    assert {e.job for e in s.entries} == {"heuristics", "scorecards", "export", "compact", "quality"}
     assert len({e.name for e in s.entries}) == len(s.entries)
 
 

@@ -100,20 +100,23 @@ def test_scheduled_jobs_run_end_to_end(spark, small_lake):
          "options": {"reward_version": "reward-v2"}},
         {"name": "x", "job": "export", "cron": "0 3 * * *", "window": "previous_day",
          "options": {"name": "nightly", "formats": ["sft", "steps"], "reward_version": "reward-v2"}},
+        {"name": "q", "job": "quality", "cron": "30 3 * * *", "window": "previous_day",
+         "options": {"reward_version": "reward-v2"}},
     ]})
     h = History.for_settings(small_lake)
     runner = Runner(small_lake, spark=spark)
-    outcomes = list(run_due(h, sched, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, 3, 5, tzinfo=UTC),
+    outcomes = list(run_due(h, sched, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, 3, 35, tzinfo=UTC),
                             runner))
-    assert [(o.entry, o.status) for o in outcomes] == [("h", "succeeded"), ("s", "succeeded"), ("x", "succeeded")], \
-        [o.detail for o in outcomes]
+    assert [(o.entry, o.status) for o in outcomes] == [("h", "succeeded"), ("s", "succeeded"), ("x", "succeeded"),
+                                                       ("q", "succeeded")], [o.detail for o in outcomes]
+    assert outcomes[-1].detail.startswith("9 suites passed on ")  # the day's bronze, silver and gold, checked
     assert {o.window for o in outcomes} == {(date(2026, 11, 2), date(2026, 11, 3))}
     episodes = read_table(small_lake, SILVER_EPISODES, columns=["episode_id"]).num_rows
     assert read_table(small_lake, GOLD_EPISODE_SCORES, columns=["episode_id"]).num_rows == episodes > 0
     assert read_table(small_lake, GOLD_SCORECARDS, columns=["metric"]).num_rows > 0
     assert (small_lake.lake / "exports" / "nightly" / "v0001" / "manifest.json").is_file()
     runs = h.runs()
-    assert all(r.status == "succeeded" and r.ended_at >= r.started_at for r in runs) and len(runs) == 3
+    assert all(r.status == "succeeded" and r.ended_at >= r.started_at for r in runs) and len(runs) == 4
 
 
 @pytest.mark.integration
