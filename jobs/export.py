@@ -26,7 +26,7 @@ from lake.duckdb_views import connect
 from lake.tables import ensure_table, open_table, table_path
 from privacy import POLICY_VERSION
 from privacy.leakage import GroundTruth, PatternScanner
-from quality.runner import quarantine, validate
+from quality.runner import check
 from quality.suites import exports as exports_suite
 from schemas.reward import ExportSpec, RewardSpec, load_reward_spec
 from schemas.settings import Settings
@@ -460,7 +460,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
 
     progress("checking the export (leakage, PII, splits)")
     leak = leakage(((s, g, p) for _, s, g, p in index), frozen)
-    report, frame = validate(settings, exports_suite(tuple(settings.export_ratios) + ("holdout",)), pa.table({
+    report = check(settings, exports_suite(tuple(settings.export_ratios) + ("holdout",)), pa.table({
         "episode_id": pa.array([r[0] for r in index], pa.string()),
         "split": pa.array([r[1] for r in index], pa.string()),
         "group_hash": pa.array([r[2] for r in index], pa.string()),
@@ -501,8 +501,6 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         "files": files,
     }
     if not report.success or pii_hits:
-        suite = exports_suite(tuple(settings.export_ratios) + ("holdout",))
-        report = replace(report, quarantined=quarantine(settings, suite, report, frame))
         blocking = report.blocking(request.allow_failed_checks)
         manifest["quality"] = report.as_manifest()
         if any(f.critical for f in blocking) or pii_hits:

@@ -226,9 +226,9 @@ class Runner:
         if entry.job == "compact":
             from lake.compaction import compact_closed_partitions
             from lake.tables import spec as table_spec
-            from streams.sink import SINK_TARGETS
+            from schemas.tables import STREAM_TABLES
 
-            specs = ([table_spec(opts["table"])] if opts.get("table") else [t.spec for t in SINK_TARGETS.values()])
+            specs = ([table_spec(opts["table"])] if opts.get("table") else list(STREAM_TABLES))
             parts = []
             for t in specs:
                 done = compact_closed_partitions(s, t, closed_after_days=int(opts.get("closed_after_days", 1)),

@@ -2,14 +2,13 @@
 publishes continuously, are checked (`trajlake quality check`, schedulable), and how any table can be re-checked."""
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date
 from typing import Callable, Sequence
 
 import pyarrow as pa
 
 from lake.duckdb_views import connect, view_name
-from quality.runner import QualityReport, quarantine, validate
+from quality.runner import QualityReport, check
 from quality.suites import checked_tables, suite_for
 from schemas.reward import RewardSpec
 from schemas.settings import Settings
@@ -49,8 +48,5 @@ def check_lake(settings: Settings, spec: RewardSpec, tables: Sequence[str] | Non
         suite = suite_for(table_id, spec)
         progress(f"checking {table_id}")
         data = table_window(settings, table_id, start, end, spec)
-        report, frame = validate(settings, suite, data)
-        if not report.success:
-            report = replace(report, quarantined=quarantine(settings, suite, report, frame))
-        reports.append(report)
+        reports.append(check(settings, suite, data))
     return reports

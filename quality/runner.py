@@ -238,15 +238,23 @@ def _key(suite: Suite, row: dict[str, Any]) -> str:
 
 
 # ---- the gate -----------------------------------------------------------------------------------------------
+def check(settings: Settings, suite: Suite, data: pa.Table) -> QualityReport:
+    """Validate `data`; on failure, quarantine the failing rows. Raises nothing: callers decide what a failure
+    means (the gate refuses, `trajlake quality check` exits 1, an export weighs the override)."""
+    report, frame = validate(settings, suite, data)
+    if report.success:
+        return report
+    return replace(report, quarantined=quarantine(settings, suite, report, frame))
+
+
 def gate(settings: Settings, suite: Suite, data: pa.Table, allow_failures: bool = False) -> QualityReport:
     """Validate `data` before it is published. On failure, quarantine the failing rows and raise
     QualityGateFailed — unless `allow_failures` and no critical expectation failed, in which case log a warning
     and return the report marked `overridden` (callers record it, e.g. in an export's manifest)."""
-    report, frame = validate(settings, suite, data)
+    report = check(settings, suite, data)
     if report.success:
         log.info(report.summary())
         return report
-    report = replace(report, quarantined=quarantine(settings, suite, report, frame))
     if report.blocking(allow_failures):
         raise QualityGateFailed(report)
     report = replace(report, overridden=True)

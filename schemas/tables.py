@@ -392,6 +392,9 @@ QUALITY_QUARANTINE = TableSpec(
     description="rows that failed a quality suite before publishing, for inspection; nothing here was published",
 )
 
+# the tables the stream worker appends to (streams/sink.py writes them; compaction and the scheduler walk them)
+STREAM_TABLES: tuple[TableSpec, ...] = (BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES)
+
 TABLES: dict[str, TableSpec] = {t.id: t for t in (
     BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES,
     GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES, GOLD_SCORECARDS, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE,

@@ -296,11 +296,11 @@ def compact(
     """Compact the small files of closed date partitions (the worker also does this on a timer)."""
     from lake.compaction import compact_closed_partitions
     from lake.tables import UnknownTable, spec
-    from streams.sink import SINK_TARGETS
+    from schemas.tables import STREAM_TABLES
 
     s = settings()
     try:
-        specs = [spec(table)] if table else [t.spec for t in SINK_TARGETS.values()]
+        specs = [spec(table)] if table else list(STREAM_TABLES)
     except UnknownTable as exc:
         raise UserError(f"{exc}: pass --table as layer/name, e.g. bronze/events") from None
     with console.status("compacting…") as st:

@@ -9,16 +9,8 @@ import pytest
 from jobs.schedule import Entry, Schedule, parse_schedule
 from jobs.scheduler import History, Runner, Skipped, run_due, run_entry
 from tests.conftest import REPO, settings_env
-from tests.trajlake.test_cli import run
+from tests.trajlake.test_cli import assert_clean_error, run
 
-
-def _assert_clean_error(r, *needles):
-    """One line naming the problem and the fix (rich wraps long lines: compared with whitespace collapsed)."""
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    said = " ".join(r.stderr.split())
-    for n in needles:
-        assert n in said, said
 
 UTC = timezone.utc
 FIRE = datetime(2026, 11, 3, 1, 30, tzinfo=UTC)
@@ -144,11 +136,11 @@ def test_schedule_mistakes_are_one_line(base_settings, tmp_path):
     f = tmp_path / "schedule.toml"
     f.write_text('[[job]]\nname = "h"\njob = "heuristic"\ncron = "99 * * * *"\nwindow = "previous_day"\n')
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path, "schedule_file": f}))
-    _assert_clean_error(run(["schedule", "--list"], env), "unknown job", "not a valid cron")
-    _assert_clean_error(run(["schedule", "--list", "--file", str(tmp_path / "none.toml")], env), "no schedule file")
+    assert_clean_error(run(["schedule", "--list"], env), "unknown job", "not a valid cron")
+    assert_clean_error(run(["schedule", "--list", "--file", str(tmp_path / "none.toml")], env), "no schedule file")
     ok = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
-    _assert_clean_error(run(["schedule", "--once", "--job", "nope"], ok), "no entry named 'nope'")
-    _assert_clean_error(run(["schedule", "--once", "--at", "tomorrow"], ok), "--at")
+    assert_clean_error(run(["schedule", "--once", "--job", "nope"], ok), "no entry named 'nope'")
+    assert_clean_error(run(["schedule", "--once", "--at", "tomorrow"], ok), "--at")
 
 
 @pytest.mark.integration

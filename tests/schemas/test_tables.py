@@ -42,3 +42,11 @@ def test_spark_reads_the_declared_schema(spark, lake_settings, table_id):
     read = spark.read.format("delta").load(str(table_path(lake_settings, spec))).schema
     declared = StructType.fromDDL(spark_ddl(spec.schema))
     assert [(f.name, f.dataType) for f in read] == [(f.name, f.dataType) for f in declared]
+
+
+@pytest.mark.unit
+def test_stream_tables_are_the_sinks_tables():
+    from schemas.tables import STREAM_TABLES
+    from streams.sink import SINK_TARGETS
+
+    assert {t.spec for t in SINK_TARGETS.values()} == set(STREAM_TABLES)

@@ -23,37 +23,39 @@ def test_every_command_has_help(args):
     assert r.returncode == 0 and "Usage" in r.stdout
 
 
-def _assert_clean_error(r, *needles):
+def assert_clean_error(r, *needles):
+    """One line naming the problem and the fix (rich wraps long lines: compared with whitespace collapsed)."""
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+    said = " ".join(r.stderr.split())
     for n in needles:
-        assert n in r.stderr
+        assert n in said, said
 
 
 @pytest.mark.unit
 def test_bad_setting_names_the_variable(base_settings):
     env = settings_env(base_settings) | {"TRAJLAKE_KAFKA_PORT": "ninety"}
-    _assert_clean_error(run(["status"], env), "TRAJLAKE_KAFKA_PORT")
+    assert_clean_error(run(["status"], env), "TRAJLAKE_KAFKA_PORT")
 
 
 @pytest.mark.unit
 def test_no_broker_says_how_to_start_one(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"kafka_port": free_port(), "state_dir": tmp_path}))
-    _assert_clean_error(run(["replay", "tau-bench", "--limit", "1"], env), "trajlake up")
+    assert_clean_error(run(["replay", "tau-bench", "--limit", "1"], env), "trajlake up")
 
 
 @pytest.mark.unit
 def test_missing_input_file(base_settings):
-    _assert_clean_error(run(["replay", "tau-bench", "--file", "/nope.json"], settings_env(base_settings)),
+    assert_clean_error(run(["replay", "tau-bench", "--file", "/nope.json"], settings_env(base_settings)),
                         "/nope.json", "--file")
 
 
 @pytest.mark.unit
 def test_query_errors_are_one_line(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
-    _assert_clean_error(run(["query", "SELECT * FROM nope"], env), "DuckDB")
-    _assert_clean_error(run(["query", "SELECT 1", "--as-of", "bronze/events"], env), "TABLE=VERSION")
-    _assert_clean_error(run(["query", "SELECT 1", "--as-of", "gold/x=1"], env), "unknown table")
+    assert_clean_error(run(["query", "SELECT * FROM nope"], env), "DuckDB")
+    assert_clean_error(run(["query", "SELECT 1", "--as-of", "bronze/events"], env), "TABLE=VERSION")
+    assert_clean_error(run(["query", "SELECT 1", "--as-of", "gold/x=1"], env), "unknown table")
 
 
 @pytest.mark.unit
@@ -116,7 +118,7 @@ def test_replay_synthetic_sends_n_events_and_writes_the_planted_parameters(kafka
 @pytest.mark.unit
 def test_compact_names_an_unknown_table(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
-    _assert_clean_error(run(["compact", "--table", "gold/nope"], env), "--table")
+    assert_clean_error(run(["compact", "--table", "gold/nope"], env), "--table")
     r = run(["compact"], env)  # an empty lake: nothing to do, no error
     assert r.returncode == 0, r.stderr
 
@@ -141,4 +143,4 @@ def test_scrub_a_file_offline(base_settings, tmp_path):
     assert "Falcon" not in text  # the deny-list from settings
     assert len(text.splitlines()) == 1
     assert json.loads((tmp_path / "clean.jsonl.rejects.jsonl").read_text())["reason"] == "invalid_json"
-    _assert_clean_error(run(["scrub", "--in", str(tmp_path / "nope.jsonl"), "--out", str(out)], env), "--in")
+    assert_clean_error(run(["scrub", "--in", str(tmp_path / "nope.jsonl"), "--out", str(out)], env), "--in")

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.conftest import settings_env
-from tests.trajlake.test_cli import _assert_clean_error, run
+from tests.trajlake.test_cli import assert_clean_error, run
 
 
 @pytest.mark.unit
@@ -14,18 +14,18 @@ from tests.trajlake.test_cli import _assert_clean_error, run
     (["export", "--from-manifest", "/nonexistent/manifest.json"], ["no manifest at", "manifest.json"]),
 ])
 def test_export_mistakes_are_one_line(args, needles):
-    _assert_clean_error(run(args), *needles)
+    assert_clean_error(run(args), *needles)
 
 
 @pytest.mark.unit
 def test_bad_split_ratios_name_the_variable(base_settings):
     env = settings_env(base_settings) | {"TRAJLAKE_EXPORT_RATIOS": '{"train": 0.9, "test": 0.3}'}
-    _assert_clean_error(run(["export", "x", "--since", "2026-11-02", "--until", "2026-11-03"], env),
+    assert_clean_error(run(["export", "x", "--since", "2026-11-02", "--until", "2026-11-03"], env),
                         "TRAJLAKE_EXPORT_RATIOS must give")
 
 
 @pytest.mark.component
 def test_export_before_scoring_says_which_job_to_run(base_settings, tmp_path):
     s = base_settings.model_copy(update={"lake_root": tmp_path / "lake", "state_dir": tmp_path})
-    _assert_clean_error(run(["export", "x", "--since", "2026-11-02", "--until", "2026-11-03"], settings_env(s)),
+    assert_clean_error(run(["export", "x", "--since", "2026-11-02", "--until", "2026-11-03"], settings_env(s)),
                         "no gold/episode_scores yet", "trajlake jobs run all")

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, settings_env
-from tests.trajlake.test_cli import _assert_clean_error, run
+from tests.trajlake.test_cli import assert_clean_error, run
 
 
 @pytest.mark.unit
@@ -24,7 +24,7 @@ def test_jobs_have_help(args):
      ["no reward spec", "reward-v1", "--reward-version"]),
 ])
 def test_job_mistakes_are_one_line(args, needles):
-    _assert_clean_error(run(args), *needles)
+    assert_clean_error(run(args), *needles)
 
 
 @pytest.mark.integration

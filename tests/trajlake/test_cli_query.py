@@ -6,16 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import settings_env
-from tests.trajlake.test_cli import run
-
-
-def _assert_clean_error(r, *needles):
-    """One line naming the problem and the fix (rich wraps long lines: compared with whitespace collapsed)."""
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
-    said = " ".join(r.stderr.split())
-    for n in needles:
-        assert n in said, said
+from tests.trajlake.test_cli import assert_clean_error, run
 
 
 @pytest.fixture
@@ -61,9 +52,9 @@ def test_csv_and_json_can_go_to_a_file_too(one_event_lake, tmp_path):
 @pytest.mark.unit
 def test_parquet_without_out_and_other_mistakes_are_one_line(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
-    _assert_clean_error(run(["query", "SELECT 1", "--format", "parquet"], env), "--out FILE")
-    _assert_clean_error(run(["query", "SELECT 1", "--format", "xml"], env), "parquet")
-    _assert_clean_error(run(["query", "SELECT 1", "--out", str(tmp_path / "x.txt")], env), "--format csv")
-    _assert_clean_error(run(["query", "SELECT 1", "--format", "parquet", "--out", str(tmp_path / "no" / "x.parquet")],
+    assert_clean_error(run(["query", "SELECT 1", "--format", "parquet"], env), "--out FILE")
+    assert_clean_error(run(["query", "SELECT 1", "--format", "xml"], env), "parquet")
+    assert_clean_error(run(["query", "SELECT 1", "--out", str(tmp_path / "x.txt")], env), "--format csv")
+    assert_clean_error(run(["query", "SELECT 1", "--format", "parquet", "--out", str(tmp_path / "no" / "x.parquet")],
                             env), "create it first")
     assert not (tmp_path / "no").exists()
