@@ -1,0 +1,164 @@
+"""The export-split readers: split_path, iter_split, and torch_split under real PyTorch in DataLoader workers."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import orjson
+import pytest
+
+from lake.training import iter_split, split_path, torch_split
+from tests.conftest import REPO
+
+REQUIREMENTS = REPO / "infra" / "torch" / "requirements.txt"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trajlake"
+
+ROWS = [{"messages": [{"role": "user", "content": f"Change my flight {i}, s'il vous plaît ✈"},
+                      {"role": "assistant", "content": None,
+                       "tool_calls": [{"id": f"call_{i}", "type": "function",
+                                       "function": {"name": "update_reservation", "arguments": '{"seat": "12A"}'}}]},
+                      {"role": "tool", "tool_call_id": f"call_{i}", "content": "ok"},
+                      {"role": "assistant", "content": f"Done: reservation {i} is on seat 12A."}],
+         "tools": [{"type": "function", "function": {"name": "update_reservation", "parameters": {
+             "type": "object", "properties": {"seat": {"type": "string"}}}}}],
+         "split": "train", "episode_id": f"ep-{i:03d}", "user_id": f"usr-{i % 3}", "reward_version": "reward-v2",
+         "reward": 0.5 + i / 16} for i in range(9)]  # 9 rows: two workers get 5 and 4
+
+
+def write_split(version: Path, fmt: str, split: str, rows: list[dict]) -> Path:
+    path = version / fmt / f"{split}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def export(tmp_path) -> Path:
+    """An export directory as `trajlake export` leaves it: v0001 with sft train and validation, LATEST naming it."""
+    root = tmp_path / "exports" / "weekly"
+    write_split(root / "v0001", "sft", "train", ROWS)
+    write_split(root / "v0001", "sft", "validation", ROWS[:1])
+    (root / "LATEST").write_text("v0001\n")
+    return root
+
+
+@pytest.mark.unit
+def test_split_path_follows_latest_or_takes_a_version_directory(export):
+    expected = export / "v0001" / "sft" / "train.jsonl"
+    assert split_path(export, "sft", "train") == expected
+    assert split_path(str(export / "v0001"), "sft", "train") == expected
+    write_split(export / "v0002", "sft", "train", ROWS[:2])
+    (export / "LATEST").write_text("v0002\n")
+    assert split_path(export, "sft", "train") == export / "v0002" / "sft" / "train.jsonl"
+
+
+@pytest.mark.unit
+def test_a_missing_split_or_format_names_what_the_export_has(export, tmp_path):
+    version = export / "v0001"
+    with pytest.raises(FileNotFoundError) as exc:
+        split_path(export, "sft", "holdout")
+    assert str(exc.value) == f"no sft/holdout.jsonl in {version}; it has sft/train.jsonl, sft/validation.jsonl"
+    with pytest.raises(FileNotFoundError, match=r"no dpo/train\.jsonl in .*; it has sft/train\.jsonl, sft/valid"):
+        split_path(export, "dpo", "train")
+    with pytest.raises(FileNotFoundError, match=r"no sft/train\.jsonl in .*; it has no files$"):
+        split_path(tmp_path / "empty", "sft", "train")
+
+
+@pytest.mark.unit
+def test_iter_split_streams_the_rows_in_file_order(export):
+    rows = iter_split(export, "sft", "train")
+    assert next(rows) == ROWS[0]
+    assert [ROWS[0], *rows] == ROWS
+    assert list(iter_split(export / "v0001", "sft", "validation")) == ROWS[:1]
+
+
+@pytest.mark.unit
+def test_torch_split_without_torch_says_how_to_install_it(export, monkeypatch):
+    # None in sys.modules makes `import torch` fail as if it were not installed, whether or not it is
+    for name in ("torch", "torch.utils", "torch.utils.data"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"torch_split needs PyTorch: pip install torch \(trajlake does not depend"):
+        torch_split(export, "sft", "train")
+
+
+LOAD = r"""
+import json, sys
+sys.path.append(sys.argv[2])  # after the venv's site-packages: trajlake's pins win, only torch's extras come from here
+import filelock, fsspec, jinja2, numpy, orjson, typing_extensions
+import torch
+from torch.utils.data import DataLoader
+from lake.training import torch_split
+
+out = {"torch": torch.__version__, "files": {m.__name__: m.__file__ for m in
+                                             (torch, filelock, fsspec, jinja2, numpy, typing_extensions)}, "runs": {}}
+for name, kw in {"0 workers": {"num_workers": 0}, "2 workers": {"num_workers": 2},
+                 "2 workers, spawn": {"num_workers": 2, "multiprocessing_context": "spawn"}}.items():
+    try:
+        rows = list(DataLoader(torch_split(sys.argv[1], "sft", "train"), batch_size=None, **kw))
+        out["runs"][name] = {"types": sorted({type(r).__name__ for r in rows}), "rows": rows}
+    except Exception as e:
+        out["runs"][name] = {"error": f"{type(e).__name__}: {e}"}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def torch_dir():
+    """PyPI's torch (infra/torch/requirements.txt) installed with `pip install --target` into the per-machine cache,
+    in a directory named by the hash of that file and this Python's version, so every clone on the machine shares
+    one build. Built under a file lock (concurrent runs build once) with a `.complete` marker; older builds are
+    removed. Held under a shared lock while in use, so no run removes a build another run is using."""
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + f"cp{sys.version_info[0]}{sys.version_info[1]}".encode())
+    CACHE.mkdir(parents=True, exist_ok=True)
+    target = CACHE / f"torch-{digest.hexdigest()[:16]}"
+    with open(CACHE / "torch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            # no pip cache: this directory is the cache, and the wheels would be another ~3 GB beside it; no
+            # conflict warnings: pip compares the target's copies of shared packages (fsspec…) with the venv's
+            # pins, but the venv's copies shadow them (the test checks that)
+            subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install",
+                            "--no-cache-dir", "--no-warn-conflicts", "--target", str(target), "-r",
+                            str(REQUIREMENTS)],
+                           check=True, timeout=1800)
+            (target / ".complete").touch()
+        for old in CACHE.glob("torch-*"):
+            if old.is_dir() and old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield target
+
+
+@pytest.mark.integration
+def test_torch_split_yields_every_row_once_in_dataloader_workers(export, torch_dir, tmp_path):
+    """A DataLoader over torch_split under real PyTorch 2.15 (the trajlake venv's Python, torch appended to its
+    sys.path from the cache): every row exactly once, as the dict on its line, with 0 workers, 2 forked workers,
+    and 2 spawned workers (spawn pickles the dataset). The first build of the cache (~5.6 GB, torch and its CUDA
+    wheels) takes about 1–2 min; it is a one-time cost per machine, and later runs take seconds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "TRAJLAKE_"))}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-P", "-c", LOAD, str(export), str(torch_dir)], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+
+    assert got["torch"].startswith("2.15.0")
+    site = sysconfig.get_paths()["purelib"]
+    assert Path(got["files"].pop("torch")).is_relative_to(torch_dir)
+    assert all(Path(f).is_relative_to(site) for f in got["files"].values()), got["files"]
+
+    by_id = sorted(ROWS, key=lambda r: r["episode_id"])
+    for name, run in got["runs"].items():
+        assert "error" not in run, f"{name}: {run.get('error')}"
+        assert run["types"] == ["dict"], name
+        assert sorted(r["episode_id"] for r in run["rows"]) == [r["episode_id"] for r in by_id], name
+        assert sorted(run["rows"], key=lambda r: r["episode_id"]) == by_id, name
+    assert got["runs"]["0 workers"]["rows"] == ROWS
