@@ -8,9 +8,9 @@ manifest), next to a bare dump of the same rows measured in the same run, and th
             text and no group (near-duplicate detection and splitting face the same work as on distinct data).
             Built once, reused (bench/out/export/<episodes>/lake).
   export    `jobs.export.run` over the whole window with the chosen formats: wall time to a published version.
-  baseline  DuckDB reads the same episodes with their ordered events and steps (the export's own grouping query)
-            and writes them as JSON Lines, with no splits, dedup, formats, scan or manifest: the floor any export
-            of these rows pays.
+  baseline  DuckDB reads the episodes the export formats (all, or for SFT alone those above its threshold) with
+            their ordered events and steps (the export's own grouping query) and writes them as JSON Lines, with no
+            splits, dedup, formats, scan or manifest: the floor any export of these rows pays.
   identity  the data files of every run have the same sha256 (a rerun is byte-identical).
 Runs alternate export/baseline, --runs times each; medians are reported.
 
@@ -174,19 +174,23 @@ def run_export(s: Settings, formats: tuple[str, ...], start: date, end: date) ->
     return ended - began, result.manifest, stages
 
 
-def run_baseline(s: Settings, start: date, end: date, out: Path) -> float:
-    """The export's grouping query over all episodes, written as JSON Lines by DuckDB."""
+def run_baseline(s: Settings, formats: tuple[str, ...], start: date, end: date, out: Path) -> float:
+    """The export's grouping query over the episodes it formats (all of them, unless every format restricts them,
+    as SFT does to those above its threshold), written as JSON Lines by DuckDB."""
     import duckdb
 
     from jobs.export import _episodes_sql, _rows_sql, pinned_sources
+    from jobs.export_rows import eligible_sql
     from lake.duckdb_views import connect
+    from schemas.reward import load_reward_spec
 
     began = time.perf_counter()
     con = connect(s, {k: v for k, v in pinned_sources(s, None).items() if v is not None}, con=duckdb.connect())
     con.execute("SET enable_progress_bar = false").fetchall()
     params = {"since": start, "until": end}
     con.execute(_episodes_sql("reward-v2"), params).fetchall()
-    con.execute("CREATE TEMP TABLE kept AS SELECT * FROM ep").fetchall()
+    eligible = eligible_sql(formats, load_reward_spec("reward-v2").exports)
+    con.execute(f"CREATE TEMP TABLE kept AS SELECT * FROM ep WHERE {eligible or 'true'}").fetchall()
     out.parent.mkdir(parents=True, exist_ok=True)
     con.execute(f"COPY ({_rows_sql(s.job_margin_days, 'reward-v2')}) TO '{out}' (FORMAT json)", params).fetchall()
     return time.perf_counter() - began
@@ -215,7 +219,7 @@ def main() -> None:
         print(f"run {i + 1}: stages {st}", flush=True)
         digests.append({k: v["sha256"] for k, v in manifest["files"].items()})
         print(f"run {i + 1}: export {wall:.1f} s", flush=True)
-        base = run_baseline(s, start, end, OUT / "export" / "dump" / f"run{i}.jsonl")
+        base = run_baseline(s, formats, start, end, OUT / "export" / "dump" / f"run{i}.jsonl")
         baselines.append(base)
         print(f"run {i + 1}: bare dump {base:.1f} s", flush=True)
         shutil.rmtree(s.lake / "exports" / "bench" / manifest["version"], ignore_errors=True)

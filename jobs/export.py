@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from array import array
+from itertools import accumulate
 import shutil
 import uuid
 import logging
@@ -19,15 +21,13 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from jobs.conversations import CONVERSATION_EVENTS, conversation
-from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode
+from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
 from jobs.splits import (PRECEDENCE, SPLITS, Leakage, clusters, group_hash, keep_one_per_cluster, leakage,
                          near_duplicate_edges, prompt_digest, split_of)
 from lake.duckdb_views import connect
 from lake.tables import ensure_table, open_table, table_path
 from privacy import POLICY_VERSION
 from privacy.leakage import GroundTruth, PatternScanner
-from quality.runner import check
-from quality.suites import exports as exports_suite
 from schemas.reward import ExportSpec, RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import (BRONZE_EVENTS, EXPORT_HOLDOUT, GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES,
@@ -181,49 +181,94 @@ def _rows_sql(margin: int, reward_version: str) -> str:
 
 
 @dataclass
+class _Part:
+    """The rows of one format and split that one batch of episodes made, in episode order: their JSON lines
+    concatenated, where each line ends, each row's content digest (16 bytes each), its position among the batch's
+    rows of that format (to restore the order across splits) and its episode's index in the batch. Compact, so
+    handing a batch from a formatting process to the writer costs a few copies, not an object per row."""
+
+    lines: bytes
+    ends: array
+    digests: bytes
+    order: array
+    episodes: array
+
+    def rows(self) -> Iterator[tuple[int, bytes, bytes, int]]:
+        start = 0
+        for k, end in enumerate(self.ends):
+            yield self.order[k], self.digests[16 * k:16 * k + 16], self.lines[start:end], self.episodes[k]
+            start = end
+
+
+@dataclass
 class _Writer:
-    """JSON Lines per format and split in a deterministic order, exact duplicates dropped."""
+    """JSON Lines per format and split in a deterministic order, exact duplicates dropped, each file's sha256
+    computed as it is written."""
 
     root: Path
     chunk_bytes: int = 16 << 20
     files: dict[tuple[str, str], Any] = field(default_factory=dict)
+    hashes: dict[tuple[str, str], Any] = field(default_factory=dict)
     pending: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
     pending_bytes: int = 0
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     seen: dict[str, set[bytes]] = field(default_factory=dict)
     exact_duplicates: dict[str, int] = field(default_factory=dict)
 
-    def write(self, fmt: str, split: str, digest: bytes, line: bytes) -> bool:
-        """Append one row unless a row of identical training content (`digest`) is already in this format."""
+    def write(self, fmt: str, parts: dict[str, _Part]) -> set[int]:
+        """Append one batch's rows of `fmt`, except rows whose training content (digest) this format already has;
+        returns the batch indices of the episodes that got a row."""
         seen = self.seen.setdefault(fmt, set())
-        if digest in seen:
-            self.exact_duplicates[fmt] = self.exact_duplicates.get(fmt, 0) + 1
-            return False
-        seen.add(digest)
-        self.pending.setdefault((fmt, split), []).append(line)
-        self.pending_bytes += len(line)
+        digests = [p.digests[i:i + 16] for p in parts.values() for i in range(0, len(p.digests), 16)]
+        wrote: set[int] = set()
+        if len(set(digests)) == len(digests) and seen.isdisjoint(digests):
+            # the usual case, with no Python work per row: nothing in this batch was seen before
+            seen.update(digests)
+            for split, p in parts.items():
+                self._append(fmt, split, p.lines, len(p.ends))
+                wrote.update(p.episodes)
+            return wrote
+        # identical training content is written once per format, whichever episode (first in order) it came from
+        for _, split, digest, line, ep in sorted((o, split, d, line, ep) for split, p in parts.items()
+                                                 for o, d, line, ep in p.rows()):
+            if digest in seen:
+                self.exact_duplicates[fmt] = self.exact_duplicates.get(fmt, 0) + 1
+                continue
+            seen.add(digest)
+            self._append(fmt, split, line, 1)
+            wrote.add(ep)
+        return wrote
+
+    def _append(self, fmt: str, split: str, data: bytes, n: int) -> None:
+        self.pending.setdefault((fmt, split), []).append(data)
+        self.pending_bytes += len(data)
         counts = self.rows.setdefault(fmt, {})
-        counts[split] = counts.get(split, 0) + 1
+        counts[split] = counts.get(split, 0) + n
         if self.pending_bytes >= self.chunk_bytes:
             self.flush()
-        return True
 
     def flush(self) -> None:
-        for (fmt, split), lines in self.pending.items():
-            data = b"".join(lines)
-            name = f"{fmt}/{split}.jsonl"
-            f = self.files.get((fmt, split))
+        for key, chunks in self.pending.items():
+            data = b"".join(chunks)
+            f = self.files.get(key)
             if f is None:
-                (self.root / fmt).mkdir(parents=True, exist_ok=True)
-                f = self.files[(fmt, split)] = open(self.root / name, "wb")
+                (self.root / key[0]).mkdir(parents=True, exist_ok=True)
+                f = self.files[key] = open(self.root / f"{key[0]}/{key[1]}.jsonl", "wb")
+                self.hashes[key] = hashlib.sha256()
             f.write(data)
+            self.hashes[key].update(data)
         self.pending.clear()
         self.pending_bytes = 0
 
-    def close(self) -> None:
+    def close(self) -> dict[str, dict[str, Any]]:
+        """Close the files; returns each one's sha256, size and rows, keyed by its path in the export."""
         self.flush()
-        for f in self.files.values():
+        out = {}
+        for (fmt, split), f in sorted(self.files.items()):
+            out[f"{fmt}/{split}.jsonl"] = {"sha256": self.hashes[(fmt, split)].hexdigest(), "bytes": f.tell(),
+                                           "rows": self.rows[fmt][split]}
             f.close()
+        return out
 
 
 @dataclass
@@ -295,11 +340,11 @@ class _FormatJob:
 
 @dataclass
 class _Formatted:
-    """One batch of episodes as rows: (episode index, format, split, content digest, JSON line) in episode order,
-    each episode's (id, split, group, prompt digest) for the quality suite, and the PII scan of their texts."""
+    """One batch of episodes as rows (per format, per split), each episode's (id, split, group, prompt digest) for
+    the quality suite, and the PII scan of their texts."""
 
     n: int
-    rows: list[tuple[int, str, str, bytes, bytes]]
+    parts: dict[str, dict[str, _Part]]
     episodes: list[tuple[str, str, str, str]]
     pii_hits: dict[str, int]
     pii_where: dict[str, list[str]]
@@ -321,7 +366,10 @@ def _format_batch(batch: pa.RecordBatch) -> _Formatted:
     assert _job is not None and _scanner is not None
     builders = [(fmt, BUILDERS[fmt]) for fmt in _job.formats]
     pii = _PiiScan(_scanner)
-    out = _Formatted(batch.num_rows, [], [], {}, {}, {})
+    out = _Formatted(batch.num_rows, {}, [], {}, {}, {})
+    # (format, split) → lines, digests, positions within the format, episode indices
+    acc: dict[tuple[str, str], tuple[list[bytes], list[bytes], list[int], list[int]]] = {}
+    position = dict.fromkeys(_job.formats, 0)
     for i, r in enumerate(batch.to_pylist()):
         conv = conversation((e["t"], e["a"], e["b"]) for e in orjson.loads(r["events"] or "[]"))
         ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
@@ -331,21 +379,31 @@ def _format_batch(batch: pa.RecordBatch) -> _Formatted:
         for fmt, build_rows in builders:
             for content, meta in build_rows(ep, conv, _job.policy, _job.reward_version):
                 body = orjson.dumps(content)
-                # identical training content is written once per format, whichever episode it came from
-                out.rows.append((i, fmt, meta["split"], hashlib.blake2b(body, digest_size=16).digest(),
-                                 body[:-1] + b"," + orjson.dumps(meta)[1:] + b"\n"))
+                lines, digests, order, eps = acc.setdefault((fmt, meta["split"]), ([], [], [], []))
+                # identical training content is written once per format: the digest is of the content alone
+                digests.append(hashlib.blake2b(body, digest_size=16).digest())
+                lines.append(body[:-1] + b"," + orjson.dumps(meta)[1:] + b"\n")
+                order.append(position[fmt])
+                eps.append(i)
+                position[fmt] += 1
                 any_row = True
         out.episodes.append((r["episode_id"], r["split"], r["group_hash"], prompt_digest(r["user_text"] or "")))
         if any_row:
             pii.add(ep.episode_id, conv, ep.steps)
     pii.flush()
     out.pii_hits, out.pii_where, out.pii_episodes = pii.hits, pii.where, pii.per_episode
+    for (fmt, split), (lines, digests, order, eps) in acc.items():
+        out.parts.setdefault(fmt, {})[split] = _Part(b"".join(lines), array("Q", accumulate(map(len, lines))),
+                                                     b"".join(digests), array("I", order), array("I", eps))
     return out
+
+
+INLINE_UP_TO = 4096  # episodes; below this, starting the formatting processes costs more than it saves
 
 
 def _formatted(batches: Iterator[pa.RecordBatch], job: _FormatJob, workers: int, total: int) -> Iterator[_Formatted]:
     """Format the batches in order, in `workers` processes (inline when one, or when the export is small)."""
-    if workers <= 1 or total <= 4096:
+    if workers <= 1 or total <= INLINE_UP_TO:
         _start_formatting(job)
         yield from map(_format_batch, batches)
         return
@@ -427,10 +485,13 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     dropped = keep_one_per_cluster(cluster_of, {x: (PRECEDENCE[split_of_ep[x]], -composite[x], x)
                                                 for x in cluster_of if x in split_of_ep})
     con.register("_dropped", pa.table({"episode_id": pa.array(sorted(dropped), pa.string())}))
-    con.execute("""CREATE OR REPLACE TEMP TABLE kept AS
-                   SELECT ep.*, s.split, s.group_hash, t.text AS user_text FROM ep
-                   JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
-                   WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)""").fetchall()
+    # only episodes the formats can make a row of are grouped and formatted (e.g. SFT: above its threshold)
+    eligible = eligible_sql(request.formats, spec.exports)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
+                    SELECT ep.*, s.split, s.group_hash, t.text AS user_text FROM ep
+                    JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
+                    WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)
+                      AND {eligible or 'true'}""").fetchall()
     n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
 
     job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth)
@@ -444,9 +505,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     batches = con.sql(_rows_sql(margin, spec.version), params=params).to_arrow_reader(2048)
     for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
         wrote: set[int] = set()
-        for i, fmt, split, digest, line in formatted.rows:
-            if writer.write(fmt, split, digest, line):
-                wrote.add(i)
+        for fmt, parts in formatted.parts.items():
+            wrote |= writer.write(fmt, parts)
         index.extend(formatted.episodes[i] for i in sorted(wrote))
         pii_episodes.update(formatted.pii_episodes)
         for kind, n in formatted.pii_hits.items():
@@ -454,11 +514,17 @@ def build(settings: Settings, request: ExportRequest, out: Path,
             pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
         done += formatted.n
         progress(f"wrote {done:,}/{n_kept:,} episodes")
-    writer.close()
+    files = writer.close()
     if "rft" in request.formats and (out / "rft").is_dir():
         (out / "rft" / "grader.json").write_bytes(orjson.dumps(RFT_GRADER, option=orjson.OPT_INDENT_2))
 
     progress("checking the export (leakage, PII, splits)")
+    # imported here, not at the top: formatting processes re-import the caller's main module, and when that imports
+    # this module, Great Expectations' import of pyspark.sql.connect would exit them (pyspark takes a forkserver
+    # child's main module for a doctest run); see docs/exports.md
+    from quality.runner import check
+    from quality.suites import exports as exports_suite
+
     leak = leakage(((s, g, p) for _, s, g, p in index), frozen)
     report = check(settings, exports_suite(tuple(settings.export_ratios) + ("holdout",)), pa.table({
         "episode_id": pa.array([r[0] for r in index], pa.string()),
@@ -469,11 +535,11 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         "pii_values": pa.array([pii_episodes.get(r[0], 0) for r in index], pa.int64()),
     }))
     policies = sorted(r[0] for r in con.execute("SELECT DISTINCT policy_version FROM kept").fetchall())
-    files = {p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    for fmt, per_split in writer.rows.items():
-        for split, n in per_split.items():
-            files[f"{fmt}/{split}.jsonl"]["rows"] = n
+    # the data files were hashed as they were written; the rest (the RFT grader) is hashed here
+    files = {**files, **{p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                         for p in out.rglob("*") if p.is_file() and p.name != MANIFEST
+                         and p.relative_to(out).as_posix() not in files}}
+    files = dict(sorted(files.items()))
     manifest = {
         "name": request.name,
         "trajlake_manifest": 1,
@@ -487,7 +553,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
                    "near_duplicate_threshold": settings.export_near_duplicate_threshold},
         "counts": {
             "episodes": {"in_window": total, "unscored": unscored, "near_duplicates_removed": len(dropped),
-                         "exported": n_kept},
+                         "formatted": n_kept, "exported": len(index)},
             "exact_duplicates_removed": writer.exact_duplicates,
             "rows": writer.rows,
         },

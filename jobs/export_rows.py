@@ -89,6 +89,12 @@ def sft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: 
     yield row, _meta(ep, reward_version, reward=ep.composite)
 
 
+def sft_eligible_sql(spec: ExportSpec) -> str:
+    """`sft_rows`' first test as SQL over the export's episode columns, so episodes it would refuse are never
+    grouped or parsed (the same comparison in the same float arithmetic: a superset of what it yields)."""
+    return f"(gate_passed AND composite >= {float(spec.sft_min_composite)!r}::DOUBLE)"
+
+
 def _prompt(conv: Conversation, action_id: str) -> list[dict[str, Any]] | None:
     at = conv.action_at.get(action_id)
     if at is None:
@@ -197,6 +203,18 @@ def step_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version:
            "is_correct": ep.gate_passed, "termination_reason": ep.outcome,
            "trajectories": [{"name": ep.agent_version, "reward": ep.composite, "steps": steps}],
            "metrics": {"composite": ep.composite, "n_steps": len(steps)}}, _meta(ep, reward_version, id=ep.episode_id)
+
+
+# format → a SQL predicate (from the spec) that every episode yielding a row of it satisfies; formats absent here
+# may yield a row from any episode
+ELIGIBLE = {"sft": sft_eligible_sql}
+
+
+def eligible_sql(formats: tuple[str, ...], spec: ExportSpec) -> str | None:
+    """The episodes that any of `formats` can make a row of, as a SQL predicate; None when that is every episode."""
+    if any(f not in ELIGIBLE for f in formats):
+        return None
+    return " OR ".join(ELIGIBLE[f](spec) for f in formats)
 
 
 BUILDERS = {"sft": sft_rows, "dpo": dpo_rows, "openai_dpo": openai_dpo_rows, "kto": kto_rows, "rft": rft_rows,

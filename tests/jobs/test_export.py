@@ -242,3 +242,28 @@ def test_a_leak_fails_the_export_unless_overridden(synthetic_lake, tmp_path, mon
 def test_a_clean_export_records_its_passing_suite(synthetic_export):
     q = synthetic_export.manifest["quality"]
     assert q["suite"] == "exports" and q["success"] and not q["overridden"] and q["expectations"] >= 10
+
+
+def test_an_sft_export_formats_only_episodes_above_the_threshold(synthetic_lake, synthetic_export, tmp_path):
+    """SFT alone groups and formats only the episodes its threshold admits, and writes the same bytes as the SFT
+    part of an export of every format."""
+    m, _ = build(synthetic_lake, ExportRequest("sft-only", ("sft",), SYN_START, SYN_END, "reward-v2"), tmp_path)
+    full = synthetic_export.manifest
+    sft_files = {k: v["sha256"] for k, v in full["files"].items() if k.startswith("sft/")}
+    assert {k: v["sha256"] for k, v in m["files"].items()} == sft_files
+    eps = m["counts"]["episodes"]
+    assert eps["exported"] <= eps["formatted"] < full["counts"]["episodes"]["formatted"] == eps["in_window"]
+
+
+def test_formatting_processes_write_the_same_bytes_as_inline(synthetic_lake, synthetic_export, tmp_path,
+                                                             monkeypatch):
+    """The process pool (forkserver, batches handed back as compact parts) and inline formatting agree byte for
+    byte."""
+    import jobs.export
+
+    monkeypatch.setattr(jobs.export, "INLINE_UP_TO", 0)
+    s = synthetic_lake.model_copy(update={"export_workers": 2})
+    m, _ = build(s, ExportRequest("pool", tuple(FORMATS), SYN_START, SYN_END, "reward-v2"), tmp_path)
+    assert {k: v["sha256"] for k, v in m["files"].items()} == \
+        {k: v["sha256"] for k, v in synthetic_export.manifest["files"].items()}
+    assert m["counts"] == synthetic_export.manifest["counts"]

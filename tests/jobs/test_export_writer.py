@@ -1,0 +1,77 @@
+"""The export's pure parts: the writer's exact-duplicate removal and file hashes, and the SQL predicates that keep
+ineligible episodes out of the grouping."""
+from __future__ import annotations
+
+import hashlib
+from array import array
+from itertools import accumulate
+
+import duckdb
+import pytest
+
+from jobs.conversations import conversation
+from jobs.export import _Part, _Writer
+from jobs.export_rows import Episode, eligible_sql, sft_rows
+from schemas.reward import load_reward_spec
+
+pytestmark = pytest.mark.unit
+SPEC = load_reward_spec("reward-v2").exports
+
+
+def part(rows: list[tuple[int, bytes, bytes, int]]) -> _Part:
+    """(position, digest, line, episode) rows → a part, as a formatting process hands it over."""
+    lines = [r[2] for r in rows]
+    return _Part(b"".join(lines), array("Q", accumulate(map(len, lines))), b"".join(r[1] for r in rows),
+                 array("I", [r[0] for r in rows]), array("I", [r[3] for r in rows]))
+
+
+def d(x: str) -> bytes:
+    return hashlib.blake2b(x.encode(), digest_size=16).digest()
+
+
+def test_a_batch_without_duplicates_is_written_whole(tmp_path):
+    w = _Writer(tmp_path)
+    got = w.write("sft", {"train": part([(0, d("a"), b'{"a":1}\n', 0), (2, d("c"), b'{"c":1}\n', 2)]),
+                          "test": part([(1, d("b"), b'{"b":1}\n', 1)])})
+    files = w.close()
+    assert got == {0, 1, 2}
+    assert (tmp_path / "sft/train.jsonl").read_bytes() == b'{"a":1}\n{"c":1}\n'
+    assert files["sft/train.jsonl"] == {"sha256": hashlib.sha256(b'{"a":1}\n{"c":1}\n').hexdigest(), "bytes": 16,
+                                        "rows": 2}
+    assert files["sft/test.jsonl"]["rows"] == 1 and w.exact_duplicates == {}
+
+
+def test_duplicates_keep_the_first_row_in_episode_order_across_splits_and_batches(tmp_path):
+    w = _Writer(tmp_path, chunk_bytes=1)   # flush on every write: hashes must still cover the whole file
+    # in one batch: the same content in test (position 1) and train (position 0): train's row is first and stays
+    first = w.write("kto", {"test": part([(1, d("x"), b'{"x":"test"}\n', 1)]),
+                            "train": part([(0, d("x"), b'{"x":"train"}\n', 0), (2, d("y"), b'{"y":1}\n', 2)])})
+    # a later batch repeats y (dropped) and adds z
+    second = w.write("kto", {"train": part([(0, d("y"), b'{"y":2}\n', 0), (1, d("z"), b'{"z":1}\n', 1)])})
+    files = w.close()
+    assert first == {0, 2} and second == {1}
+    assert (tmp_path / "kto/train.jsonl").read_bytes() == b'{"x":"train"}\n{"y":1}\n{"z":1}\n'
+    assert not (tmp_path / "kto/test.jsonl").exists()
+    assert w.exact_duplicates == {"kto": 2} and w.rows == {"kto": {"train": 3}}
+    assert files["kto/train.jsonl"]["sha256"] == hashlib.sha256(
+        (tmp_path / "kto/train.jsonl").read_bytes()).hexdigest()
+
+
+def test_only_a_format_that_restricts_episodes_narrows_the_grouping():
+    assert eligible_sql(("sft",), SPEC) is not None
+    assert eligible_sql(("sft", "kto"), SPEC) is None and eligible_sql(("steps",), SPEC) is None
+
+
+@pytest.mark.parametrize("composite", [0.0, 0.5, SPEC.sft_min_composite - 1e-12, SPEC.sft_min_composite,
+                                       SPEC.sft_min_composite + 1e-12, 0.9, 1.0])
+@pytest.mark.parametrize("gate", [True, False])
+def test_the_sft_predicate_admits_every_episode_sft_rows_accepts(composite, gate):
+    """Evaluated by DuckDB on the same double, the predicate holds wherever `sft_rows` yields a row."""
+    conv = conversation([("user_message", None, {"text": "book a flight"}),
+                         ("action_proposed", "a1", {"output": "done", "kind": "message"})])
+    ep = Episode("e", "u", "t", "x", "v1", "p", "completed", composite, gate, "train", ())
+    yields = any(True for _ in sft_rows(ep, conv, SPEC, "reward-v2"))
+    admitted = duckdb.execute(f"SELECT {eligible_sql(('sft',), SPEC)} FROM (SELECT $g::BOOLEAN AS gate_passed, "
+                              "$c::DOUBLE AS composite)", {"g": gate, "c": composite}).fetchall()[0][0]
+    # the conversation is one `sft_rows` takes whenever the scores pass, so the two decide alike
+    assert yields == admitted == (gate and composite >= SPEC.sft_min_composite)
