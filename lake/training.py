@@ -2,7 +2,6 @@
 pandas, a Hugging Face `datasets.Dataset`, or a torch IterableDataset."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -67,42 +66,15 @@ def iter_split(export: Path, fmt: str, split: str) -> Iterator[dict[str, Any]]:
 
 
 def torch_split(export: Path, fmt: str, split: str):
-    """One split as a `torch.utils.data.IterableDataset` of row dicts (each DataLoader worker reads its own
-    share of the lines). Needs torch, which trajlake does not install."""
+    """One split as a `torch.utils.data.IterableDataset` of row dicts (`lake.torch_split.TorchSplit`: each
+    DataLoader worker reads its own share of the lines). Needs torch, which trajlake does not install."""
     try:
-        import torch.utils.data  # noqa: F401
-    except ImportError:
+        from lake.torch_split import TorchSplit
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("torch"):
+            raise
         raise ImportError("torch_split needs PyTorch: pip install torch (trajlake does not depend on it)") from None
-    return _torch_split_class()(split_path(export, fmt, split))
-
-
-@functools.cache
-def _torch_split_class() -> type:
-    """`TorchSplit`, torch_split's dataset class. It subclasses torch's IterableDataset, so it is defined on first
-    use (torch is optional), yet is reachable as `lake.training.TorchSplit` (the module's `__getattr__`): DataLoader
-    workers started by spawn or forkserver unpickle the dataset by that name."""
-    from torch.utils.data import IterableDataset, get_worker_info
-
-    class TorchSplit(IterableDataset):
-        def __init__(self, path: Path):
-            self.path = path
-
-        def __iter__(self):
-            info = get_worker_info()
-            step, first = (info.num_workers, info.id) if info else (1, 0)
-            with open(self.path, "rb") as f:
-                for i, line in enumerate(f):
-                    if i % step == first:
-                        yield orjson.loads(line)
-
-    TorchSplit.__qualname__ = "TorchSplit"
-    return TorchSplit
-
-
-def __getattr__(name: str):
-    if name == "TorchSplit":
-        return _torch_split_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return TorchSplit(split_path(export, fmt, split))
 
 
 __all__ = ["table_arrow", "table_pandas", "table_hf", "table_dataset", "export_split", "iter_split", "torch_split",
