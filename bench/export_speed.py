@@ -166,6 +166,7 @@ def run_export(s: Settings, formats: tuple[str, ...], start: date, end: date) ->
     def progress(msg: str) -> None:
         if not msg.startswith("wrote "):
             marks.append((time.perf_counter(), msg))
+            print(f"  {marks[-1][0] - began:7.1f} s  {msg}", flush=True)
 
     began = time.perf_counter()
     result = run(s, ExportRequest("bench", formats, start, end, "reward-v2"), progress=progress)

@@ -24,6 +24,7 @@ class Conversation:
     messages: list[dict[str, Any]] = field(default_factory=list)
     action_at: dict[str, int] = field(default_factory=dict)
     grader: dict[str, Any] | None = None
+    _tools: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def first_user_turn(self) -> int | None:
@@ -39,7 +40,10 @@ class Conversation:
 
     def tools(self) -> list[dict[str, Any]]:
         """Function schemas of the tools the agent called here, inferred from the calls (the contract carries no
-        tool definitions): name and the argument names with their JSON types."""
+        tool definitions): name and the argument names with their JSON types. Computed once: call it when the
+        conversation is complete (every format of an episode embeds the same list; none changes it)."""
+        if self._tools is not None:
+            return self._tools
         seen: dict[str, dict[str, str]] = {}
         for m in self.messages:
             for call in m.get("tool_calls") or ():
@@ -54,10 +58,11 @@ class Conversation:
                     args = {}
                 for k, v in (args.items() if isinstance(args, dict) else ()):
                     props.setdefault(k, _json_type(v))
-        return [{"type": "function", "function": {
+        self._tools = [{"type": "function", "function": {
             "name": name, "description": f"{name} (signature inferred from observed calls)",
             "parameters": {"type": "object", "properties": {k: {"type": t} for k, t in sorted(props.items())}}}}
             for name, props in sorted(seen.items())]
+        return self._tools
 
 
 def _json_type(v: Any) -> str:

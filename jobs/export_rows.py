@@ -130,9 +130,20 @@ def preference_pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> Itera
                 yield prompt, kept[0]["output"], loser["output"], "alternative"
 
 
+_last_pairs: tuple[Episode, Conversation, ExportSpec, list[tuple[list, str, str, str]]] | None = None
+
+
+def _pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> list[tuple[list, str, str, str]]:
+    """`preference_pairs` of the episode the builders are on, computed once for both pair formats."""
+    global _last_pairs
+    if _last_pairs is None or _last_pairs[0] is not ep or _last_pairs[1] is not conv or _last_pairs[2] is not spec:
+        _last_pairs = (ep, conv, spec, list(preference_pairs(ep, conv, spec)))
+    return _last_pairs[3]
+
+
 def dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """TRL's conversational preference format."""
-    for prompt, chosen, rejected, source in preference_pairs(ep, conv, spec):
+    for prompt, chosen, rejected, source in _pairs(ep, conv, spec):
         yield ({"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
                _meta(ep, reward_version, source=source))
 
@@ -140,7 +151,7 @@ def dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: 
 def openai_dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """OpenAI's preference fine-tuning format."""
     tools = conv.tools()
-    for prompt, chosen, rejected, source in preference_pairs(ep, conv, spec):
+    for prompt, chosen, rejected, source in _pairs(ep, conv, spec):
         inp: dict[str, Any] = {"messages": prompt}
         if tools:
             inp["tools"] = tools
