@@ -1,22 +1,21 @@
-"""The Airflow DAGs parse in Airflow's own DagBag (an isolated venv from infra/airflow/requirements.txt, cached by the
-file's hash): no import errors, one DAG per schedule entry with the entry's cron and task id, and the rendered command
-equal to what `trajlake schedule --dry-run` shows for the same fire time."""
+"""The Airflow DAGs parse in Airflow's own DagBag (an isolated venv from infra/airflow/requirements.txt, built once
+per machine and file hash): no import errors, one DAG per schedule entry with the entry's cron and task id, and the
+rendered command equal to what `trajlake schedule --dry-run` shows for the same fire time."""
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from jobs.schedule import command, load_schedule, window_for
 from tests.conftest import REPO
+from tests.machine_cache import machine_cache
 
 pytestmark = pytest.mark.integration
 REQUIREMENTS = REPO / "infra" / "airflow" / "requirements.txt"
@@ -41,43 +40,35 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def airflow_python() -> Path:
-    """Airflow's venv, built once per requirements file (its hash names the directory), under a file lock so
-    concurrent test runs build it once; older builds are removed."""
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
-    root = REPO / ".trajlake" / "airflow-venv"
-    root.mkdir(parents=True, exist_ok=True)
-    venv = root / digest
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (venv / ".complete").exists():
-            shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-            subprocess.run([*pip, "install", "--no-deps", "-r", str(REQUIREMENTS)], check=True, timeout=1200)
-            subprocess.run([*pip, "check"], check=True, timeout=300)
-            (venv / ".complete").touch()
-        for old in root.iterdir():
-            if old.is_dir() and old.name != digest:
-                shutil.rmtree(old, ignore_errors=True)
-    return venv / "bin" / "python"
+def install_airflow(venv: Path) -> None:
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "-r", str(REQUIREMENTS)], check=True, timeout=1200)
+    subprocess.run([*pip, "check"], check=True, timeout=300)
 
 
-def parse(tmp_path: Path, schedule_file: Path) -> dict:
+@pytest.fixture(scope="module")
+def airflow_python() -> Iterator[Path]:
+    """Airflow's venv from its pinned requirements, built once per machine (tests/machine_cache.py)."""
+    with machine_cache("airflow-venv", REQUIREMENTS, install_airflow) as venv:
+        yield venv / "bin" / "python"
+
+
+def parse(airflow: Path, tmp_path: Path, schedule_file: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAJLAKE_", "AIRFLOW", "PYTHON"))}
     env |= {"AIRFLOW_HOME": str(tmp_path / "airflow-home"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "TRAJLAKE_SCHEDULE_FILE": str(schedule_file), "TL_AIRFLOW_REPO": str(REPO),
             "TL_AIRFLOW_PYTHON": sys.executable, "TL_AIRFLOW_SPARK_MASTER": "local[2]"}
-    r = subprocess.run([str(airflow_python()), "-c", PARSE, str(DAGS), FIRE], capture_output=True, text=True,
+    r = subprocess.run([str(airflow), "-c", PARSE, str(DAGS), FIRE], capture_output=True, text=True,
                        env=env, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 
-def test_every_schedule_entry_is_a_dag_running_the_same_command(tmp_path):
+def test_every_schedule_entry_is_a_dag_running_the_same_command(airflow_python, tmp_path):
     schedule_file = REPO / "infra" / "schedule.toml"
-    got = parse(tmp_path, schedule_file)
+    got = parse(airflow_python, tmp_path, schedule_file)
     assert got["import_errors"] == {}
     entries = load_schedule(schedule_file).entries
     assert set(got["dags"]) == {f"trajlake.{e.name}" for e in entries}
@@ -92,10 +83,10 @@ def test_every_schedule_entry_is_a_dag_running_the_same_command(tmp_path):
     assert "spark-submit --master 'local[2]'" in heur and "--start 2026-11-01 --end 2026-11-02" in heur
 
 
-def test_a_broken_schedule_is_an_import_error_naming_the_problem(tmp_path):
+def test_a_broken_schedule_is_an_import_error_naming_the_problem(airflow_python, tmp_path):
     bad = tmp_path / "schedule.toml"
     bad.write_text('[[job]]\nname = "h"\njob = "heuristics"\ncron = "0 25 * * *"\nwindow = "previous_day"\n')
-    got = parse(tmp_path, bad)
+    got = parse(airflow_python, tmp_path, bad)
     assert got["dags"] == {}
     (error,) = got["import_errors"].values()
     assert "'0 25 * * *' is not a valid cron expression" in error

@@ -1,11 +1,8 @@
 """The export-split readers: split_path, iter_split, and torch_split under real PyTorch in DataLoader workers."""
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,9 +13,9 @@ import pytest
 
 from lake.training import iter_split, split_path, torch_split
 from tests.conftest import REPO
+from tests.machine_cache import machine_cache
 
 REQUIREMENTS = REPO / "infra" / "torch" / "requirements.txt"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trajlake"
 
 ROWS = [{"messages": [{"role": "user", "content": f"Change my flight {i}, s'il vous plaît ✈"},
                       {"role": "assistant", "content": None,
@@ -109,31 +106,19 @@ print("RESULT " + json.dumps(out))
 """
 
 
+def install_torch(target: Path) -> None:
+    # no pip cache: the target is the cache, and the wheels would be another ~3 GB beside it; no conflict
+    # warnings: pip compares the target's copies of shared packages (fsspec…) with the venv's pins, but the venv's
+    # copies shadow them (the test checks that)
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-cache-dir",
+                    "--no-warn-conflicts", "--target", str(target), "-r", str(REQUIREMENTS)], check=True, timeout=1800)
+
+
 @pytest.fixture(scope="module")
 def torch_dir():
-    """PyPI's torch (infra/torch/requirements.txt) installed with `pip install --target` into the per-machine cache,
-    in a directory named by the hash of that file and this Python's version, so every clone on the machine shares
-    one build. Built under a file lock (concurrent runs build once) with a `.complete` marker; older builds are
-    removed. Held under a shared lock while in use, so no run removes a build another run is using."""
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + f"cp{sys.version_info[0]}{sys.version_info[1]}".encode())
-    CACHE.mkdir(parents=True, exist_ok=True)
-    target = CACHE / f"torch-{digest.hexdigest()[:16]}"
-    with open(CACHE / "torch.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / ".complete").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            # no pip cache: this directory is the cache, and the wheels would be another ~3 GB beside it; no
-            # conflict warnings: pip compares the target's copies of shared packages (fsspec…) with the venv's
-            # pins, but the venv's copies shadow them (the test checks that)
-            subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install",
-                            "--no-cache-dir", "--no-warn-conflicts", "--target", str(target), "-r",
-                            str(REQUIREMENTS)],
-                           check=True, timeout=1800)
-            (target / ".complete").touch()
-        for old in CACHE.glob("torch-*"):
-            if old.is_dir() and old != target:
-                shutil.rmtree(old, ignore_errors=True)
-        fcntl.flock(lock, fcntl.LOCK_SH)
+    """PyPI's torch (infra/torch/requirements.txt) installed with `pip install --target` into the per-machine
+    cache (tests/machine_cache.py), so every clone on the machine shares one build."""
+    with machine_cache("torch", REQUIREMENTS, install_torch) as target:
         yield target
 
 
