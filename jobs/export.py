@@ -19,6 +19,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 from deltalake import write_deltalake
+from xxhash import xxh3_128_digest
 
 from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
@@ -381,7 +382,7 @@ def _format_batch(batch: pa.RecordBatch) -> _Formatted:
                 body = orjson.dumps(content)
                 lines, digests, order, eps = acc.setdefault((fmt, meta["split"]), ([], [], [], []))
                 # identical training content is written once per format: the digest is of the content alone
-                digests.append(hashlib.blake2b(body, digest_size=16).digest())
+                digests.append(xxh3_128_digest(body))
                 lines.append(body[:-1] + b"," + orjson.dumps(meta)[1:] + b"\n")
                 order.append(position[fmt])
                 eps.append(i)
