@@ -75,3 +75,21 @@ def test_the_sft_predicate_admits_every_episode_sft_rows_accepts(composite, gate
                               "$c::DOUBLE AS composite)", {"g": gate, "c": composite}).fetchall()[0][0]
     # the conversation is one `sft_rows` takes whenever the scores pass, so the two decide alike
     assert yields == admitted == (gate and composite >= SPEC.sft_min_composite)
+
+
+def test_importing_the_export_loads_neither_great_expectations_nor_pyspark(tmp_path):
+    """Formatting processes re-import the caller's main module; if importing jobs.export (and starting a formatting
+    process) pulled in Great Expectations, its pyspark import would exit them and the pool would respawn them
+    forever. A script importing the export at the top must stay clear of both."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = tmp_path / "uses_export.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\nimport jobs.export\n"
+                      "jobs.export._start_formatting(jobs.export._FormatJob(('sft',), None, 'reward-v2', None))\n"
+                      "print(sorted({m.split('.')[0] for m in sys.modules} & {'great_expectations', 'pyspark'}))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
