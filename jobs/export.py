@@ -10,6 +10,8 @@ from itertools import accumulate
 import shutil
 import uuid
 import logging
+import mmap
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 import orjson
+import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 from xxhash import xxh3_128_digest
@@ -142,19 +145,12 @@ def _user_text_sql(margin: int) -> str:
     GROUP BY ALL"""
 
 
-def _rows_sql(margin: int, reward_version: str) -> str:
-    # one row per kept episode: its events and its steps as ordered lists, so Python only assembles
+def _fragments_sql(margin: int, reward_version: str) -> str:
+    # every kept episode's events and steps as one JSON fragment per row, sorted by the episode's rank, events
+    # before steps, each in its own order. A sort, not a grouping: DuckDB's ordered aggregates (string_agg/list
+    # with ORDER BY) cost twice as much as sorting the same rows; `_Chunk.lists` does the grouping.
     return f"""
-    WITH ev AS (
-        -- the bodies are JSON text already: spliced into the list as they are, never parsed here
-        SELECT b.session_id, b.task_id,
-               '[' || string_agg('{{"t":' || to_json(b.event_type) || ',"a":' || coalesce(to_json(b.action_id), 'null')
-                                 || ',"b":' || b.body || '}}', ',' ORDER BY b.ts, b.event_id) || ']' AS events
-        FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
-        WHERE b.event_type IN ({", ".join(f"'{t}'" for t in CONVERSATION_EVENTS)})
-          AND b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
-        GROUP BY ALL),
-    st AS (
+    WITH st AS (
         SELECT session_id, task_id, step_id, action_id, intent_id, step_index, output, final_value, outcome,
                accepted, rejected, edited, undone, retried, edit_distance
         FROM silver_steps
@@ -163,22 +159,89 @@ def _rows_sql(margin: int, reward_version: str) -> str:
     sg AS (
         SELECT step_id, overwritten, own_reward, credit_share, step_reward FROM gold_step_signals
         WHERE reward_version = '{reward_version}'
-          AND date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY),
-    steps AS (
-        SELECT st.session_id, st.task_id,
-               list({{'step_id': st.step_id, 'action_id': st.action_id, 'intent_id': st.intent_id,
-                     'step_index': st.step_index, 'output': st.output, 'final_value': st.final_value,
-                     'outcome': st.outcome, 'accepted': st.accepted, 'rejected': st.rejected, 'edited': st.edited,
-                     'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
-                     'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
-                     'credit_share': sg.credit_share, 'step_reward': sg.step_reward}}
-                    ORDER BY st.step_index, st.step_id)::JSON AS steps
+          AND date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY)
+    SELECT rank, kind, fragment FROM (
+        -- the bodies are JSON text already: spliced in as they are, never parsed here
+        SELECT k.rank, 0::UTINYINT AS kind, epoch_us(b.ts) AS o1, b.event_id AS o2,
+               '{{"t":' || to_json(b.event_type) || ',"a":' || coalesce(to_json(b.action_id), 'null')
+               || ',"b":' || b.body || '}}' AS fragment
+        FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
+        WHERE b.event_type IN ({", ".join(f"'{t}'" for t in CONVERSATION_EVENTS)})
+          AND b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
+        UNION ALL
+        SELECT k.rank, 1::UTINYINT, st.step_index, st.step_id,
+               to_json({{'step_id': st.step_id, 'action_id': st.action_id, 'intent_id': st.intent_id,
+                        'step_index': st.step_index, 'output': st.output, 'final_value': st.final_value,
+                        'outcome': st.outcome, 'accepted': st.accepted, 'rejected': st.rejected, 'edited': st.edited,
+                        'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
+                        'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
+                        'credit_share': sg.credit_share, 'step_reward': sg.step_reward}})::VARCHAR
         FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
-        LEFT JOIN sg USING (step_id)
-        GROUP BY ALL)
-    SELECT k.*, ev.events, steps.steps::VARCHAR AS steps
-    FROM kept k LEFT JOIN ev USING (session_id, task_id) LEFT JOIN steps USING (session_id, task_id)
-    ORDER BY k.episode_id"""
+        LEFT JOIN sg USING (step_id))
+    ORDER BY rank, kind, o1, o2"""
+
+
+# the rows of `_fragments_sql`
+_FRAGMENTS_SCHEMA = pa.schema([("rank", pa.int64()), ("kind", pa.uint8()), ("fragment", pa.string())])
+
+
+@dataclass
+class _Chunk:
+    """Episodes `first`… of the export (`episodes`: rows of the `kept` table) with all their events and steps as
+    JSON fragments (`fragments`: rank, kind, fragment; sorted by rank, then kind: events (0), then steps (1))."""
+
+    first: int
+    episodes: pa.Table
+    fragments: pa.Table
+
+    def lists(self) -> Iterator[tuple[str, str]]:
+        """Each episode's events and steps, as two JSON lists (text)."""
+        texts = self.fragments.column(2).to_pylist()
+        # the rows are sorted by rank and kind, so 2·rank + kind is sorted too: one search finds every boundary
+        key = self.fragments.column(0).to_numpy() * 2 + self.fragments.column(1).to_numpy()
+        ranks = np.arange(self.first, self.first + self.episodes.num_rows) * 2
+        bounds = np.searchsorted(key, np.stack([ranks, ranks + 1, ranks + 2], axis=1)).tolist()
+        for a, b, c in bounds:
+            yield "[" + ",".join(texts[a:b]) + "]", "[" + ",".join(texts[b:c]) + "]"
+
+    def save(self, stem: Path) -> Path:
+        """Write the chunk as two Arrow IPC files `stem`.episodes and `stem`.fragments (slices written as slices:
+        a formatting process maps them instead of receiving them through a pipe)."""
+        for name in ("episodes", "fragments"):
+            table = getattr(self, name)
+            with pa.OSFile(f"{stem}.{name}", "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+        return stem
+
+    @classmethod
+    def load(cls, first: int, stem: Path) -> "_Chunk":
+        """The chunk `save` wrote, memory-mapped; its files are removed (the mapping lives on until freed)."""
+        tables = []
+        for name in ("episodes", "fragments"):
+            tables.append(pa.ipc.open_file(pa.memory_map(f"{stem}.{name}")).read_all())
+            os.unlink(f"{stem}.{name}")
+        return cls(first, *tables)
+
+
+def episode_chunks(kept: pa.Table, fragments: pa.RecordBatchReader, size: int) -> Iterator[_Chunk]:
+    """`kept` (row i has rank i) in chunks of `size` episodes, each with its rows of `fragments` (sorted by rank).
+    The parent only slices here (no copies); the formatting processes do the per-episode work."""
+    n = kept.num_rows
+    schema = fragments.schema
+    lo, pieces = 0, []
+    for batch in fragments:
+        ranks = batch.column(0).to_numpy()
+        start = 0
+        while start < len(ranks):
+            cut = int(np.searchsorted(ranks, min(lo + size, n), side="left"))
+            pieces.append(batch.slice(start, cut - start))
+            if cut == len(ranks):
+                break
+            yield _Chunk(lo, kept.slice(lo, size), pa.Table.from_batches(pieces, schema))
+            lo, pieces, start = lo + size, [], cut
+    while lo < n:
+        yield _Chunk(lo, kept.slice(lo, size), pa.Table.from_batches(pieces, schema))
+        lo, pieces = lo + size, []
 
 
 @dataclass
@@ -188,11 +251,12 @@ class _Part:
     rows of that format (to restore the order across splits) and its episode's index in the batch. Compact, so
     handing a batch from a formatting process to the writer costs a few copies, not an object per row."""
 
-    lines: bytes
+    lines: bytes | memoryview   # empty while they are in the chunk's rows file, at `at`
     ends: array
     digests: bytes
     order: array
     episodes: array
+    at: int = 0
 
     def rows(self) -> Iterator[tuple[int, bytes, bytes, int]]:
         start = 0
@@ -204,14 +268,12 @@ class _Part:
 @dataclass
 class _Writer:
     """JSON Lines per format and split in a deterministic order, exact duplicates dropped, each file's sha256
-    computed as it is written."""
+    computed as it is written. Writes through (the file objects buffer small writes): what it is given may be a
+    view of a mapped file that goes away after the call."""
 
     root: Path
-    chunk_bytes: int = 16 << 20
     files: dict[tuple[str, str], Any] = field(default_factory=dict)
     hashes: dict[tuple[str, str], Any] = field(default_factory=dict)
-    pending: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
-    pending_bytes: int = 0
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     seen: dict[str, set[bytes]] = field(default_factory=dict)
     exact_duplicates: dict[str, int] = field(default_factory=dict)
@@ -230,7 +292,7 @@ class _Writer:
                 wrote.update(p.episodes)
             return wrote
         # identical training content is written once per format, whichever episode (first in order) it came from
-        for _, split, digest, line, ep in sorted((o, split, d, line, ep) for split, p in parts.items()
+        for _, split, digest, line, ep in sorted((o, split, d, bytes(line), ep) for split, p in parts.items()
                                                  for o, d, line, ep in p.rows()):
             if digest in seen:
                 self.exact_duplicates[fmt] = self.exact_duplicates.get(fmt, 0) + 1
@@ -240,30 +302,20 @@ class _Writer:
             wrote.add(ep)
         return wrote
 
-    def _append(self, fmt: str, split: str, data: bytes, n: int) -> None:
-        self.pending.setdefault((fmt, split), []).append(data)
-        self.pending_bytes += len(data)
+    def _append(self, fmt: str, split: str, data: bytes | memoryview, n: int) -> None:
+        key = (fmt, split)
+        f = self.files.get(key)
+        if f is None:
+            (self.root / fmt).mkdir(parents=True, exist_ok=True)
+            f = self.files[key] = open(self.root / f"{fmt}/{split}.jsonl", "wb", buffering=1 << 20)
+            self.hashes[key] = hashlib.sha256()
+        f.write(data)
+        self.hashes[key].update(data)
         counts = self.rows.setdefault(fmt, {})
         counts[split] = counts.get(split, 0) + n
-        if self.pending_bytes >= self.chunk_bytes:
-            self.flush()
-
-    def flush(self) -> None:
-        for key, chunks in self.pending.items():
-            data = b"".join(chunks)
-            f = self.files.get(key)
-            if f is None:
-                (self.root / key[0]).mkdir(parents=True, exist_ok=True)
-                f = self.files[key] = open(self.root / f"{key[0]}/{key[1]}.jsonl", "wb")
-                self.hashes[key] = hashlib.sha256()
-            f.write(data)
-            self.hashes[key].update(data)
-        self.pending.clear()
-        self.pending_bytes = 0
 
     def close(self) -> dict[str, dict[str, Any]]:
         """Close the files; returns each one's sha256, size and rows, keyed by its path in the export."""
-        self.flush()
         out = {}
         for (fmt, split), f in sorted(self.files.items()):
             out[f"{fmt}/{split}.jsonl"] = {"sha256": self.hashes[(fmt, split)].hexdigest(), "bytes": f.tell(),
@@ -337,6 +389,7 @@ class _FormatJob:
     policy: ExportSpec
     reward_version: str
     ground_truth: Path | None
+    scratch: Path | None = None   # where chunks and their rows pass between processes, as files
 
 
 @dataclass
@@ -350,6 +403,31 @@ class _Formatted:
     pii_hits: dict[str, int]
     pii_where: dict[str, list[str]]
     pii_episodes: dict[str, int]
+    rows_file: str | None = None   # the parts' lines, when a formatting process wrote them to a file
+
+    @contextmanager
+    def mapped(self) -> Iterator["_Formatted"]:
+        """The parts with their lines in memory (mapped from `rows_file`, which is removed afterwards)."""
+        if self.rows_file is None:
+            yield self
+            return
+        with open(self.rows_file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        view = memoryview(mm) if mm is not None else memoryview(b"")
+        try:
+            for parts in self.parts.values():
+                for p in parts.values():
+                    p.lines = view[p.at:p.at + (p.ends[-1] if p.ends else 0)]
+            yield self
+        finally:
+            for parts in self.parts.values():
+                for p in parts.values():
+                    p.lines.release()
+            view.release()
+            if mm is not None:
+                mm.close()
+            os.unlink(self.rows_file)
 
 
 _job: _FormatJob | None = None
@@ -362,20 +440,20 @@ def _start_formatting(job: _FormatJob) -> None:
     _scanner = PatternScanner(GroundTruth.load(job.ground_truth) if job.ground_truth else None)
 
 
-def _format_batch(batch: pa.RecordBatch) -> _Formatted:
-    """Episodes (rows of the export's grouping query) → training rows of every format, and their PII scan."""
+def _format_batch(batch: _Chunk) -> _Formatted:
+    """A chunk of episodes → training rows of every format, and their PII scan."""
     assert _job is not None and _scanner is not None
     builders = [(fmt, BUILDERS[fmt]) for fmt in _job.formats]
     pii = _PiiScan(_scanner)
-    out = _Formatted(batch.num_rows, {}, [], {}, {}, {})
+    out = _Formatted(batch.episodes.num_rows, {}, [], {}, {}, {})
     # (format, split) → lines, digests, positions within the format, episode indices
     acc: dict[tuple[str, str], tuple[list[bytes], list[bytes], list[int], list[int]]] = {}
     position = dict.fromkeys(_job.formats, 0)
-    for i, r in enumerate(batch.to_pylist()):
-        conv = conversation((e["t"], e["a"], e["b"]) for e in orjson.loads(r["events"] or "[]"))
+    for i, (r, (events, steps)) in enumerate(zip(batch.episodes.to_pylist(), batch.lists())):
+        conv = conversation((e["t"], e["a"], e["b"]) for e in orjson.loads(events))
         ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
                      r["prompt_variant"], r["outcome"], r["composite"], bool(r["gate_passed"]), r["split"],
-                     tuple(orjson.loads(r["steps"] or "[]")))
+                     tuple(orjson.loads(steps)))
         any_row = False
         for fmt, build_rows in builders:
             for content, meta in build_rows(ep, conv, _job.policy, _job.reward_version):
@@ -393,19 +471,36 @@ def _format_batch(batch: pa.RecordBatch) -> _Formatted:
             pii.add(ep.episode_id, conv, ep.steps)
     pii.flush()
     out.pii_hits, out.pii_where, out.pii_episodes = pii.hits, pii.where, pii.per_episode
+    rows = open(f"{_job.scratch}/{batch.first}.rows", "wb") if _job.scratch else None
     for (fmt, split), (lines, digests, order, eps) in acc.items():
-        out.parts.setdefault(fmt, {})[split] = _Part(b"".join(lines), array("Q", accumulate(map(len, lines))),
-                                                     b"".join(digests), array("I", order), array("I", eps))
+        part = _Part(b"", array("Q", accumulate(map(len, lines))), b"".join(digests), array("I", order),
+                     array("I", eps))
+        if rows is None:
+            part.lines = b"".join(lines)
+        else:
+            # to a file the parent maps: through a pipe, the lines would be copied four times and the parent's
+            # one thread (which also writes and hashes every file) would spend its time receiving them
+            part.at = rows.tell()
+            rows.writelines(lines)
+        out.parts.setdefault(fmt, {})[split] = part
+    if rows is not None:
+        rows.close()
+        out.rows_file = rows.name
     return out
+
+
+def _format_saved(task: tuple[int, str]) -> _Formatted:
+    """`_format_batch` of a chunk `_Chunk.save` wrote (in a formatting process)."""
+    return _format_batch(_Chunk.load(*task))
 
 
 INLINE_UP_TO = 4096  # episodes; below this, starting the formatting processes costs more than it saves
 
 
-def _formatted(batches: Iterator[pa.RecordBatch], job: _FormatJob, workers: int, total: int) -> Iterator[_Formatted]:
+def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: int) -> Iterator[_Formatted]:
     """Format the batches in order, in `workers` processes (inline when one, or when the export is small)."""
-    if workers <= 1 or total <= INLINE_UP_TO:
-        _start_formatting(job)
+    if workers <= 1 or total <= INLINE_UP_TO or job.scratch is None:
+        _start_formatting(replace(job, scratch=None))
         yield from map(_format_batch, batches)
         return
     import multiprocessing
@@ -414,17 +509,21 @@ def _formatted(batches: Iterator[pa.RecordBatch], job: _FormatJob, workers: int,
     # at most a few batches in flight: the pool's feeder would otherwise read the whole query into memory
     slots = threading.Semaphore(workers * 3)
 
-    def fed() -> Iterator[pa.RecordBatch]:
+    def fed() -> Iterator[tuple[int, str]]:
         for b in batches:
             slots.acquire()
-            yield b
+            yield b.first, str(b.save(job.scratch / str(b.first)))
 
     # forkserver: the parent holds DuckDB's threads, which a plain fork would copy mid-flight
     ctx = multiprocessing.get_context("forkserver")
-    with ctx.Pool(workers, initializer=_start_formatting, initargs=(job,)) as pool:
-        for formatted in pool.imap(_format_batch, fed()):
-            slots.release()
-            yield formatted
+    job.scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        with ctx.Pool(workers, initializer=_start_formatting, initargs=(job,)) as pool:
+            for formatted in pool.imap(_format_saved, fed()):
+                slots.release()
+                yield formatted
+    finally:
+        shutil.rmtree(job.scratch, ignore_errors=True)
 
 
 def _spec(reward_version: str | None) -> RewardSpec:
@@ -489,13 +588,14 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     # only episodes the formats can make a row of are grouped and formatted (e.g. SFT: above its threshold)
     eligible = eligible_sql(request.formats, spec.exports)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
-                    SELECT ep.*, s.split, s.group_hash, t.text AS user_text FROM ep
+                    SELECT row_number() OVER (ORDER BY ep.episode_id) - 1 AS rank,
+                           ep.*, s.split, s.group_hash, t.text AS user_text FROM ep
                     JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
                     WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)
                       AND {eligible or 'true'}""").fetchall()
     n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
 
-    job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth)
+    job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth, out / ".scratch")
     writer = _Writer(out)
     pii_hits: dict[str, int] = {}
     pii_where: dict[str, list[str]] = {}
@@ -503,11 +603,14 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     pii_episodes: dict[str, int] = {}
     done = 0
     progress(f"writing {n_kept:,} episodes")
-    batches = con.sql(_rows_sql(margin, spec.version), params=params).to_arrow_reader(2048)
+    kept = con.sql("SELECT * EXCLUDE (rank) FROM kept ORDER BY rank").to_arrow_table()
+    fragments = con.sql(_fragments_sql(margin, spec.version), params=params).to_arrow_reader(1 << 16)
+    batches = episode_chunks(kept, fragments, 2048)
     for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
         wrote: set[int] = set()
-        for fmt, parts in formatted.parts.items():
-            wrote |= writer.write(fmt, parts)
+        with formatted.mapped():
+            for fmt, parts in formatted.parts.items():
+                wrote |= writer.write(fmt, parts)
         index.extend(formatted.episodes[i] for i in sorted(wrote))
         pii_episodes.update(formatted.pii_episodes)
         for kind, n in formatted.pii_hits.items():

@@ -42,7 +42,7 @@ def test_a_batch_without_duplicates_is_written_whole(tmp_path):
 
 
 def test_duplicates_keep_the_first_row_in_episode_order_across_splits_and_batches(tmp_path):
-    w = _Writer(tmp_path, chunk_bytes=1)   # flush on every write: hashes must still cover the whole file
+    w = _Writer(tmp_path)
     # in one batch: the same content in test (position 1) and train (position 0): train's row is first and stays
     first = w.write("kto", {"test": part([(1, d("x"), b'{"x":"test"}\n', 1)]),
                             "train": part([(0, d("x"), b'{"x":"train"}\n', 0), (2, d("y"), b'{"y":1}\n', 2)])})

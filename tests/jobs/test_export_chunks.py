@@ -1,0 +1,88 @@
+"""How the export divides its work: the sorted fragment stream cut into chunks of episodes, each episode's events
+and steps grouped back into JSON lists, chunks and formatted rows passed between processes as files."""
+from __future__ import annotations
+
+import random
+from array import array
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from jobs.export import _FRAGMENTS_SCHEMA, _Chunk, _Formatted, _Part, _Writer, episode_chunks
+
+pytestmark = pytest.mark.unit
+
+
+def lake(n_episodes: int, seed: int) -> tuple[pa.Table, list[dict], dict[int, tuple[list, list]]]:
+    """`kept` with n episodes, their fragments sorted by (rank, kind), and what each episode's lists must hold.
+    Some episodes have no events, no steps or nothing at all."""
+    rnd = random.Random(seed)
+    kept = pa.table({"episode_id": [f"e{i:05d}" for i in range(n_episodes)]})
+    rows, want = [], {}
+    for r in range(n_episodes):
+        events = [{"t": "user_message", "i": k} for k in range(rnd.choice([0, 1, 3, 9]))]
+        steps = [{"step_index": k} for k in range(rnd.choice([0, 0, 2, 5]))]
+        want[r] = (events, steps)
+        rows += [{"rank": r, "kind": 0, "fragment": orjson.dumps(e).decode()} for e in events]
+        rows += [{"rank": r, "kind": 1, "fragment": orjson.dumps(s).decode()} for s in steps]
+    return kept, rows, want
+
+
+def reader(rows: list[dict], batch: int) -> pa.RecordBatchReader:
+    table = pa.Table.from_pylist(rows, schema=_FRAGMENTS_SCHEMA)
+    return pa.RecordBatchReader.from_batches(_FRAGMENTS_SCHEMA, table.to_batches(max_chunksize=batch))
+
+
+@pytest.mark.parametrize("size,batch", [(1, 1), (3, 7), (16, 5), (16, 1000), (1000, 4)])
+def test_every_episode_gets_exactly_its_events_and_steps_in_order(size, batch):
+    kept, rows, want = lake(101, seed=size * batch)
+    chunks = list(episode_chunks(kept, reader(rows, batch), size))
+    assert [c.first for c in chunks] == list(range(0, 101, size))
+    got = {}
+    for c in chunks:
+        assert c.episodes.column("episode_id").to_pylist() == [f"e{i:05d}" for i in range(c.first, c.first + c.episodes.num_rows)]
+        for k, (events, steps) in enumerate(c.lists()):
+            got[c.first + k] = (orjson.loads(events), orjson.loads(steps))
+    assert got == want
+
+
+def test_a_lake_whose_last_episodes_have_nothing_still_yields_them():
+    kept = pa.table({"episode_id": ["a", "b", "c", "d", "e"]})
+    rows = [{"rank": 0, "kind": 1, "fragment": "{}"}]
+    chunks = list(episode_chunks(kept, reader(rows, 10), 2))
+    assert [(c.first, c.episodes.num_rows) for c in chunks] == [(0, 2), (2, 2), (4, 1)]
+    assert [list(c.lists()) for c in chunks] == [[("[]", "[{}]"), ("[]", "[]")], [("[]", "[]")] * 2, [("[]", "[]")]]
+
+
+def test_a_saved_chunk_holds_only_its_rows_and_loads_back_equal(tmp_path):
+    """A chunk is slices of big tables; saving writes the slices, not the buffers behind them (which pickling a
+    slice would), and loading removes the files."""
+    kept, rows, _ = lake(2000, seed=1)
+    chunk = next(c for c in episode_chunks(kept, reader(rows, 100_000), 10) if c.first == 990)
+    stem = chunk.save(tmp_path / "990")
+    on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert on_disk < 20_000 < pa.Table.from_pylist(rows, schema=_FRAGMENTS_SCHEMA).nbytes
+    back = _Chunk.load(990, stem)
+    assert list(tmp_path.iterdir()) == []
+    assert back.episodes.equals(chunk.episodes) and back.fragments.equals(chunk.fragments)
+    assert list(back.lists()) == list(chunk.lists())
+
+
+def test_rows_handed_over_in_a_file_are_written_and_the_file_removed(tmp_path):
+    lines = [b'{"a":1}\n', b'{"b":2}\n', b'{"c":3}\n']
+    rows_file = tmp_path / "0.rows"
+    rows_file.write_bytes(b"".join(lines))
+    digest = [bytes([i]) * 16 for i in range(3)]
+    parts = {"sft": {"train": _Part(b"", array("Q", [8, 16]), digest[0] + digest[1], array("I", [0, 1]),
+                                    array("I", [0, 1]), at=0),
+                     "test": _Part(b"", array("Q", [8]), digest[2], array("I", [2]), array("I", [2]), at=16)}}
+    formatted = _Formatted(3, parts, [], {}, {}, {}, rows_file=str(rows_file))
+    w = _Writer(tmp_path / "out")
+    with formatted.mapped():
+        for fmt, p in formatted.parts.items():
+            assert w.write(fmt, p) == {0, 1, 2}
+    w.close()
+    assert not rows_file.exists()
+    assert (tmp_path / "out/sft/train.jsonl").read_bytes() == b'{"a":1}\n{"b":2}\n'
+    assert (tmp_path / "out/sft/test.jsonl").read_bytes() == b'{"c":3}\n'
