@@ -9,7 +9,7 @@ manifest), next to a bare dump of the same rows measured in the same run, and th
             Built once, reused (bench/out/export/<episodes>/lake).
   export    `jobs.export.run` over the whole window with the chosen formats: wall time to a published version.
   baseline  DuckDB reads the episodes the export formats (all, or for SFT alone those above its threshold) with
-            their ordered events and steps (the export's own grouping query) and writes them as JSON Lines, with no
+            their ordered events and steps (grouped in SQL: `grouped_sql`) and writes them as JSON Lines, with no
             splits, dedup, formats, scan or manifest: the floor any export of these rows pays.
   identity  the data files of every run have the same sha256 (a rerun is byte-identical).
 Runs alternate export/baseline, --runs times each; medians are reported.
@@ -175,12 +175,55 @@ def run_export(s: Settings, formats: tuple[str, ...], start: date, end: date) ->
     return ended - began, result.manifest, stages
 
 
+def grouped_sql(margin: int, reward_version: str) -> str:
+    # one row per episode with its events and its steps as ordered lists: the plain DuckDB way, and the export's
+    # own grouping query until it switched to sorting fragments (commit cf1a852)
+    from jobs.conversations import CONVERSATION_EVENTS
+
+    return f"""
+    WITH ev AS (
+        -- the bodies are JSON text already: spliced into the list as they are, never parsed here
+        SELECT b.session_id, b.task_id,
+               '[' || string_agg('{{"t":' || to_json(b.event_type) || ',"a":' || coalesce(to_json(b.action_id), 'null')
+                                 || ',"b":' || b.body || '}}', ',' ORDER BY b.ts, b.event_id) || ']' AS events
+        FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
+        WHERE b.event_type IN ({", ".join(f"'{t}'" for t in CONVERSATION_EVENTS)})
+          AND b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
+        GROUP BY ALL),
+    st AS (
+        SELECT session_id, task_id, step_id, action_id, intent_id, step_index, output, final_value, outcome,
+               accepted, rejected, edited, undone, retried, edit_distance
+        FROM silver_steps
+        WHERE date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY
+        QUALIFY row_number() OVER (PARTITION BY step_id ORDER BY revision DESC) = 1),
+    sg AS (
+        SELECT step_id, overwritten, own_reward, credit_share, step_reward FROM gold_step_signals
+        WHERE reward_version = '{reward_version}'
+          AND date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY),
+    steps AS (
+        SELECT st.session_id, st.task_id,
+               list({{'step_id': st.step_id, 'action_id': st.action_id, 'intent_id': st.intent_id,
+                     'step_index': st.step_index, 'output': st.output, 'final_value': st.final_value,
+                     'outcome': st.outcome, 'accepted': st.accepted, 'rejected': st.rejected, 'edited': st.edited,
+                     'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
+                     'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
+                     'credit_share': sg.credit_share, 'step_reward': sg.step_reward}}
+                    ORDER BY st.step_index, st.step_id)::JSON AS steps
+        FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
+        LEFT JOIN sg USING (step_id)
+        GROUP BY ALL)
+    SELECT k.*, ev.events, steps.steps::VARCHAR AS steps
+    FROM kept k LEFT JOIN ev USING (session_id, task_id) LEFT JOIN steps USING (session_id, task_id)
+    ORDER BY k.episode_id"""
+
+
+
 def run_baseline(s: Settings, formats: tuple[str, ...], start: date, end: date, out: Path) -> float:
-    """The export's grouping query over the episodes it formats (all of them, unless every format restricts them,
-    as SFT does to those above its threshold), written as JSON Lines by DuckDB."""
+    """The episodes the export formats (all of them, unless every format restricts them, as SFT does to those
+    above its threshold) with their ordered events and steps, grouped and written as JSON Lines by DuckDB."""
     import duckdb
 
-    from jobs.export import _episodes_sql, _rows_sql, pinned_sources
+    from jobs.export import _episodes_sql, pinned_sources
     from jobs.export_rows import eligible_sql
     from lake.duckdb_views import connect
     from schemas.reward import load_reward_spec
@@ -193,7 +236,7 @@ def run_baseline(s: Settings, formats: tuple[str, ...], start: date, end: date, 
     eligible = eligible_sql(formats, load_reward_spec("reward-v2").exports)
     con.execute(f"CREATE TEMP TABLE kept AS SELECT * FROM ep WHERE {eligible or 'true'}").fetchall()
     out.parent.mkdir(parents=True, exist_ok=True)
-    con.execute(f"COPY ({_rows_sql(s.job_margin_days, 'reward-v2')}) TO '{out}' (FORMAT json)", params).fetchall()
+    con.execute(f"COPY ({grouped_sql(s.job_margin_days, 'reward-v2')}) TO '{out}' (FORMAT json)", params).fetchall()
     return time.perf_counter() - began
 
 
