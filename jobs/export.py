@@ -26,8 +26,8 @@ from xxhash import xxh3_128_digest
 
 from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
-from jobs.splits import (PRECEDENCE, SPLITS, Leakage, clusters, group_hash, keep_one_per_cluster, leakage,
-                         near_duplicate_edges, prompt_digest, split_of)
+from jobs.splits import (PRECEDENCE, clusters, keep_one_per_cluster, leakage, near_duplicate_edges, prompt_digest,
+                         splits_params, splits_sql)
 from lake.duckdb_views import connect
 from lake.tables import ensure_table, open_table, table_path
 from privacy import POLICY_VERSION
@@ -562,28 +562,20 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     group_col = GROUP_COLUMN[settings.export_group_by]
     frozen = frozenset(r[0] for r in con.execute(
         "SELECT group_hash FROM exports_holdout_registry WHERE group_by = ?", [settings.export_group_by]).fetchall())
-    eps = con.execute(f"SELECT episode_id, {group_col}, composite FROM ep WHERE composite IS NOT NULL "
-                      "ORDER BY episode_id").fetchall()
-    split_by_group: dict[str, str] = {}
-    ghash_of: dict[str, str] = {}
-    split_rows = []
-    for episode_id, key, _ in eps:
-        g = group_hash(settings.export_group_by, key, settings.export_split_salt)
-        if g not in split_by_group:
-            split_by_group[g] = split_of(g, settings.export_ratios, settings.export_holdout_share, frozen)
-        ghash_of[episode_id] = g
-        split_rows.append((episode_id, g, split_by_group[g]))
-    con.register("_splits", pa.table({"episode_id": [r[0] for r in split_rows], "group_hash": [r[1] for r in split_rows],
-                                      "split": [r[2] for r in split_rows]}))
+    con.register("_frozen", pa.table({"group_hash": pa.array(sorted(frozen), pa.string())}))
+    con.execute("CREATE OR REPLACE TEMP TABLE _splits AS " + splits_sql(
+        "(SELECT * FROM ep WHERE composite IS NOT NULL)", group_col, "SELECT group_hash FROM _frozen"),
+        splits_params(settings.export_group_by, settings.export_split_salt, settings.export_ratios,
+                      settings.export_holdout_share)).fetchall()
 
     progress("finding near-duplicate prompts")
     con.execute(_user_text_sql(margin), params).fetchall()
-    edges = near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold)
-    cluster_of = clusters(edges)
-    composite = {e: c for e, _, c in eps}
-    split_of_ep = {r[0]: r[2] for r in split_rows}
-    dropped = keep_one_per_cluster(cluster_of, {x: (PRECEDENCE[split_of_ep[x]], -composite[x], x)
-                                                for x in cluster_of if x in split_of_ep})
+    cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold))
+    con.register("_clustered", pa.table({"episode_id": pa.array(list(cluster_of), pa.string())}))
+    rank = {x: (PRECEDENCE[split], -composite, x) for x, split, composite in con.execute(
+        "SELECT episode_id, s.split, ep.composite FROM _clustered JOIN _splits s USING (episode_id) "
+        "JOIN ep USING (episode_id)").fetchall()}
+    dropped = keep_one_per_cluster({x: c for x, c in cluster_of.items() if x in rank}, rank)
     con.register("_dropped", pa.table({"episode_id": pa.array(sorted(dropped), pa.string())}))
     # only episodes the formats can make a row of are grouped and formatted (e.g. SFT: above its threshold)
     eligible = eligible_sql(request.formats, spec.exports)
@@ -687,7 +679,9 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         log.warning("exporting despite failed checks (--allow-failed-checks):\n%s", report.summary())
         progress("WARNING: publishing despite failed checks (--allow-failed-checks); the manifest records it")
     manifest["quality"] = report.as_manifest()
-    new_holdout = sorted(g for g, s in split_by_group.items() if s == "holdout" and g not in frozen)
+    new_holdout = [r[0] for r in con.execute(
+        "SELECT DISTINCT group_hash FROM _splits WHERE split = 'holdout' AND group_hash NOT IN "
+        "(SELECT group_hash FROM _frozen) ORDER BY group_hash").fetchall()]
     return manifest, new_holdout
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import duckdb
+import numpy as np
 
 _WORD = re.compile(r"[^\W_]+")
 SPLITS = ("train", "validation", "test", "holdout")
@@ -41,46 +42,122 @@ def split_of(ghash: str, ratios: Mapping[str, float], holdout_share: float, froz
     return "test"
 
 
-# ---- near duplicates ----------------------------------------------------------------------------------------
-def _signatures_sql(docs: str) -> str:
-    """MinHash signatures of `docs(id, text)`: word 3-grams of the lower-cased, punctuation-free text (the whole
-    text when it has fewer than three words), NUM_PERM seeded hashes each, computed vectorised in DuckDB."""
+def splits_sql(episodes: str, key: str, frozen: str) -> str:
+    """`group_hash` and `split_of` for every row of `episodes` (episode_id and the group key column `key`),
+    vectorised in DuckDB: (episode_id, group_hash, split). `frozen` is a query of the frozen holdout's group
+    hashes; the other inputs are the parameters `splits_params` gives. The Python functions stay the definition:
+    tests hold the two to the same answers."""
+    unit = "('0x' || substr(sha256({purpose} || group_hash), 1, 13))::UBIGINT / 4503599627370496.0"  # 16^13
     return f"""
-    WITH words AS (
-        SELECT id, list_filter(string_split(regexp_replace(lower(text), '[^[:alnum:]]+', ' ', 'g'), ' '),
-                               lambda w: w <> '') AS w
-        FROM {docs}),
-    shingles AS (
-        SELECT id, CASE WHEN len(w) >= 3
-                        THEN list_transform(range(1, len(w) - 1), lambda i: hash(w[i], w[i + 1], w[i + 2]))
-                        ELSE [hash(array_to_string(w, ' '))] END AS h
-        FROM words WHERE len(w) > 0)
-    SELECT id, list_transform(range({NUM_PERM}), lambda k: list_min(list_transform(h, lambda x: hash(x, k)))) AS sig
-    FROM shingles"""
+    WITH g AS (SELECT episode_id, sha256($group_prefix || coalesce(CAST({key} AS VARCHAR), 'None')) AS group_hash
+               FROM {episodes})
+    SELECT episode_id, group_hash, CASE
+        WHEN group_hash IN ({frozen}) OR {unit.format(purpose="'holdout:'")} < $holdout_share THEN 'holdout'
+        WHEN {unit.format(purpose="'split:'")} < $edge_train THEN 'train'
+        WHEN {unit.format(purpose="'split:'")} < $edge_validation THEN 'validation'
+        ELSE 'test' END AS split
+    FROM g"""
+
+
+def splits_params(group_by: str, salt: str, ratios: Mapping[str, float], holdout_share: float) -> dict[str, object]:
+    """The parameters of `splits_sql`: the key prefix of `group_hash` and the cumulative edges of `split_of`."""
+    edge_train = 0.0 + ratios["train"]
+    return {"group_prefix": f"{salt}\x1f{group_by}\x1f", "holdout_share": holdout_share,
+            "edge_train": edge_train, "edge_validation": edge_train + ratios["validation"]}
+
+
+# ---- near duplicates ----------------------------------------------------------------------------------------
+def _constants(name: str, n: int) -> np.ndarray:
+    # odd 64-bit multipliers from sha256, so the permutations never depend on a random generator's version
+    return np.array([int.from_bytes(hashlib.sha256(f"{name}:{k}".encode()).digest()[:8], "little") | 1
+                     for k in range(n)], np.uint64)
+
+
+_PERM_A, _PERM_B = _constants("minhash-a", NUM_PERM), _constants("minhash-b", NUM_PERM)
+_GRAM = _constants("shingle", 3)
+_BAND = _constants("band", ROWS)
+# the words of a document (lower-cased runs of letters and digits), each as DuckDB's 64-bit hash of the word
+_WORD_HASHES_SQL = """
+    SELECT id, h FROM (
+        SELECT id, list_transform(regexp_extract_all(lower(text), '[[:alnum:]]+'), lambda w: hash(w)) AS h
+        FROM {docs})
+    WHERE len(h) > 0
+    ORDER BY id"""
+
+
+def shingle_hashes(words: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Word 3-gram hashes of documents given as word hashes (`words`, document i at offsets[i]:offsets[i + 1],
+    none empty): a document of fewer than three words is one shingle of all its words. Returns the shingle hashes
+    and their offsets, in the same layout."""
+    lens = np.diff(offsets)
+    pos = np.arange(len(words), dtype=np.int64)
+    left = np.repeat(offsets[1:].astype(np.int64), lens) - pos          # words from here to the document's end
+    with np.errstate(over="ignore"):
+        g = words * _GRAM[0]
+        g[:-1] += np.where(left[:-1] >= 2, words[1:] * _GRAM[1], np.uint64(0))
+        g[:-2] += np.where(left[:-2] >= 3, words[2:] * _GRAM[2], np.uint64(0))
+    short = np.zeros(len(words), bool)
+    short[offsets[:-1][lens < 3]] = True
+    counts = np.maximum(lens - 2, 1)
+    return g[(left >= 3) | short], np.concatenate(([0], np.cumsum(counts)))
+
+
+def minhash_signatures(shingles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """NUM_PERM MinHash values per document: the minimum of each of NUM_PERM seeded multiply-add permutations
+    (mod 2^64) of its shingle hashes. Shape (documents, NUM_PERM)."""
+    sig = np.empty((len(offsets) - 1, NUM_PERM), np.uint64)
+    v = np.empty_like(shingles)
+    with np.errstate(over="ignore"):
+        for k in range(NUM_PERM):
+            np.multiply(shingles, _PERM_A[k], out=v)
+            v += _PERM_B[k]
+            sig[:, k] = np.minimum.reduceat(v, offsets[:-1])
+    return sig
+
+
+def similar_pairs(sig: np.ndarray, threshold: float) -> np.ndarray:
+    """Pairs (i, j), i > j, of rows of `sig` whose share of equal MinHash values reaches `threshold`, sorted.
+
+    LSH: rows sharing a band are candidates; each is compared with the first row of its bucket (a star, not all
+    pairs, so a bucket of a million identical prompts costs a million comparisons, not 10^12)."""
+    n = len(sig)
+    found = []
+    with np.errstate(over="ignore"):
+        for b in range(BANDS):
+            key = (sig[:, b * ROWS:(b + 1) * ROWS] * _BAND).sum(1, dtype=np.uint64)
+            order = np.argsort(key, kind="stable")
+            k = key[order]
+            first = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+            centre = order[np.repeat(first, np.diff(np.concatenate((first, [n]))))]
+            member = order != centre
+            found.append(order[member].astype(np.int64) * n + centre[member])
+    if not found:
+        return np.empty((0, 2), np.int64)
+    cand = np.unique(np.concatenate(found))
+    i, j = cand // n, cand % n
+    agree = (sig[i] == sig[j]).sum(1)
+    keep = agree >= threshold * NUM_PERM
+    return np.stack([i[keep], j[keep]], axis=1)
 
 
 def near_duplicate_edges(con: duckdb.DuckDBPyConnection, docs: str, threshold: float) -> list[tuple[str, str]]:
-    """Pairs (id, other) of `docs(id, text)` whose estimated Jaccard similarity is at least `threshold`.
+    """Pairs (id, other) of `docs(id, text)` whose estimated Jaccard similarity of word 3-grams is at least
+    `threshold`; clusters are the connected components of these edges.
 
-    LSH: documents sharing a band are candidates; each is compared with the smallest id of its bucket (a star,
-    not all pairs, so a bucket of a million identical prompts costs a million comparisons, not 10^12), and the
-    pair is kept when the share of equal MinHash values reaches the threshold. Clusters are the connected
-    components of these edges.
-    """
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _sig AS {_signatures_sql(docs)}").fetchall()
-    bands = " UNION ALL ".join(
-        f"SELECT id, {b} AS band, hash(sig[{b * ROWS + 1}:{(b + 1) * ROWS}]) AS bucket FROM _sig"
-        for b in range(BANDS))
-    rows = con.execute(f"""
-        WITH b AS ({bands}),
-        centre AS (SELECT band, bucket, min(id) AS cid FROM b GROUP BY ALL HAVING count(*) > 1),
-        cand AS (SELECT DISTINCT b.id, c.cid FROM b JOIN centre c USING (band, bucket) WHERE b.id <> c.cid)
-        SELECT cand.id, cand.cid FROM cand
-        JOIN _sig s1 ON s1.id = cand.id JOIN _sig s2 ON s2.id = cand.cid
-        WHERE len(list_filter(range(1, {NUM_PERM} + 1), lambda i: s1.sig[i] = s2.sig[i])) >= {threshold} * {NUM_PERM}
-        ORDER BY ALL""").fetchall()
-    con.execute("DROP TABLE _sig").fetchall()
-    return rows
+    DuckDB splits and hashes the words (vectorised, both cores); numpy makes the shingles, the MinHash signatures
+    and the LSH buckets (`similar_pairs`), a batch of documents at a time for the signatures."""
+    ids, sigs = [], []
+    for batch in con.sql(_WORD_HASHES_SQL.format(docs=docs)).to_arrow_reader(1 << 16):
+        h = batch.column(1)
+        offsets = h.offsets.to_numpy().astype(np.int64)
+        words = h.values.to_numpy()[offsets[0]:offsets[-1]]   # a batch's list array may be a slice
+        offsets -= offsets[0]
+        ids.extend(batch.column(0).to_pylist())
+        sigs.append(minhash_signatures(*shingle_hashes(words, offsets)))
+    if not ids:
+        return []
+    pairs = similar_pairs(np.concatenate(sigs), threshold)
+    return [(ids[i], ids[j]) for i, j in pairs.tolist()]
 
 
 def clusters(edges: Iterable[tuple[str, str]]) -> dict[str, str]:

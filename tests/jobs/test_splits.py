@@ -1,0 +1,122 @@
+"""Split assignment, near-duplicate detection (shingles, MinHash, LSH) and clustering, without Spark or Kafka."""
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs.splits import (NUM_PERM, clusters, group_hash, keep_one_per_cluster, minhash_signatures,
+                         near_duplicate_edges, shingle_hashes, similar_pairs, split_of, splits_params, splits_sql)
+
+pytestmark = pytest.mark.unit
+
+
+def _docs(*texts: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.register("docs", pa.table({"id": [f"e{i:03d}" for i in range(len(texts))], "text": list(texts)}))
+    return con
+
+
+def _layout(*docs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    words = np.array([w for d in docs for w in d], np.uint64)
+    return words, np.concatenate(([0], np.cumsum([len(d) for d in docs]))).astype(np.int64)
+
+
+def test_shingles_are_word_trigrams_and_short_documents_are_one_shingle():
+    words, offsets = _layout([1, 2, 3, 4, 5], [6, 7], [8], [9, 10, 11])
+    sh, so = shingle_hashes(words, offsets)
+    assert np.diff(so).tolist() == [3, 1, 1, 1]
+    # a document's shingles do not depend on its neighbours
+    for i, doc in enumerate(([1, 2, 3, 4, 5], [6, 7], [8], [9, 10, 11])):
+        alone, _ = shingle_hashes(*_layout(doc))
+        assert sh[so[i]:so[i + 1]].tolist() == alone.tolist()
+    # word order matters inside a shingle
+    assert shingle_hashes(*_layout([1, 2, 3]))[0][0] != shingle_hashes(*_layout([3, 2, 1]))[0][0]
+
+
+def test_minhash_estimates_jaccard_similarity():
+    rng = np.random.default_rng(3)
+    errors = []
+    for target in (0.1, 0.3, 0.5, 0.7, 0.9):
+        for _ in range(40):
+            common = rng.integers(0, 2**63, int(200 * target), dtype=np.uint64)
+            a = np.concatenate((common, rng.integers(0, 2**63, 100 - len(common) // 2, dtype=np.uint64)))
+            b = np.concatenate((common, rng.integers(0, 2**63, 100 - len(common) // 2, dtype=np.uint64)))
+            true = len(common) / (len(a) + len(b) - len(common))
+            sig = minhash_signatures(np.concatenate((a, b)), np.array([0, len(a), len(a) + len(b)]))
+            errors.append((sig[0] == sig[1]).mean() - true)
+    # unbiased, with the spread 32 permutations allow (sd ≤ 0.09 per pair)
+    assert abs(np.mean(errors)) < 0.02
+    assert np.std(errors) < 0.1
+
+
+def test_similar_pairs_links_each_member_to_its_buckets_first_row():
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
+    other = rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
+    sig = np.stack([base, other, base, base, other])
+    assert similar_pairs(sig, 0.8).tolist() == [[2, 0], [3, 0], [4, 1]]
+    assert similar_pairs(sig[:1], 0.8).tolist() == []
+
+
+def test_near_duplicate_edges_find_edited_prompts_but_not_different_ones():
+    prompt = ("I need to change my flight from New York to Seattle on the fifth of May because my meeting moved "
+              "and I would like a window seat and one checked bag if the fare allows it please")
+    con = _docs(prompt,
+                prompt.upper().replace(" ", "  ") + "!!",                 # case, spacing and punctuation only
+                prompt.replace("window", "aisle"),                          # one word of 34 changed
+                "Please cancel the reservation I made last week for my mother, she cannot travel anymore",
+                "",                                                         # no words: never a duplicate
+                "???")
+    edges = near_duplicate_edges(con, "docs", 0.8)
+    assert set(edges) >= {("e001", "e000")}
+    assert all(b == "e000" for _, b in edges) and {a for a, _ in edges} <= {"e001", "e002"}
+    assert near_duplicate_edges(_docs("a b c", "x y z"), "docs", 0.8) == []
+    assert near_duplicate_edges(_docs(), "docs", 0.8) == []
+
+
+def test_near_duplicates_across_reader_batches_are_found():
+    texts = [f"unique prompt number {i} about booking {i * 7} seats on flight {i * 13}" for i in range(70_000)]
+    texts[69_999] = texts[3]
+    con = duckdb.connect()
+    con.register("docs", pa.table({"id": [f"e{i:06d}" for i in range(len(texts))], "text": texts}))
+    assert ("e069999", "e000003") in near_duplicate_edges(con, "docs", 0.8)
+
+
+def test_clusters_keep_one_member_by_rank():
+    cluster_of = clusters([("b", "a"), ("c", "b"), ("e", "d")])
+    assert cluster_of == {"a": "a", "b": "a", "c": "a", "d": "d", "e": "d"}
+    # callers rank by split precedence, then reward (negated), then id
+    rank = {"a": (3, 0, "a"), "b": (0, 0, "b"), "c": (0, -1, "c"), "d": (1, 0, "d"), "e": (1, 0, "e")}
+    assert keep_one_per_cluster(cluster_of, rank) == {"a", "b", "e"}
+
+
+def test_split_of_is_stable_follows_the_ratios_and_honours_the_frozen_holdout():
+    ratios = {"train": 0.8, "validation": 0.1, "test": 0.1}
+    groups = [f"{i:064x}" for i in range(20_000)]
+    splits = [split_of(g, ratios, 0.05, frozenset()) for g in groups]
+    assert splits == [split_of(g, ratios, 0.05, frozenset()) for g in groups]
+    share = {s: splits.count(s) / len(splits) for s in set(splits)}
+    assert share["holdout"] == pytest.approx(0.05, abs=0.01)
+    assert share["train"] == pytest.approx(0.95 * 0.8, abs=0.02)
+    assert split_of(groups[0], ratios, 0.0, frozenset({groups[0]})) == "holdout"
+    # a larger holdout share only moves groups into the holdout, never between train and test
+    wider = [split_of(g, ratios, 0.2, frozenset()) for g in groups]
+    assert all(w == s or w == "holdout" for s, w in zip(splits, wider))
+
+
+def test_splits_in_sql_agree_with_the_python_definition():
+    ratios = {"train": 0.7, "validation": 0.2, "test": 0.1}
+    keys = [f"user-{i}" for i in range(5_000)] + [None, "é ü", "user-1"]
+    frozen = {group_hash("user", "user-7", "salt"), group_hash("user", "user-8", "salt")}
+    con = duckdb.connect()
+    con.register("eps", pa.table({"episode_id": [f"e{i}" for i in range(len(keys))], "user_id": keys}))
+    con.register("frozen", pa.table({"group_hash": sorted(frozen)}))
+    got = con.execute(splits_sql("eps", "user_id", "SELECT group_hash FROM frozen") + " ORDER BY episode_id",
+                      splits_params("user", "salt", ratios, 0.1)).fetchall()
+    want = sorted((f"e{i}", group_hash("user", k, "salt"), split_of(group_hash("user", k, "salt"), ratios, 0.1,
+                                                                      frozenset(frozen)))
+                  for i, k in enumerate(keys))
+    assert got == want
+    assert {s for _, _, s in got} == {"train", "validation", "test", "holdout"}
