@@ -27,8 +27,8 @@ from xxhash import xxh3_128_digest
 
 from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
-from jobs.splits import (PRECEDENCE, clusters, keep_one_per_cluster, leakage, near_duplicate_edges, prompt_digest,
-                         splits_params, splits_sql)
+from jobs.splits import (PRECEDENCE, clusters, keep_one_per_cluster, leakage, near_duplicate_edges,
+                         prompt_digest_sql, splits_params, splits_sql)
 from lake.duckdb_views import connect
 from lake.tables import ensure_table, open_table, table_path
 from privacy import POLICY_VERSION
@@ -205,14 +205,13 @@ class _Chunk:
         for a, b, c in bounds:
             yield "[" + ",".join(texts[a:b]) + "]", "[" + ",".join(texts[b:c]) + "]"
 
-    def save(self, stem: Path) -> Path:
+    def save(self, stem: Path) -> None:
         """Write the chunk as two Arrow IPC files `stem`.episodes and `stem`.fragments (slices written as slices:
         a formatting process maps them instead of receiving them through a pipe)."""
         for name in ("episodes", "fragments"):
             table = getattr(self, name)
             with pa.OSFile(f"{stem}.{name}", "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
-        return stem
 
     @classmethod
     def load(cls, first: int, stem: Path) -> "_Chunk":
@@ -250,7 +249,8 @@ class _Part:
     """The rows of one format and split that one batch of episodes made, in episode order: their JSON lines
     concatenated, where each line ends, each row's content digest (16 bytes each), its position among the batch's
     rows of that format (to restore the order across splits) and its episode's index in the batch. Compact, so
-    handing a batch from a formatting process to the writer costs a few copies, not an object per row."""
+    a batch passes from a formatting process to the writer as a few arrays (the lines themselves through the
+    chunk's rows file), not as an object per row."""
 
     lines: bytes | memoryview   # empty while they are in the chunk's rows file, at `at`
     ends: array
@@ -467,7 +467,7 @@ def _format_batch(batch: _Chunk) -> _Formatted:
                 eps.append(i)
                 position[fmt] += 1
                 any_row = True
-        out.episodes.append((r["episode_id"], r["split"], r["group_hash"], prompt_digest(r["user_text"] or "")))
+        out.episodes.append((r["episode_id"], r["split"], r["group_hash"], r["prompt_digest"]))
         if any_row:
             pii.add(ep.episode_id, conv, ep.steps)
     pii.flush()
@@ -509,20 +509,30 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
 
     # at most a few batches in flight: the pool's feeder would otherwise read the whole query into memory
     slots = threading.Semaphore(workers * 3)
+    stopped = threading.Event()
 
     def fed() -> Iterator[tuple[int, str]]:
         for b in batches:
             slots.acquire()
-            yield b.first, str(b.save(job.scratch / str(b.first)))
+            if stopped.is_set():
+                return
+            b.save(job.scratch / str(b.first))
+            yield b.first, str(job.scratch / str(b.first))
 
     # forkserver: the parent holds DuckDB's threads, which a plain fork would copy mid-flight
     ctx = multiprocessing.get_context("forkserver")
     job.scratch.mkdir(parents=True, exist_ok=True)
     try:
         with ctx.Pool(workers, initializer=_start_formatting, initargs=(job,)) as pool:
-            for formatted in pool.imap(_format_saved, fed()):
+            try:
+                for formatted in pool.imap(_format_saved, fed()):
+                    slots.release()
+                    yield formatted
+            finally:
+                # when formatting fails (or the consumer stops), the pool's feeder thread may be waiting for a
+                # slot: wake it and let it end, or leaving the pool (which joins that thread) would hang forever
+                stopped.set()
                 slots.release()
-                yield formatted
     finally:
         shutil.rmtree(job.scratch, ignore_errors=True)
 
@@ -589,7 +599,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     eligible = eligible_sql(request.formats, spec.exports)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
                     SELECT row_number() OVER (ORDER BY ep.episode_id) - 1 AS rank,
-                           ep.*, s.split, s.group_hash, t.text AS user_text FROM ep
+                           ep.*, s.split, s.group_hash, {prompt_digest_sql("coalesce(t.text, '')")} AS prompt_digest
+                    FROM ep
                     JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
                     WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)
                       AND {eligible or 'true'}""").fetchall()

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import duckdb
 import numpy as np
 
-_WORD = re.compile(r"[^\W_]+")
 SPLITS = ("train", "validation", "test", "holdout")
 # when near duplicates fall into several splits, the one kept is in the split that must stay clean first
 PRECEDENCE = {"holdout": 0, "test": 1, "validation": 2, "train": 3}
@@ -231,7 +229,8 @@ def leakage(rows: Iterable[tuple[str, str, str]], frozen: set[str] | frozenset[s
     return out
 
 
-def prompt_digest(text: str) -> str:
-    """Digest of a prompt's normalised words: equal for prompts that differ only in case, spacing or punctuation."""
-    words = _WORD.findall(text.lower())
-    return hashlib.blake2b(" ".join(words).encode(), digest_size=16).hexdigest() if words else ""
+def prompt_digest_sql(text: str) -> str:
+    """SQL for the digest of a prompt's normalised words (lower-cased runs of Unicode letters and numbers, joined by
+    one space): equal for prompts that differ only in case, spacing or punctuation; '' for a prompt without words.
+    What the leakage check compares across splits."""
+    return (f"coalesce(md5(nullif(array_to_string(regexp_extract_all(lower({text}), '[\\pL\\pN]+'), ' '), '')), '')")

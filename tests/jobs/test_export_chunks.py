@@ -9,7 +9,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from jobs.export import _FRAGMENTS_SCHEMA, _Chunk, _Formatted, _Part, _Writer, episode_chunks
+from jobs.export import (_FRAGMENTS_SCHEMA, _Chunk, _Formatted, _FormatJob, _Part, _Writer, _formatted, _spec,
+                         episode_chunks)
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +61,8 @@ def test_a_saved_chunk_holds_only_its_rows_and_loads_back_equal(tmp_path):
     slice would), and loading removes the files."""
     kept, rows, _ = lake(2000, seed=1)
     chunk = next(c for c in episode_chunks(kept, reader(rows, 100_000), 10) if c.first == 990)
-    stem = chunk.save(tmp_path / "990")
+    stem = tmp_path / "990"
+    chunk.save(stem)
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert on_disk < 20_000 < pa.Table.from_pylist(rows, schema=_FRAGMENTS_SCHEMA).nbytes
     back = _Chunk.load(990, stem)
@@ -86,3 +88,16 @@ def test_rows_handed_over_in_a_file_are_written_and_the_file_removed(tmp_path):
     assert not rows_file.exists()
     assert (tmp_path / "out/sft/train.jsonl").read_bytes() == b'{"a":1}\n{"b":2}\n'
     assert (tmp_path / "out/sft/test.jsonl").read_bytes() == b'{"c":3}\n'
+
+
+@pytest.mark.timeout(180)
+def test_a_formatting_process_that_fails_ends_the_export_with_its_error(tmp_path):
+    """A chunk the formatting processes cannot format (these episodes lack every column but their id) raises the
+    worker's error in the parent, with more chunks waiting than the feeder may hold in flight: before the fix,
+    leaving the pool joined a feeder thread blocked on its slot, and the export hung forever."""
+    kept, rows, _ = lake(300, seed=2)
+    job = _FormatJob(("kto",), _spec("reward-v2").exports, "reward-v2", None, tmp_path / "scratch")
+    with pytest.raises(KeyError):
+        for _ in _formatted(episode_chunks(kept, reader(rows, 50), 10), job, 2, 10**6):
+            pass
+    assert not (tmp_path / "scratch").exists()

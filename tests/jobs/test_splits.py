@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from jobs.splits import (NUM_PERM, clusters, group_hash, keep_one_per_cluster, minhash_signatures,
-                         near_duplicate_edges, shingle_hashes, similar_pairs, split_of, splits_params, splits_sql)
+                         near_duplicate_edges, prompt_digest_sql, shingle_hashes, similar_pairs, split_of,
+                         splits_params, splits_sql)
 
 pytestmark = pytest.mark.unit
 
@@ -120,3 +121,16 @@ def test_splits_in_sql_agree_with_the_python_definition():
                   for i, k in enumerate(keys))
     assert got == want
     assert {s for _, _, s in got} == {"train", "validation", "test", "holdout"}
+
+
+def test_prompt_digest_ignores_case_spacing_and_punctuation_only():
+    con = duckdb.connect()
+
+    def digest(text: str) -> str:
+        return con.execute(f"SELECT {prompt_digest_sql('?')}", [text]).fetchall()[0][0]
+
+    assert digest("Change my flight, please!") == digest("change  my FLIGHT please") != ""
+    assert digest("Change my flight") != digest("Cancel my flight")
+    assert digest("Straße über 42") == digest("STRASSE ÜBER 42".lower().replace("ss", "ß"))
+    assert digest("need_help") == digest("need help")      # underscores separate words, as punctuation does
+    assert digest("") == digest("?!") == ""
