@@ -27,8 +27,8 @@ from xxhash import xxh3_128_digest
 
 from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
-from jobs.splits import (PRECEDENCE, clusters, keep_one_per_cluster, leakage, near_duplicate_edges,
-                         prompt_digest_sql, splits_params, splits_sql)
+from jobs.splits import (NEAR_DUPLICATE_METHOD, PRECEDENCE, clusters, keep_one_per_cluster, leakage,
+                         near_duplicate_edges, prompt_digest_sql, splits_params, splits_sql)
 from lake.duckdb_views import connect
 from lake.tables import ensure_table, open_table, table_path
 from privacy import POLICY_VERSION
@@ -619,7 +619,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     batches = episode_chunks(kept, fragments, 2048)
     checks_imported: threading.Thread | None = None
     for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
-        if checks_imported is None:
+        if checks_imported is None and n_kept > INLINE_UP_TO:
             # Great Expectations takes seconds to import, and the parent has time to spare while the formatting
             # processes work (started only now: they exist, so they cannot inherit the import; see below)
             checks_imported = threading.Thread(target=_import_checks, name="import-checks", daemon=True)
@@ -673,7 +673,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         "splits": {"group_by": settings.export_group_by, "ratios": settings.export_ratios,
                    "holdout_share": settings.export_holdout_share, "salt": settings.export_split_salt,
                    "frozen_holdout_groups": len(frozen),
-                   "near_duplicate_threshold": settings.export_near_duplicate_threshold},
+                   "near_duplicate_threshold": settings.export_near_duplicate_threshold,
+                   "near_duplicate_method": NEAR_DUPLICATE_METHOD},
         "counts": {
             "episodes": {"in_window": total, "unscored": unscored, "near_duplicates_removed": len(dropped),
                          "formatted": n_kept, "exported": len(index)},
@@ -797,7 +798,12 @@ def reproduce(settings: Settings, manifest_path: Path, out: Path, progress: Prog
     differ = sorted(set(m["files"]) ^ set(rebuilt["files"])) + sorted(
         f for f in set(m["files"]) & set(rebuilt["files"]) if m["files"][f]["sha256"] != rebuilt["files"][f]["sha256"])
     if differ:
-        raise ExportFailed(f"the rebuilt export differs from the manifest in {', '.join(differ)}")
+        made_with = m["splits"].get("near_duplicate_method", "minhash-word3-duckdb-v1")  # before it was recorded
+        why = "" if made_with == NEAR_DUPLICATE_METHOD else (
+            f"; the manifest's export used near-duplicate method {made_with!r} and this version uses "
+            f"{NEAR_DUPLICATE_METHOD!r}, which can remove different episodes: reproduce it with the trajlake "
+            "version that made it")
+        raise ExportFailed(f"the rebuilt export differs from the manifest in {', '.join(differ)}{why}")
     (out / MANIFEST).write_bytes(orjson.dumps({**m, "reproduced_at": datetime.now(timezone.utc).isoformat()},
                                               option=orjson.OPT_INDENT_2) + b"\n")
     return rebuilt

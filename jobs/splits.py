@@ -14,6 +14,9 @@ PRECEDENCE = {"holdout": 0, "test": 1, "validation": 2, "train": 3}
 # MinHash: NUM_PERM permutations in BANDS bands of ROWS; a pair is a candidate when one band agrees, which
 # happens with probability 1 - (1 - s^ROWS)^BANDS: about 0.97 at s = 0.8 and 0.04 at s = 0.3
 NUM_PERM, BANDS, ROWS = 32, 8, 4
+# recorded in each manifest: which near duplicates an export removes depends on these hashes, so an export made
+# under another method may not reproduce byte for byte
+NEAR_DUPLICATE_METHOD = "minhash-word3-numpy-v2"
 
 
 def group_hash(group_by: str, key: str, salt: str) -> str:
@@ -146,6 +149,8 @@ def near_duplicate_edges(con: duckdb.DuckDBPyConnection, docs: str, threshold: f
     and the LSH buckets (`similar_pairs`), a batch of documents at a time for the signatures."""
     ids, sigs = [], []
     for batch in con.sql(_WORD_HASHES_SQL.format(docs=docs)).to_arrow_reader(1 << 16):
+        if batch.num_rows == 0:
+            continue
         h = batch.column(1)
         offsets = h.offsets.to_numpy().astype(np.int64)
         words = h.values.to_numpy()[offsets[0]:offsets[-1]]   # a batch's list array may be a slice

@@ -14,7 +14,6 @@ from typing import Any, Iterator
 
 import duckdb
 import orjson
-import pandas as pd
 import pyarrow as pa
 
 from quality.suites import Suite
@@ -150,7 +149,7 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
 
     run_id = run_id or uuid.uuid4().hex[:12]
     frame = with_derived(suite, data)
-    df = frame.to_pandas(types_mapper=pd.ArrowDtype)
+    df = frame.to_pandas()
     with _locked(settings):
         ctx = _context(str(quality_dir(settings)))
         source = ctx.data_sources.add_or_update_pandas("trajlake")

@@ -154,6 +154,19 @@ def test_manifest_reproduces_byte_identical_files(synthetic_lake, synthetic_expo
     assert load_manifest(synthetic_export.path)["sources"]["silver/episodes"] is not None
 
 
+def test_a_rebuild_that_differs_names_a_changed_near_duplicate_method(synthetic_lake, synthetic_export, tmp_path):
+    m = load_manifest(synthetic_export.path)
+    assert m["splits"]["near_duplicate_method"]
+    # as if made by an older version: another method, and a file the rebuild will not match
+    m["splits"]["near_duplicate_method"] = "minhash-word3-duckdb-v1"
+    first = sorted(m["files"])[0]
+    m["files"][first]["sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_bytes(orjson.dumps(m))
+    with pytest.raises(ExportFailed, match=f"differs from the manifest in {first}; .*near-duplicate method "
+                                           "'minhash-word3-duckdb-v1'.*version that made it"):
+        reproduce(synthetic_lake, tmp_path / "manifest.json", tmp_path / "again")
+
+
 def test_leakage_check_catches_a_planted_leak(synthetic_export):
     train = rows(synthetic_export.path / "kto" / "train.jsonl")
     test = rows(synthetic_export.path / "kto" / "test.jsonl")
