@@ -48,16 +48,17 @@ def splits_sql(episodes: str, key: str, frozen: str) -> str:
     vectorised in DuckDB: (episode_id, group_hash, split). `frozen` is a query of the frozen holdout's group
     hashes; the other inputs are the parameters `splits_params` gives. The Python functions stay the definition:
     tests hold the two to the same answers."""
-    unit = "('0x' || substr(sha256({purpose} || group_hash), 1, 13))::UBIGINT / 4503599627370496.0"  # 16^13
+    unit = "('0x' || substr(sha256('{purpose}:' || group_hash), 1, 13))::UBIGINT / 4503599627370496.0"  # 16^13
     return f"""
     WITH g AS (SELECT episode_id, sha256($group_prefix || coalesce(CAST({key} AS VARCHAR), 'None')) AS group_hash
-               FROM {episodes})
+               FROM {episodes}),
+    u AS (SELECT *, {unit.format(purpose="holdout")} AS u_holdout, {unit.format(purpose="split")} AS u_split FROM g)
     SELECT episode_id, group_hash, CASE
-        WHEN group_hash IN ({frozen}) OR {unit.format(purpose="'holdout:'")} < $holdout_share THEN 'holdout'
-        WHEN {unit.format(purpose="'split:'")} < $edge_train THEN 'train'
-        WHEN {unit.format(purpose="'split:'")} < $edge_validation THEN 'validation'
+        WHEN group_hash IN ({frozen}) OR u_holdout < $holdout_share THEN 'holdout'
+        WHEN u_split < $edge_train THEN 'train'
+        WHEN u_split < $edge_validation THEN 'validation'
         ELSE 'test' END AS split
-    FROM g"""
+    FROM u"""
 
 
 def splits_params(group_by: str, salt: str, ratios: Mapping[str, float], holdout_share: float) -> dict[str, object]:
@@ -132,8 +133,6 @@ def similar_pairs(sig: np.ndarray, threshold: float) -> np.ndarray:
             centre = order[np.repeat(first, np.diff(np.concatenate((first, [n]))))]
             member = order != centre
             found.append(order[member].astype(np.int64) * n + centre[member])
-    if not found:
-        return np.empty((0, 2), np.int64)
     cand = np.unique(np.concatenate(found))
     i, j = cand // n, cand % n
     agree = (sig[i] == sig[j]).sum(1)

@@ -27,7 +27,8 @@ EPS = 1e-9
 class Suite:
     """One table's expectations. `derived` are checks GE has no expectation for (order within an episode, one split
     per group): each is a boolean SQL expression (DuckDB, window functions allowed; the rows are the table `t`)
-    added to the batch as a column the suite then expects to be true. `critical` columns block a publish even under an explicit override."""
+    added to the batch as a column the suite then expects to be true. `critical` columns block a publish even
+    under an explicit override."""
 
     name: str
     table: str
