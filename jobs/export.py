@@ -3,10 +3,10 @@ reproduces them byte for byte (`trajlake export`)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from array import array
-from itertools import accumulate
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import accumulate, chain
 import shutil
 import threading
 import uuid
@@ -14,7 +14,7 @@ import logging
 import mmap
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -22,7 +22,6 @@ import duckdb
 import orjson
 import numpy as np
 import pyarrow as pa
-from deltalake import write_deltalake
 from xxhash import xxh3_128_digest
 
 from jobs.conversations import CONVERSATION_EVENTS, conversation
@@ -110,8 +109,9 @@ def pinned_sources(settings: Settings, sources: dict[str, int] | None) -> dict[s
     return out
 
 
-def _open_lake(settings: Settings, versions: dict[str, int | None]) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
+def _open_lake(settings: Settings, versions: dict[str, int | None],
+               con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    con = con or duckdb.connect()
     con.execute("SET enable_progress_bar = false").fetchall()
     try:
         return connect(settings, {k: v for k, v in versions.items() if v is not None}, con=con)
@@ -147,7 +147,7 @@ def _user_text_sql(margin: int) -> str:
 
 
 def _fragments_sql(margin: int, reward_version: str) -> str:
-    # every kept episode's events and steps as one JSON fragment per row, sorted by the episode's rank, events
+    # every ranked episode's events and steps as one JSON fragment per row, sorted by the episode's rank, events
     # before steps, each in its own order. A sort, not a grouping: DuckDB's ordered aggregates (string_agg/list
     # with ORDER BY) cost twice as much as sorting the same rows; `_Chunk.lists` does the grouping.
     return f"""
@@ -166,7 +166,7 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
         SELECT k.rank, 0::UTINYINT AS kind, epoch_us(b.ts) AS o1, b.event_id AS o2,
                '{{"t":' || to_json(b.event_type) || ',"a":' || coalesce(to_json(b.action_id), 'null')
                || ',"b":' || b.body || '}}' AS fragment
-        FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
+        FROM ranked k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
         WHERE b.event_type IN ({", ".join(f"'{t}'" for t in CONVERSATION_EVENTS)})
           AND b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
         UNION ALL
@@ -177,7 +177,7 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
                         'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
                         'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
                         'credit_share': sg.credit_share, 'step_reward': sg.step_reward}})::VARCHAR
-        FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
+        FROM ranked k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
         LEFT JOIN sg USING (step_id))
     ORDER BY rank, kind, o1, o2"""
 
@@ -186,10 +186,36 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
 _FRAGMENTS_SCHEMA = pa.schema([("rank", pa.int64()), ("kind", pa.uint8()), ("fragment", pa.string())])
 
 
+@contextmanager
+def _sorted_fragments(settings: Settings, versions: dict[str, int | None], con: duckdb.DuckDBPyConnection,
+                      sql: str, params: dict[str, Any]) -> Iterator[Future[pa.RecordBatchReader]]:
+    """`sql`'s rows (`_fragments_sql`) as a reader, sorted in another connection to `con`'s database by a thread
+    while the caller goes on (DuckDB releases the GIL while it sorts). Interrupted when the caller fails."""
+    cur = _open_lake(settings, versions, con.cursor())
+
+    def sort() -> pa.RecordBatchReader:
+        reader = cur.sql(sql, params=params).to_arrow_reader(1 << 16)
+        try:
+            # the first batch exists only when the whole sort is done: wait for it here, not in the caller
+            first = [reader.read_next_batch()]
+        except StopIteration:
+            first = []
+        return pa.RecordBatchReader.from_batches(reader.schema, chain(first, reader))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="fragments") as pool:
+        future = pool.submit(sort)
+        try:
+            yield future
+        except BaseException:
+            future.cancel()
+            cur.interrupt()
+            raise
+
+
 @dataclass
 class _Chunk:
-    """Episodes `first`… of the export (`episodes`: rows of the `kept` table) with all their events and steps as
-    JSON fragments (`fragments`: rank, kind, fragment; sorted by rank, then kind: events (0), then steps (1))."""
+    """Episodes `first`… of the export (`episodes`: rows of the `kept` table, near duplicates flagged `dropped`)
+    with all their events and steps as JSON fragments (`fragments`: rank, kind, fragment; sorted by rank, then kind: events (0), then steps (1))."""
 
     first: int
     episodes: pa.Table
@@ -340,20 +366,25 @@ class _PiiScan:
     per_episode: dict[str, int] = field(default_factory=dict)   # episode → values found in its texts (hits only)
 
     def add(self, episode_id: str, conv: Any, steps: Sequence[dict[str, Any]]) -> None:
-        texts = self.batch
-        start = len(texts)
+        # each distinct text once: a step's output is usually also its assistant message's content, and the same
+        # text finds the same values (what the scan reports: distinct values, and per episode on a rescan)
+        mine: dict[str, None] = {}
         for m in conv.messages:
             if m.get("content"):
-                texts.append(m["content"])
+                mine[m["content"]] = None
             for call in m.get("tool_calls") or ():
-                texts.append(call["function"]["arguments"])
+                mine[call["function"]["arguments"]] = None
         if conv.grader:
-            texts.append(orjson.dumps(conv.grader).decode())
+            mine[orjson.dumps(conv.grader).decode()] = None
         for st in steps:
-            texts.extend(t for t in (st.get("output"), st.get("final_value")) if t)
+            if st.get("output"):
+                mine[st["output"]] = None
+            if st.get("final_value"):
+                mine[st["final_value"]] = None
+        self.batch.extend(mine)
+        self.batch.append("\x00")  # a boundary no pattern crosses
         self.episodes.append(episode_id)
-        self.size += sum(len(t) for t in texts[start:])
-        texts.append("\x00")  # a boundary no pattern crosses
+        self.size += sum(map(len, mine))
         if self.size >= 8 << 20:
             self.flush()
 
@@ -366,7 +397,7 @@ class _PiiScan:
             # which episodes: rescan just this batch's episodes one by one (rare: only when something was found)
             self.where.setdefault(kind, [])
         if found:
-            chunks, current, i = [], [], 0
+            chunks, current = [], []
             for t in self.batch:
                 if t == "\x00":
                     chunks.append(current)
@@ -446,26 +477,34 @@ def _format_batch(batch: _Chunk) -> _Formatted:
     assert _job is not None and _scanner is not None
     builders = [(fmt, BUILDERS[fmt]) for fmt in _job.formats]
     pii = _PiiScan(_scanner)
-    out = _Formatted(batch.episodes.num_rows, {}, [], {}, {}, {})
+    out = _Formatted(0, {}, [], {}, {}, {})
     # (format, split) → lines, digests, positions within the format, episode indices
     acc: dict[tuple[str, str], tuple[list[bytes], list[bytes], list[int], list[int]]] = {}
     position = dict.fromkeys(_job.formats, 0)
+    dumps, digest_of, policy, reward_version = orjson.dumps, xxh3_128_digest, _job.policy, _job.reward_version
     for i, (r, (events, steps)) in enumerate(zip(batch.episodes.to_pylist(), batch.lists())):
+        if r.get("dropped"):   # a near duplicate of an episode the export keeps
+            continue
+        out.n += 1
         conv = conversation((e["t"], e["a"], e["b"]) for e in orjson.loads(events))
         ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
                      r["prompt_variant"], r["outcome"], r["composite"], bool(r["gate_passed"]), r["split"],
                      tuple(orjson.loads(steps)))
         any_row = False
         for fmt, build_rows in builders:
-            for content, meta in build_rows(ep, conv, _job.policy, _job.reward_version):
-                body = orjson.dumps(content)
-                lines, digests, order, eps = acc.setdefault((fmt, meta["split"]), ([], [], [], []))
+            at = position[fmt]
+            for content, meta in build_rows(ep, conv, policy, reward_version):
+                body = dumps(content)
+                key = (fmt, meta["split"])
+                lists = acc.get(key) or acc.setdefault(key, ([], [], [], []))
                 # identical training content is written once per format: the digest is of the content alone
-                digests.append(xxh3_128_digest(body))
-                lines.append(body[:-1] + b"," + orjson.dumps(meta)[1:] + b"\n")
-                order.append(position[fmt])
-                eps.append(i)
-                position[fmt] += 1
+                lists[1].append(digest_of(body))
+                lists[0].append(b"%b,%b\n" % (body[:-1], dumps(meta)[1:]))
+                lists[2].append(at)
+                lists[3].append(i)
+                at += 1
+            if at != position[fmt]:
+                position[fmt] = at
                 any_row = True
         out.episodes.append((r["episode_id"], r["split"], r["group_hash"], r["prompt_digest"]))
         if any_row:
@@ -537,6 +576,51 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
         shutil.rmtree(job.scratch, ignore_errors=True)
 
 
+@dataclass
+class _Written:
+    """What formatting and writing an export's rows leaves for the checks and the manifest."""
+
+    writer: _Writer
+    index: list[tuple[str, str, str, str]]   # (episode, split, group, prompt digest) of each exported episode
+    pii_hits: dict[str, int]
+    pii_where: dict[str, list[str]]
+    pii_episodes: dict[str, int]
+    checks_imported: threading.Thread | None   # the import of Great Expectations, when it was started early
+
+
+def _write(settings: Settings, request: ExportRequest, spec: RewardSpec, out: Path, kept: pa.Table,
+           fragments: pa.RecordBatchReader, n_kept: int, progress: Progress) -> _Written:
+    """Format the kept episodes (`kept`, in rank order, with their sorted `fragments`) in the formatting processes
+    and write their rows."""
+    job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth, out / ".scratch")
+    writer = _Writer(out)
+    pii_hits: dict[str, int] = {}
+    pii_where: dict[str, list[str]] = {}
+    index: list[tuple[str, str, str, str]] = []   # (episode, split, group, prompt digest) of each exported episode
+    pii_episodes: dict[str, int] = {}
+    done = 0
+    batches = episode_chunks(kept, fragments, 2048)
+    checks_imported: threading.Thread | None = None
+    for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
+        if checks_imported is None and n_kept > INLINE_UP_TO:
+            # Great Expectations takes seconds to import, and the parent has time to spare while the formatting
+            # processes work (started only now: they exist, so they cannot inherit the import; see below)
+            checks_imported = threading.Thread(target=_import_checks, name="import-checks", daemon=True)
+            checks_imported.start()
+        wrote: set[int] = set()
+        with formatted.mapped():
+            for fmt, parts in formatted.parts.items():
+                wrote |= writer.write(fmt, parts)
+        index.extend(formatted.episodes[i] for i in sorted(wrote))
+        pii_episodes.update(formatted.pii_episodes)
+        for kind, n in formatted.pii_hits.items():
+            pii_hits[kind] = pii_hits.get(kind, 0) + n
+            pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
+        done += formatted.n
+        progress(f"wrote {done:,}/{n_kept:,} episodes")
+    return _Written(writer, index, pii_hits, pii_where, pii_episodes, checks_imported)
+
+
 def _import_checks() -> None:
     try:
         import great_expectations  # noqa: F401
@@ -586,62 +670,40 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         splits_params(settings.export_group_by, settings.export_split_salt, settings.export_ratios,
                       settings.export_holdout_share)).fetchall()
 
-    progress("finding near-duplicate prompts")
-    con.execute(_user_text_sql(margin), params).fetchall()
-    cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold))
-    con.register("_clustered", pa.table({"episode_id": pa.array(list(cluster_of), pa.string())}))
-    rank = {x: (PRECEDENCE[split], -composite, x) for x, split, composite in con.execute(
-        "SELECT episode_id, s.split, ep.composite FROM _clustered JOIN _splits s USING (episode_id) "
-        "JOIN ep USING (episode_id)").fetchall()}
-    dropped = keep_one_per_cluster({x: c for x, c in cluster_of.items() if x in rank}, rank)
-    con.register("_dropped", pa.table({"episode_id": pa.array(sorted(dropped), pa.string())}))
-    # only episodes the formats can make a row of are grouped and formatted (e.g. SFT: above its threshold)
+    # the episodes the formats can use (e.g. SFT: above its threshold), ranked in output order before near
+    # duplicates are known, so that their events and steps (the export's largest query, a sort) are sorted in
+    # another connection while the near-duplicate search runs here; formatting skips the episodes it then drops
     eligible = eligible_sql(request.formats, spec.exports)
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
-                    SELECT row_number() OVER (ORDER BY ep.episode_id) - 1 AS rank,
-                           ep.*, s.split, s.group_hash, {prompt_digest_sql("coalesce(t.text, '')")} AS prompt_digest
-                    FROM ep
-                    JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
-                    WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)
-                      AND {eligible or 'true'}""").fetchall()
-    n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
-
-    job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth, out / ".scratch")
-    writer = _Writer(out)
-    pii_hits: dict[str, int] = {}
-    pii_where: dict[str, list[str]] = {}
-    index: list[tuple[str, str, str, str]] = []   # (episode, split, group, prompt digest) of each exported episode
-    pii_episodes: dict[str, int] = {}
-    done = 0
-    progress(f"writing {n_kept:,} episodes")
-    kept = con.sql("SELECT * EXCLUDE (rank) FROM kept ORDER BY rank").to_arrow_table()
-    fragments = con.sql(_fragments_sql(margin, spec.version), params=params).to_arrow_reader(1 << 16)
-    batches = episode_chunks(kept, fragments, 2048)
-    checks_imported: threading.Thread | None = None
-    for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
-        if checks_imported is None and n_kept > INLINE_UP_TO:
-            # Great Expectations takes seconds to import, and the parent has time to spare while the formatting
-            # processes work (started only now: they exist, so they cannot inherit the import; see below)
-            checks_imported = threading.Thread(target=_import_checks, name="import-checks", daemon=True)
-            checks_imported.start()
-        wrote: set[int] = set()
-        with formatted.mapped():
-            for fmt, parts in formatted.parts.items():
-                wrote |= writer.write(fmt, parts)
-        index.extend(formatted.episodes[i] for i in sorted(wrote))
-        pii_episodes.update(formatted.pii_episodes)
-        for kind, n in formatted.pii_hits.items():
-            pii_hits[kind] = pii_hits.get(kind, 0) + n
-            pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
-        done += formatted.n
-        progress(f"wrote {done:,}/{n_kept:,} episodes")
+    con.execute(f"""CREATE OR REPLACE TABLE ranked AS
+                    SELECT row_number() OVER (ORDER BY ep.episode_id) - 1 AS rank, ep.*, s.split, s.group_hash
+                    FROM ep JOIN _splits s USING (episode_id)
+                    WHERE {eligible or 'true'}""").fetchall()
+    with _sorted_fragments(settings, versions, con, _fragments_sql(margin, spec.version), params) as fragments:
+        progress("finding near-duplicate prompts")
+        con.execute(_user_text_sql(margin), params).fetchall()
+        cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold))
+        con.register("_clustered", pa.table({"episode_id": pa.array(list(cluster_of), pa.string())}))
+        rank = {x: (PRECEDENCE[split], -composite, x) for x, split, composite in con.execute(
+            "SELECT episode_id, s.split, ep.composite FROM _clustered JOIN _splits s USING (episode_id) "
+            "JOIN ep USING (episode_id)").fetchall()}
+        dropped = keep_one_per_cluster({x: c for x, c in cluster_of.items() if x in rank}, rank)
+        con.register("_dropped", pa.table({"episode_id": pa.array(sorted(dropped), pa.string())}))
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
+                        SELECT r.*, {prompt_digest_sql("coalesce(t.text, '')")} AS prompt_digest,
+                               r.episode_id IN (SELECT episode_id FROM _dropped) AS dropped
+                        FROM ranked r LEFT JOIN ep_text t ON t.id = r.episode_id""").fetchall()
+        n_kept = con.execute("SELECT count(*) FILTER (NOT dropped) FROM kept").fetchall()[0][0]
+        kept = con.sql("SELECT * EXCLUDE (rank) FROM kept ORDER BY rank").to_arrow_table()
+        progress(f"writing {n_kept:,} episodes")
+        written = _write(settings, request, spec, out, kept, fragments.result(), n_kept, progress)
+    writer, index, pii_hits, pii_where = written.writer, written.index, written.pii_hits, written.pii_where
     files = writer.close()
     if "rft" in request.formats and (out / "rft").is_dir():
         (out / "rft" / "grader.json").write_bytes(orjson.dumps(RFT_GRADER, option=orjson.OPT_INDENT_2))
 
     progress("checking the export (leakage, PII, splits)")
-    if checks_imported is not None:
-        checks_imported.join()
+    if written.checks_imported is not None:
+        written.checks_imported.join()
     # imported here, not at the top: formatting processes re-import the caller's main module, and when that imports
     # this module, Great Expectations' import of pyspark.sql.connect would exit them (pyspark takes a forkserver
     # child's main module for a doctest run); see docs/exports.md
@@ -655,9 +717,10 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         "group_hash": pa.array([r[2] for r in index], pa.string()),
         "prompt_digest": pa.array([r[3] for r in index], pa.string()),
         "frozen_holdout": pa.array([r[2] in frozen for r in index], pa.bool_()),
-        "pii_values": pa.array([pii_episodes.get(r[0], 0) for r in index], pa.int64()),
+        "pii_values": pa.array([written.pii_episodes.get(r[0], 0) for r in index], pa.int64()),
     }))
-    policies = sorted(r[0] for r in con.execute("SELECT DISTINCT policy_version FROM kept").fetchall())
+    policies = sorted(r[0] for r in con.execute(
+        "SELECT DISTINCT policy_version FROM kept WHERE NOT dropped").fetchall())
     # the data files were hashed as they were written; the rest (the RFT grader) is hashed here
     files = {**files, **{p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
                          for p in out.rglob("*") if p.is_file() and p.name != MANIFEST

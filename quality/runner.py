@@ -113,6 +113,15 @@ def _context(root: str):
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    # GE fingerprints every in-memory batch below HASH_THRESHOLD bytes (shallow size, so a 1M-row index always
+    # is) with pandas' hash_pandas_object: ~3-5 s at 1M rows, longer than the expectations themselves. Our
+    # batches are rows about to be published, identified by the run id in the report and the manifest (and an
+    # export's files by their sha256), so the fingerprint is switched off. Internal to GE: if it goes away,
+    # nothing breaks, batches are just hashed again.
+    if hasattr(pandas_execution_engine, "HASH_THRESHOLD"):
+        pandas_execution_engine.HASH_THRESHOLD = 0
     ctx = gx.get_context(mode="file", project_root_dir=root)
     bars = ctx.variables.progress_bars  # an object when set here, a dict when read back from the YAML
     if (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is not False:
