@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from array import array
-from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import accumulate, chain
+from itertools import accumulate
 import shutil
 import threading
 import uuid
@@ -109,9 +108,8 @@ def pinned_sources(settings: Settings, sources: dict[str, int] | None) -> dict[s
     return out
 
 
-def _open_lake(settings: Settings, versions: dict[str, int | None],
-               con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    con = con or duckdb.connect()
+def _open_lake(settings: Settings, versions: dict[str, int | None]) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
     con.execute("SET enable_progress_bar = false").fetchall()
     try:
         return connect(settings, {k: v for k, v in versions.items() if v is not None}, con=con)
@@ -147,7 +145,7 @@ def _user_text_sql(margin: int) -> str:
 
 
 def _fragments_sql(margin: int, reward_version: str) -> str:
-    # every ranked episode's events and steps as one JSON fragment per row, sorted by the episode's rank, events
+    # every kept episode's events and steps as one JSON fragment per row, sorted by the episode's rank, events
     # before steps, each in its own order. A sort, not a grouping: DuckDB's ordered aggregates (string_agg/list
     # with ORDER BY) cost twice as much as sorting the same rows; `_Chunk.lists` does the grouping.
     return f"""
@@ -166,7 +164,7 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
         SELECT k.rank, 0::UTINYINT AS kind, epoch_us(b.ts) AS o1, b.event_id AS o2,
                '{{"t":' || to_json(b.event_type) || ',"a":' || coalesce(to_json(b.action_id), 'null')
                || ',"b":' || b.body || '}}' AS fragment
-        FROM ranked k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
+        FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
         WHERE b.event_type IN ({", ".join(f"'{t}'" for t in CONVERSATION_EVENTS)})
           AND b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
         UNION ALL
@@ -177,7 +175,7 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
                         'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
                         'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
                         'credit_share': sg.credit_share, 'step_reward': sg.step_reward}})::VARCHAR
-        FROM ranked k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
+        FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
         LEFT JOIN sg USING (step_id))
     ORDER BY rank, kind, o1, o2"""
 
@@ -186,36 +184,10 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
 _FRAGMENTS_SCHEMA = pa.schema([("rank", pa.int64()), ("kind", pa.uint8()), ("fragment", pa.string())])
 
 
-@contextmanager
-def _sorted_fragments(settings: Settings, versions: dict[str, int | None], con: duckdb.DuckDBPyConnection,
-                      sql: str, params: dict[str, Any]) -> Iterator[Future[pa.RecordBatchReader]]:
-    """`sql`'s rows (`_fragments_sql`) as a reader, sorted in another connection to `con`'s database by a thread
-    while the caller goes on (DuckDB releases the GIL while it sorts). Interrupted when the caller fails."""
-    cur = _open_lake(settings, versions, con.cursor())
-
-    def sort() -> pa.RecordBatchReader:
-        reader = cur.sql(sql, params=params).to_arrow_reader(1 << 16)
-        try:
-            # the first batch exists only when the whole sort is done: wait for it here, not in the caller
-            first = [reader.read_next_batch()]
-        except StopIteration:
-            first = []
-        return pa.RecordBatchReader.from_batches(reader.schema, chain(first, reader))
-
-    with ThreadPoolExecutor(1, thread_name_prefix="fragments") as pool:
-        future = pool.submit(sort)
-        try:
-            yield future
-        except BaseException:
-            future.cancel()
-            cur.interrupt()
-            raise
-
-
 @dataclass
 class _Chunk:
-    """Episodes `first`… of the export (`episodes`: rows of the `kept` table, near duplicates flagged `dropped`)
-    with all their events and steps as JSON fragments (`fragments`: rank, kind, fragment; sorted by rank, then kind: events (0), then steps (1))."""
+    """Episodes `first`… of the export (`episodes`: rows of the `kept` table) with all their events and steps as
+    JSON fragments (`fragments`: rank, kind, fragment; sorted by rank, then kind: events (0), then steps (1))."""
 
     first: int
     episodes: pa.Table
@@ -477,15 +449,12 @@ def _format_batch(batch: _Chunk) -> _Formatted:
     assert _job is not None and _scanner is not None
     builders = [(fmt, BUILDERS[fmt]) for fmt in _job.formats]
     pii = _PiiScan(_scanner)
-    out = _Formatted(0, {}, [], {}, {}, {})
+    out = _Formatted(batch.episodes.num_rows, {}, [], {}, {}, {})
     # (format, split) → lines, digests, positions within the format, episode indices
     acc: dict[tuple[str, str], tuple[list[bytes], list[bytes], list[int], list[int]]] = {}
     position = dict.fromkeys(_job.formats, 0)
     dumps, digest_of, policy, reward_version = orjson.dumps, xxh3_128_digest, _job.policy, _job.reward_version
     for i, (r, (events, steps)) in enumerate(zip(batch.episodes.to_pylist(), batch.lists())):
-        if r.get("dropped"):   # a near duplicate of an episode the export keeps
-            continue
-        out.n += 1
         conv = conversation((e["t"], e["a"], e["b"]) for e in orjson.loads(events))
         ep = Episode(r["episode_id"], r["user_id"], r["task_id"], r["task_type"], r["agent_version"],
                      r["prompt_variant"], r["outcome"], r["composite"], bool(r["gate_passed"]), r["split"],
@@ -670,32 +639,30 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         splits_params(settings.export_group_by, settings.export_split_salt, settings.export_ratios,
                       settings.export_holdout_share)).fetchall()
 
-    # the episodes the formats can use (e.g. SFT: above its threshold), ranked in output order before near
-    # duplicates are known, so that their events and steps (the export's largest query, a sort) are sorted in
-    # another connection while the near-duplicate search runs here; formatting skips the episodes it then drops
+    progress("finding near-duplicate prompts")
+    con.execute(_user_text_sql(margin), params).fetchall()
+    cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold))
+    con.register("_clustered", pa.table({"episode_id": pa.array(list(cluster_of), pa.string())}))
+    rank = {x: (PRECEDENCE[split], -composite, x) for x, split, composite in con.execute(
+        "SELECT episode_id, s.split, ep.composite FROM _clustered JOIN _splits s USING (episode_id) "
+        "JOIN ep USING (episode_id)").fetchall()}
+    dropped = keep_one_per_cluster({x: c for x, c in cluster_of.items() if x in rank}, rank)
+    con.register("_dropped", pa.table({"episode_id": pa.array(sorted(dropped), pa.string())}))
+    # only episodes the formats can make a row of are grouped and formatted (e.g. SFT: above its threshold)
     eligible = eligible_sql(request.formats, spec.exports)
-    con.execute(f"""CREATE OR REPLACE TABLE ranked AS
-                    SELECT row_number() OVER (ORDER BY ep.episode_id) - 1 AS rank, ep.*, s.split, s.group_hash
-                    FROM ep JOIN _splits s USING (episode_id)
-                    WHERE {eligible or 'true'}""").fetchall()
-    with _sorted_fragments(settings, versions, con, _fragments_sql(margin, spec.version), params) as fragments:
-        progress("finding near-duplicate prompts")
-        con.execute(_user_text_sql(margin), params).fetchall()
-        cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold))
-        con.register("_clustered", pa.table({"episode_id": pa.array(list(cluster_of), pa.string())}))
-        rank = {x: (PRECEDENCE[split], -composite, x) for x, split, composite in con.execute(
-            "SELECT episode_id, s.split, ep.composite FROM _clustered JOIN _splits s USING (episode_id) "
-            "JOIN ep USING (episode_id)").fetchall()}
-        dropped = keep_one_per_cluster({x: c for x, c in cluster_of.items() if x in rank}, rank)
-        con.register("_dropped", pa.table({"episode_id": pa.array(sorted(dropped), pa.string())}))
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
-                        SELECT r.*, {prompt_digest_sql("coalesce(t.text, '')")} AS prompt_digest,
-                               r.episode_id IN (SELECT episode_id FROM _dropped) AS dropped
-                        FROM ranked r LEFT JOIN ep_text t ON t.id = r.episode_id""").fetchall()
-        n_kept = con.execute("SELECT count(*) FILTER (NOT dropped) FROM kept").fetchall()[0][0]
-        kept = con.sql("SELECT * EXCLUDE (rank) FROM kept ORDER BY rank").to_arrow_table()
-        progress(f"writing {n_kept:,} episodes")
-        written = _write(settings, request, spec, out, kept, fragments.result(), n_kept, progress)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
+                    SELECT row_number() OVER (ORDER BY ep.episode_id) - 1 AS rank,
+                           ep.*, s.split, s.group_hash, {prompt_digest_sql("coalesce(t.text, '')")} AS prompt_digest
+                    FROM ep
+                    JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
+                    WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)
+                      AND {eligible or 'true'}""").fetchall()
+    n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
+
+    progress(f"writing {n_kept:,} episodes")
+    kept = con.sql("SELECT * EXCLUDE (rank) FROM kept ORDER BY rank").to_arrow_table()
+    fragments = con.sql(_fragments_sql(margin, spec.version), params=params).to_arrow_reader(1 << 16)
+    written = _write(settings, request, spec, out, kept, fragments, n_kept, progress)
     writer, index, pii_hits, pii_where = written.writer, written.index, written.pii_hits, written.pii_where
     files = writer.close()
     if "rft" in request.formats and (out / "rft").is_dir():
@@ -720,7 +687,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         "pii_values": pa.array([written.pii_episodes.get(r[0], 0) for r in index], pa.int64()),
     }))
     policies = sorted(r[0] for r in con.execute(
-        "SELECT DISTINCT policy_version FROM kept WHERE NOT dropped").fetchall())
+        "SELECT DISTINCT policy_version FROM kept").fetchall())
     # the data files were hashed as they were written; the rest (the RFT grader) is hashed here
     files = {**files, **{p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
                          for p in out.rglob("*") if p.is_file() and p.name != MANIFEST
