@@ -545,51 +545,6 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
         shutil.rmtree(job.scratch, ignore_errors=True)
 
 
-@dataclass
-class _Written:
-    """What formatting and writing an export's rows leaves for the checks and the manifest."""
-
-    writer: _Writer
-    index: list[tuple[str, str, str, str]]   # (episode, split, group, prompt digest) of each exported episode
-    pii_hits: dict[str, int]
-    pii_where: dict[str, list[str]]
-    pii_episodes: dict[str, int]
-    checks_imported: threading.Thread | None   # the import of Great Expectations, when it was started early
-
-
-def _write(settings: Settings, request: ExportRequest, spec: RewardSpec, out: Path, kept: pa.Table,
-           fragments: pa.RecordBatchReader, n_kept: int, progress: Progress) -> _Written:
-    """Format the kept episodes (`kept`, in rank order, with their sorted `fragments`) in the formatting processes
-    and write their rows."""
-    job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth, out / ".scratch")
-    writer = _Writer(out)
-    pii_hits: dict[str, int] = {}
-    pii_where: dict[str, list[str]] = {}
-    index: list[tuple[str, str, str, str]] = []   # (episode, split, group, prompt digest) of each exported episode
-    pii_episodes: dict[str, int] = {}
-    done = 0
-    batches = episode_chunks(kept, fragments, 2048)
-    checks_imported: threading.Thread | None = None
-    for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
-        if checks_imported is None and n_kept > INLINE_UP_TO:
-            # Great Expectations takes seconds to import, and the parent has time to spare while the formatting
-            # processes work (started only now: they exist, so they cannot inherit the import; see below)
-            checks_imported = threading.Thread(target=_import_checks, name="import-checks", daemon=True)
-            checks_imported.start()
-        wrote: set[int] = set()
-        with formatted.mapped():
-            for fmt, parts in formatted.parts.items():
-                wrote |= writer.write(fmt, parts)
-        index.extend(formatted.episodes[i] for i in sorted(wrote))
-        pii_episodes.update(formatted.pii_episodes)
-        for kind, n in formatted.pii_hits.items():
-            pii_hits[kind] = pii_hits.get(kind, 0) + n
-            pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
-        done += formatted.n
-        progress(f"wrote {done:,}/{n_kept:,} episodes")
-    return _Written(writer, index, pii_hits, pii_where, pii_episodes, checks_imported)
-
-
 def _import_checks() -> None:
     try:
         import great_expectations  # noqa: F401
@@ -659,18 +614,42 @@ def build(settings: Settings, request: ExportRequest, out: Path,
                       AND {eligible or 'true'}""").fetchall()
     n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
 
+    job = _FormatJob(request.formats, spec.exports, spec.version, settings.pii_ground_truth, out / ".scratch")
+    writer = _Writer(out)
+    pii_hits: dict[str, int] = {}
+    pii_where: dict[str, list[str]] = {}
+    index: list[tuple[str, str, str, str]] = []   # (episode, split, group, prompt digest) of each exported episode
+    pii_episodes: dict[str, int] = {}
+    done = 0
     progress(f"writing {n_kept:,} episodes")
     kept = con.sql("SELECT * EXCLUDE (rank) FROM kept ORDER BY rank").to_arrow_table()
     fragments = con.sql(_fragments_sql(margin, spec.version), params=params).to_arrow_reader(1 << 16)
-    written = _write(settings, request, spec, out, kept, fragments, n_kept, progress)
-    writer, index, pii_hits, pii_where = written.writer, written.index, written.pii_hits, written.pii_where
+    batches = episode_chunks(kept, fragments, 2048)
+    checks_imported: threading.Thread | None = None
+    for formatted in _formatted(batches, job, settings.export_workers or os.cpu_count() or 1, n_kept):
+        if checks_imported is None and n_kept > INLINE_UP_TO:
+            # Great Expectations takes seconds to import, and the parent has time to spare while the formatting
+            # processes work (started only now: they exist, so they cannot inherit the import; see below)
+            checks_imported = threading.Thread(target=_import_checks, name="import-checks", daemon=True)
+            checks_imported.start()
+        wrote: set[int] = set()
+        with formatted.mapped():
+            for fmt, parts in formatted.parts.items():
+                wrote |= writer.write(fmt, parts)
+        index.extend(formatted.episodes[i] for i in sorted(wrote))
+        pii_episodes.update(formatted.pii_episodes)
+        for kind, n in formatted.pii_hits.items():
+            pii_hits[kind] = pii_hits.get(kind, 0) + n
+            pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
+        done += formatted.n
+        progress(f"wrote {done:,}/{n_kept:,} episodes")
     files = writer.close()
     if "rft" in request.formats and (out / "rft").is_dir():
         (out / "rft" / "grader.json").write_bytes(orjson.dumps(RFT_GRADER, option=orjson.OPT_INDENT_2))
 
     progress("checking the export (leakage, PII, splits)")
-    if written.checks_imported is not None:
-        written.checks_imported.join()
+    if checks_imported is not None:
+        checks_imported.join()
     # imported here, not at the top: formatting processes re-import the caller's main module, and when that imports
     # this module, Great Expectations' import of pyspark.sql.connect would exit them (pyspark takes a forkserver
     # child's main module for a doctest run); see docs/exports.md
@@ -684,10 +663,9 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         "group_hash": pa.array([r[2] for r in index], pa.string()),
         "prompt_digest": pa.array([r[3] for r in index], pa.string()),
         "frozen_holdout": pa.array([r[2] in frozen for r in index], pa.bool_()),
-        "pii_values": pa.array([written.pii_episodes.get(r[0], 0) for r in index], pa.int64()),
+        "pii_values": pa.array([pii_episodes.get(r[0], 0) for r in index], pa.int64()),
     }))
-    policies = sorted(r[0] for r in con.execute(
-        "SELECT DISTINCT policy_version FROM kept").fetchall())
+    policies = sorted(r[0] for r in con.execute("SELECT DISTINCT policy_version FROM kept").fetchall())
     # the data files were hashed as they were written; the rest (the RFT grader) is hashed here
     files = {**files, **{p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
                          for p in out.rglob("*") if p.is_file() and p.name != MANIFEST

@@ -40,6 +40,15 @@ def test_passing_rows_pass(lake_settings):
     assert report.success and report.evaluated > 20 and not report.overridden
 
 
+def test_validation_results_carry_no_batch_fingerprint(lake_settings):
+    """GE would hash the whole batch for a fingerprint marker (seconds at 1M rows); the runner switches it off."""
+    from quality.suites import suite_for
+
+    assert gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0), step(1)])).success
+    results = list((lake_settings.state_dir / "quality" / "gx" / "uncommitted" / "validations").rglob("*.json"))
+    assert results and not any("pandas_data_fingerprint" in r.read_text() for r in results)
+
+
 def test_an_override_passes_a_leak_but_never_pii(lake_settings):
     suite = exports(("train", "test", "holdout"))
     leak = pa.table({"episode_id": ["a", "b"], "split": ["train", "test"], "group_hash": ["g", "g"],
