@@ -10,8 +10,10 @@ Per run, each on fresh topics, consumer group and lake on a broker of the benchm
   latency     events produced at a steady rate (70% of the run's throughput, or --rate) while the worker runs; per event,
               visible − produced, where "visible" is the first poll (every 100 ms) of the Delta log that lists a
               file holding the event; p50 and p99
-  baseline    a bare aiokafka consume loop (no parsing) draining the same N events from the same raw topics,
-              in the same run: the ceiling any Kafka consumer in Python meets on this machine
+  baselines   in the same run, over the same raw topics:
+              a bare aiokafka consume loop (no group, no parsing): the ceiling any Kafka consumer in Python meets;
+              a Faust app that drains them with the worker's batching and does nothing (bench/faust_drain.py):
+              the ceiling of any Faust-based worker on this machine
 
 Usage: .venv/bin/python bench/stream_throughput.py [--events 20000] [--rate R] [--runs 3]
 Writes bench/out/stream_throughput.json and prints the table for bench/RESULTS.md.
@@ -153,6 +155,17 @@ async def bare_consume(s: Settings, n: int) -> float:
         await c.stop()
 
 
+def faust_drain(s: Settings, n: int, log: Path) -> float:
+    """Events/s of a Faust app that drains the same raw topics with the worker's batching and does nothing else."""
+    out = log.with_suffix(".json")
+    own = s.model_copy(update={"worker_id": f"{s.worker_id}d"})
+    with open(log, "ab") as f:
+        subprocess.run([sys.executable, str(REPO / "bench" / "faust_drain.py"), str(n), str(out)], cwd=REPO,
+                       env=settings_env(own, os.environ), stdout=f, stderr=subprocess.STDOUT, timeout=600, check=True)
+    got = json.loads(out.read_text())
+    return got["events"] / got["seconds"]
+
+
 def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: int) -> dict:
     events = workload(kind, n, seed)
     text = sum(e.event["event_type"] in TEXT_TYPES for e in events) / len(events)
@@ -168,6 +181,7 @@ def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: in
     finally:
         stop_worker(w)
     bare = asyncio.run(bare_consume(s, n + 300))
+    drained = faust_drain(s, n + 300, work / f"drain-{s.worker_id}.log")
     # latency: a steady 70% of the throughput just measured, polled while it is being sent
     rate = rate or round(0.7 * eps)
     s2 = run_settings(base, work)
@@ -196,7 +210,8 @@ def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: in
         stop_worker(w)
     q = statistics.quantiles(lat, n=100)
     return {"kind": kind, "events": n, "text_share": round(text, 3), "events_per_s": round(eps, 1),
-            "bare_consume_per_s": round(bare, 1), "ratio_to_bare": round(eps / bare, 4), "rate": round(rate),
+            "bare_consume_per_s": round(bare, 1), "ratio_to_bare": round(eps / bare, 4),
+            "faust_drain_per_s": round(drained, 1), "ratio_to_faust": round(eps / drained, 4), "rate": round(rate),
             "latency_events": len(sent2), "not_visible": lost, "p50_s": round(q[49], 3), "p99_s": round(q[98], 3)}
 
 
@@ -231,14 +246,17 @@ def main() -> None:
     (OUT / "stream_throughput.json").write_text(json.dumps({"machine": machine, "args": vars(a), "runs": results},
                                                            indent=2))
     print(f"\nmachine: {machine}\n")
-    print("| workload | events/s (median) | bare aiokafka consume/s | ratio | p50 s | p99 s | at rate/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| workload | events/s (median) | bare aiokafka consume/s | ratio | Faust drain/s | ratio | p50 s | p99 s "
+          "| at rate/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind in a.kinds.split(","):
         rs = [r for r in results if r["kind"] == kind]
         med = {k: statistics.median(r[k] for r in rs) for k in ("events_per_s", "bare_consume_per_s", "ratio_to_bare",
+                                                                  "faust_drain_per_s", "ratio_to_faust",
                                                                   "p50_s", "p99_s")}
         print(f"| {kind} (text share {rs[0]['text_share']:.0%}) | {med['events_per_s']:,.0f} | "
-              f"{med['bare_consume_per_s']:,.0f} | {med['ratio_to_bare']:.3f} | {med['p50_s']:.2f} | "
+              f"{med['bare_consume_per_s']:,.0f} | {med['ratio_to_bare']:.3f} | {med['faust_drain_per_s']:,.0f} | "
+              f"{med['ratio_to_faust']:.3f} | {med['p50_s']:.2f} | "
               f"{med['p99_s']:.2f} | {statistics.median(r['rate'] for r in rs):,.0f} |")
 
 
