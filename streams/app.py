@@ -18,12 +18,15 @@ from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
 from schemas.settings import Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
-from streams.join import Timeouts, delivered, evaluate, expired, fold_event, new_session, outbox, stage, tick
+from streams.join import (Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox, stage,
+                          tick)
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
 log = logging.getLogger("trajlake.worker")
 
 INGEST_BATCH, INGEST_WITHIN = 500, 0.25
+# The timer re-reads the whole join table after a rebalance and, as a backstop for its index, this often.
+FULL_SCAN_SECONDS = 60.0
 
 
 def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int = 1) -> faust.App:
@@ -109,6 +112,16 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     # one lock keeps their updates from overwriting each other.
     state_lock = asyncio.Lock()
     saves = [0]
+    # The timer's index: session key → (partition, the wall time it is next due, streams.join.next_due). Reading
+    # and re-evaluating every session in RocksDB each tick cost as much as the join itself with only minutes of
+    # sessions in retention (py-spy, stream benchmark), and it grows with the table; the index keeps a tick's
+    # cost to the sessions that are due.
+    due: dict[bytes, tuple[int, float]] = {}
+    scanned: dict[str, Any] = {"active": None, "at": 0.0}
+
+    def note_due(sessions: dict[bytes, tuple[int, dict]]) -> None:
+        for key, (partition, state) in sessions.items():
+            due[key] = (partition, next_due(state, timeouts))
 
     async def save_and_deliver(sessions: dict[bytes, tuple[int, dict]]) -> None:
         """Persist each session's state with its outbox, publish the outbox, wait for the acks, then clear it.
@@ -153,6 +166,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 for _, state in touched.values():
                     stage(state, evaluate(state, wall, timeouts))
                 await save_and_deliver(touched)
+                note_due(touched)
 
     def active_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == clean_topic}
@@ -163,16 +177,32 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         async with state_lock:
             wall = time.time()
             active = active_partitions()
+            if active != scanned["active"] or wall - scanned["at"] >= FULL_SCAN_SECONDS:
+                # after a rebalance the table holds sessions restored from the changelog that the index has
+                # never seen; read them all
+                scanned.update(active=active, at=wall)
+                due.clear()
+                visit = [(key, state) for key, state in list(join_state.items())
+                         if state is not None and state.get("p") in active]  # not a standby partition's
+            else:
+                visit = [(key, _table_get(join_state, key, p)) for key, (p, at) in list(due.items())
+                         if at <= wall and p in active]
             changed: dict[bytes, tuple[int, dict]] = {}
-            for key, state in list(join_state.items()):
-                if state is None or state.get("p") not in active:
-                    continue  # another worker's (standby) partition
-                stage(state, tick(state, wall, timeouts))
-                if expired(state, wall, timeouts):
-                    _table_set(join_state, key, None, state["p"], delete=True)
-                elif state.get("outbox") or state.get("dirty"):
-                    changed[key] = (state["p"], state)
+            for key, state in visit:
+                if state is None:
+                    due.pop(key, None)
+                    continue
+                if next_due(state, timeouts) <= wall:
+                    stage(state, tick(state, wall, timeouts))
+                    if expired(state, wall, timeouts):
+                        _table_set(join_state, key, None, state["p"], delete=True)
+                        due.pop(key, None)
+                        continue
+                    if state.get("outbox") or state.get("dirty"):
+                        changed[key] = (state["p"], state)
+                due[key] = (state["p"], next_due(state, timeouts))
             await save_and_deliver(changed)
+            note_due(changed)
 
     def sink_agent(topic_name: str) -> None:
         target = SINK_TARGETS[topic_name]

@@ -256,6 +256,35 @@ def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
     return out
 
 
+def next_due(state: dict[str, Any], t: Timeouts) -> float:
+    """The earliest wall time at which `tick` could change this session.
+
+    Without new events, only wall-clock conditions move: an open step's timeout, an open episode's timeout or
+    grace period, a closed task's retention, the session's expiry. (Event-time conditions change only when an
+    event arrives, and the join evaluates then.) The worker's timer visits a session only once this time has
+    passed, instead of re-reading and re-evaluating every session in the table every tick. Due early is
+    harmless (a visit that changes nothing); due late would delay a timeout, so every bound here is the
+    earliest the matching condition in `_evaluate` or `tick` can hold.
+    """
+    if state.get("outbox"):
+        return 0.0  # rows a crash left undelivered: re-send at the next tick
+    wall, due = state["wall"], []
+    for task in state["tasks"].values():
+        if task["forgotten"]:
+            continue
+        if task["closed"]:
+            due.append(wall + t.retention_s)
+            continue
+        due.append(wall + t.episode_s)
+        if task["terminal_wall"] is not None:
+            due.append(task["terminal_wall"] + t.grace_s)
+        if task.get("dirty") or any(not m["closed"] for m in task["steps"].values()):
+            due.append(wall + t.step_s)
+    if not due:  # every task forgotten
+        due.append(wall + 2 * t.retention_s)
+    return min(due)
+
+
 def expired(state: dict[str, Any], wall: float, t: Timeouts) -> bool:
     """A session whose tasks are all forgotten, with nothing left to deliver, idle twice the retention, can go."""
     return (all(task["forgotten"] for task in state["tasks"].values()) and not state.get("outbox")

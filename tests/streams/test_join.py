@@ -230,3 +230,56 @@ def test_rows_record_the_oldest_policy_among_their_events():
     # events no scrubber saw (a synthetic backfill) say so rather than claim a policy
     _, out = run(typical().events)
     assert latest(out, "episode")["s1/t1"]["policy_version"] == UNRECORDED_POLICY
+
+
+def _random_sessions(rng: random.Random, n: int) -> list[dict]:
+    """Sessions cut off at random points: open steps, tasks awaiting their grace period, finished tasks."""
+    events = []
+    for k in range(n):
+        s = Session(sid=f"s{k}", task=f"t{k}").add(0, "task_started")
+        t = 0
+        for a in range(rng.randint(0, 3)):
+            t += rng.randint(1, 30)
+            s.add(t, "action_proposed", {"output": f"answer {a}"}, action_id=f"a{a}", intent_id=f"i{a}")
+            if rng.random() < 0.6:
+                t += rng.randint(1, 30)
+                s.add(t, rng.choice(["action_accepted", "action_rejected", "action_retried"]), action_id=f"a{a}")
+        end = rng.choice(["open", "terminal", "terminal+ended"])
+        if end != "open":
+            s.add(t + 1, rng.choice(["task_completed", "task_abandoned"]))
+        if end == "terminal+ended":
+            s.add(t + 2, "task_ended", {"status": "success"})
+        events += s.events
+    return events
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_nothing_changes_before_a_session_is_due(seed):
+    """The timer skips a session until next_due: so tick must never change a session before then, and must
+    change or keep it due at that time (no session is forgotten by the index)."""
+    import copy
+
+    from streams.join import next_due
+
+    rng = random.Random(seed)
+    t = Timeouts(step_s=rng.choice([5, 60]), episode_s=rng.choice([30, 300]), grace_s=rng.choice([0, 5, 40]),
+                 retention_s=rng.choice([50, 600]))
+    states, _ = run(_random_sessions(rng, 12), wall=100.0, timeouts=t)
+    for st in states.values():
+        wall = 100.0
+        for _ in range(12):  # follow the session through its timeouts, retention and expiry
+            due = next_due(st, t)
+            assert due is not None
+            for probe in sorted({wall, wall + (due - wall) * rng.random(), due - 1e-6}):
+                if probe < due:
+                    before = copy.deepcopy(st)
+                    assert tick(st, probe, t) == [] and not expired(st, probe, t)
+                    st.pop("dirty", None)
+                    before.pop("dirty", None)
+                    assert st == before, probe
+            wall = max(wall, due) + rng.choice([0.0, 0.5, 3.0])
+            tick(st, wall, t)
+            if expired(st, wall, t):
+                break
+        else:
+            pytest.fail(f"session still alive after 12 due times: {st}")

@@ -64,3 +64,49 @@ def test_synthetic_sessions_flow_through_ingest_and_join(kafka, tmp_path):
     assert read_table(s, BRONZE_DEADLETTER).num_rows == 0
     episodes = read_table(s, SILVER_EPISODES, columns=["agent_version", "prompt_variant"]).to_pylist()
     assert {e["agent_version"] for e in episodes} == {"agent-v1", "agent-v2"}
+
+
+def test_the_timer_closes_what_never_finishes(kafka, tmp_path):
+    """Timeouts in the running worker, which visits a session only when streams.join.next_due says it can
+    change: an open step and its open episode close by timeout, and a finished task whose agent never sends
+    task_ended closes after the grace period, with no event arriving after them."""
+    import uuid
+    from datetime import datetime, timezone
+
+    from streams.sources.tau_bench import Emitted
+
+    s = own_settings(kafka, tmp_path, "tm").model_copy(update={
+        "step_timeout_seconds": 3, "episode_timeout_seconds": 8, "episode_grace_seconds": 2, "join_tick_seconds": 0.5})
+    now = datetime.now(timezone.utc)
+
+    def event(session: str, family: str, event_type: str, second: int, body=None, **kw):
+        ts = now.replace(microsecond=0).timestamp() + second
+        return Emitted(f"{family}.raw", {
+            "schema": f"{family}/1", "event_id": str(uuid.uuid4()), "event_type": event_type,
+            "ts": datetime.fromtimestamp(ts, timezone.utc).isoformat(), "session_id": session, "task_id": "t",
+            "user_id": "u", "agent_version": "v1", "prompt_variant": "p1", "task_type": "refund", **kw,
+            "body": body or {}})
+
+    events = [
+        event("idle", "agent", "task_started", 0),
+        event("idle", "agent", "action_proposed", 1, {"output": "shall I refund?"}, action_id="a1", intent_id="i1"),
+        event("no-end", "agent", "task_started", 0),
+        event("no-end", "agent", "action_proposed", 1, {"output": "refunded"}, action_id="a1", intent_id="i1"),
+        event("no-end", "frontend", "action_accepted", 2, action_id="a1", intent_id="i1"),
+        event("no-end", "frontend", "task_completed", 3),
+    ]
+    produce(s, events)
+    w = WorkerProcess(s, tmp_path / "worker.log", "--no-ner").start()
+    try:
+        w.wait_for(lambda: read_table(s, SILVER_EPISODES, columns=["episode_id"]).num_rows >= 2
+                   and read_table(s, SILVER_STEPS, columns=["step_id"]).num_rows >= 2, 240,
+                   message="both episodes and both steps closed")
+    finally:
+        w.stop()
+    episodes = {r["session_id"]: r for r in read_table(s, SILVER_EPISODES).to_pylist()}
+    steps = {r["session_id"]: r for r in read_table(s, SILVER_STEPS).to_pylist()}
+    assert (episodes["idle"]["outcome"], episodes["idle"]["closed_reason"]) == ("timeout", "timeout")
+    assert (steps["idle"]["outcome"], steps["idle"]["closed_reason"]) == ("ignored", "timeout")
+    assert (episodes["no-end"]["outcome"], episodes["no-end"]["closed_reason"]) == ("completed", "terminal")
+    assert steps["no-end"]["closed_reason"] == "terminal"
+    assert len(episodes) == len(steps) == 2
