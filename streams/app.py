@@ -78,35 +78,62 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
 
     @app.agent(raw, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
+        """Parse and validate here, scrub in the pool, deliver in order; the three overlap.
+
+        Awaiting the scrub process inside the batch loop left the event loop idle while the process worked and
+        the process idle while the loop parsed and sent. Now this loop parses batch k+1 while the pool scrubs
+        batch k and `delivering` sends batch k-1. Batches pass through one scrubbing task in order, so a
+        session's dictionary always comes back from one batch before it goes out with the next. An event is
+        acked only once its clean record or dead letter is flushed to the broker: at least once, as before.
+        """
         loop = asyncio.get_running_loop()
         producer = app.producer
-        async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
-            records = [_source(e) for e in events]
-            checked = [check_record(r, families) for r in records]
-            valid = [(r, c) for r, c in zip(records, checked) if not isinstance(c, DeadLetter)]
-            results: list[Any] = []
-            if valid:
-                sessions = contexts.take(c["session_id"] for _, c in valid)
-                results, sessions = await loop.run_in_executor(
-                    scrub_pool(), scrub_worker.scrub, [c for _, c in valid], sessions)
-                contexts.put(sessions)
-            scrubbed = iter(results)
-            ingested_at = now_iso()
-            for rec, c in zip(records, checked):
-                if isinstance(c, DeadLetter):
-                    await dead.send(key=rec.key, value=c.to_json())
-                    continue
-                s = next(scrubbed)
-                if isinstance(s, str):
-                    dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
-                    await dead.send(key=rec.key, value=dl.to_json())
-                else:
-                    # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
-                    # the hottest send in the worker (every valid event)
-                    await producer.send(clean_topic, s["event"]["session_id"].encode(),
-                                        clean_record(s["event"], rec, ingested_at, s["policy_version"],
-                                                     s["user_ref"]), None, None, None)
-            await app.producer.flush()
+        to_scrub: asyncio.Queue = asyncio.Queue(maxsize=1)
+        to_deliver: asyncio.Queue = asyncio.Queue(maxsize=1)
+
+        async def scrubbing() -> None:
+            while True:
+                events, records, checked = await to_scrub.get()
+                valid = [c for c in checked if not isinstance(c, DeadLetter)]
+                results: list[Any] = []
+                if valid:
+                    sessions = contexts.take(c["session_id"] for c in valid)
+                    results, sessions = await loop.run_in_executor(scrub_pool(), scrub_worker.scrub, valid, sessions)
+                    contexts.put(sessions)
+                await to_deliver.put((events, records, checked, results))
+
+        async def delivering() -> None:
+            while True:
+                events, records, checked, results = await to_deliver.get()
+                scrubbed = iter(results)
+                ingested_at = now_iso()
+                for rec, c in zip(records, checked):
+                    if isinstance(c, DeadLetter):
+                        await dead.send(key=rec.key, value=c.to_json())
+                        continue
+                    s = next(scrubbed)
+                    if isinstance(s, str):
+                        dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
+                        await dead.send(key=rec.key, value=dl.to_json())
+                    else:
+                        # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
+                        # the hottest send in the worker (every valid event)
+                        await producer.send(clean_topic, s["event"]["session_id"].encode(),
+                                            clean_record(s["event"], rec, ingested_at, s["policy_version"],
+                                                         s["user_ref"]), None, None, None)
+                await producer.flush()
+                for e in events:
+                    await stream.ack(e)
+
+        stages = [asyncio.ensure_future(scrubbing()), asyncio.ensure_future(delivering())]
+        try:
+            async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN):
+                records = [_source(e) for e in events]
+                checked = [check_record(r, families) for r in records]
+                await _put_unless_failed(to_scrub, (events, records, checked), stages)
+        finally:
+            for task in stages:
+                task.cancel()
 
     # The join agent and the timeout timer both read-modify-write session state and await in between;
     # one lock keeps their updates from overwriting each other.
@@ -245,6 +272,19 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             pool["p"].shutdown(wait=False, cancel_futures=True)
 
     return app
+
+
+async def _put_unless_failed(queue: asyncio.Queue, item: Any, stages: list[asyncio.Future]) -> None:
+    """Put `item` on a bounded queue, raising at once if a stage that drains it has failed (instead of waiting
+    forever for room)."""
+    put = asyncio.ensure_future(queue.put(item))
+    done, _ = await asyncio.wait([put, *stages], return_when=asyncio.FIRST_COMPLETED)
+    for task in stages:
+        if task in done:
+            put.cancel()
+            task.result()  # raises the stage's error
+            raise RuntimeError("an ingest stage stopped")
+    await put
 
 
 def _seek_before_streaming(app: faust.App) -> None:
