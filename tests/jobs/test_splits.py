@@ -134,3 +134,30 @@ def test_prompt_digest_ignores_case_spacing_and_punctuation_only():
     assert digest("STRAßE ÜBER 42") == digest("straße über 42")
     assert digest("need_help") == digest("need help")      # underscores separate words, as punctuation does
     assert digest("") == digest("?!") == ""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_leakage_finds_every_key_in_two_splits_with_all_its_splits(seed):
+    """The one-pass leakage check against the obvious one (a set of splits per key), on rows with many
+    planted crossings: the same groups, prompts (blank ones ignored) and thawed holdout groups."""
+    import random
+
+    from jobs.splits import leakage
+
+    rng = random.Random(seed)
+    splits = ["train", "val", "test", "holdout"]
+    rows = [(rng.choice(splits), f"g{rng.randrange(300)}", rng.choice(["", f"p{rng.randrange(2000)}"]))
+            for _ in range(5000)]
+    frozen = {f"g{i}" for i in range(0, 300, 7)}
+    by_group: dict[str, set[str]] = {}
+    by_prompt: dict[str, set[str]] = {}
+    for split, g, p in rows:
+        by_group.setdefault(g, set()).add(split)
+        if p:
+            by_prompt.setdefault(p, set()).add(split)
+    got = leakage(iter(rows), frozen)
+    assert got.groups == {g: s for g, s in by_group.items() if len(s) > 1} != {}
+    assert got.prompts == {p: s for p, s in by_prompt.items() if len(s) > 1} != {}
+    assert got.thawed == {g for s, g, _ in rows if g in frozen and s != "holdout"} != set()
+    one_split = [(s, g, p) for s, g, p in rows if s == "train"]
+    assert leakage(iter(one_split), set()).ok
