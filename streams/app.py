@@ -126,6 +126,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     await stream.ack(e)
 
         stages = [asyncio.ensure_future(scrubbing()), asyncio.ensure_future(delivering())]
+        for task in stages:  # said at once: with no new batch, the agent would only notice at the next one
+            task.add_done_callback(_log_stage_failure)
         try:
             async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN):
                 records = [_source(e) for e in events]
@@ -272,6 +274,11 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             pool["p"].shutdown(wait=False, cancel_futures=True)
 
     return app
+
+
+def _log_stage_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("an ingest stage failed; the agent stops at its next batch", exc_info=task.exception())
 
 
 async def _put_unless_failed(queue: asyncio.Queue, item: Any, stages: list[asyncio.Future]) -> None:
