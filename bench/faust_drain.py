@@ -1,10 +1,10 @@
 """Benchmark helper: a Faust app that only drains the raw topics (the worker's batching, no work), as a ceiling.
 
 The stream benchmark runs it as a child process, with the settings in TRAJLAKE_ variables like the worker:
-it consumes N events from frontend.raw and agent.raw with `take_events(500, within=0.25)` and an ack per batch,
-as the worker's ingest agent does, then writes `{"events": …, "seconds": …}` (counted after the first batch) to the path given and
-exits. What it measures: Faust's own per-event cost (fetch, conductor dispatch, Event objects, acks, offset
-commits) on this machine, the floor under any Faust-based worker's figures.
+it consumes N events from frontend.raw and agent.raw in the worker's batches (500 events or 0.25 s; Faust acks
+each event when its batch is done), then writes `{"events": …, "seconds": …}`, counted from the first batch, to
+the path given and exits. What it measures: Faust's own per-event cost (fetch, conductor dispatch, Event
+objects, acks, offset commits) on this machine, the floor under any Faust-based worker's figures.
 
 Usage (by bench/stream_throughput.py): python bench/faust_drain.py N OUT.json
 """

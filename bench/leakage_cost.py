@@ -56,8 +56,8 @@ def main() -> None:
             t0 = time.perf_counter()
             results[name] = check(((s, g, p) for _, s, g, p in index), frozen)
             times[name].append(time.perf_counter() - t0)
-    assert (results["this checkout"].groups, results["this checkout"].thawed) == (
-        results["baseline"].groups, results["baseline"].thawed)
+    new, old = results["this checkout"], results["baseline"]
+    assert (new.groups, new.prompts, new.thawed) == (old.groups, old.prompts, old.thawed)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
         print(f"{k}: {' / '.join(f'{x:.2f}' for x in v)} s, median {med[k]:.2f} s")

@@ -221,7 +221,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 if state is None:
                     due.pop(key, None)
                     continue
-                if next_due(state, timeouts) <= wall:
+                at = next_due(state, timeouts)
+                if at <= wall:
                     stage(state, tick(state, wall, timeouts))
                     if expired(state, wall, timeouts):
                         _table_set(join_state, key, None, state["p"], delete=True)
@@ -229,7 +230,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                         continue
                     if state.get("outbox") or state.get("dirty"):
                         changed[key] = (state["p"], state)
-                due[key] = (state["p"], next_due(state, timeouts))
+                    at = next_due(state, timeouts)
+                due[key] = (state["p"], at)
             await save_and_deliver(changed)
             note_due(changed)
 
