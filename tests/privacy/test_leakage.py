@@ -1,15 +1,18 @@
 """Measured leakage: all of τ-bench airline through the real worker (the session's `tau_lake`, Presidio NER on),
-every downstream table searched for every PII value of the customer database; and the domain tokens that must
-survive."""
+every downstream table searched for every PII value of the customer database; the domain tokens that must
+survive; and the ground-truth scanner against the obvious regex version of it."""
+import re
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lake.readers import read_table
-from privacy.leakage import GroundTruth, LeakScanner, domain_tokens, strings_of, survival
+from privacy.leakage import CARD_WORDS, GroundTruth, LeakScanner, domain_tokens, strings_of, survival
 from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
 from tests.conftest import TAU
 
-pytestmark = pytest.mark.integration
 DOWNSTREAM = (BRONZE_EVENTS, BRONZE_DEADLETTER, SILVER_STEPS, SILVER_EPISODES)
 
 
@@ -19,6 +22,7 @@ def _texts(settings):
             yield from strings_of(row)
 
 
+@pytest.mark.integration
 def test_no_pii_of_the_customer_database_reaches_any_downstream_table(tau_lake):
     s, _, events = tau_lake
     scanner = LeakScanner(GroundTruth.load(TAU / "airline-users.json"))
@@ -28,8 +32,68 @@ def test_no_pii_of_the_customer_database_reaches_any_downstream_table(tau_lake):
     assert leaks.total == 0, f"leaked {leaks.found}:\n" + "\n".join(leaks.examples)
 
 
+@pytest.mark.integration
 def test_domain_tokens_survive_scrubbing(tau_lake):
     s, _, events = tau_lake
     kept = survival(domain_tokens(orjson.dumps(e.event).decode() for e in events), domain_tokens(_texts(s)))
     for kind, (survived, total) in kept.items():
         assert total > 0 and survived / total >= 0.98, f"{kind}: only {survived} of {total} survived"
+
+
+# ---- the scanner itself: the same findings as one regex alternation of every value ---------------------------------
+TRUTH = GroundTruth.load(TAU / "airline-users.json")
+SCANNER = LeakScanner(TRUTH)
+
+
+def regex_found(truth: GroundTruth, texts) -> dict[str, set[str]]:
+    """The obvious version: every value in one case-insensitive, word-bounded alternation, longest first."""
+    kind_of = {v.lower(): kind for kind, values in truth.pii.items() for v in values}
+    values = re.compile(r"(?<![\w@.])(" + "|".join(map(re.escape, sorted(kind_of, key=len, reverse=True)))
+                        + r")(?![\w@])", re.I)
+    cards = re.compile(CARD_WORDS + r"[^\n\d]{0,12}(" + "|".join(sorted(truth.card_last_four)) + r")(?!\d)", re.I)
+    found: dict[str, set[str]] = {}
+    for text in texts:
+        for m in values.finditer(text):
+            found.setdefault(kind_of[m.group(1).lower()], set()).add(m.group(1))
+        for m in cards.finditer(text):
+            found.setdefault("card_last_four", set()).add(m.group(1))
+    return found
+
+
+@pytest.mark.unit
+def test_the_scanner_finds_what_the_regex_finds_in_the_raw_tau_bench_source():
+    raw = orjson.loads((TAU / "gpt-4o-airline.json").read_bytes())
+    texts = [t for r in raw[:60] for t in strings_of(r["traj"])]
+    found = SCANNER.scan(texts).found
+    assert sum(map(len, found.values())) > 50
+    assert found == regex_found(TRUTH, texts)
+
+
+VALUES = sorted(v for values in TRUTH.pii.values() for v in values)[::7]
+CARD_FOURS = sorted(TRUTH.card_last_four)[:5]
+# what stands around a value decides whether it counts: word characters, '@' and '.' join it to its neighbour
+GLUE = st.sampled_from(["", " ", "  ", "\n", ".", "@", "_", "x", "7", "-", ",", "'", '"', ": ", "(", ")", "é", "İ"])
+PIECE = st.one_of(st.sampled_from(VALUES).map(str.upper), st.sampled_from(VALUES),
+                  st.sampled_from(VALUES).map(str.title), st.sampled_from(["card ending in ", "Visa ", "CARD: "]),
+                  st.sampled_from(CARD_FOURS), st.text(max_size=6))
+
+
+@pytest.mark.unit
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(GLUE, PIECE), max_size=8).map(lambda parts: "".join(g + p for g, p in parts)))
+def test_the_scanner_finds_what_the_regex_finds_around_any_glue(text):
+    assert SCANNER.scan([text]).found == regex_found(TRUTH, [text])
+
+
+@pytest.mark.unit
+def test_examples_line_up_with_the_text_when_lowercasing_changes_its_length():
+    name = next(iter(TRUTH.pii["full_name"]))
+    leaks = SCANNER.scan([f"İİİ wrote to {name.upper()} today"])
+    assert leaks.found == {"full_name": {name.upper()}}
+    assert name.upper() in leaks.examples[0]
+
+
+@pytest.mark.unit
+def test_no_card_last_fours_means_no_card_findings():
+    truth = GroundTruth({"full_name": frozenset({"Ada Lovelace"})}, frozenset())
+    assert LeakScanner(truth).scan(["card ending in 1234, Ada Lovelace"]).found == {"full_name": {"Ada Lovelace"}}
