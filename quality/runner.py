@@ -16,6 +16,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from quality.errors import QualityGateFailed  # noqa: F401  (raised by gate; importable from here as before)
 from quality.suites import Suite
 from schemas.settings import Settings
 
@@ -80,14 +81,6 @@ class QualityReport:
                 "rows": self.rows, "expectations": self.evaluated,
                 "failures": [{"expectation": f.expectation, "column": f.column, "unexpected": f.unexpected}
                              for f in self.failures]}
-
-
-class QualityGateFailed(RuntimeError):
-    """A suite failed; nothing was published. `report` says what and where the failing rows went."""
-
-    def __init__(self, report: QualityReport):
-        super().__init__(report.summary() + "\nNothing was published.")
-        self.report = report
 
 
 # ---- Great Expectations -------------------------------------------------------------------------------------

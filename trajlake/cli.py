@@ -395,7 +395,7 @@ def schedule_cmd(
     import threading
     from datetime import datetime, timezone
 
-    from jobs.schedule import ScheduleError, command, due, latest_fire, load_schedule, next_fire, next_wake, window_for
+    from jobs.schedule import ScheduleError, command, due, load_schedule, next_fire, next_wake, window_for
     from jobs.scheduler import History, Runner, run_due, sleep_until
 
     s = settings()
@@ -899,7 +899,7 @@ def demo(
 def main() -> None:
     from infra.kafka.broker import BrokerError
     from lake.tables import SchemaMismatch, UnknownTable
-    from quality.runner import QualityGateFailed
+    from quality.errors import QualityGateFailed  # not quality.runner: Great Expectations takes seconds to import
 
     try:
         app()
