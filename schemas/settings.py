@@ -159,6 +159,12 @@ class Settings(BaseSettings):
 
 
 TOPICS = ("frontend.raw", "agent.raw", "events.clean", "deadletter", "steps", "episodes")
+# What the worker writes may be larger than what it read: a dead letter carries its raw record in base64
+# (x4/3), a step row an action's output and its reaction's final value. The raw topics keep the broker's
+# default limit (~1 MiB, the intake limit); the worker's output topics, its join changelog and its producer
+# and consumers allow this much, so any record the broker accepted can be dead-lettered or passed on.
+WORKER_OUTPUT_TOPICS = ("events.clean", "deadletter", "steps", "episodes")
+OUTPUT_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 
 
 def settings_env(settings: Settings, base: Mapping[str, str] = {}) -> dict[str, str]:

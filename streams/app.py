@@ -7,8 +7,8 @@ import os
 import time
 import weakref
 from concurrent.futures import ProcessPoolExecutor
-from functools import partial
-from typing import Any
+from functools import partial, wraps
+from typing import Any, Awaitable, Callable, NoReturn
 
 import faust
 import orjson
@@ -16,7 +16,7 @@ import orjson
 from privacy import worker as scrub_worker
 from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
-from schemas.settings import Settings
+from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox, stage,
                           tick)
@@ -27,6 +27,8 @@ log = logging.getLogger("trajlake.worker")
 INGEST_BATCH, INGEST_WITHIN = 500, 0.25
 # The timer re-reads the whole join table after a rebalance and, as a backstop for its index, this often.
 FULL_SCAN_SECONDS = 60.0
+# The worker's exit status when an agent, a stage or the timer fails (EX_SOFTWARE): see _fail_fast.
+WORKER_FAILED = 70
 
 
 def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int = 1) -> faust.App:
@@ -49,6 +51,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         stream_buffer_maxsize=8192,
         broker_session_timeout=settings.consumer_session_timeout_seconds,
         broker_heartbeat_interval=max(1.0, settings.consumer_session_timeout_seconds / 10),
+        # a dead letter of a ~1 MiB raw record is ~1.4 MB: sends of that size must not fail (schemas/settings.py)
+        producer_max_request_size=OUTPUT_MESSAGE_MAX_BYTES,
+        consumer_max_fetch_size=OUTPUT_MESSAGE_MAX_BYTES,
     )
     raw = app.topic(settings.topic("frontend.raw"), settings.topic("agent.raw"),
                     key_serializer="raw", value_serializer="raw")
@@ -61,7 +66,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     # use_partitioner=True, so a
     # session's state lives in the same partition number as its events (the producer's murmur2 of the same key).
     join_state = app.Table("join-state", default=None, key_type=bytes,
-                           partitions=settings.topic_partitions, use_partitioner=True)
+                           partitions=settings.topic_partitions, use_partitioner=True,
+                           extra_topic_configs={"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)})
     timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
@@ -77,6 +83,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     clean_topic = settings.topic("events.clean")
 
     @app.agent(raw, name="ingest")
+    @_exits_on_failure("the ingest agent")
     async def ingest(stream: faust.StreamT) -> None:
         """Parse and validate here, scrub in the pool, deliver in order; the three overlap.
 
@@ -107,27 +114,32 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 events, records, checked, results = await to_deliver.get()
                 scrubbed = iter(results)
                 ingested_at = now_iso()
+                sent: list[Awaitable[Any]] = []
                 for rec, c in zip(records, checked):
                     if isinstance(c, DeadLetter):
-                        await dead.send(key=rec.key, value=c.to_json())
+                        sent.append(await dead.send(key=rec.key, value=c.to_json()))
                         continue
                     s = next(scrubbed)
                     if isinstance(s, str):
                         dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
-                        await dead.send(key=rec.key, value=dl.to_json())
+                        sent.append(await dead.send(key=rec.key, value=dl.to_json()))
                     else:
                         # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
                         # the hottest send in the worker (every valid event)
-                        await producer.send(clean_topic, s["event"]["session_id"].encode(),
-                                            clean_record(s["event"], rec, ingested_at, s["policy_version"],
-                                                         s["user_ref"]), None, None, None)
+                        sent.append(await producer.send(clean_topic, s["event"]["session_id"].encode(),
+                                                        clean_record(s["event"], rec, ingested_at,
+                                                                     s["policy_version"], s["user_ref"]),
+                                                        None, None, None))
                 await producer.flush()
+                # flush() returns when the sends are done, failed ones included: each send's own result says
+                # whether the broker has the record, and an event is acked only if it does
+                await asyncio.gather(*sent)
                 for e in events:
                     await stream.ack(e)
 
         stages = [asyncio.ensure_future(scrubbing()), asyncio.ensure_future(delivering())]
         for task in stages:  # said at once: with no new batch, the agent would only notice at the next one
-            task.add_done_callback(_log_stage_failure)
+            task.add_done_callback(_on_stage_failure)
         try:
             async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN):
                 records = [_source(e) for e in events]
@@ -179,6 +191,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 _table_set(join_state, key, state, partition)
 
     @app.agent(clean, name="join")
+    @_exits_on_failure("the join agent")
     async def join(stream: faust.StreamT) -> None:
         async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
             async with state_lock:
@@ -201,8 +214,13 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == clean_topic}
 
     @app.timer(interval=settings.join_tick_seconds)
+    @_exits_on_failure("the join timer")
     async def close_timed_out() -> None:
         """Close timed-out steps and episodes, forget past retention, and re-send outboxes left by a crash."""
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            # the table may hold partly restored sessions, and partitions may be on their way to another
+            # worker: closing a session now could emit a "timeout" row the complete one can no longer replace
+            return
         async with state_lock:
             wall = time.time()
             active = active_partitions()
@@ -239,6 +257,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         target = SINK_TARGETS[topic_name]
 
         @app.agent(topics[topic_name], name=f"sink_{target.spec.layer}_{target.spec.name}")
+        @_exits_on_failure(f"the {target.spec.id} sink")
         async def sink(stream: faust.StreamT) -> None:
             loop = asyncio.get_running_loop()
             writer = await loop.run_in_executor(None, DeltaSinkWriter, settings, target, settings.worker_id)
@@ -278,9 +297,44 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     return app
 
 
-def _log_stage_failure(task: asyncio.Future) -> None:
+def _fail_fast(what: str, exc: BaseException) -> NoReturn:
+    """Log the failure and end the process at once: no offset is committed past an event whose output is not
+    known to be in Kafka or Delta.
+
+    Faust would restart a crashed agent in the same process, and its `take_events` acks a batch even when
+    processing it raised; the restarted agent then acks newer events, and Faust's commit can step over an
+    un-acked offset (it lets a gap of one through, and any gap while nothing is committed yet). Exiting without
+    unwinding (os._exit: no `finally` runs, so nothing more is acked) hands recovery to the restart that every
+    crash already relies on: from the committed offsets, the Delta app transactions and the join's outboxes.
+    """
+    log.critical("%s failed; the worker exits (status %d) and resumes from its last commits when restarted",
+                 what, WORKER_FAILED, exc_info=exc)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    _exit(WORKER_FAILED)
+
+
+_exit = os._exit  # tests replace it
+
+
+def _exits_on_failure(what: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """An agent's or timer's body, ending the worker on any error (`_fail_fast`); cancellation passes."""
+    def wrap(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        @wraps(fn)
+        async def guarded(*args: Any, **kwargs: Any) -> None:
+            try:
+                await fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 — every error: see _fail_fast
+                _fail_fast(what, exc)
+        return guarded
+    return wrap
+
+
+def _on_stage_failure(task: asyncio.Future) -> None:
+    """An ingest stage's done callback: a failed stage ends the worker at once, not at the agent's next batch
+    (with no new batch, the agent would never notice)."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("an ingest stage failed; the agent stops at its next batch", exc_info=task.exception())
+        _fail_fast("an ingest stage", task.exception())
 
 
 async def _put_unless_failed(queue: asyncio.Queue, item: Any, stages: list[asyncio.Future]) -> None:

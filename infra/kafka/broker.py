@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from schemas.settings import Settings
+from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, WORKER_OUTPUT_TOPICS, Settings
 
 POM = Path(__file__).with_name("pom.xml")
 Progress = Callable[[str], None]
@@ -220,7 +220,7 @@ def start(settings: Settings, progress: Progress = _quiet, timeout: float = 90) 
     p.log4j.write_text(_log4j_properties(p))
     if not (p.data / "meta.properties").exists():
         progress("formatting KRaft storage")
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         fmt = subprocess.run(_java_cmd(java, p, settings, "kafka.tools.StorageTool", "format",
                                        "-t", cluster_id, "-c", str(p.config)), capture_output=True, text=True)
         if fmt.returncode != 0:
@@ -279,12 +279,24 @@ def wait_until_ready(settings: Settings, timeout: float = 60) -> None:
                       f"start it with `trajlake up` or check TRAJLAKE_KAFKA_BOOTSTRAP")
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id (22 characters of URL-safe base64). Not one that starts with '-': the storage
+    tool would read it as an option and fail ("--cluster-id: expected one argument"), 1 start in 64; Kafka's
+    own `Uuid.randomUuid` draws again in that case too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def ensure_topics(settings: Settings, progress: Progress = _quiet) -> list[str]:
     """Create DESIGN's topics that do not exist yet; returns the ones created."""
     from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    outputs = {settings.topic(t) for t in WORKER_OUTPUT_TOPICS}
+    output_config = {"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)}
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="trajlake-admin")
     try:
         existing = set(admin.list_topics())
@@ -292,9 +304,14 @@ def ensure_topics(settings: Settings, progress: Progress = _quiet) -> list[str]:
         if missing:
             progress(f"creating topics {', '.join(missing)}")
             try:
-                admin.create_topics([NewTopic(t, settings.topic_partitions, 1) for t in missing])
+                admin.create_topics([NewTopic(t, settings.topic_partitions, 1,
+                                              topic_configs=output_config if t in outputs else {})
+                                     for t in missing])
             except TopicAlreadyExistsError:
                 pass
+        older = sorted(outputs & existing)
+        if older:  # topics made before the limit was raised (an idempotent change)
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=output_config) for t in older])
         return missing
     finally:
         admin.close()

@@ -4,12 +4,29 @@ import logging
 
 import pytest
 
-from streams.app import _log_stage_failure, _put_unless_failed
+import streams.app as worker_app
+from streams.app import WORKER_FAILED, _exits_on_failure, _on_stage_failure, _put_unless_failed
 
 pytestmark = pytest.mark.unit
 
 
-def test_a_failed_ingest_stage_is_raised_in_the_agent_and_logged_at_once(caplog):
+class Exited(BaseException):
+    """Stands in for os._exit: ends the scenario the way the process would end."""
+
+
+@pytest.fixture
+def exits(monkeypatch):
+    codes: list[int] = []
+
+    def fake_exit(code: int):
+        codes.append(code)
+        raise Exited(code)
+
+    monkeypatch.setattr(worker_app, "_exit", fake_exit)
+    return codes
+
+
+def test_a_failed_ingest_stage_ends_the_worker_at_once_and_the_agent_raises_too(caplog, exits):
     async def scenario():
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
         await queue.put("batch 1")  # full: the stage that drains it has died
@@ -18,13 +35,62 @@ def test_a_failed_ingest_stage_is_raised_in_the_agent_and_logged_at_once(caplog)
             raise ValueError("the scrub pool died")
 
         stage = asyncio.ensure_future(dies())
-        stage.add_done_callback(_log_stage_failure)
+        stage.add_done_callback(_on_stage_failure)
         with pytest.raises(ValueError, match="scrub pool died"):
             await asyncio.wait_for(_put_unless_failed(queue, "batch 2", [stage]), timeout=5)
 
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda _, ctx: None)  # the callback's Exited surfaces here, as os._exit would not
     with caplog.at_level(logging.ERROR, logger="trajlake.worker"):
-        asyncio.run(scenario())
-    assert "an ingest stage failed" in caplog.text
+        loop.run_until_complete(scenario())
+    loop.close()
+    assert exits == [WORKER_FAILED]
+    assert "an ingest stage failed; the worker exits (status 70)" in caplog.text and "scrub pool died" in caplog.text
+
+
+def test_an_agent_that_raises_ends_the_worker_before_anything_more_is_acked(caplog, monkeypatch):
+    acked: list[int] = []
+    acked_at_exit: list[list[int]] = []
+
+    def fake_exit(code: int):
+        acked_at_exit.append(list(acked))  # os._exit ends here: no finally, no ack, runs after this
+        raise Exited(code)
+
+    monkeypatch.setattr(worker_app, "_exit", fake_exit)
+
+    async def batches():
+        try:
+            yield [1, 2]
+        finally:  # what Faust's take_events does when its consumer is closed: ack the batch
+            acked.extend([1, 2])
+
+    @_exits_on_failure("the test sink")
+    async def agent(stream):
+        async for batch in stream:
+            raise OSError(f"Delta commit of {batch} failed")
+
+    with caplog.at_level(logging.ERROR, logger="trajlake.worker"), pytest.raises(Exited):
+        asyncio.run(agent(batches()))
+    assert acked_at_exit == [[]]
+    assert "the test sink failed" in caplog.text and "Delta commit of [1, 2] failed" in caplog.text
+
+
+def test_cancellation_and_a_normal_return_do_not_end_the_worker(exits):
+    @_exits_on_failure("a timer")
+    async def ticks(block: bool):
+        if block:
+            await asyncio.sleep(10)
+
+    async def scenario():
+        task = asyncio.ensure_future(ticks(True))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await ticks(False)
+
+    asyncio.run(scenario())
+    assert exits == []
 
 
 def test_a_batch_goes_on_the_queue_while_the_stages_run():

@@ -34,8 +34,11 @@ def event_ids(settings, spec=BRONZE_EVENTS):
 def test_bad_events_go_to_the_dead_letter_table_and_valid_traffic_flows(own, records, tmp_path):
     events = list(replay_events(records, limit=3))
     session = events[0].event["session_id"].encode()
+    # the last one is as large as the raw topics take: its dead letter (base64) is ~1.4 MB, over Kafka's
+    # default limit, and must still be written (schemas/settings.py::OUTPUT_MESSAGE_MAX_BYTES)
+    huge = b"{" + b"x" * 1_000_000
     poison = [(b"{not json", "invalid_json"), (orjson.dumps({**events[1].event, "body": {}}), "schema_violation"),
-              (b"[]", "not_an_object")]
+              (b"[]", "not_an_object"), (huge, "invalid_json")]
     wrong_topic = events[0].event | {"event_id": str(uuid.uuid4())}
     p = build_producer(own)
     for i, item in enumerate(events):
@@ -49,14 +52,16 @@ def test_bad_events_go_to_the_dead_letter_table_and_valid_traffic_flows(own, rec
     w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
     try:
         w.wait_for(lambda: len(event_ids(own)) >= len(events) and
-                   read_table(own, BRONZE_DEADLETTER).num_rows >= 4, 120, message="bronze tables to fill")
+                   read_table(own, BRONZE_DEADLETTER).num_rows >= 5, 120, message="bronze tables to fill")
     finally:
         w.stop()
+    assert "the worker exits" not in w.log.read_text(errors="replace")  # no stage failed, nor the shutdown
     ids = event_ids(own)
     assert Counter(ids) == Counter(e.event["event_id"] for e in events)  # all valid events, the resend once
     dl = read_table(own, BRONZE_DEADLETTER).to_pylist()
     assert sorted(d["reason"] for d in dl) == sorted([r for _, r in poison] + ["wrong_topic"])
-    by_reason = {d["reason"]: d for d in dl}
+    assert any(d["original"] == huge for d in dl)
+    by_reason = {d["reason"]: d for d in dl if d["original"] != huge}
     assert by_reason["invalid_json"]["original"] == b"{not json"
     assert by_reason["invalid_json"]["original_key"] == session
     assert by_reason["schema_violation"]["detail"].startswith("event")
