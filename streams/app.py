@@ -399,7 +399,14 @@ class _At:
     __slots__ = ("message", "__weakref__")
 
     def __init__(self, partition: int):
-        self.message = type("M", (), {"partition": partition})()
+        self.message = _AtMessage(partition)
+
+
+class _AtMessage:
+    __slots__ = ("partition",)
+
+    def __init__(self, partition: int):
+        self.partition = partition
 
 
 def _table_get(table: Any, key: bytes, partition: int) -> Any:

@@ -93,6 +93,9 @@ class Record:
     value: bytes
 
 
+PRUNE_FROM = 1024  # keys in the dedup set below which it is never pruned
+
+
 class DeltaSinkWriter:
     """Writes micro-batches of one topic's records into one Delta table, exactly once.
 
@@ -107,6 +110,7 @@ class DeltaSinkWriter:
         self.table = ensure_table(settings, target.spec)
         self.window = timedelta(seconds=settings.dedup_window_seconds)
         self.recent: dict[tuple, datetime] = {}
+        self.prune_at = PRUNE_FROM
         self.commits = 0
         self._seed_recent_keys()
 
@@ -120,9 +124,12 @@ class DeltaSinkWriter:
             self.recent[tuple(row[:-1])] = row[-1]
 
     def _expire(self, now: datetime) -> None:
-        horizon = now - self.window
-        if self.recent and len(self.recent) % 1024 == 0:
+        """Forget keys older than the dedup window, each time the set has doubled since the last pass (so a
+        pass costs O(1) per key added, and the set stays within twice what the window holds)."""
+        if len(self.recent) >= self.prune_at:
+            horizon = now - self.window
             self.recent = {k: t for k, t in self.recent.items() if t >= horizon}
+            self.prune_at = max(PRUNE_FROM, 2 * len(self.recent))
 
     def commit(self, records: list[Record]) -> tuple[int, int]:
         """Write what is new in `records`; returns (rows written, records skipped as already written)."""
