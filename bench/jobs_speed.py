@@ -244,8 +244,8 @@ def main() -> None:
         print(json.dumps({n: results[n]}))
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     (OUT / "jobs_speed.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1, default=str))
-    print(f"\n| events | steps | episodes | Spark heuristics+scorecards (median s) | DuckDB same aggregates (median s) "
-          f"| ratio | Spark s per 1M events |\n|---|---|---|---|---|---|---|")
+    print("\n| events | steps | episodes | Spark heuristics+scorecards (median s) | DuckDB same aggregates (median s) "
+          "| ratio | Spark s per 1M events |\n|---|---|---|---|---|---|---|")
     for n, r in results.items():
         print(f"| {n:,} | {r['steps']:,} | {r['episodes']:,} | {r['median']['spark']:.1f} | {r['median']['duckdb']:.1f} "
               f"| {r['ratio']:.2f}× | {r['spark_s_per_million']:.1f} |")

@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
-import orjson  # noqa: E402
-
 from privacy.leakage import GroundTruth, LeakScanner, strings_of  # noqa: E402
 from privacy.scrub import SPACY_MODEL, EventScrubber  # noqa: E402
 from streams.sources.tau_bench import load_trajectories, replay_events  # noqa: E402

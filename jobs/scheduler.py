@@ -5,7 +5,6 @@ import os
 import socket
 import sqlite3
 import threading
-import time
 import traceback
 from contextlib import closing
 from dataclasses import dataclass

@@ -191,4 +191,4 @@ def wait_for_rows(settings: Settings, spec: TableSpec, expected: int, timeout: f
 
 
 __all__ = ["count_present", "BRONZE_TARGETS", "SINK_TARGETS", "silver_row", "DeltaSinkWriter", "Record", "bronze_event_row", "deadletter_row", "wait_for_rows",
-           "count_rows", "pc"]
+           "count_rows"]
