@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.interleaved import report, time_interleaved  # noqa: E402
 from privacy.leakage import CARD_WORDS, GroundTruth, Leaks, LeakScanner, strings_of  # noqa: E402
 
 TAU = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tau-bench"
@@ -56,21 +55,12 @@ def main() -> None:
     texts = [s for r in raw for s in strings_of(r["traj"])] * args.repeat
     mb = sum(map(len, texts)) / 1e6
     scanners = {"this checkout": LeakScanner(truth), "baseline (regex alternation)": RegexLeakScanner(truth)}
-    times: dict[str, list[float]] = {k: [] for k in scanners}
-    found = {}
-    for _ in range(args.runs):
-        for name, scanner in scanners.items():
-            t0 = time.perf_counter()
-            found[name] = scanner.scan(texts).found
-            times[name].append(time.perf_counter() - t0)
+    times, found = time_interleaved({name: (lambda sc=sc: sc.scan(texts).found) for name, sc in scanners.items()},
+                                    args.runs)
     new, old = found.values()
     assert new == old, (new, old)
     print(f"{len(texts):,} texts, {mb:.2f} MB; {sum(map(len, new.values()))} distinct values found by both")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in times.items():
-        print(f"{k}: {' / '.join(f'{x:.3f}' for x in v)} s, median {med[k]:.3f} s ({mb / med[k]:.2f} MB/s)")
-    new_med, old_med = med.values()
-    print(f"median ratio (this checkout / baseline): {new_med / old_med:.4f}")
+    report(times, digits=3, extra=lambda median: f" ({mb / median:.2f} MB/s)")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.interleaved import report, time_interleaved  # noqa: E402
 from jobs.splits import Leakage, leakage  # noqa: E402
 
 
@@ -49,19 +48,12 @@ def main() -> None:
         g = groups[rng.randrange(len(groups))]
         index.append((f"ep{i}", split_of[g], g, hashlib.md5(str(i).encode()).hexdigest()))
     frozen = set(groups[:500])
-    times: dict[str, list[float]] = {"this checkout": [], "baseline": []}
-    results = {}
-    for _ in range(a.runs):
-        for name, check in (("this checkout", leakage), ("baseline", leakage_with_a_set_per_key)):
-            t0 = time.perf_counter()
-            results[name] = check(((s, g, p) for _, s, g, p in index), frozen)
-            times[name].append(time.perf_counter() - t0)
+    times, results = time_interleaved(
+        {"this checkout": lambda: leakage(((s, g, p) for _, s, g, p in index), frozen),
+         "baseline": lambda: leakage_with_a_set_per_key(((s, g, p) for _, s, g, p in index), frozen)}, a.runs)
     new, old = results["this checkout"], results["baseline"]
     assert (new.groups, new.prompts, new.thawed) == (old.groups, old.prompts, old.thawed)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in times.items():
-        print(f"{k}: {' / '.join(f'{x:.2f}' for x in v)} s, median {med[k]:.2f} s")
-    print(f"ratio {med['this checkout'] / med['baseline']:.3f}")
+    report(times)
 
 
 if __name__ == "__main__":

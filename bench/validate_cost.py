@@ -6,13 +6,12 @@ Usage: .venv/bin/python bench/validate_cost.py [--events 20000] [--runs 3]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.interleaved import report, time_interleaved  # noqa: E402
 from schemas.contract import _validator, _validator_of  # noqa: E402
 from streams.sources.synthetic import synthetic_events  # noqa: E402
 
@@ -26,18 +25,16 @@ def main() -> None:
     full = _validator()
     for e in events:  # compile every specialised validator before timing
         _validator_of(e)(e)
-    checks = {"specialised": lambda e: _validator_of(e)(e), "full contract (baseline)": full}
-    per_event: dict[str, list[float]] = {k: [] for k in checks}
-    for _ in range(a.runs):
-        for name, check in checks.items():
-            t0 = time.perf_counter()
+
+    def every_event(check):
+        def run():
             for e in events:
                 check(e)
-            per_event[name].append((time.perf_counter() - t0) / len(events) * 1e6)
-    med = {k: statistics.median(v) for k, v in per_event.items()}
-    for k, v in per_event.items():
-        print(f"{k}: {' / '.join(f'{x:.1f}' for x in v)} µs per event, median {med[k]:.1f}")
-    print(f"ratio {med['specialised'] / med['full contract (baseline)']:.3f}")
+        return run
+
+    times, _ = time_interleaved({"specialised": every_event(lambda e: _validator_of(e)(e)),
+                                 "full contract (baseline)": every_event(full)}, a.runs)
+    report(times, unit="µs per event", scale=1e6 / len(events), digits=1)
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     @_exits_on_failure("the join timer")
     async def close_timed_out() -> None:
         """Close timed-out steps and episodes, forget past retention, and re-send outboxes left by a crash."""
-        if app.rebalancing or getattr(app, "in_recovery", False):
+        if app.rebalancing or app.in_recovery:
             # the table may hold partly restored sessions, and partitions may be on their way to another
             # worker: closing a session now could emit a "timeout" row the complete one can no longer replace
             return

@@ -1,7 +1,6 @@
 """Measured leakage: all of τ-bench airline through the real worker (the session's `tau_lake`, Presidio NER on),
 every downstream table searched for every PII value of the customer database; the domain tokens that must
 survive; and the ground-truth scanner against the obvious regex version of it."""
-import re
 from functools import cache
 
 import orjson
@@ -10,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lake.readers import read_table
-from privacy.leakage import CARD_WORDS, GroundTruth, LeakScanner, domain_tokens, strings_of, survival
+from bench.leak_scan import RegexLeakScanner
+from privacy.leakage import GroundTruth, LeakScanner, domain_tokens, strings_of, survival
 from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
 from tests.conftest import TAU
 
@@ -54,26 +54,14 @@ def scanner() -> LeakScanner:
 
 
 @cache
-def regex_scanner():
-    kind_of = {v.lower(): kind for kind, values in truth().pii.items() for v in values}
-    values = re.compile(r"(?<![\w@.])(" + "|".join(map(re.escape, sorted(kind_of, key=len, reverse=True)))
-                        + r")(?![\w@])", re.I)
-    cards = re.compile(CARD_WORDS + r"[^\n\d]{0,12}(" + "|".join(sorted(truth().card_last_four)) + r")(?!\d)",
-                       re.I)
-    return kind_of, values, cards
+def regex_scanner() -> RegexLeakScanner:
+    """The obvious version (the benchmark's baseline): every value in one case-insensitive, word-bounded
+    alternation, longest first."""
+    return RegexLeakScanner(truth())
 
 
 def regex_found(texts) -> dict[str, set[str]]:
-    """The obvious version: every value of the τ-bench ground truth in one case-insensitive, word-bounded
-    alternation, longest first."""
-    kind_of, values, cards = regex_scanner()
-    found: dict[str, set[str]] = {}
-    for text in texts:
-        for m in values.finditer(text):
-            found.setdefault(kind_of[m.group(1).lower()], set()).add(m.group(1))
-        for m in cards.finditer(text):
-            found.setdefault("card_last_four", set()).add(m.group(1))
-    return found
+    return regex_scanner().scan(texts).found
 
 
 @pytest.mark.unit
