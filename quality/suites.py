@@ -17,8 +17,8 @@ EXPORT_SUITE = "exports"
 EXPORT_INDEX_COLUMNS = ("episode_id", "split", "group_hash", "prompt_digest", "frozen_holdout", "pii_values")
 STEP_OUTCOMES = ("accepted", "edited", "rejected", "undone", "retried", "superseded", "ignored")
 EPISODE_OUTCOMES = ("completed", "reopened", "escalated", "abandoned", "timeout")
-# the stream's stages, and the HTTP collector's (streams/collector/core.py), which dead-letters before Kafka
-DEADLETTER_STAGES = ("parse", "validate", "scrub", "collect")
+# the stream's stages (the join refuses events past a session's state budget), and the HTTP collector's (streams/collector/core.py), which dead-letters before Kafka
+DEADLETTER_STAGES = ("parse", "validate", "scrub", "join", "collect")
 # tolerance for floating-point sums that should sit exactly on a bound
 EPS = 1e-9
 

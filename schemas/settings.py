@@ -9,6 +9,15 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+TOPICS = ("frontend.raw", "agent.raw", "events.clean", "deadletter", "steps", "episodes")
+# What the worker writes may be larger than what it read: a dead letter carries its raw record in base64
+# (x4/3), a step row an action's output and its reaction's final value. The raw topics keep the broker's
+# default limit (~1 MiB, the intake limit); the worker's output topics, its join changelog and its producer
+# and consumers allow this much, so any record the broker accepted can be dead-lettered or passed on.
+WORKER_OUTPUT_TOPICS = ("events.clean", "deadletter", "steps", "episodes")
+OUTPUT_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
+
+
 class Settings(BaseSettings):
     """Everything a trajlake process can be configured with.
 
@@ -70,6 +79,10 @@ class Settings(BaseSettings):
     # a closed session's events are kept this long for late amendments, then forgotten (bounded state)
     join_retention_seconds: float = Field(default=3600, gt=0)
     join_tick_seconds: float = Field(default=1.0, gt=0)
+    # the events one session keeps in the join (its texts, mostly) may take this many bytes; an event beyond it
+    # is dead-lettered (session_state_full). A session's state, with the rows it stages, is one changelog
+    # record, so the cap stays well under OUTPUT_MESSAGE_MAX_BYTES.
+    join_state_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=OUTPUT_MESSAGE_MAX_BYTES // 3)
 
     # jobs: the reward spec to score with (None = the newest schemas/reward/reward-vN.toml)
     reward_version: str | None = None
@@ -156,15 +169,6 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> list[str]:
         return [self.topic(t) for t in TOPICS]
-
-
-TOPICS = ("frontend.raw", "agent.raw", "events.clean", "deadletter", "steps", "episodes")
-# What the worker writes may be larger than what it read: a dead letter carries its raw record in base64
-# (x4/3), a step row an action's output and its reaction's final value. The raw topics keep the broker's
-# default limit (~1 MiB, the intake limit); the worker's output topics, its join changelog and its producer
-# and consumers allow this much, so any record the broker accepted can be dead-lettered or passed on.
-WORKER_OUTPUT_TOPICS = ("events.clean", "deadletter", "steps", "episodes")
-OUTPUT_MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 
 
 def settings_env(settings: Settings, base: Mapping[str, str] = {}) -> dict[str, str]:

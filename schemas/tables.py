@@ -73,7 +73,7 @@ BRONZE_DEADLETTER = TableSpec(
     "bronze", "deadletter",
     pa.schema([
         _f("reason", pa.string(), False, "a schemas.contract.Reason value"),
-        _f("stage", pa.string(), False, "parse | validate | scrub | ..."),
+        _f("stage", pa.string(), False, "parse | validate | scrub | join | collect"),
         _f("detail", pa.string(), False, "what a producer must fix"),
         _f("event_id", pa.string(), doc="when it could be read"),
         *_SOURCE,

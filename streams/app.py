@@ -18,8 +18,8 @@ from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
-from streams.join import (Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox, stage,
-                          tick)
+from streams.join import (Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
+                          stage, state_full_detail, tick)
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
 log = logging.getLogger("trajlake.worker")
@@ -190,12 +190,19 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 delivered(state)
                 _table_set(join_state, key, state, partition)
 
+    async def send_dead_letters(letters: list[DeadLetter]) -> None:
+        futures = [await dead.send(key=dl.original_key, value=dl.to_json()) for dl in letters]
+        await app.producer.flush()
+        await asyncio.gather(*futures)
+
     @app.agent(clean, name="join")
     @_exits_on_failure("the join agent")
     async def join(stream: faust.StreamT) -> None:
+        max_bytes = settings.join_state_max_bytes
         async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
             async with state_lock:
                 touched: dict[bytes, tuple[int, dict]] = {}
+                refused: list[DeadLetter] = []
                 wall = time.time()
                 for e in events:
                     event = clean_event(e.value)
@@ -204,11 +211,21 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     state = touched[key][1] if key in touched else (
                         _table_get(join_state, key, partition) or new_session())
                     touched[key] = (partition, state)
-                    fold_event(state, event, wall)
+                    if fold_event(state, event, wall, max_bytes) is Folded.state_full:
+                        refused.append(dead_letter(
+                            _source(e), ContractError(Reason.session_state_full,
+                                                      state_full_detail(state, event, max_bytes)),
+                            "join", event["event_id"]))
                 for _, state in touched.values():
                     stage(state, evaluate(state, wall, timeouts))
                 await save_and_deliver(touched)
                 note_due(touched)
+                if refused:
+                    # before the batch is acked: a crash first means a redelivery, refused again (the state
+                    # never took it) and dead-lettered again; the dead-letter sink keeps one row per source offset
+                    await send_dead_letters(refused)
+                    log.warning("join: %d events refused, their sessions' state is full (dead-lettered)",
+                                len(refused))
 
     def active_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == clean_topic}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any, Iterable
 
 import orjson
@@ -35,7 +36,7 @@ class Timeouts:
     step_s: float = 600
     episode_s: float = 1800
     grace_s: float = 30         # wait this long after a user's terminal event for the agent's task_ended
-    retention_s: float = 3600   # forget a closed, idle session's events after this long
+    retention_s: float = 3600   # forget a closed task's events once it has had none for this long
 
 
 def _ms(ts: str) -> int:
@@ -199,32 +200,77 @@ class Emit:
     row: dict[str, Any]
 
 
+class Folded(str, Enum):
+    """What `fold_event` did with an event."""
+
+    folded = "folded"
+    duplicate = "duplicate"      # a resend or a redelivery
+    forgotten = "forgotten"      # its task is past retention: never silently merged into a partial episode
+    state_full = "state_full"    # the session's state would outgrow its budget: the caller dead-letters it
+
+
+# per kept event, besides its compact form: its `seen` entry and JSON punctuation
+_EVENT_OVERHEAD = 24
+
+
 def new_session() -> dict[str, Any]:
-    return {"seen": {}, "tasks": {}, "wall": 0.0, "max_ts": 0}
+    return {"seen": {}, "tasks": {}, "wall": 0.0, "max_ts": 0, "size": 0}
 
 
-def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float) -> bool:
-    """Fold one clean event into its session's state without emitting; False for a duplicate or a forgotten task."""
-    if event["event_id"] in state["seen"]:
-        return False  # a resend or a redelivery
+def _event_bytes(c: dict[str, Any]) -> int:
+    return len(orjson.dumps(c)) + len(c["id"]) + _EVENT_OVERHEAD
+
+
+def state_bytes(state: dict[str, Any]) -> int:
+    """About how many bytes the events a session keeps take in its serialised state (its texts, mostly).
+
+    Kept as a running count; a state saved before the count existed gets it here, once."""
+    if "size" not in state:
+        state["size"] = sum(_event_bytes(c) for task in state["tasks"].values() for c in task["events"])
+    return state["size"]
+
+
+def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_bytes: int | None = None) -> Folded:
+    """Fold one clean event into its session's state without emitting.
+
+    With `max_bytes`, an event that would take the events kept past that many bytes is refused (`state_full`)
+    and the state is left as it was: a session's state is one changelog record, and the broker refuses records
+    over its limit. Room comes back as the session's closed tasks pass retention."""
+    eid = event["event_id"]
+    if eid in state["seen"]:
+        return Folded.duplicate
+    task = state["tasks"].get(event["task_id"])
+    if task is not None and task["forgotten"]:
+        return Folded.forgotten
     c = compact(event)
-    state["seen"][event["event_id"]] = c["ts"]
+    size = _event_bytes(c)
+    if max_bytes is not None and state_bytes(state) + size > max_bytes:
+        return Folded.state_full
+    state["seen"][eid] = c["ts"]
+    state["size"] = state_bytes(state) + size
     state["wall"] = wall
     state["max_ts"] = max(state["max_ts"], c["ts"])
-    task = state["tasks"].get(event["task_id"])
     if task is None:
         task = state["tasks"][event["task_id"]] = {"dims": dimensions(event), "events": [], "closed": False,
                                                    "rev": -1, "hash": None, "steps": {}, "terminal_wall": None,
                                                    "forgotten": False}
-    if task["forgotten"]:
-        return False  # beyond retention: never silently merged into a partial episode
     if task["dims"].get("task_type") is None and event.get("task_type"):
         task["dims"]["task_type"] = event["task_type"]
     task["events"].append(c)
+    task["wall"] = wall
     task["dirty"] = True
     if c["t"] in TERMINAL_TASK and task["terminal_wall"] is None:
         task["terminal_wall"] = wall
-    return True
+    return Folded.folded
+
+
+def state_full_detail(state: dict[str, Any], event: dict[str, Any], max_bytes: int) -> str:
+    """The dead letter's sentence for an event `fold_event` refused as `state_full`."""
+    return (f"session {event['session_id']} already keeps {state_bytes(state):,} bytes of events in the join, and "
+            f"this event ({_event_bytes(compact(event)):,} bytes) would take it past join_state_max_bytes "
+            f"({max_bytes:,}); it is in bronze/events but in no step or episode. Closed tasks free their room after "
+            f"join_retention_seconds; raise TRAJLAKE_JOIN_STATE_MAX_BYTES (at most a third of the 16 MiB record "
+            f"limit) or start a new session for long-running work")
 
 
 def evaluate(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
@@ -238,7 +284,7 @@ def evaluate(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
 
 def apply_event(state: dict[str, Any], event: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
     """Fold one event and evaluate at once (the per-event form of fold_event + evaluate)."""
-    return evaluate(state, wall, t) if fold_event(state, event, wall) else []
+    return evaluate(state, wall, t) if fold_event(state, event, wall) is Folded.folded else []
 
 
 def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
@@ -248,12 +294,28 @@ def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
         if not task["forgotten"]:
             out += _evaluate(state, task, wall, t)
     state["dirty"] = bool(out)
-    if wall - state["wall"] > t.retention_s:
-        for task in state["tasks"].values():
-            if task["closed"] and not task["forgotten"]:
-                task.update(events=[], forgotten=True)
-                state["dirty"] = True
+    for task in state["tasks"].values():
+        # per task, not per session: a session that stays busy all day would otherwise keep every event of
+        # every task it ever closed, and its state (one changelog record) would grow without bound
+        if task["closed"] and not task["forgotten"] and wall - _task_wall(state, task) > t.retention_s:
+            _forget(state, task)
     return out
+
+
+def _task_wall(state: dict[str, Any], task: dict[str, Any]) -> float:
+    return task.get("wall", state["wall"])  # a state saved before tasks had their own: the session's
+
+
+def _forget(state: dict[str, Any], task: dict[str, Any]) -> None:
+    """Drop a closed task's events and their ids; its dimensions and revisions stay, so a late event for it is
+    recognised and refused, not taken for a new task."""
+    size = state_bytes(state)
+    for c in task["events"]:
+        state["seen"].pop(c["id"], None)
+        size -= _event_bytes(c)
+    state["size"] = max(size, 0)
+    task.update(events=[], forgotten=True)
+    state["dirty"] = True
 
 
 def next_due(state: dict[str, Any], t: Timeouts) -> float:
@@ -273,7 +335,7 @@ def next_due(state: dict[str, Any], t: Timeouts) -> float:
         if task["forgotten"]:
             continue
         if task["closed"]:
-            due.append(wall + t.retention_s)
+            due.append(_task_wall(state, task) + t.retention_s)
             continue
         due.append(wall + t.episode_s)
         if task["terminal_wall"] is not None:

@@ -27,6 +27,8 @@ class Reason(str, Enum):
     bad_timestamp = "bad_timestamp"
     wrong_topic = "wrong_topic"
     scrub_failed = "scrub_failed"
+    # the join's: a session already keeps join_state_max_bytes of events
+    session_state_full = "session_state_full"
     # the collector's own (streams/collector/): checked at the HTTP door, before the raw topics
     event_too_large = "event_too_large"
     wrong_app = "wrong_app"

@@ -283,3 +283,85 @@ def test_nothing_changes_before_a_session_is_due(seed):
                 break
         else:
             pytest.fail(f"session still alive after 12 due times: {st}")
+
+
+# ---- bounded state: per-task retention and the byte budget ----------------------------------------------
+def _task_events(sid: str, task: str, start: float, text: str = "ok") -> list[dict]:
+    return (Session(sid=sid, task=task).add(start, "task_started")
+            .add(start + 1, "action_proposed", {"output": text}, action_id=f"{task}-a", intent_id=f"{task}-i")
+            .add(start + 2, "action_accepted", action_id=f"{task}-a", intent_id=f"{task}-i")
+            .add(start + 3, "task_completed").add(start + 4, "task_ended", {"status": "success"}).events)
+
+
+def test_a_busy_session_forgets_its_closed_tasks_after_retention():
+    """Retention is per task: a session that never goes idle keeps only the tasks of the last retention period,
+    so its state (one changelog record) stays bounded. Before, nothing was forgotten until the whole session had
+    been idle for the retention period."""
+    from streams.join import state_bytes
+
+    t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
+    st, sizes, wall = new_session(), [], 0.0
+    for k in range(120):  # one task every 2 minutes for 4 hours, the timer ticking in between
+        wall = k * 120.0
+        for e in _task_events("s1", f"t{k}", k * 120, text="x" * 500):
+            apply_event(st, e, wall, t)
+        tick(st, wall + 60, t)
+        sizes.append(state_bytes(st))
+    kept = [k for k, task in st["tasks"].items() if not task["forgotten"]]
+    assert 4 <= len(kept) <= 6  # ~600 s of tasks, 2 minutes apart
+    assert len(st["seen"]) == 5 * len(kept)  # the ids of forgotten tasks go with them
+    assert max(sizes[20:]) <= 1.2 * min(sizes[20:])  # flat once retention is reached
+    assert st["size"] == state_bytes({"tasks": st["tasks"]})  # the running count equals a recount
+
+
+def test_a_late_event_for_a_forgotten_task_is_refused_and_keeps_nothing():
+    from streams.join import Folded, fold_event
+
+    t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
+    events = _task_events("s1", "t1", 0)
+    st, _ = run(events, timeouts=t)
+    tick(st["s1"], 10_000.0, t)
+    st = st["s1"]
+    assert st["tasks"]["t1"]["forgotten"] and st["seen"] == {} and st["size"] == 0
+    before = dict(st)
+    late = Session(task="t1").add(5, "feedback", {"rating": "up"}).events[0]
+    assert fold_event(st, late, 10_001.0) is Folded.forgotten
+    assert fold_event(st, events[0], 10_001.0) is Folded.forgotten  # a redelivery of a forgotten event too
+    assert st == before  # neither the ids nor the session's clock moved
+
+
+def test_events_past_the_byte_budget_are_refused_until_room_comes_back():
+    from streams.join import Folded, fold_event, state_bytes, state_full_detail
+
+    t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
+    budget = 20_000
+    st = new_session()
+    results = [fold_event(st, e, 0.0, budget) for e in _task_events("s1", "t1", 0, text="y" * 9_000)]
+    assert results.count(Folded.folded) == 5
+    big = _task_events("s1", "t2", 10, text="z" * 12_000)
+    results = [fold_event(st, e, 1.0, budget) for e in big]
+    assert results == [Folded.folded, Folded.state_full, Folded.folded, Folded.folded, Folded.folded]
+    assert state_bytes(st) <= budget
+    assert big[1]["event_id"] not in st["seen"]  # refused, not remembered: a redelivery is refused again
+    detail = state_full_detail(st, big[1], budget)
+    assert "join_state_max_bytes (20,000)" in detail and "TRAJLAKE_JOIN_STATE_MAX_BYTES" in detail
+    assert fold_event(st, big[1], 2.0, budget) is Folded.state_full
+    evaluate_all = lambda wall: tick(st, wall, t)  # noqa: E731 — close both tasks, then pass retention
+    evaluate_all(100.0)
+    evaluate_all(1_000.0)
+    assert all(task["forgotten"] for task in st["tasks"].values()) and state_bytes(st) == 0
+    retry = Session(task="t3").add(20, "action_proposed", {"output": "z" * 12_000}, action_id="b", intent_id="j")
+    assert fold_event(st, retry.events[0], 1_001.0, budget) is Folded.folded
+
+
+def test_a_state_saved_before_the_byte_count_gets_one():
+    from streams.join import state_bytes
+
+    st, _ = run(typical().events)
+    st = st["s1"]
+    counted = st.pop("size")
+    for task in st["tasks"].values():
+        task.pop("wall")
+    assert state_bytes(st) == counted
+    tick(st, 1e6, TO)  # retention falls back to the session's clock
+    assert all(task["forgotten"] for task in st["tasks"].values()) and st["size"] == 0

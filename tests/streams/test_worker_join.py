@@ -110,3 +110,61 @@ def test_the_timer_closes_what_never_finishes(kafka, tmp_path):
     assert (episodes["no-end"]["outcome"], episodes["no-end"]["closed_reason"]) == ("completed", "terminal")
     assert steps["no-end"]["closed_reason"] == "terminal"
     assert len(episodes) == len(steps) == 2
+
+
+def test_a_session_past_its_state_budget_is_dead_lettered_not_a_crash(kafka, tmp_path):
+    """A session's join state is one changelog record. Events that would take it past join_state_max_bytes are
+    dead-lettered (stage join, reason session_state_full) with their clean record, while the session's other
+    events, and other sessions, are joined as usual and the worker keeps running."""
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from schemas.tables import BRONZE_DEADLETTER
+    from streams.ingest import clean_event
+    from streams.sources.tau_bench import Emitted
+
+    s = own_settings(kafka, tmp_path, "sf").model_copy(update={"join_state_max_bytes": 16_384})
+    t0 = datetime.now(timezone.utc).replace(microsecond=0)
+    words = "the quarterly report is ready for review and the numbers look fine " * 90  # ~6 KB of text
+
+    def event(session: str, task: str, family: str, event_type: str, second: int, body=None, **kw):
+        return Emitted(f"{family}.raw", {
+            "schema": f"{family}/1", "event_id": str(uuid.uuid4()), "event_type": event_type,
+            "ts": (t0 + timedelta(seconds=second)).isoformat(), "session_id": session, "task_id": task,
+            "user_id": "u", "agent_version": "v1", "prompt_variant": "p1", "task_type": "report", **kw,
+            "body": body or {}})
+
+    big, small = [], []
+    for k in range(3):  # three ~6 KB proposals: the third does not fit in 16 KiB
+        big += [event("big", "t", "agent", "action_proposed", 2 * k + 1, {"output": words}, action_id=f"a{k}",
+                      intent_id=f"i{k}"),
+                event("big", "t", "frontend", "action_accepted", 2 * k + 2, action_id=f"a{k}", intent_id=f"i{k}")]
+    big = [event("big", "t", "agent", "task_started", 0)] + big + [
+        event("big", "t", "frontend", "task_completed", 10), event("big", "t", "agent", "task_ended", 11,
+                                                                   {"status": "success"})]
+    small = [event("small", "t", "agent", "task_started", 0),
+             event("small", "t", "agent", "action_proposed", 1, {"output": "done"}, action_id="a", intent_id="i"),
+             event("small", "t", "frontend", "action_accepted", 2, action_id="a", intent_id="i"),
+             event("small", "t", "frontend", "task_completed", 3),
+             event("small", "t", "agent", "task_ended", 4, {"status": "success"})]
+    produce(s, big + small)
+    w = WorkerProcess(s, tmp_path / "worker.log", "--no-ner").start()
+    try:
+        w.wait_for(lambda: read_table(s, SILVER_EPISODES, columns=["episode_id"]).num_rows >= 2
+                   and read_table(s, BRONZE_DEADLETTER, columns=["reason"]).num_rows >= 1
+                   and read_table(s, BRONZE_EVENTS, columns=["event_id"]).num_rows >= len(big) + len(small), 240,
+                   message="both episodes, the dead letter and every event in bronze")
+        assert w.alive()
+    finally:
+        w.stop()
+    letters = read_table(s, BRONZE_DEADLETTER).to_pylist()
+    refused_id = big[5].event["event_id"]  # the third proposal
+    assert [(r["reason"], r["stage"], r["event_id"]) for r in letters] == [("session_state_full", "join", refused_id)]
+    assert letters[0]["source_topic"] == s.topic("events.clean")
+    assert "TRAJLAKE_JOIN_STATE_MAX_BYTES" in letters[0]["detail"]
+    assert clean_event(letters[0]["original"])["event_id"] == refused_id  # its clean record: nothing lost
+    episodes = {r["session_id"]: r for r in read_table(s, SILVER_EPISODES).to_pylist()}
+    assert episodes["big"]["outcome"] == episodes["small"]["outcome"] == "completed"
+    assert episodes["big"]["n_steps"] == 2  # the refused proposal is in no step
+    parity = check_parity(s)
+    assert parity.ok, json.dumps(parity.__dict__, default=str)[:2000]

@@ -6,7 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from schemas.contract import CONTRACT_DIR
-from streams.collector.core import (Accepted, BatchError, Limits, app_for_key, check_batch, decode_batch,
+from streams.collector.core import (BatchError, Limits, app_for_key, check_batch, decode_batch,
                                     presented_key, take)
 from streams.ingest import DeadLetter
 from streams.sink import deadletter_row
