@@ -6,7 +6,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from jobs.schedule import Entry, Schedule, parse_schedule
+from jobs.schedule import Entry, parse_schedule
 from jobs.scheduler import History, Runner, Skipped, run_due, run_entry
 from tests.conftest import REPO, settings_env
 from tests.trajlake.test_cli import assert_clean_error, run
@@ -147,7 +147,6 @@ def test_schedule_mistakes_are_one_line(base_settings, tmp_path):
 def test_the_scheduler_loop_fires_on_cron_and_stops_on_sigterm(base_settings, tmp_path):
     """`trajlake schedule` as a service runs it: an every-minute entry fires within a minute, SIGTERM stops it."""
     import signal
-    import time
 
     from tests.conftest import wait_until
 

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from schemas.contract import validate_event
-from trajlake_sdk import AgentTracker, Emitter
+from trajlake_sdk import AgentTracker
 
 
 class Recorder:
