@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     dedup_window_seconds: int = Field(default=3600, ge=1)
     # terms always redacted from free text (internal project names, a customer's brand…): a JSON list
     scrub_deny_terms: tuple[str, ...] = ()
+    # a scrub batch that takes longer is retried event by event; an event that alone takes longer (or kills the
+    # scrubbing process) is dead-lettered as scrub_failed, and the pool restarted (streams/scrubbing.py)
+    scrub_timeout_seconds: float = Field(default=120, gt=0)
     # the worker compacts the sink tables' closed date partitions this often (0 = never; `trajlake compact`)
     compact_interval_seconds: float = Field(default=900, ge=0)
     compact_min_files: int = Field(default=16, ge=2)

@@ -6,7 +6,6 @@ import logging
 import os
 import time
 import weakref
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial, wraps
 from typing import Any, Awaitable, Callable, NoReturn
 
@@ -20,6 +19,7 @@ from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
                           stage, state_full_detail, tick)
+from streams.scrubbing import ScrubPool
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
 log = logging.getLogger("trajlake.worker")
@@ -72,13 +72,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
     contexts = SessionDictionaries()
-    pool: dict[str, ProcessPoolExecutor] = {}
-
-    def scrub_pool() -> ProcessPoolExecutor:
-        if "p" not in pool:
-            pool["p"] = ProcessPoolExecutor(
-                max_workers=scrub_processes, initializer=scrub_worker.init, initargs=(settings, use_ner))
-        return pool["p"]
+    scrubbers = ScrubPool(scrub_worker.scrub, scrub_worker.init, (settings, use_ner), scrub_processes,
+                          settings.scrub_timeout_seconds)
 
     clean_topic = settings.topic("events.clean")
 
@@ -93,7 +88,6 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         session's dictionary always comes back from one batch before it goes out with the next. An event is
         acked only once its clean record or dead letter is flushed to the broker: at least once, as before.
         """
-        loop = asyncio.get_running_loop()
         producer = app.producer
         to_scrub: asyncio.Queue = asyncio.Queue(maxsize=1)
         to_deliver: asyncio.Queue = asyncio.Queue(maxsize=1)
@@ -105,7 +99,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 results: list[Any] = []
                 if valid:
                     sessions = contexts.take(c["session_id"] for c in valid)
-                    results, sessions = await loop.run_in_executor(scrub_pool(), scrub_worker.scrub, valid, sessions)
+                    results, sessions = await scrubbers.scrub(valid, sessions)
                     contexts.put(sessions)
                 await to_deliver.put((events, records, checked, results))
 
@@ -308,8 +302,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def _stop_pool(*_: Any, **__: Any) -> None:
-        if "p" in pool:
-            pool["p"].shutdown(wait=False, cancel_futures=True)
+        scrubbers.shutdown()
 
     return app
 

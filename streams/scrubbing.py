@@ -1,0 +1,88 @@
+"""The scrub process pool with a deadline: a batch that hangs or kills its process is retried one event at a time,
+and only the event at fault becomes a dead letter."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
+
+log = logging.getLogger("trajlake.worker")
+
+# what the pool runs: (events, session dictionaries) → (per event a result or an error text, the dictionaries)
+ScrubFn = Callable[[list[dict[str, Any]], dict[str, Any]], tuple[list[Any], dict[str, Any]]]
+
+
+class ScrubPool:
+    """Scrubbing off the event loop, in processes that can be killed.
+
+    Presidio and spaCy run in a process pool so that the worker's event loop keeps heartbeating and committing.
+    Without a deadline, one input that makes them hang (a pathological regex case, a huge text) stalls ingest
+    for good, and one that kills the process (out of memory, a crash in native code) fails the ingest stage, so
+    the worker exits and, restarted, meets the same batch again. Here a batch that passes `timeout_s`, or whose
+    process dies, costs a pool restart and a retry of its events one at a time: each event that hangs or kills
+    the process on its own comes back as an error text (the worker dead-letters it, reason `scrub_failed`), and
+    the others are scrubbed as usual.
+    """
+
+    def __init__(self, fn: ScrubFn, initializer: Callable[..., None], initargs: tuple, processes: int,
+                 timeout_s: float):
+        self.fn, self.initializer, self.initargs = fn, initializer, initargs
+        self.processes, self.timeout_s = processes, timeout_s
+        self._executor: ProcessPoolExecutor | None = None
+        self.restarts = 0
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(max_workers=self.processes, initializer=self.initializer,
+                                                 initargs=self.initargs)
+        return self._executor
+
+    def _restart(self) -> None:
+        """Kill the pool's processes (a hung one would never return) and start afresh at the next call."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # the executor has no public way to stop a running task; its processes are the only handle
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+        self.restarts += 1
+
+    async def _call(self, events: list[dict[str, Any]], sessions: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._pool(), self.fn, events, sessions), self.timeout_s)
+
+    async def scrub(self, events: list[dict[str, Any]], sessions: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """`fn(events, sessions)` in the pool; per event, its result or an error text, in order."""
+        try:
+            return await self._call(events, sessions)
+        except (TimeoutError, BrokenProcessPool) as exc:
+            what = "took longer than %g s" % self.timeout_s if isinstance(exc, TimeoutError) else "killed its process"
+            log.warning("scrubbing a batch of %d events %s; restarting the pool and retrying them one at a time",
+                        len(events), what)
+            self._restart()
+        # `sessions` is as it was: the pool worked on a copy, which is lost with the batch
+        results: list[Any] = []
+        for event in events:
+            sid = event["session_id"]
+            try:
+                [result], back = await self._call([event], {sid: sessions[sid]} if sid in sessions else {})
+                sessions.update(back)
+            except TimeoutError:
+                self._restart()
+                result = (f"ScrubTimeout: scrubbing this event took longer than {self.timeout_s:g} s "
+                          "(TRAJLAKE_SCRUB_TIMEOUT_SECONDS); the pool was restarted")
+                log.warning("event %s: %s", event.get("event_id"), result)
+            except BrokenProcessPool:
+                self._restart()
+                result = "ScrubProcessDied: the scrubbing process died on this event; the pool was restarted"
+                log.warning("event %s: %s", event.get("event_id"), result)
+            results.append(result)
+        return results, sessions
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

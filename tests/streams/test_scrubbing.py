@@ -1,0 +1,72 @@
+"""The scrub pool's deadline with real processes: an event that hangs or kills its process is the only one lost to
+a dead letter, the rest of its batch is scrubbed, and the pool works afterwards."""
+import asyncio
+import os
+import time
+
+import pytest
+
+from streams.scrubbing import ScrubPool
+
+pytestmark = pytest.mark.component
+
+
+def _init() -> None:
+    pass
+
+
+def fake_scrub(events, sessions):
+    """Stands in for privacy.worker.scrub: upper-cases the text, counts events per session, and misbehaves on cue."""
+    out = []
+    for e in events:
+        if e["text"] == "hang":
+            time.sleep(120)
+        if e["text"] == "die":
+            os._exit(3)
+        sessions[e["session_id"]] = sessions.get(e["session_id"], 0) + 1
+        out.append({"event": {**e, "text": e["text"].upper()}})
+    return out, sessions
+
+
+def _events(*texts):
+    return [{"event_id": f"e{i}", "session_id": f"s{i % 2}", "text": t} for i, t in enumerate(texts)]
+
+
+def _run(pool, events, sessions):
+    return asyncio.run(pool.scrub(events, sessions))
+
+
+def test_a_batch_that_behaves_is_one_call():
+    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
+    try:
+        results, sessions = _run(pool, _events("a", "b", "c"), {})
+        assert [r["event"]["text"] for r in results] == ["A", "B", "C"]
+        assert sessions == {"s0": 2, "s1": 1} and pool.restarts == 0
+    finally:
+        pool.shutdown()
+
+
+def test_only_the_event_that_hangs_or_kills_the_process_is_lost():
+    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=3)
+    try:
+        started = time.monotonic()
+        results, sessions = _run(pool, _events("a", "hang", "b", "die", "c"), {"s0": 10})
+        assert time.monotonic() - started < 60  # the deadline, not the 120 s sleep
+        assert [r["event"]["text"] if isinstance(r, dict) else r.split(":")[0] for r in results] == [
+            "A", "ScrubTimeout", "B", "ScrubProcessDied", "C"]
+        assert "TRAJLAKE_SCRUB_TIMEOUT_SECONDS" in results[1]
+        # the dictionaries carry on from the caller's, through the events that were scrubbed (s1's two failed)
+        assert sessions == {"s0": 13}
+        assert pool.restarts == 3  # after the batch, after the hang, after the death
+        assert _run(pool, _events("d"), {})[0] == [{"event": {"event_id": "e0", "session_id": "s0", "text": "D"}}]
+    finally:
+        pool.shutdown()
+
+
+def test_a_process_that_dies_on_a_whole_batch_is_retried_event_by_event():
+    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
+    try:
+        results, _ = _run(pool, _events("die", "x"), {})
+        assert results[0].startswith("ScrubProcessDied") and results[1]["event"]["text"] == "X"
+    finally:
+        pool.shutdown()
