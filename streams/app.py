@@ -17,7 +17,7 @@ from privacy.scrub import SessionDictionaries
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
-from streams.join import (Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
+from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
                           stage, state_full_detail, tick)
 from streams.scrubbing import ScrubPool
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
@@ -26,7 +26,9 @@ log = logging.getLogger("trajlake.worker")
 
 INGEST_BATCH, INGEST_WITHIN = 500, 0.25
 # The timer re-reads the whole join table after a rebalance and, as a backstop for its index, this often.
-FULL_SCAN_SECONDS = 60.0
+FULL_SCAN_SECONDS = 600.0
+# ... a chunk of this many sessions at a time, letting the event loop serve the join in between
+SCAN_CHUNK = 256
 # The worker's exit status when an agent, a stage or the timer fails (EX_SOFTWARE): see _fail_fast.
 WORKER_FAILED = 70
 
@@ -147,16 +149,11 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     # one lock keeps their updates from overwriting each other.
     state_lock = asyncio.Lock()
     saves = [0]
-    # The timer's index: session key → (partition, the wall time it is next due, streams.join.next_due). Reading
-    # and re-evaluating every session in RocksDB each tick cost as much as the join itself with only minutes of
-    # sessions in retention (py-spy, stream benchmark), and it grows with the table; the index keeps a tick's
-    # cost to the sessions that are due.
-    due: dict[bytes, tuple[int, float]] = {}
-    scanned: dict[str, Any] = {"active": None, "at": 0.0}
+    index = DueIndex(timeouts, FULL_SCAN_SECONDS)
 
     def note_due(sessions: dict[bytes, tuple[int, dict]]) -> None:
         for key, (partition, state) in sessions.items():
-            due[key] = (partition, next_due(state, timeouts))
+            index.note(key, partition, state)
 
     async def save_and_deliver(sessions: dict[bytes, tuple[int, dict]]) -> None:
         """Persist each session's state with its outbox, publish the outbox, wait for the acks, then clear it.
@@ -224,45 +221,60 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     def active_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == clean_topic}
 
-    @app.timer(interval=settings.join_tick_seconds)
+    def settling() -> bool:
+        # while Faust rebalances or restores tables, the table may hold partly restored sessions, and partitions
+        # may be on their way to another worker: closing a session now could emit a "timeout" row that the
+        # complete one can no longer replace
+        return bool(app.rebalancing or app.in_recovery)
+
+    async def scan_join_table(active: set[int]) -> bool:
+        """Index every session of the active partitions (`DueIndex`), a chunk at a time: deserialising the
+        whole table in one go held the event loop, and the join, for as long as it took."""
+        index.start_scan(active, time.time())
+        keys = list(join_state.keys())  # at once: the store's partition map may change while the scan yields
+        for n, key in enumerate(keys):
+            if n % SCAN_CHUNK == SCAN_CHUNK - 1:
+                await asyncio.sleep(0)
+                if settling():
+                    index.abandon_scan()
+                    return False
+            state = join_state.get(key)
+            if state is not None and state.get("p") in active:  # not a standby partition's
+                index.scanned(key, state["p"], state)
+        return True
+
     @_exits_on_failure("the join timer")
     async def close_timed_out() -> None:
         """Close timed-out steps and episodes, forget past retention, and re-send outboxes left by a crash."""
-        if app.rebalancing or app.in_recovery:
-            # the table may hold partly restored sessions, and partitions may be on their way to another
-            # worker: closing a session now could emit a "timeout" row the complete one can no longer replace
+        if settling():
+            return
+        active = active_partitions()
+        if index.needs_scan(active, time.time()) and not await scan_join_table(active):
             return
         async with state_lock:
+            if settling():
+                return
             wall = time.time()
-            active = active_partitions()
-            if active != scanned["active"] or wall - scanned["at"] >= FULL_SCAN_SECONDS:
-                # after a rebalance the table holds sessions restored from the changelog that the index has
-                # never seen; read them all
-                scanned.update(active=active, at=wall)
-                due.clear()
-                visit = [(key, state) for key, state in list(join_state.items())
-                         if state is not None and state.get("p") in active]  # not a standby partition's
-            else:
-                visit = [(key, _table_get(join_state, key, p)) for key, (p, at) in list(due.items())
-                         if at <= wall and p in active]
             changed: dict[bytes, tuple[int, dict]] = {}
-            for key, state in visit:
+            for key, partition in index.due_now(wall, active):
+                state = _table_get(join_state, key, partition)
                 if state is None:
-                    due.pop(key, None)
+                    index.forget(key)
                     continue
-                at = next_due(state, timeouts)
-                if at <= wall:
+                if next_due(state, timeouts) <= wall:
                     stage(state, tick(state, wall, timeouts))
                     if expired(state, wall, timeouts):
-                        _table_set(join_state, key, None, state["p"], delete=True)
-                        due.pop(key, None)
+                        _table_set(join_state, key, None, partition, delete=True)
+                        index.forget(key)
                         continue
                     if state.get("outbox") or state.get("dirty"):
-                        changed[key] = (state["p"], state)
-                    at = next_due(state, timeouts)
-                due[key] = (state["p"], at)
+                        changed[key] = (partition, state)
+                index.note(key, partition, state)
             await save_and_deliver(changed)
             note_due(changed)
+
+    app.timer(interval=settings.join_tick_seconds)(close_timed_out)
+    app.join_timer_tick = close_timed_out  # one tick, for tests
 
     def sink_agent(topic_name: str) -> None:
         target = SINK_TARGETS[topic_name]

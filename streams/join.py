@@ -347,6 +347,50 @@ def next_due(state: dict[str, Any], t: Timeouts) -> float:
     return min(due)
 
 
+class DueIndex:
+    """The worker timer's index: session key → (partition, the wall time the session is next due, `next_due`).
+
+    Reading and re-evaluating every session in the join table each tick cost as much as the join itself with
+    only minutes of sessions in retention, and it grows with the table; with the index a tick visits only the
+    sessions that are due. The join notes every session it saves. Sessions the index has never seen (restored
+    from the changelog after a rebalance or a restart) come from a scan of the table, which the timer runs
+    when the active partitions change and every `rescan_s` as a backstop. A scan runs while the join goes on,
+    so what it reads may already be stale: it never overwrites an entry the join noted meanwhile.
+    """
+
+    def __init__(self, t: Timeouts, rescan_s: float):
+        self.t, self.rescan_s = t, rescan_s
+        self._due: dict[bytes, tuple[int, float]] = {}
+        self._active: frozenset[int] | None = None
+        self._scanned_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def note(self, key: bytes, partition: int, state: dict[str, Any]) -> None:
+        self._due[key] = (partition, next_due(state, self.t))
+
+    def forget(self, key: bytes) -> None:
+        self._due.pop(key, None)
+
+    def needs_scan(self, active: set[int], wall: float) -> bool:
+        return active != self._active or wall - self._scanned_at >= self.rescan_s
+
+    def start_scan(self, active: set[int], wall: float) -> None:
+        self._active, self._scanned_at = frozenset(active), wall
+        self._due.clear()
+
+    def scanned(self, key: bytes, partition: int, state: dict[str, Any]) -> None:
+        self._due.setdefault(key, (partition, next_due(state, self.t)))
+
+    def abandon_scan(self) -> None:
+        """A scan cut short (a rebalance began): the next tick scans again."""
+        self._active = None
+
+    def due_now(self, wall: float, active: set[int]) -> list[tuple[bytes, int]]:
+        return [(key, p) for key, (p, at) in self._due.items() if at <= wall and p in active]
+
+
 def expired(state: dict[str, Any], wall: float, t: Timeouts) -> bool:
     """A session whose tasks are all forgotten, with nothing left to deliver, idle twice the retention, can go."""
     return (all(task["forgotten"] for task in state["tasks"].values()) and not state.get("outbox")

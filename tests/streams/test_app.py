@@ -102,3 +102,29 @@ def test_a_batch_goes_on_the_queue_while_the_stages_run():
         return queue.get_nowait()
 
     assert asyncio.run(scenario()) == "batch"
+
+
+@pytest.mark.parametrize("settling", ["rebalancing", "in_recovery"])
+def test_the_timer_touches_nothing_while_faust_rebalances_or_restores(tmp_path, settling, exits):
+    """A partly restored session closed as "timeout" would emit a row the complete session could no longer
+    replace (same key and revision): while Faust rebalances or restores tables, a tick must not even look at
+    the partitions or the table."""
+    from schemas.settings import Settings
+
+    s = Settings(kafka_bootstrap="localhost:1", lake_root=tmp_path / "lake", state_dir=tmp_path / "state")
+    app = worker_app.build_app(s, use_ner=False)
+    looked: list[str] = []
+
+    class Assignor:
+        def assigned_actives(self):
+            looked.append("partitions")
+            raise LookupError("the tick went past the guard")
+
+    app.assignor = Assignor()
+    setattr(app, settling, True)
+    asyncio.run(app.join_timer_tick())
+    assert looked == [] and exits == []
+    setattr(app, settling, False)
+    with pytest.raises(LookupError):  # the same call without the guard reaches the partitions
+        asyncio.run(app.join_timer_tick.__wrapped__())
+    assert looked == ["partitions"]

@@ -365,3 +365,28 @@ def test_a_state_saved_before_the_byte_count_gets_one():
     assert state_bytes(st) == counted
     tick(st, 1e6, TO)  # retention falls back to the session's clock
     assert all(task["forgotten"] for task in st["tasks"].values()) and st["size"] == 0
+
+
+def test_the_due_index_scans_on_a_new_assignment_and_never_overwrites_fresher_notes():
+    from streams.join import DueIndex, next_due
+
+    t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
+    index = DueIndex(t, rescan_s=600)
+    states, _ = run(_task_events("s1", "t1", 0) + _task_events("s2", "t2", 0)[:2], wall=100.0, timeouts=t)
+    assert index.needs_scan({0, 1}, 0.0)  # never scanned
+    index.start_scan({0, 1}, 100.0)
+    assert not index.needs_scan({0, 1}, 699.0)
+    assert index.needs_scan({0, 1}, 700.0) and index.needs_scan({0}, 101.0)  # the backstop; a rebalance
+    # the join notes s1 while the scan is under way; the scan's older read of s1 must not replace it
+    fresher = dict(states["s1"], wall=5_000.0)
+    index.note(b"s1", 0, fresher)
+    index.scanned(b"s1", 0, states["s1"])
+    index.scanned(b"s2", 1, states["s2"])
+    assert len(index) == 2
+    assert index.due_now(next_due(states["s2"], t), {0, 1}) == [(b"s2", 1)]
+    assert index.due_now(1e9, {0}) == [(b"s1", 0)]  # only the active partitions' sessions
+    assert index.due_now(next_due(fresher, t) - 1, {0}) == []
+    index.forget(b"s1")
+    assert index.due_now(1e9, {0, 1}) == [(b"s2", 1)]
+    index.abandon_scan()
+    assert index.needs_scan({0, 1}, 101.0)
