@@ -18,7 +18,7 @@ from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
-                          stage, state_full_detail, tick)
+                          refusal_detail, stage, tick)
 from streams.scrubbing import ScrubPool
 from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
@@ -27,8 +27,8 @@ log = logging.getLogger("trajlake.worker")
 INGEST_BATCH, INGEST_WITHIN = 500, 0.25
 # The timer re-reads the whole join table after a rebalance and, as a backstop for its index, this often.
 FULL_SCAN_SECONDS = 600.0
-# ... a chunk of this many sessions at a time, letting the event loop serve the join in between
-SCAN_CHUNK = 256
+# ... this long at a time, letting the event loop serve the join in between
+SCAN_SLICE_SECONDS = 0.02
 # The worker's exit status when an agent, a stage or the timer fails (EX_SOFTWARE): see _fail_fast.
 WORKER_FAILED = 70
 
@@ -190,9 +190,11 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     @_exits_on_failure("the join agent")
     async def join(stream: faust.StreamT) -> None:
         max_bytes = settings.join_state_max_bytes
+        refusals = {Folded.state_full: Reason.session_state_full, Folded.forgotten: Reason.task_forgotten}
         async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
             async with state_lock:
                 touched: dict[bytes, tuple[int, dict]] = {}
+                folded: set[bytes] = set()
                 refused: list[DeadLetter] = []
                 wall = time.time()
                 for e in events:
@@ -202,21 +204,27 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     state = touched[key][1] if key in touched else (
                         _table_get(join_state, key, partition) or new_session())
                     touched[key] = (partition, state)
-                    if fold_event(state, event, wall, max_bytes) is Folded.state_full:
+                    result = fold_event(state, event, wall, max_bytes)
+                    if result is Folded.folded:
+                        folded.add(key)
+                    elif result in refusals:
                         refused.append(dead_letter(
-                            _source(e), ContractError(Reason.session_state_full,
-                                                      state_full_detail(state, event, max_bytes)),
+                            _source(e), ContractError(refusals[result],
+                                                      refusal_detail(result, state, event, max_bytes)),
                             "join", event["event_id"]))
-                for _, state in touched.values():
+                # a session whose events were all duplicates or refused is as it was: not saved again (a full
+                # one would rewrite megabytes to the changelog per batch)
+                changed = {key: touched[key] for key in folded}
+                for _, state in changed.values():
                     stage(state, evaluate(state, wall, timeouts))
-                await save_and_deliver(touched)
-                note_due(touched)
+                await save_and_deliver(changed)
+                note_due(changed)
                 if refused:
                     # before the batch is acked: a crash first means a redelivery, refused again (the state
                     # never took it) and dead-lettered again; the dead-letter sink keeps one row per source offset
                     await send_dead_letters(refused)
-                    log.warning("join: %d events refused, their sessions' state is full (dead-lettered)",
-                                len(refused))
+                    log.warning("join: %d events refused (dead-lettered): their sessions' state is full or their "
+                                "tasks were forgotten", len(refused))
 
     def active_partitions() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == clean_topic}
@@ -228,13 +236,16 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         return bool(app.rebalancing or app.in_recovery)
 
     async def scan_join_table(active: set[int]) -> bool:
-        """Index every session of the active partitions (`DueIndex`), a chunk at a time: deserialising the
-        whole table in one go held the event loop, and the join, for as long as it took."""
+        """Index every session of the active partitions (`DueIndex`), yielding to the event loop every few
+        milliseconds: deserialising the whole table in one go held the loop, and the join, for as long as it
+        took."""
         index.start_scan(active, time.time())
         keys = list(join_state.keys())  # at once: the store's partition map may change while the scan yields
-        for n, key in enumerate(keys):
-            if n % SCAN_CHUNK == SCAN_CHUNK - 1:
+        since = time.monotonic()
+        for key in keys:
+            if time.monotonic() - since > SCAN_SLICE_SECONDS:
                 await asyncio.sleep(0)
+                since = time.monotonic()
                 if settling():
                     index.abandon_scan()
                     return False
@@ -252,7 +263,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         if index.needs_scan(active, time.time()) and not await scan_join_table(active):
             return
         async with state_lock:
-            if settling():
+            # the lock may have been held across a whole rebalance: partitions indexed before it may be gone
+            if settling() or active_partitions() != index.active:
                 return
             wall = time.time()
             changed: dict[bytes, tuple[int, dict]] = {}

@@ -205,12 +205,19 @@ class Folded(str, Enum):
 
     folded = "folded"
     duplicate = "duplicate"      # a resend or a redelivery
-    forgotten = "forgotten"      # its task is past retention: never silently merged into a partial episode
-    state_full = "state_full"    # the session's state would outgrow its budget: the caller dead-letters it
+    forgotten = "forgotten"      # its task closed and passed retention: never merged into a partial episode
+    state_full = "state_full"    # the session's state would outgrow its budget
 
 
-# per kept event, besides its compact form: its `seen` entry and JSON punctuation
+# The byte budget bounds the whole saved state, not only the events: besides its compact form, a kept event may
+# bring a `seen` entry, a step's revision record, and rows staged in the outbox, which repeat its texts (a step
+# row carries the proposal's output and the edit's final value). Sizes of rows without their texts, rounded up
+# from measured ones (~700 bytes with short ids, ~1 KB with uuids).
 _EVENT_OVERHEAD = 24
+_ROW_BYTES = 1_280            # a staged step or episode row, without its texts
+_STEP_META_BYTES = 128        # a step's revision record
+_TASK_BYTES = 512             # a task's record and dimensions
+_MARKER_BYTES = 64            # what stays of a forgotten task, besides its id
 
 
 def new_session() -> dict[str, Any]:
@@ -218,42 +225,64 @@ def new_session() -> dict[str, Any]:
 
 
 def _event_bytes(c: dict[str, Any]) -> int:
-    return len(orjson.dumps(c)) + len(c["id"]) + _EVENT_OVERHEAD
+    n = len(orjson.dumps(c)) + len(c["id"]) + _EVENT_OVERHEAD
+    if c["t"] == "action_proposed":
+        n += _ROW_BYTES + _STEP_META_BYTES + len(orjson.dumps(c.get("out")))
+    elif c["t"] == "action_edited":
+        n += len(orjson.dumps(c.get("fv")))
+    return n
+
+
+def _task_bytes(task_id: str) -> int:
+    return len(task_id) + _TASK_BYTES + _ROW_BYTES  # its record, and its episode row when staged
 
 
 def state_bytes(state: dict[str, Any]) -> int:
-    """About how many bytes the events a session keeps take in its serialised state (its texts, mostly).
+    """A bound on the size of a session's serialised state, its outbox included: what the byte budget limits.
 
-    Kept as a running count; a state saved before the count existed gets it here, once."""
+    Kept as a running count. A state saved before the count existed gets it here, once, and its tasks get the
+    session's clock as their own (else a busy session's old closed tasks would never pass retention)."""
     if "size" not in state:
-        state["size"] = sum(_event_bytes(c) for task in state["tasks"].values() for c in task["events"])
+        size = 0
+        for task_id, task in state["tasks"].items():
+            task.setdefault("wall", state["wall"])
+            size += (len(task_id) + _MARKER_BYTES if task["forgotten"] else _task_bytes(task_id)) + sum(
+                _event_bytes(c) for c in task["events"])
+        state["size"] = size
     return state["size"]
 
 
 def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_bytes: int | None = None) -> Folded:
     """Fold one clean event into its session's state without emitting.
 
-    With `max_bytes`, an event that would take the events kept past that many bytes is refused (`state_full`)
-    and the state is left as it was: a session's state is one changelog record, and the broker refuses records
-    over its limit. Room comes back as the session's closed tasks pass retention."""
+    With `max_bytes`, an event that would take `state_bytes` past that many bytes is refused (`state_full`) and
+    the state is left as it was: a session's state is one changelog record, and the broker refuses records over
+    its limit. Room comes back as the session's closed tasks pass retention. An event of a task that closed and
+    passed retention is refused too (`forgotten`). The worker dead-letters both."""
     eid = event["event_id"]
     if eid in state["seen"]:
         return Folded.duplicate
-    task = state["tasks"].get(event["task_id"])
+    task_id = event["task_id"]
+    task = state["tasks"].get(task_id)
     if task is not None and task["forgotten"]:
         return Folded.forgotten
     c = compact(event)
-    size = _event_bytes(c)
+    size = _event_bytes(c) + (_task_bytes(task_id) if task is None else 0)
     if max_bytes is not None and state_bytes(state) + size > max_bytes:
         return Folded.state_full
-    state["seen"][eid] = c["ts"]
     state["size"] = state_bytes(state) + size
+    state["seen"][eid] = c["ts"]
     state["wall"] = wall
-    state["max_ts"] = max(state["max_ts"], c["ts"])
+    if c["ts"] > state["max_ts"]:
+        state["max_ts"] = c["ts"]
+        # the session moving on in event time can time out the steps and episodes of its other open tasks
+        # (`_evaluate`): they are evaluated now, not at their wall-clock timeout, which `next_due` relies on
+        for other in state["tasks"].values():
+            if not other["closed"]:
+                other["dirty"] = True
     if task is None:
-        task = state["tasks"][event["task_id"]] = {"dims": dimensions(event), "events": [], "closed": False,
-                                                   "rev": -1, "hash": None, "steps": {}, "terminal_wall": None,
-                                                   "forgotten": False}
+        task = state["tasks"][task_id] = {"dims": dimensions(event), "events": [], "closed": False, "rev": -1,
+                                          "hash": None, "steps": {}, "terminal_wall": None, "forgotten": False}
     if task["dims"].get("task_type") is None and event.get("task_type"):
         task["dims"]["task_type"] = event["task_type"]
     task["events"].append(c)
@@ -264,13 +293,17 @@ def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_by
     return Folded.folded
 
 
-def state_full_detail(state: dict[str, Any], event: dict[str, Any], max_bytes: int) -> str:
-    """The dead letter's sentence for an event `fold_event` refused as `state_full`."""
-    return (f"session {event['session_id']} already keeps {state_bytes(state):,} bytes of events in the join, and "
-            f"this event ({_event_bytes(compact(event)):,} bytes) would take it past join_state_max_bytes "
-            f"({max_bytes:,}); it is in bronze/events but in no step or episode. Closed tasks free their room after "
-            f"join_retention_seconds; raise TRAJLAKE_JOIN_STATE_MAX_BYTES (at most a third of the 16 MiB record "
-            f"limit) or start a new session for long-running work")
+def refusal_detail(folded: Folded, state: dict[str, Any], event: dict[str, Any], max_bytes: int) -> str:
+    """The dead letter's sentence for an event `fold_event` refused."""
+    where = "it is in bronze/events but in no step or episode"
+    if folded is Folded.forgotten:
+        return (f"task {event['task_id']} of session {event['session_id']} closed and had no event for "
+                f"join_retention_seconds, so the join forgot it; this event came later. {where.capitalize()}; "
+                f"raise TRAJLAKE_JOIN_RETENTION_SECONDS to keep closed tasks open to late events longer")
+    return (f"session {event['session_id']} already takes about {state_bytes(state):,} bytes of join state, and "
+            f"this event would take it past join_state_max_bytes ({max_bytes:,}); {where}. Closed tasks free "
+            f"their room after join_retention_seconds; raise TRAJLAKE_JOIN_STATE_MAX_BYTES (at most a third of "
+            f"the 16 MiB record limit) or start a new session for long-running work")
 
 
 def evaluate(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
@@ -288,33 +321,37 @@ def apply_event(state: dict[str, Any], event: dict[str, Any], wall: float, t: Ti
 
 
 def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
-    """Close what timed out; forget closed tasks past retention. Called periodically for every session."""
+    """Close what timed out; forget closed tasks past retention, and drop what is left of them after twice
+    that. Called periodically for every session."""
+    state_bytes(state)  # a state saved before tasks had their own clocks gets them now
     out: list[Emit] = []
     for task in state["tasks"].values():
         if not task["forgotten"]:
             out += _evaluate(state, task, wall, t)
     state["dirty"] = bool(out)
-    for task in state["tasks"].values():
+    for task_id, task in list(state["tasks"].items()):
         # per task, not per session: a session that stays busy all day would otherwise keep every event of
         # every task it ever closed, and its state (one changelog record) would grow without bound
-        if task["closed"] and not task["forgotten"] and wall - _task_wall(state, task) > t.retention_s:
-            _forget(state, task)
+        if not task["forgotten"]:
+            if task["closed"] and wall - task["wall"] > t.retention_s:
+                _forget(state, task_id, task)
+        elif wall - task["wall"] > 2 * t.retention_s:
+            # as long as a whole idle session is kept: after that, a late event starts afresh either way
+            del state["tasks"][task_id]
+            state["size"] = max(state["size"] - len(task_id) - _MARKER_BYTES, 0)
+            state["dirty"] = True
     return out
 
 
-def _task_wall(state: dict[str, Any], task: dict[str, Any]) -> float:
-    return task.get("wall", state["wall"])  # a state saved before tasks had their own: the session's
-
-
-def _forget(state: dict[str, Any], task: dict[str, Any]) -> None:
-    """Drop a closed task's events and their ids; its dimensions and revisions stay, so a late event for it is
-    recognised and refused, not taken for a new task."""
-    size = state_bytes(state)
+def _forget(state: dict[str, Any], task_id: str, task: dict[str, Any]) -> None:
+    """Drop a closed task's events, their ids, its dimensions and revisions. A marker stays, so a late event for
+    it is recognised and refused rather than taken for a new task."""
+    size = state["size"] - _task_bytes(task_id) + len(task_id) + _MARKER_BYTES
     for c in task["events"]:
         state["seen"].pop(c["id"], None)
         size -= _event_bytes(c)
     state["size"] = max(size, 0)
-    task.update(events=[], forgotten=True)
+    state["tasks"][task_id] = {"forgotten": True, "closed": True, "events": [], "wall": task["wall"]}
     state["dirty"] = True
 
 
@@ -333,9 +370,10 @@ def next_due(state: dict[str, Any], t: Timeouts) -> float:
     wall, due = state["wall"], []
     for task in state["tasks"].values():
         if task["forgotten"]:
+            due.append(task.get("wall", wall) + 2 * t.retention_s)
             continue
         if task["closed"]:
-            due.append(_task_wall(state, task) + t.retention_s)
+            due.append(task.get("wall", wall) + t.retention_s)
             continue
         due.append(wall + t.episode_s)
         if task["terminal_wall"] is not None:
@@ -372,6 +410,11 @@ class DueIndex:
 
     def forget(self, key: bytes) -> None:
         self._due.pop(key, None)
+
+    @property
+    def active(self) -> frozenset[int] | None:
+        """The active partitions at the last scan."""
+        return self._active
 
     def needs_scan(self, active: set[int], wall: float) -> bool:
         return active != self._active or wall - self._scanned_at >= self.rescan_s

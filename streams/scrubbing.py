@@ -14,6 +14,10 @@ log = logging.getLogger("trajlake.worker")
 ScrubFn = Callable[[list[dict[str, Any]], dict[str, Any]], tuple[list[Any], dict[str, Any]]]
 
 
+class ScrubPoolFailed(RuntimeError):
+    """The scrub pool cannot be started: a fault of the set-up, not of any event."""
+
+
 class ScrubPool:
     """Scrubbing off the event loop, in processes that can be killed.
 
@@ -23,7 +27,10 @@ class ScrubPool:
     the worker exits and, restarted, meets the same batch again. Here a batch that passes `timeout_s`, or whose
     process dies, costs a pool restart and a retry of its events one at a time: each event that hangs or kills
     the process on its own comes back as an error text (the worker dead-letters it, reason `scrub_failed`), and
-    the others are scrubbed as usual.
+    the others are scrubbed as usual. Each restarted pool must first answer an empty call within the deadline
+    (which covers starting the process and loading the models): a pool that cannot start, or starts too slowly,
+    raises (`ScrubPoolFailed`) and the worker fails fast, rather than dead-lettering every event as a failure
+    that is not theirs.
     """
 
     def __init__(self, fn: ScrubFn, initializer: Callable[..., None], initargs: tuple, processes: int,
@@ -38,6 +45,16 @@ class ScrubPool:
             self._executor = ProcessPoolExecutor(max_workers=self.processes, initializer=self.initializer,
                                                  initargs=self.initargs)
         return self._executor
+
+    async def _restart_and_warm(self) -> None:
+        self._restart()
+        try:
+            await self._call([], {})
+        except (TimeoutError, BrokenProcessPool) as exc:
+            self._restart()
+            raise ScrubPoolFailed(f"the scrub pool did not start within {self.timeout_s:g} s or its process died "
+                                  f"while starting ({type(exc).__name__}); check the scrubber's models and "
+                                  "memory, or raise TRAJLAKE_SCRUB_TIMEOUT_SECONDS") from exc
 
     def _restart(self) -> None:
         """Kill the pool's processes (a hung one would never return) and start afresh at the next call."""
@@ -62,7 +79,7 @@ class ScrubPool:
             what = "took longer than %g s" % self.timeout_s if isinstance(exc, TimeoutError) else "killed its process"
             log.warning("scrubbing a batch of %d events %s; restarting the pool and retrying them one at a time",
                         len(events), what)
-            self._restart()
+            await self._restart_and_warm()
         # `sessions` is as it was: the pool worked on a copy, which is lost with the batch
         results: list[Any] = []
         for event in events:
@@ -71,12 +88,12 @@ class ScrubPool:
                 [result], back = await self._call([event], {sid: sessions[sid]} if sid in sessions else {})
                 sessions.update(back)
             except TimeoutError:
-                self._restart()
+                await self._restart_and_warm()
                 result = (f"ScrubTimeout: scrubbing this event took longer than {self.timeout_s:g} s "
                           "(TRAJLAKE_SCRUB_TIMEOUT_SECONDS); the pool was restarted")
                 log.warning("event %s: %s", event.get("event_id"), result)
             except BrokenProcessPool:
-                self._restart()
+                await self._restart_and_warm()
                 result = "ScrubProcessDied: the scrubbing process died on this event; the pool was restarted"
                 log.warning("event %s: %s", event.get("event_id"), result)
             results.append(result)

@@ -27,8 +27,9 @@ class Reason(str, Enum):
     bad_timestamp = "bad_timestamp"
     wrong_topic = "wrong_topic"
     scrub_failed = "scrub_failed"
-    # the join's: a session already keeps join_state_max_bytes of events
+    # the join's: a session's state is at join_state_max_bytes; a task was forgotten after join_retention_seconds
     session_state_full = "session_state_full"
+    task_forgotten = "task_forgotten"
     # the collector's own (streams/collector/): checked at the HTTP door, before the raw topics
     event_too_large = "event_too_large"
     wrong_app = "wrong_app"

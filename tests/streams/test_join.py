@@ -233,22 +233,27 @@ def test_rows_record_the_oldest_policy_among_their_events():
 
 
 def _random_sessions(rng: random.Random, n: int) -> list[dict]:
-    """Sessions cut off at random points: open steps, tasks awaiting their grace period, finished tasks."""
+    """Sessions of one or two tasks cut off at random points: open steps, tasks awaiting their grace period,
+    finished tasks."""
     events = []
     for k in range(n):
-        s = Session(sid=f"s{k}", task=f"t{k}").add(0, "task_started")
-        t = 0
-        for a in range(rng.randint(0, 3)):
-            t += rng.randint(1, 30)
-            s.add(t, "action_proposed", {"output": f"answer {a}"}, action_id=f"a{a}", intent_id=f"i{a}")
-            if rng.random() < 0.6:
+        s = Session(sid=f"s{k}", task=f"t{k}")
+        for task in [f"t{k}"] + ([f"t{k}b"] if rng.random() < 0.5 else []):
+            t = rng.randint(0, 200)
+            s.add(t, "task_started", task_id=task)
+            for a in range(rng.randint(0, 3)):
                 t += rng.randint(1, 30)
-                s.add(t, rng.choice(["action_accepted", "action_rejected", "action_retried"]), action_id=f"a{a}")
-        end = rng.choice(["open", "terminal", "terminal+ended"])
-        if end != "open":
-            s.add(t + 1, rng.choice(["task_completed", "task_abandoned"]))
-        if end == "terminal+ended":
-            s.add(t + 2, "task_ended", {"status": "success"})
+                s.add(t, "action_proposed", {"output": f"answer {a}"}, action_id=f"{task}a{a}", intent_id=f"i{a}",
+                      task_id=task)
+                if rng.random() < 0.6:
+                    t += rng.randint(1, 30)
+                    s.add(t, rng.choice(["action_accepted", "action_rejected", "action_retried"]),
+                          action_id=f"{task}a{a}", task_id=task)
+            end = rng.choice(["open", "terminal", "terminal+ended"])
+            if end != "open":
+                s.add(t + 1, rng.choice(["task_completed", "task_abandoned"]), task_id=task)
+            if end == "terminal+ended":
+                s.add(t + 2, "task_ended", {"status": "success"}, task_id=task)
         events += s.events
     return events
 
@@ -267,7 +272,7 @@ def test_nothing_changes_before_a_session_is_due(seed):
     states, _ = run(_random_sessions(rng, 12), wall=100.0, timeouts=t)
     for st in states.values():
         wall = 100.0
-        for _ in range(12):  # follow the session through its timeouts, retention and expiry
+        for _ in range(16):  # follow the session through its timeouts, retention and expiry
             due = next_due(st, t)
             assert due is not None
             for probe in sorted({wall, wall + (due - wall) * rng.random(), due - 1e-6}):
@@ -282,7 +287,7 @@ def test_nothing_changes_before_a_session_is_due(seed):
             if expired(st, wall, t):
                 break
         else:
-            pytest.fail(f"session still alive after 12 due times: {st}")
+            pytest.fail(f"session still alive after 16 due times: {st}")
 
 
 # ---- bounded state: per-task retention and the byte budget ----------------------------------------------
@@ -311,7 +316,10 @@ def test_a_busy_session_forgets_its_closed_tasks_after_retention():
     assert 4 <= len(kept) <= 6  # ~600 s of tasks, 2 minutes apart
     assert len(st["seen"]) == 5 * len(kept)  # the ids of forgotten tasks go with them
     assert max(sizes[20:]) <= 1.2 * min(sizes[20:])  # flat once retention is reached
-    assert st["size"] == state_bytes({"tasks": st["tasks"]})  # the running count equals a recount
+    assert st["size"] == state_bytes({"tasks": st["tasks"], "wall": st["wall"]})  # the running count = a recount
+    assert len(st["tasks"]) <= 16  # what is left of forgotten tasks goes after twice the retention
+    import orjson
+    assert len(orjson.dumps(st)) <= st["size"]  # the count bounds the saved record
 
 
 def test_a_late_event_for_a_forgotten_task_is_refused_and_keeps_nothing():
@@ -322,7 +330,8 @@ def test_a_late_event_for_a_forgotten_task_is_refused_and_keeps_nothing():
     st, _ = run(events, timeouts=t)
     tick(st["s1"], 10_000.0, t)
     st = st["s1"]
-    assert st["tasks"]["t1"]["forgotten"] and st["seen"] == {} and st["size"] == 0
+    assert st["tasks"]["t1"] == {"forgotten": True, "closed": True, "events": [], "wall": st["tasks"]["t1"]["wall"]}
+    assert st["seen"] == {} and st["size"] == len("t1") + 64  # a marker of the task is all that is left
     before = dict(st)
     late = Session(task="t1").add(5, "feedback", {"rating": "up"}).events[0]
     assert fold_event(st, late, 10_001.0) is Folded.forgotten
@@ -331,10 +340,10 @@ def test_a_late_event_for_a_forgotten_task_is_refused_and_keeps_nothing():
 
 
 def test_events_past_the_byte_budget_are_refused_until_room_comes_back():
-    from streams.join import Folded, fold_event, state_bytes, state_full_detail
+    from streams.join import Folded, fold_event, refusal_detail, state_bytes
 
     t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
-    budget = 20_000
+    budget = 40_000  # the t1 task takes ~21.7 kB: its 9 kB text counts twice (the event, and its staged step row)
     st = new_session()
     results = [fold_event(st, e, 0.0, budget) for e in _task_events("s1", "t1", 0, text="y" * 9_000)]
     assert results.count(Folded.folded) == 5
@@ -343,13 +352,13 @@ def test_events_past_the_byte_budget_are_refused_until_room_comes_back():
     assert results == [Folded.folded, Folded.state_full, Folded.folded, Folded.folded, Folded.folded]
     assert state_bytes(st) <= budget
     assert big[1]["event_id"] not in st["seen"]  # refused, not remembered: a redelivery is refused again
-    detail = state_full_detail(st, big[1], budget)
-    assert "join_state_max_bytes (20,000)" in detail and "TRAJLAKE_JOIN_STATE_MAX_BYTES" in detail
+    detail = refusal_detail(Folded.state_full, st, big[1], budget)
+    assert "join_state_max_bytes (40,000)" in detail and "TRAJLAKE_JOIN_STATE_MAX_BYTES" in detail
     assert fold_event(st, big[1], 2.0, budget) is Folded.state_full
     evaluate_all = lambda wall: tick(st, wall, t)  # noqa: E731 — close both tasks, then pass retention
     evaluate_all(100.0)
     evaluate_all(1_000.0)
-    assert all(task["forgotten"] for task in st["tasks"].values()) and state_bytes(st) == 0
+    assert all(task["forgotten"] for task in st["tasks"].values()) and state_bytes(st) == 2 * (2 + 64)
     retry = Session(task="t3").add(20, "action_proposed", {"output": "z" * 12_000}, action_id="b", intent_id="j")
     assert fold_event(st, retry.events[0], 1_001.0, budget) is Folded.folded
 
@@ -363,8 +372,10 @@ def test_a_state_saved_before_the_byte_count_gets_one():
     for task in st["tasks"].values():
         task.pop("wall")
     assert state_bytes(st) == counted
-    tick(st, 1e6, TO)  # retention falls back to the session's clock
-    assert all(task["forgotten"] for task in st["tasks"].values()) and st["size"] == 0
+    tick(st, 1e6, TO)  # retention starts from the session's clock
+    assert all(task["forgotten"] for task in st["tasks"].values()) and st["size"] == len("t1") + 64
+    tick(st, 1e7, TO)
+    assert st["tasks"] == {} and st["size"] == 0 and expired(st, 1e7, TO)
 
 
 def test_the_due_index_scans_on_a_new_assignment_and_never_overwrites_fresher_notes():
@@ -390,3 +401,24 @@ def test_the_due_index_scans_on_a_new_assignment_and_never_overwrites_fresher_no
     assert index.due_now(1e9, {0, 1}) == [(b"s2", 1)]
     index.abandon_scan()
     assert index.needs_scan({0, 1}, 101.0)
+
+
+def test_a_busy_session_saved_before_tasks_had_clocks_still_forgets_its_old_tasks():
+    """Old closed tasks take the session's clock as their own before a new event moves it; else, in a session
+    that never goes idle, they would never pass retention."""
+    from streams.join import state_bytes
+
+    t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
+    st, _ = run(_task_events("s1", "t1", 0), wall=100.0, timeouts=t)
+    st = st["s1"]
+    st.pop("size")
+    for task in st["tasks"].values():
+        task.pop("wall")
+    wall = 100.0
+    for k in range(1, 8):  # a new task every 2 minutes: the session never idles
+        wall = 100.0 + k * 120
+        for e in _task_events("s1", f"t{k + 1}", k * 120):
+            apply_event(st, e, wall, t)
+        tick(st, wall + 1, t)
+    assert st["tasks"]["t1"]["forgotten"]
+    assert st["size"] == state_bytes({"tasks": st["tasks"], "wall": st["wall"]})

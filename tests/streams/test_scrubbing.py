@@ -6,13 +6,21 @@ import time
 
 import pytest
 
-from streams.scrubbing import ScrubPool
+from streams.scrubbing import ScrubPool, ScrubPoolFailed
 
 pytestmark = pytest.mark.component
 
 
 def _init() -> None:
     pass
+
+
+def _init_fails() -> None:
+    raise OSError("the NER model is missing")
+
+
+def _init_slow() -> None:
+    time.sleep(30)
 
 
 def fake_scrub(events, sessions):
@@ -68,5 +76,17 @@ def test_a_process_that_dies_on_a_whole_batch_is_retried_event_by_event():
     try:
         results, _ = _run(pool, _events("die", "x"), {})
         assert results[0].startswith("ScrubProcessDied") and results[1]["event"]["text"] == "X"
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("init", [_init_fails, _init_slow])
+def test_a_pool_that_cannot_start_fails_the_worker_instead_of_dead_lettering_every_event(init):
+    """A fault of the set-up (a missing model, a start slower than the deadline) is no event's fault: after the
+    restart, the empty warm-up call fails too, and the pool raises for the worker to fail fast."""
+    pool = ScrubPool(fake_scrub, init, (), 1, timeout_s=3)
+    try:
+        with pytest.raises(ScrubPoolFailed, match="did not start"):
+            _run(pool, _events("a", "b"), {})
     finally:
         pool.shutdown()

@@ -115,7 +115,9 @@ def test_the_timer_closes_what_never_finishes(kafka, tmp_path):
 def test_a_session_past_its_state_budget_is_dead_lettered_not_a_crash(kafka, tmp_path):
     """A session's join state is one changelog record. Events that would take it past join_state_max_bytes are
     dead-lettered (stage join, reason session_state_full) with their clean record, while the session's other
-    events, and other sessions, are joined as usual and the worker keeps running."""
+    events, and other sessions, are joined as usual and the worker keeps running. An event for a task the join
+    has forgotten (closed, then no event for the retention period) is dead-lettered too (task_forgotten)."""
+    import time
     import uuid
     from datetime import datetime, timedelta, timezone
 
@@ -123,7 +125,8 @@ def test_a_session_past_its_state_budget_is_dead_lettered_not_a_crash(kafka, tmp
     from streams.ingest import clean_event
     from streams.sources.tau_bench import Emitted
 
-    s = own_settings(kafka, tmp_path, "sf").model_copy(update={"join_state_max_bytes": 16_384})
+    s = own_settings(kafka, tmp_path, "sf").model_copy(update={
+        "join_state_max_bytes": 32_768, "join_retention_seconds": 15, "join_tick_seconds": 0.5})
     t0 = datetime.now(timezone.utc).replace(microsecond=0)
     words = "the quarterly report is ready for review and the numbers look fine " * 90  # ~6 KB of text
 
@@ -135,7 +138,7 @@ def test_a_session_past_its_state_budget_is_dead_lettered_not_a_crash(kafka, tmp
             "body": body or {}})
 
     big, small = [], []
-    for k in range(3):  # three ~6 KB proposals: the third does not fit in 16 KiB
+    for k in range(3):  # three ~6 KB proposals (each counts twice: the event, and its staged step row)
         big += [event("big", "t", "agent", "action_proposed", 2 * k + 1, {"output": words}, action_id=f"a{k}",
                       intent_id=f"i{k}"),
                 event("big", "t", "frontend", "action_accepted", 2 * k + 2, action_id=f"a{k}", intent_id=f"i{k}")]
@@ -155,11 +158,19 @@ def test_a_session_past_its_state_budget_is_dead_lettered_not_a_crash(kafka, tmp
                    and read_table(s, BRONZE_EVENTS, columns=["event_id"]).num_rows >= len(big) + len(small), 240,
                    message="both episodes, the dead letter and every event in bronze")
         assert w.alive()
+        # the join folded "small" before its episode was visible, so it has forgotten the closed task 15 s later;
+        # what is left of the task stays until twice that, when a late event would start a new session instead
+        time.sleep(16)
+        late = [event("small", "t", "frontend", "feedback", 20, {"rating": "up"})]
+        produce(s, late)
+        w.wait_for(lambda: read_table(s, BRONZE_DEADLETTER, columns=["reason"]).num_rows >= 2, 120,
+                   message="the late event's dead letter")
     finally:
         w.stop()
-    letters = read_table(s, BRONZE_DEADLETTER).to_pylist()
+    letters = sorted(read_table(s, BRONZE_DEADLETTER).to_pylist(), key=lambda r: r["reason"])
     refused_id = big[5].event["event_id"]  # the third proposal
-    assert [(r["reason"], r["stage"], r["event_id"]) for r in letters] == [("session_state_full", "join", refused_id)]
+    assert [(r["reason"], r["stage"], r["event_id"]) for r in letters] == [
+        ("session_state_full", "join", refused_id), ("task_forgotten", "join", late[0].event["event_id"])]
     assert letters[0]["source_topic"] == s.topic("events.clean")
     assert "TRAJLAKE_JOIN_STATE_MAX_BYTES" in letters[0]["detail"]
     assert clean_event(letters[0]["original"])["event_id"] == refused_id  # its clean record: nothing lost
