@@ -275,10 +275,10 @@ def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_by
     state["wall"] = wall
     if c["ts"] > state["max_ts"]:
         state["max_ts"] = c["ts"]
-        # the session moving on in event time can time out the steps and episodes of its other open tasks
-        # (`_evaluate`): they are evaluated now, not at their wall-clock timeout, which `next_due` relies on
+        # the session moving on in event time can time out a step or the episode of its other open tasks
+        # (`_evaluate`): those are evaluated now, not at their wall-clock timeout, which `next_due` relies on
         for other in state["tasks"].values():
-            if not other["closed"]:
+            if not other["closed"] and other.get("event_due", 0) < c["ts"]:
                 other["dirty"] = True
     if task is None:
         task = state["tasks"][task_id] = {"dims": dimensions(event), "events": [], "closed": False, "rev": -1,
@@ -490,6 +490,10 @@ def _evaluate(state: dict[str, Any], task: dict[str, Any], wall: float, t: Timeo
         if reason:
             meta.update(closed=True, rev=0, hash=h)
             out.append(Emit("step", {**row, "revision": 0, "closed_reason": reason, "closed_at": wall}))
+    if not episode_closing:
+        # the session's event time past which this task's open steps or episode time out (see fold_event)
+        open_at = [row["proposed_at"] for aid, row in rows.items() if not task["steps"][aid]["closed"]]
+        task["event_due"] = min([last_ts + t.episode_s * 1000, *(ts + t.step_s * 1000 for ts in open_at)])
     if episode_closing:
         row = episode_row(task["dims"], evs)
         h = content_hash(row)
