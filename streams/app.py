@@ -204,7 +204,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     state = touched[key][1] if key in touched else (
                         _table_get(join_state, key, partition) or new_session())
                     touched[key] = (partition, state)
-                    result = fold_event(state, event, wall, max_bytes)
+                    result = fold_event(state, event, wall, max_bytes, timeouts)
                     if result is Folded.folded:
                         folded.add(key)
                     elif result in refusals:

@@ -209,57 +209,93 @@ class Folded(str, Enum):
     state_full = "state_full"    # the session's state would outgrow its budget
 
 
-# The byte budget bounds the whole saved state, not only the events: besides its compact form, a kept event may
-# bring a `seen` entry, a step's revision record, and rows staged in the outbox, which repeat its texts (a step
-# row carries the proposal's output and the edit's final value). Sizes of rows without their texts, rounded up
-# from measured ones (~700 bytes with short ids, ~1 KB with uuids).
-_EVENT_OVERHEAD = 24
-_ROW_BYTES = 1_280            # a staged step or episode row, without its texts
-_STEP_META_BYTES = 128        # a step's revision record
-_TASK_BYTES = 512             # a task's record and dimensions
-_MARKER_BYTES = 64            # what stays of a forgotten task, besides its id
+# The byte budget bounds the whole saved state, not only the events. Every task keeps its own count (`bytes`), the
+# session's is their sum plus a fixed part. Per task: its record (with its dimensions and id) and a staged
+# episode row (the dimensions again). Per kept event: its compact form and its `seen` entry; for a proposal also
+# a staged step row (the dimensions, its ids and its output again) and its revision record; for an edit its
+# final value again. Fixed sizes round measured ones up; everything that varies is counted in UTF-8 bytes.
+STATE_FORMAT = 2              # bumped when the count's unit changes: older states are recounted once
+_SESSION_BYTES = 256          # the session's own fields
+_EVENT_OVERHEAD = 40          # per kept event: JSON punctuation, its `seen` entry's timestamp
+_ROW_BYTES = 1_280            # a staged step or episode row, without its dimensions, ids and texts
+_STEP_META_BYTES = 96         # a step's revision record, without its key
+_TASK_BYTES = 640             # a task's record, without its dimensions and id
+_MARKER_BYTES = 96            # what stays of a forgotten task, without its id
 
 
 def new_session() -> dict[str, Any]:
-    return {"seen": {}, "tasks": {}, "wall": 0.0, "max_ts": 0, "size": 0}
+    return {"seen": {}, "tasks": {}, "wall": 0.0, "max_ts": 0, "size": _SESSION_BYTES, "v": STATE_FORMAT}
 
 
-def _event_bytes(c: dict[str, Any]) -> int:
-    n = len(orjson.dumps(c)) + len(c["id"]) + _EVENT_OVERHEAD
+def _b(value: Any) -> int:
+    return len(value.encode()) if isinstance(value, str) else 0
+
+
+def _dims_bytes(dims: dict[str, Any]) -> int:
+    return len(orjson.dumps(dims))
+
+
+def _event_bytes(c: dict[str, Any], dims_bytes: int, session_id_bytes: int) -> int:
+    n = len(orjson.dumps(c)) + _b(c["id"]) + _EVENT_OVERHEAD
     if c["t"] == "action_proposed":
-        n += _ROW_BYTES + _STEP_META_BYTES + len(orjson.dumps(c.get("out")))
+        # its step row: dimensions, step_id (session + action), action_id, intent_id, output; its revision key
+        n += (_ROW_BYTES + dims_bytes + session_id_bytes + 3 * _b(c.get("a")) + _b(c.get("i"))
+              + len(orjson.dumps(c.get("out"))) + _STEP_META_BYTES)
     elif c["t"] == "action_edited":
         n += len(orjson.dumps(c.get("fv")))
     return n
 
 
-def _task_bytes(task_id: str) -> int:
-    return len(task_id) + _TASK_BYTES + _ROW_BYTES  # its record, and its episode row when staged
+def _task_bytes(task_id: str, dims_bytes: int, session_id_bytes: int) -> int:
+    # its record (key, dimensions) and its staged episode row (episode_id = session + task, dimensions)
+    return _TASK_BYTES + _b(task_id) + dims_bytes + _ROW_BYTES + dims_bytes + session_id_bytes + _b(task_id)
+
+
+def _marker(task_wall: float) -> dict[str, Any]:
+    return {"forgotten": True, "closed": True, "events": [], "wall": task_wall, "bytes": _MARKER_BYTES}
+
+
+def _recount(state: dict[str, Any]) -> None:
+    """Bring a state saved by an older format up to this one: tasks get the session's clock as their own (else a
+    busy session's old closed tasks would never pass retention), forgotten tasks become markers, `seen` keeps only
+    the ids of kept events, and the byte count is made afresh."""
+    kept: dict[str, Any] = {}
+    size = _SESSION_BYTES
+    for task_id, task in list(state["tasks"].items()):
+        task.setdefault("wall", state["wall"])
+        if task["forgotten"]:
+            state["tasks"][task_id] = task = _marker(task["wall"])
+            task["bytes"] += _b(task_id)
+        else:
+            sid = _b(task["dims"].get("session_id"))
+            db = _dims_bytes(task["dims"])
+            task["bytes"] = _task_bytes(task_id, db, sid) + sum(_event_bytes(c, db, sid) for c in task["events"])
+            for c in task["events"]:
+                kept[c["id"]] = state["seen"].get(c["id"], c["ts"])
+        size += task["bytes"]
+    state.update(seen=kept, size=size, v=STATE_FORMAT)
 
 
 def state_bytes(state: dict[str, Any]) -> int:
     """A bound on the size of a session's serialised state, its outbox included: what the byte budget limits.
 
-    Kept as a running count. A state saved before the count existed gets it here, once, and its tasks get the
-    session's clock as their own (else a busy session's old closed tasks would never pass retention)."""
-    if "size" not in state:
-        size = 0
-        for task_id, task in state["tasks"].items():
-            task.setdefault("wall", state["wall"])
-            size += (len(task_id) + _MARKER_BYTES if task["forgotten"] else _task_bytes(task_id)) + sum(
-                _event_bytes(c) for c in task["events"])
-        state["size"] = size
+    Kept as a running count (per task, and their sum); a state saved by an older format is recounted once."""
+    if state.get("v") != STATE_FORMAT or "size" not in state:
+        _recount(state)
     return state["size"]
 
 
-def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_bytes: int | None = None) -> Folded:
+def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_bytes: int | None = None,
+               t: Timeouts | None = None) -> Folded:
     """Fold one clean event into its session's state without emitting.
 
     With `max_bytes`, an event that would take `state_bytes` past that many bytes is refused (`state_full`) and
     the state is left as it was: a session's state is one changelog record, and the broker refuses records over
     its limit. Room comes back as the session's closed tasks pass retention. An event of a task that closed and
-    passed retention is refused too (`forgotten`). The worker dead-letters both."""
+    passed retention is refused too (`forgotten`). The worker dead-letters both. With `t`, only the other open
+    tasks that the session's newer event time can time out are marked for evaluation; without it, all of them."""
     eid = event["event_id"]
+    size = state_bytes(state)
     if eid in state["seen"]:
         return Folded.duplicate
     task_id = event["task_id"]
@@ -267,10 +303,24 @@ def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_by
     if task is not None and task["forgotten"]:
         return Folded.forgotten
     c = compact(event)
-    size = _event_bytes(c) + (_task_bytes(task_id) if task is None else 0)
-    if max_bytes is not None and state_bytes(state) + size > max_bytes:
+    sid = _b(event["session_id"])
+    if task is None:
+        dims = dimensions(event)
+        db = _dims_bytes(dims)
+        grow = _task_bytes(task_id, db, sid)
+    else:
+        dims = task["dims"]
+        grow = 0
+        if dims.get("task_type") is None and event.get("task_type"):
+            # the task's record, its episode row and every step row it has staged so far get the new dimension
+            rows = 2 + sum(1 for e in task["events"] if e["t"] == "action_proposed")
+            grow = rows * (len(orjson.dumps(event["task_type"])) - len(orjson.dumps(None)))
+            dims = {**dims, "task_type": event["task_type"]}
+        db = _dims_bytes(dims)
+    grow += _event_bytes(c, db, sid)
+    if max_bytes is not None and size + grow > max_bytes:
         return Folded.state_full
-    state["size"] = state_bytes(state) + size
+    state["size"] = size + grow
     state["seen"][eid] = c["ts"]
     state["wall"] = wall
     if c["ts"] > state["max_ts"]:
@@ -278,19 +328,30 @@ def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_by
         # the session moving on in event time can time out a step or the episode of its other open tasks
         # (`_evaluate`): those are evaluated now, not at their wall-clock timeout, which `next_due` relies on
         for other in state["tasks"].values():
-            if not other["closed"] and other.get("event_due", 0) < c["ts"]:
+            if not other["closed"] and (t is None or _event_due(other, t) < c["ts"]):
                 other["dirty"] = True
     if task is None:
-        task = state["tasks"][task_id] = {"dims": dimensions(event), "events": [], "closed": False, "rev": -1,
-                                          "hash": None, "steps": {}, "terminal_wall": None, "forgotten": False}
-    if task["dims"].get("task_type") is None and event.get("task_type"):
-        task["dims"]["task_type"] = event["task_type"]
+        task = state["tasks"][task_id] = {"dims": dims, "events": [], "closed": False, "rev": -1, "hash": None,
+                                          "steps": {}, "terminal_wall": None, "forgotten": False, "bytes": 0}
+    task["dims"] = dims
+    task["bytes"] = task.get("bytes", 0) + grow
     task["events"].append(c)
     task["wall"] = wall
     task["dirty"] = True
     if c["t"] in TERMINAL_TASK and task["terminal_wall"] is None:
         task["terminal_wall"] = wall
     return Folded.folded
+
+
+def _event_due(task: dict[str, Any], t: Timeouts) -> float:
+    """The session's event time (ms) past which one of the task's open steps or its episode times out, from what
+    its last evaluation recorded (the newest event time, the earliest open proposal); 0 if never evaluated."""
+    times = task.get("event_times")
+    if not times:
+        return 0
+    last_ts, open_from = times
+    due = last_ts + t.episode_s * 1000
+    return due if open_from is None else min(due, open_from + t.step_s * 1000)
 
 
 def refusal_detail(folded: Folded, state: dict[str, Any], event: dict[str, Any], max_bytes: int) -> str:
@@ -317,28 +378,33 @@ def evaluate(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
 
 def apply_event(state: dict[str, Any], event: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
     """Fold one event and evaluate at once (the per-event form of fold_event + evaluate)."""
-    return evaluate(state, wall, t) if fold_event(state, event, wall) is Folded.folded else []
+    return evaluate(state, wall, t) if fold_event(state, event, wall, t=t) is Folded.folded else []
 
 
 def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
     """Close what timed out; forget closed tasks past retention, and drop what is left of them after twice
     that. Called periodically for every session."""
-    state_bytes(state)  # a state saved before tasks had their own clocks gets them now
+    state_bytes(state)  # a state saved by an older format is brought up to this one first
     out: list[Emit] = []
     for task in state["tasks"].values():
         if not task["forgotten"]:
+            task.pop("dirty", None)  # evaluated here, as the join would
             out += _evaluate(state, task, wall, t)
     state["dirty"] = bool(out)
+    # a task with rows waiting for delivery is forgotten at a later tick: the byte count covers staged rows only
+    # through the tasks that staged them
+    staged = {e.row["task_id"] for e in out} | {row["task_id"] for _, row in state.get("outbox", ())}
     for task_id, task in list(state["tasks"].items()):
         # per task, not per session: a session that stays busy all day would otherwise keep every event of
         # every task it ever closed, and its state (one changelog record) would grow without bound
         if not task["forgotten"]:
-            if task["closed"] and wall - task["wall"] > t.retention_s:
+            if task["closed"] and wall - task.setdefault("wall", state["wall"]) > t.retention_s \
+                    and task_id not in staged:
                 _forget(state, task_id, task)
-        elif wall - task["wall"] > 2 * t.retention_s:
+        elif wall - task.setdefault("wall", state["wall"]) > 2 * t.retention_s:
             # as long as a whole idle session is kept: after that, a late event starts afresh either way
             del state["tasks"][task_id]
-            state["size"] = max(state["size"] - len(task_id) - _MARKER_BYTES, 0)
+            state["size"] -= task["bytes"]
             state["dirty"] = True
     return out
 
@@ -346,12 +412,11 @@ def tick(state: dict[str, Any], wall: float, t: Timeouts) -> list[Emit]:
 def _forget(state: dict[str, Any], task_id: str, task: dict[str, Any]) -> None:
     """Drop a closed task's events, their ids, its dimensions and revisions. A marker stays, so a late event for
     it is recognised and refused rather than taken for a new task."""
-    size = state["size"] - _task_bytes(task_id) + len(task_id) + _MARKER_BYTES
     for c in task["events"]:
         state["seen"].pop(c["id"], None)
-        size -= _event_bytes(c)
-    state["size"] = max(size, 0)
-    state["tasks"][task_id] = {"forgotten": True, "closed": True, "events": [], "wall": task["wall"]}
+    marker = state["tasks"][task_id] = _marker(task["wall"])
+    marker["bytes"] += _b(task_id)
+    state["size"] += marker["bytes"] - task["bytes"]
     state["dirty"] = True
 
 
@@ -491,9 +556,9 @@ def _evaluate(state: dict[str, Any], task: dict[str, Any], wall: float, t: Timeo
             meta.update(closed=True, rev=0, hash=h)
             out.append(Emit("step", {**row, "revision": 0, "closed_reason": reason, "closed_at": wall}))
     if not episode_closing:
-        # the session's event time past which this task's open steps or episode time out (see fold_event)
+        # what `_event_due` needs to tell when the session's event time can time this task out (see fold_event)
         open_at = [row["proposed_at"] for aid, row in rows.items() if not task["steps"][aid]["closed"]]
-        task["event_due"] = min([last_ts + t.episode_s * 1000, *(ts + t.step_s * 1000 for ts in open_at)])
+        task["event_times"] = [last_ts, min(open_at) if open_at else None]
     if episode_closing:
         row = episode_row(task["dims"], evs)
         h = content_hash(row)

@@ -14,6 +14,10 @@ log = logging.getLogger("trajlake.worker")
 ScrubFn = Callable[[list[dict[str, Any]], dict[str, Any]], tuple[list[Any], dict[str, Any]]]
 
 
+# this many events in a row that hang or kill the process on their own: the scrubber is at fault (ScrubPoolFailed)
+FAILURES_IN_A_ROW = 5
+
+
 class ScrubPoolFailed(RuntimeError):
     """The scrub pool cannot be started: a fault of the set-up, not of any event."""
 
@@ -62,8 +66,11 @@ class ScrubPool:
         if executor is None:
             return
         # the executor has no public way to stop a running task; its processes are the only handle
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        for process in processes:
             process.kill()
+        for process in processes:  # gone, with its memory, before the next pool starts
+            process.join(5)
         executor.shutdown(wait=False, cancel_futures=True)
         self.restarts += 1
 
@@ -82,7 +89,12 @@ class ScrubPool:
             await self._restart_and_warm()
         # `sessions` is as it was: the pool worked on a copy, which is lost with the batch
         results: list[Any] = []
+        failed_in_a_row = 0
         for event in events:
+            if failed_in_a_row >= FAILURES_IN_A_ROW:
+                # every event, one after another: the scrubber, not the events (each failure costs a deadline)
+                raise ScrubPoolFailed(f"scrubbing failed on {failed_in_a_row} events in a row, each on its own; "
+                                      "this looks like a fault of the scrubber, not of the events")
             sid = event["session_id"]
             try:
                 [result], back = await self._call([event], {sid: sessions[sid]} if sid in sessions else {})
@@ -96,6 +108,7 @@ class ScrubPool:
                 await self._restart_and_warm()
                 result = "ScrubProcessDied: the scrubbing process died on this event; the pool was restarted"
                 log.warning("event %s: %s", event.get("event_id"), result)
+            failed_in_a_row = failed_in_a_row + 1 if isinstance(result, str) and result.startswith("Scrub") else 0
             results.append(result)
         return results, sessions
 

@@ -3,6 +3,7 @@ import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import orjson
 import pytest
 
 from streams.join import CONTENT_EXCLUDE, Timeouts, apply_event, batch_join, expired, new_session, tick
@@ -291,6 +292,17 @@ def test_nothing_changes_before_a_session_is_due(seed):
 
 
 # ---- bounded state: per-task retention and the byte budget ----------------------------------------------
+def recounted(state: dict) -> int:
+    """The byte count made afresh (as for a state saved by an older format), for comparing with the running one."""
+    import copy
+
+    from streams.join import state_bytes
+
+    fresh = copy.deepcopy(state)
+    fresh.pop("v")
+    return state_bytes(fresh)
+
+
 def _task_events(sid: str, task: str, start: float, text: str = "ok") -> list[dict]:
     return (Session(sid=sid, task=task).add(start, "task_started")
             .add(start + 1, "action_proposed", {"output": text}, action_id=f"{task}-a", intent_id=f"{task}-i")
@@ -316,7 +328,7 @@ def test_a_busy_session_forgets_its_closed_tasks_after_retention():
     assert 4 <= len(kept) <= 6  # ~600 s of tasks, 2 minutes apart
     assert len(st["seen"]) == 5 * len(kept)  # the ids of forgotten tasks go with them
     assert max(sizes[20:]) <= 1.2 * min(sizes[20:])  # flat once retention is reached
-    assert st["size"] == state_bytes({"tasks": st["tasks"], "wall": st["wall"]})  # the running count = a recount
+    assert st["size"] == recounted(st)
     assert len(st["tasks"]) <= 16  # what is left of forgotten tasks goes after twice the retention
     import orjson
     assert len(orjson.dumps(st)) <= st["size"]  # the count bounds the saved record
@@ -330,8 +342,10 @@ def test_a_late_event_for_a_forgotten_task_is_refused_and_keeps_nothing():
     st, _ = run(events, timeouts=t)
     tick(st["s1"], 10_000.0, t)
     st = st["s1"]
-    assert st["tasks"]["t1"] == {"forgotten": True, "closed": True, "events": [], "wall": st["tasks"]["t1"]["wall"]}
-    assert st["seen"] == {} and st["size"] == len("t1") + 64  # a marker of the task is all that is left
+    marker = st["tasks"]["t1"]
+    assert {k: marker[k] for k in ("forgotten", "closed", "events")} == {"forgotten": True, "closed": True, "events": []}
+    assert "dims" not in marker and st["seen"] == {}  # a marker of the task is all that is left
+    assert st["size"] == recounted(st) >= len(orjson.dumps(st))
     before = dict(st)
     late = Session(task="t1").add(5, "feedback", {"rating": "up"}).events[0]
     assert fold_event(st, late, 10_001.0) is Folded.forgotten
@@ -343,7 +357,7 @@ def test_events_past_the_byte_budget_are_refused_until_room_comes_back():
     from streams.join import Folded, fold_event, refusal_detail, state_bytes
 
     t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
-    budget = 40_000  # the t1 task takes ~21.7 kB: its 9 kB text counts twice (the event, and its staged step row)
+    budget = 40_000  # the t1 task takes ~24 kB: its 9 kB text counts twice (the event, and its staged step row)
     st = new_session()
     results = [fold_event(st, e, 0.0, budget) for e in _task_events("s1", "t1", 0, text="y" * 9_000)]
     assert results.count(Folded.folded) == 5
@@ -358,24 +372,65 @@ def test_events_past_the_byte_budget_are_refused_until_room_comes_back():
     evaluate_all = lambda wall: tick(st, wall, t)  # noqa: E731 — close both tasks, then pass retention
     evaluate_all(100.0)
     evaluate_all(1_000.0)
-    assert all(task["forgotten"] for task in st["tasks"].values()) and state_bytes(st) == 2 * (2 + 64)
+    assert all(task["forgotten"] for task in st["tasks"].values()) and state_bytes(st) == recounted(st) < 1_000
     retry = Session(task="t3").add(20, "action_proposed", {"output": "z" * 12_000}, action_id="b", intent_id="j")
     assert fold_event(st, retry.events[0], 1_001.0, budget) is Folded.folded
 
 
 def test_a_state_saved_before_the_byte_count_gets_one():
+    """A state of an older format (no count, no per-task clocks, forgotten tasks with their dimensions, `seen`
+    holding their ids) is brought up to date at first touch: it gets the same count, its tasks the session's
+    clock, and retention and expiry work on it."""
     from streams.join import state_bytes
 
-    st, _ = run(typical().events)
+    t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
+    st, _ = run(typical().events + _task_events("s1", "t2", 20), timeouts=t)
     st = st["s1"]
-    counted = st.pop("size")
+    counted = st["size"]
+    old_seen = dict(st["seen"])
+    for key in ("size", "v"):
+        st.pop(key)
     for task in st["tasks"].values():
-        task.pop("wall")
-    assert state_bytes(st) == counted
-    tick(st, 1e6, TO)  # retention starts from the session's clock
-    assert all(task["forgotten"] for task in st["tasks"].values()) and st["size"] == len("t1") + 64
-    tick(st, 1e7, TO)
-    assert st["tasks"] == {} and st["size"] == 0 and expired(st, 1e7, TO)
+        task.pop("wall"), task.pop("bytes")
+    st["tasks"]["t0"] = {"dims": {"session_id": "s1", "task_id": "t0"}, "events": [], "closed": True, "rev": 0,
+                         "hash": "h", "steps": {"a": {"rev": 0}}, "terminal_wall": 1.0, "forgotten": True}
+    st["seen"] = {**old_seen, "e-of-t0": 1}
+    state_bytes(st)
+    assert st["seen"] == old_seen  # the forgotten task's ids go
+    assert st["tasks"]["t0"]["forgotten"] and "dims" not in st["tasks"]["t0"]
+    assert st["size"] == counted + st["tasks"]["t0"]["bytes"]
+    tick(st, 1e6, t)  # retention starts from the session's clock
+    assert all(task["forgotten"] for task in st["tasks"].values()) and st["size"] == recounted(st)
+    tick(st, 1e7, t)
+    assert st["tasks"] == {} and st["size"] == recounted(st) and expired(st, 1e7, t)
+
+
+def test_the_count_bounds_the_saved_state_with_long_non_ascii_ids_and_a_late_task_type():
+    """Ids and dimensions may be 512 characters of any script: counted in UTF-8 bytes, with the dimensions in
+    every staged row, and a task type that arrives late in every row staged before."""
+    from streams.join import Folded, evaluate, fold_event, stage
+
+    t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
+    long = "😀" * 512
+    st = new_session()
+    s = Session(sid=long, task="t" + long)
+    s.add(0, "task_started", task_type=None, agent_version=long, prompt_variant=long)
+    for k in range(20):
+        s.add(k + 1, "action_proposed", {"output": "é" * 300}, action_id=f"{k}{long}", intent_id=long,
+              task_type=None, agent_version=long, prompt_variant=long)
+    s.add(30, "action_edited", {"final_value": "ü" * 300}, action_id=f"0{long}", intent_id=long,
+          task_type="类型" * 256, agent_version=long, prompt_variant=long)
+    for e in s.events:
+        e["user_id"] = "ü" * 512
+        assert fold_event(st, e, 0.0, 16 << 20, t) is Folded.folded
+    stage(st, evaluate(st, 0.0, t))
+    assert len(st["outbox"]) == 19  # every proposal but the last superseded (same intent), so closed
+    st["outbox"] = st["outbox"] * 2  # a crash left a first round undelivered
+    assert st["size"] == recounted(st)
+    assert len(orjson.dumps(st)) <= 2 * st["size"]  # two rounds of staged rows fit in twice the count
+    st.pop("outbox")
+    stage(st, tick(st, 1_000.0, t))  # the last step and the episode close by timeout: one round
+    assert len(st["outbox"]) == 2 and len(orjson.dumps(st)) <= st["size"]
 
 
 def test_the_due_index_scans_on_a_new_assignment_and_never_overwrites_fresher_notes():
@@ -406,12 +461,10 @@ def test_the_due_index_scans_on_a_new_assignment_and_never_overwrites_fresher_no
 def test_a_busy_session_saved_before_tasks_had_clocks_still_forgets_its_old_tasks():
     """Old closed tasks take the session's clock as their own before a new event moves it; else, in a session
     that never goes idle, they would never pass retention."""
-    from streams.join import state_bytes
-
     t = Timeouts(step_s=60, episode_s=300, grace_s=5, retention_s=600)
     st, _ = run(_task_events("s1", "t1", 0), wall=100.0, timeouts=t)
     st = st["s1"]
-    st.pop("size")
+    st.pop("v")
     for task in st["tasks"].values():
         task.pop("wall")
     wall = 100.0
@@ -421,4 +474,4 @@ def test_a_busy_session_saved_before_tasks_had_clocks_still_forgets_its_old_task
             apply_event(st, e, wall, t)
         tick(st, wall + 1, t)
     assert st["tasks"]["t1"]["forgotten"]
-    assert st["size"] == state_bytes({"tasks": st["tasks"], "wall": st["wall"]})
+    assert st["size"] == recounted(st)

@@ -90,3 +90,14 @@ def test_a_pool_that_cannot_start_fails_the_worker_instead_of_dead_lettering_eve
             _run(pool, _events("a", "b"), {})
     finally:
         pool.shutdown()
+
+
+def test_a_scrubber_that_fails_on_every_event_fails_the_worker():
+    """Five events in a row that each kill the process on their own: not the events' fault, and each failure
+    costs a deadline, so the pool raises rather than dead-letter a whole batch one deadline at a time."""
+    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
+    try:
+        with pytest.raises(ScrubPoolFailed, match="5 events in a row"):
+            _run(pool, _events("die", "die", "die", "die", "die", "die", "x"), {})
+    finally:
+        pool.shutdown()
