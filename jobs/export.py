@@ -27,11 +27,12 @@ from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
 from jobs.splits import (NEAR_DUPLICATE_METHOD, PRECEDENCE, clusters, keep_one_per_cluster, leakage,
                          near_duplicate_edges, prompt_digest_sql, splits_params, splits_sql)
-from lake.duckdb_views import connect
+from lake.duckdb_views import connect, view_name
 from lake.tables import ensure_table, open_table, table_path
+from lake.tables import spec as table_spec
 from privacy import POLICY_VERSION
 from privacy.leakage import GroundTruth, PatternScanner
-from schemas.reward import ExportSpec, RewardSpec, load_reward_spec
+from schemas.reward import ExportSpec, RewardSpec, RewardSpecError, load_reward_spec, reward_spec_digest
 from schemas.settings import Settings
 from schemas.tables import (BRONZE_EVENTS, EXPORT_HOLDOUT, GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES,
                             SILVER_STEPS)
@@ -60,14 +61,16 @@ class ExportRequest:
     since: date
     until: date
     reward_version: str | None = None
-    sources: dict[str, int] | None = None
+    sources: dict[str, int | None] | None = None   # a table pinned to None is read as empty (it did not exist)
     # publish despite failed non-critical expectations (leakage, splits); recorded in the manifest. PII never passes.
     allow_failed_checks: bool = False
 
     def check(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or self.name in RESERVED:
-            raise ExportFailed(f"export name {self.name!r}: use letters, digits, '-', '_' or '.', not "
-                               f"{', '.join(sorted(RESERVED))}")
+        if (not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or self.name in RESERVED
+                or self.name.startswith(".")):
+            # a leading dot would make a hidden directory, or walk out of the exports directory ("..")
+            raise ExportFailed(f"export name {self.name!r}: use letters, digits, '-', '_' or '.', starting with a "
+                               f"letter or digit, and not {', '.join(sorted(RESERVED))}")
         unknown = set(self.formats) - set(FORMATS)
         if unknown or not self.formats:
             raise ExportFailed(f"unknown format(s) {sorted(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
@@ -96,8 +99,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pinned_sources(settings: Settings, sources: dict[str, int] | None) -> dict[str, int | None]:
-    """Each source table's Delta version: the one asked for, else the latest (None: the table does not exist)."""
+def pinned_sources(settings: Settings, sources: dict[str, int | None] | None) -> dict[str, int | None]:
+    """Each source table's Delta version: the one asked for, else the latest (None: the table does not exist, or
+    did not when the export being reproduced was made)."""
     out: dict[str, int | None] = {}
     for t in SOURCES:
         if sources and t.id in sources:
@@ -112,10 +116,18 @@ def _open_lake(settings: Settings, versions: dict[str, int | None]) -> duckdb.Du
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false").fetchall()
     try:
-        return connect(settings, {k: v for k, v in versions.items() if v is not None}, con=con)
+        connect(settings, {k: v for k, v in versions.items() if v is not None}, con=con)
     except Exception as exc:  # a pinned version that time travel can no longer reach
         raise ExportFailed(f"cannot read the lake at the pinned versions {versions}: {exc}. A version removed by "
                            "VACUUM cannot be reproduced") from None
+    for table_id, version in versions.items():
+        if version is None:
+            # absent when the export was made: read as empty even if it exists now (a holdout registry created
+            # since would otherwise move groups into holdout on a rebuild)
+            t = table_spec(table_id)
+            con.register(view_name(table_id), pa.table({f.name: pa.array([], f.type) for f in t.schema},
+                                                       schema=t.schema))
+    return con
 
 
 def _episodes_sql(reward_version: str) -> str:
@@ -514,34 +526,69 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
         yield from map(_format_batch, batches)
         return
     import multiprocessing
+    import queue
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    # at most a few batches in flight: the pool's feeder would otherwise read the whole query into memory
-    slots = threading.Semaphore(workers * 3)
-    stopped = threading.Event()
-
-    def fed() -> Iterator[tuple[int, str]]:
-        for b in batches:
-            slots.acquire()
-            if stopped.is_set():
-                return
-            b.save(job.scratch / str(b.first))
-            yield b.first, str(job.scratch / str(b.first))
-
-    # forkserver: the parent holds DuckDB's threads, which a plain fork would copy mid-flight
-    ctx = multiprocessing.get_context("forkserver")
+    # concurrent.futures, not multiprocessing.Pool: a Pool whose worker dies (OOM killer) or whose initializer
+    # fails waits forever; an executor marks itself broken and every pending result raises BrokenProcessPool.
+    # forkserver: the parent holds DuckDB's threads, which a plain fork would copy mid-flight.
     job.scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        with ctx.Pool(workers, initializer=_start_formatting, initargs=(job,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=_start_formatting, initargs=(job,))
+    # at most a few batches in flight (the queue's bound): reading and saving chunks runs ahead of the writer,
+    # not through the whole query into memory
+    pending: queue.Queue = queue.Queue(maxsize=workers * 2)
+    stopped = threading.Event()
+    END = object()
+
+    def feed() -> None:
+        try:
+            for b in batches:
+                if stopped.is_set():
+                    return
+                b.save(job.scratch / str(b.first))
+                item = pool.submit(_format_saved, (b.first, str(job.scratch / str(b.first))))
+                while not stopped.is_set():
+                    try:
+                        pending.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # noqa: BLE001 — the reader's failure is the consumer's to raise
+            item = exc
+        else:
+            item = END
+        while not stopped.is_set():
             try:
-                for formatted in pool.imap(_format_saved, fed()):
-                    slots.release()
-                    yield formatted
-            finally:
-                # when formatting fails (or the consumer stops), the pool's feeder thread may be waiting for a
-                # slot: wake it and let it end, or leaving the pool (which joins that thread) would hang forever
-                stopped.set()
-                slots.release()
+                pending.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    feeder = threading.Thread(target=feed, name="export-feeder", daemon=True)
+    feeder.start()
+    try:
+        while (item := pending.get()) is not END:
+            if isinstance(item, BaseException):
+                raise item
+            try:
+                formatted = item.result()
+            except BrokenProcessPool:
+                raise ExportFailed("a formatting process died or could not start (out of memory? see the system "
+                                   "log); nothing was published. Retry, or set TRAJLAKE_EXPORT_WORKERS lower") from None
+            yield formatted
     finally:
+        stopped.set()
+        while True:  # unblock the feeder and drop what it queued
+            try:
+                item = pending.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, BaseException) and item is not END:
+                item.cancel()
+        feeder.join()
+        pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(job.scratch, ignore_errors=True)
 
 
@@ -568,6 +615,14 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     Raises ExportFailed when the leakage check or the PII scan fails."""
     request.check()
     spec = _spec(request.reward_version)
+    if settings.pii_ground_truth is not None:
+        # up front, not in a formatting process minutes later (where a bad file would break the pool)
+        try:
+            GroundTruth.load(settings.pii_ground_truth)
+        except Exception as exc:  # noqa: BLE001 — any failure to read it is the same mistake for the user
+            raise ExportFailed(f"TRAJLAKE_PII_GROUND_TRUTH={settings.pii_ground_truth} cannot be loaded "
+                               f"({type(exc).__name__}: {exc}); point it at the customer database (users.json) "
+                               "or unset it") from None
     versions = pinned_sources(settings, request.sources)
     if versions[GOLD_EPISODE_SCORES.id] is None:
         raise ExportFailed("no gold/episode_scores yet: run `trajlake jobs run all --start D --end D` first")
@@ -674,9 +729,11 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     manifest = {
         "name": request.name,
         "trajlake_manifest": 1,
-        "request": {"formats": list(request.formats), "since": str(request.since), "until": str(request.until)},
+        "request": {"formats": list(request.formats), "since": str(request.since), "until": str(request.until),
+                    "margin_days": margin},
         "sources": versions,
         "reward_version": spec.version,
+        "reward_spec_sha256": reward_spec_digest(spec),
         "privacy": {"policy_version": POLICY_VERSION, "row_policies": policies},
         "splits": {"group_by": settings.export_group_by, "ratios": settings.export_ratios,
                    "holdout_share": settings.export_holdout_share, "salt": settings.export_split_salt,
@@ -744,27 +801,47 @@ def _register_holdout(settings: Settings, groups: Sequence[str], name: str, vers
 def run(settings: Settings, request: ExportRequest, progress: Progress = lambda _: None) -> ExportResult:
     """Export into <lake>/exports/<name>/<vNNNN>/ atomically (a new version per run), then freeze the holdout
     groups it introduced. A failed check publishes nothing; its files stay in a `.failed-…` directory."""
+    request.check()  # before anything is made on disk: the name becomes a directory
     root = settings.lake / "exports" / request.name
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".building-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+
+    def failed() -> Path:
+        return tmp.rename(root / f".failed-{tmp.name.split('-')[-1]}")
+
     try:
         manifest, new_holdout = build(settings, request, tmp, progress)
     except ExportFailed:
-        failed = root / f".failed-{tmp.name.split('-')[-1]}"
-        tmp.rename(failed)
+        failed()
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    version = _next_version(root)
+    while True:
+        # reserve the version: mkdir is atomic, so a concurrent export of the same name takes the next one
+        version = _next_version(root)
+        final = root / version
+        try:
+            final.mkdir()
+            break
+        except FileExistsError:
+            continue
+    # the holdout is frozen before the export is published: an export whose holdout groups were not registered
+    # could be followed by one that trains on them
+    try:
+        _register_holdout(settings, new_holdout, request.name, version)
+    except Exception as exc:  # noqa: BLE001 — whatever broke the registry write, nothing is published
+        final.rmdir()
+        kept = failed()
+        raise ExportFailed(f"registering the {len(new_holdout)} new holdout group(s) in "
+                           f"{table_path(settings, EXPORT_HOLDOUT)} failed ({type(exc).__name__}: {exc}); nothing "
+                           f"was published (the files are in {kept}). Re-run the export") from None
     manifest = {**manifest, "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
                 "holdout_groups_registered": len(new_holdout)}
     (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-    final = root / version
-    os.replace(tmp, final)
+    os.replace(tmp, final)  # onto the empty reserved directory: atomic
     (root / "LATEST").write_text(version + "\n")
-    _register_holdout(settings, new_holdout, request.name, version)
     progress(f"published {final}")
     return ExportResult(final, manifest)
 
@@ -795,9 +872,24 @@ def reproduce(settings: Settings, manifest_path: Path, out: Path, progress: Prog
         raise ExportFailed(f"the settings differ from the manifest's: {mismatched}; set the TRAJLAKE_EXPORT_* "
                            "variables to the manifest's values")
     req = m["request"]
+    if "margin_days" in req and req["margin_days"] != settings.job_margin_days:
+        raise ExportFailed(f"the export read events {req['margin_days']} day(s) around its window and "
+                           f"TRAJLAKE_JOB_MARGIN_DAYS is {settings.job_margin_days} here: set "
+                           f"TRAJLAKE_JOB_MARGIN_DAYS={req['margin_days']} to reproduce it")
+    if "reward_spec_sha256" in m:
+        try:
+            here = reward_spec_digest(load_reward_spec(m["reward_version"]))
+        except RewardSpecError as exc:
+            raise ExportFailed(f"the export was scored under {m['reward_version']}, which cannot be loaded here: "
+                               f"{exc}") from None
+        if here != m["reward_spec_sha256"]:
+            raise ExportFailed(f"{m['reward_version']} here has other numbers than the export was made with (its "
+                               "sha256 differs from the manifest's reward_spec_sha256): a published spec must not "
+                               "change; restore schemas/reward/" + m["reward_version"] + ".toml from version control")
     request = ExportRequest(m["name"], tuple(req["formats"]), date.fromisoformat(req["since"]),
                             date.fromisoformat(req["until"]), m["reward_version"],
-                            {k: v for k, v in m["sources"].items() if v is not None},
+                            # None too: a table absent then is read as empty, though it may exist now
+                            dict(m["sources"]),
                             allow_failed_checks=bool(m.get("quality", {}).get("overridden")))
     if out.exists() and any(out.iterdir()):
         raise ExportFailed(f"{out} is not empty; pass --out with a new directory")

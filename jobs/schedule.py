@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from croniter import croniter
 
@@ -26,6 +26,27 @@ OPTIONS = {
     "quality": {"tables", "reward_version"},
 }
 REQUIRED = {"export": {"name"}}
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v)
+
+
+# each option's type check and how to write it right (a wrong type would otherwise fail at fire time, hours later)
+OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "reward_version": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"reward-v\d+", v)),
+                       'a version string, e.g. reward_version = "reward-v2"'),
+    "name": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)),
+             'letters, digits, "-", "_" or "." (it names a directory), e.g. name = "weekly"'),
+    "formats": (lambda v: _strings(v) or (isinstance(v, str) and bool(v.strip())),
+                'a list of formats, e.g. formats = ["sft", "dpo"], or "sft,dpo"'),
+    "tables": (_strings, 'a list of table ids, e.g. tables = ["silver.steps"]'),
+    "table": (lambda v: isinstance(v, str) and bool(v), 'a table id, e.g. table = "bronze.events"'),
+    "closed_after_days": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                          "a whole number of days ≥ 0, e.g. closed_after_days = 1"),
+    "min_files": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                  "a whole number ≥ 1, e.g. min_files = 8"),
+}
 ENTRY_KEYS = {"name", "job", "cron", "window", "options", "enabled"}
 CRON_ALIASES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 _DAYS = re.compile(r"previous_(\d+)_days")
@@ -132,6 +153,10 @@ def parse_schedule(doc: Mapping[str, Any], source: Path | None = None) -> Schedu
             if bad:
                 problems.append(f"{where}: {job} takes no option(s) {sorted(bad)}; it takes "
                                 f"{', '.join(sorted(OPTIONS[job]))}")
+            for key in sorted(set(options) & OPTIONS[job]):
+                ok, how = OPTION_TYPES[key]
+                if not ok(options[key]):
+                    problems.append(f"{where}: option {key} = {options[key]!r} is wrong: write {how}")
             missing = REQUIRED.get(job, set()) - set(options)
             if missing:
                 problems.append(f"{where}: {job} needs option(s) {sorted(missing)}, e.g. options = {{ name = \"weekly\" }}")

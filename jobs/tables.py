@@ -10,15 +10,12 @@ from pyspark.sql.types import StructType
 from pyspark.sql.window import Window
 
 from lake.tables import ensure_table, open_table, table_path
+from quality.errors import PublishRefused  # noqa: F401  (raised here; callers import it from either)
 from quality.runner import QualityReport, gate
 from quality.suites import suite_for
 from schemas.reward import RewardSpec
 from schemas.settings import Settings
 from schemas.tables import TableSpec, spark_ddl
-
-
-class PublishRefused(RuntimeError):
-    """The rows failed a pre-publish check; nothing was written."""
 
 
 def declared_schema(spec: TableSpec) -> StructType:

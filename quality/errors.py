@@ -1,4 +1,5 @@
-"""The quality gate's exception, apart from the suites: the CLI catches it without importing Great Expectations."""
+"""The publish gates' exceptions, apart from the suites: the CLI catches them without importing Great Expectations
+or Spark."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -13,3 +14,7 @@ class QualityGateFailed(RuntimeError):
     def __init__(self, report: "QualityReport"):
         super().__init__(report.summary() + "\nNothing was published.")
         self.report = report
+
+
+class PublishRefused(RuntimeError):
+    """The rows failed a pre-publish check (declared columns, NOT NULL, unique keys); nothing was written."""

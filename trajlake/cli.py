@@ -486,8 +486,15 @@ def schedule_cmd(
                 raise UserError(f"{failed} run(s) failed: see `trajlake schedule --history 10` for the errors")
             return
         stop = threading.Event()
-        after = now
         console.log(f"scheduler started with {len(sched.entries)} entries from {path}; history in {hist.path}")
+        # catch up first: a fire missed while no scheduler ran (a restart at 01:35 after the 01:30 fire) runs now,
+        # unless the history says it succeeded
+        with console.status("catching up on missed fires…") as st:
+            for o in run_due(hist, sched, epoch, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
+                             on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")):
+                if o.status != "done-before":
+                    report(o)
+        after = now
         while True:
             wake = next_wake(sched, after)
             if wake is None:
@@ -899,11 +906,12 @@ def demo(
 def main() -> None:
     from infra.kafka.broker import BrokerError
     from lake.tables import SchemaMismatch, UnknownTable
-    from quality.errors import QualityGateFailed  # not quality.runner: Great Expectations takes seconds to import
+    # not quality.runner or jobs.tables: Great Expectations and Spark take seconds to import
+    from quality.errors import PublishRefused, QualityGateFailed
 
     try:
         app()
-    except (UserError, BrokerError, UnknownTable, SchemaMismatch, QualityGateFailed) as exc:
+    except (UserError, BrokerError, UnknownTable, SchemaMismatch, QualityGateFailed, PublishRefused) as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:

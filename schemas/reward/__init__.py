@@ -17,7 +17,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _sums_to_one(weights: dict[str, float], what: str) -> None:
+def _sums_to_one(weights: dict[str, float], what: str, keys: tuple[str, ...]) -> None:
+    if missing := [k for k in keys if k not in weights]:
+        # a missing weight would silently count as 0 (or break the gate's check): name them all
+        raise ValueError(f"{what} weights lack {missing}; name every one of {list(keys)} (0 is allowed)")
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"{what} weights must not be negative")
     if abs(sum(weights.values()) - 1.0) > 1e-9:
         raise ValueError(f"{what} weights must sum to 1, not {sum(weights.values())}")
 
@@ -36,6 +41,8 @@ class OutcomeSpec(_Frozen):
             raise ValueError(f"outcome.values lacks {sorted(missing)}")
         if any(not 0 <= v <= 1 for v in self.values.values()):
             raise ValueError("outcome.values must lie in [0, 1]")
+        if not self.correct_outcomes:
+            raise ValueError("outcome.correct_outcomes is empty: no episode could pass the gate")
         return self
 
 
@@ -56,7 +63,7 @@ class FrictionSpec(_Frozen):
 
     @model_validator(mode="after")
     def _sum(self):
-        _sums_to_one(self.weights, "friction")
+        _sums_to_one(self.weights, "friction", ("retry", "dead_end", "time"))
         return self
 
 
@@ -73,10 +80,7 @@ class CompositeSpec(_Frozen):
 
     @model_validator(mode="after")
     def _sum(self):
-        _sums_to_one(self.weights, "composite")
-        if self.ungated_scale >= self.weights["outcome"]:
-            # a failed episode could then outscore a correct one that did everything else badly
-            raise ValueError("composite.ungated_scale must be below the outcome weight")
+        _sums_to_one(self.weights, "composite", ("outcome", "correction", "friction", "trust"))
         return self
 
 
@@ -135,6 +139,29 @@ class RewardSpec(_Frozen):
     # reward-v1 predates the export policy; exports need a spec that has one (reward-v2 on)
     exports: ExportSpec | None = None
 
+    @model_validator(mode="after")
+    def _gate_holds(self):
+        # A failed episode scores at most ungated_scale (its weighted score is at most 1); a correct one at least
+        # w_outcome × (its outcome's value) × sla_floor, everything else 0. The gate is a promise only when the
+        # first is below the second for every correct outcome.
+        floor = self.composite.weights["outcome"] * min(self.outcome.values[c] for c in self.outcome.correct_outcomes) \
+            * self.outcome.sla_floor
+        if self.composite.ungated_scale >= floor:
+            raise ValueError(
+                f"composite.ungated_scale {self.composite.ungated_scale} must be below {floor:g} (outcome weight × "
+                "the lowest value of a correct outcome × outcome.sla_floor): otherwise a failed episode could "
+                "outscore a correct one that did everything else badly")
+        return self
+
+
+def reward_spec_digest(spec: RewardSpec) -> str:
+    """sha256 of the spec's values (not its file's comments): an export's manifest records it, so a rebuild can
+    tell a changed policy from other causes of a difference."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
 
 class RewardSpecError(ValueError):
     """The spec file is missing or invalid; the message names the file and the field."""
@@ -161,6 +188,13 @@ def load_reward_spec(version: str | Path | None = None) -> RewardSpec:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise RewardSpecError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    if path.parent == SPEC_DIR and spec.version != path.stem:
+    published = path.resolve().parent == SPEC_DIR
+    if published and spec.version != path.stem:
         raise RewardSpecError(f"{path} declares version {spec.version!r}; the file name and version must agree")
+    if not published and spec.version in available_versions():
+        # a draft must not pass for a published policy: gold rows would carry a version whose numbers they lack
+        if spec != load_reward_spec(spec.version):
+            raise RewardSpecError(f"{path} declares version {spec.version!r}, which is published in "
+                                  f"{SPEC_DIR / (spec.version + '.toml')} with other numbers: give the draft a new "
+                                  "version (a policy change is a new version)")
     return spec

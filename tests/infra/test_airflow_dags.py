@@ -80,7 +80,7 @@ def test_every_schedule_entry_is_a_dag_running_the_same_command(airflow_python, 
         expected = command(e, window_for(e, fire), python=sys.executable, repo=str(REPO), master="local[2]")
         assert dag["command"] == expected
     heur = got["dags"]["trajlake.heuristics-daily"]["command"]
-    assert "spark-submit --master 'local[2]'" in heur and "--start 2026-11-01 --end 2026-11-02" in heur
+    assert "spark-submit --master 'local[2]'" in heur and "--start 2026-10-31 --end 2026-11-02" in heur
 
 
 def test_a_broken_schedule_is_an_import_error_naming_the_problem(airflow_python, tmp_path):

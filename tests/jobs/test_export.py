@@ -212,6 +212,60 @@ def test_bad_requests_name_the_problem(synthetic_lake, tmp_path):
         build(synthetic_lake, ExportRequest("x", ("sft",), SYN_START, SYN_END, "reward-v1"), tmp_path)
     with pytest.raises(ExportFailed, match="no episodes"):
         build(synthetic_lake, ExportRequest("x", ("sft",), date(2020, 1, 1), date(2020, 1, 2), "reward-v2"), tmp_path)
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    for name in (".hidden", "..", "a/b", "holdout_registry"):
+        with pytest.raises(ExportFailed, match="export name"):
+            run(s, ExportRequest(name, ("sft",), SYN_START, SYN_END, "reward-v2"))
+    assert not (tmp_path / "lake").exists()  # refused before anything was made on disk
+    bad_truth = synthetic_lake.model_copy(update={"pii_ground_truth": tmp_path / "users.json"})
+    with pytest.raises(ExportFailed, match="TRAJLAKE_PII_GROUND_TRUTH=.*users.json cannot be loaded"):
+        build(bad_truth, ExportRequest("x", ("sft",), SYN_START, SYN_END, "reward-v2"), tmp_path / "out")
+
+
+def test_a_rebuild_ignores_holdout_groups_registered_after_the_export(synthetic_lake, tmp_path):
+    """An export made before the holdout registry existed is rebuilt with an empty registry, not with the groups
+    later exports froze (they would move into holdout and change every split file)."""
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
+    first = run(s, ExportRequest("first", ("kto",), SYN_START, SYN_END, "reward-v2"))
+    assert first.manifest["sources"]["exports/holdout_registry"] is None
+    wider = run(s.model_copy(update={"export_holdout_share": 0.4}),
+                ExportRequest("wider", ("kto",), SYN_START, SYN_END, "reward-v2"))
+    assert wider.manifest["holdout_groups_registered"] > first.manifest["holdout_groups_registered"]
+    rebuilt = reproduce(s, first.path, tmp_path / "again")
+    assert {k: v["sha256"] for k, v in rebuilt["files"].items()} == \
+        {k: v["sha256"] for k, v in first.manifest["files"].items()}
+
+
+def test_a_rebuild_names_a_setting_or_spec_that_differs_from_the_manifest(synthetic_lake, synthetic_export,
+                                                                         tmp_path):
+    m = load_manifest(synthetic_export.path)
+    assert m["request"]["margin_days"] == synthetic_lake.job_margin_days and len(m["reward_spec_sha256"]) == 64
+    with pytest.raises(ExportFailed, match="set TRAJLAKE_JOB_MARGIN_DAYS="):
+        reproduce(synthetic_lake.model_copy(update={"job_margin_days": synthetic_lake.job_margin_days + 1}),
+                  synthetic_export.path, tmp_path / "a")
+    m["reward_spec_sha256"] = "0" * 64   # as if reward-v2.toml had been edited since
+    (tmp_path / "manifest.json").write_bytes(orjson.dumps(m))
+    with pytest.raises(ExportFailed, match="reward-v2 here has other numbers.*restore schemas/reward/reward-v2.toml"):
+        reproduce(synthetic_lake, tmp_path / "manifest.json", tmp_path / "b")
+
+
+def test_an_export_whose_holdout_cannot_be_frozen_publishes_nothing(synthetic_lake, tmp_path, monkeypatch):
+    import jobs.export as export
+
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "_register_holdout", broken)
+    with pytest.raises(ExportFailed, match="registering the .* holdout group.*disk full.*nothing was published"):
+        run(s, ExportRequest("frozen", ("kto",), SYN_START, SYN_END, "reward-v2"))
+    root = s.lake / "exports" / "frozen"
+    assert [p.name.split("-")[0] for p in root.iterdir()] == [".failed"] and not (root / "LATEST").exists()
+    monkeypatch.undo()
+    assert run(s, ExportRequest("frozen", ("kto",), SYN_START, SYN_END, "reward-v2")).path.name == "v0001"
 
 
 def test_the_cli_rebuilds_from_a_manifest(synthetic_lake, synthetic_export, tmp_path):

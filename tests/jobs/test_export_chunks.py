@@ -101,3 +101,58 @@ def test_a_formatting_process_that_fails_ends_the_export_with_its_error(tmp_path
         for _ in _formatted(episode_chunks(kept, reader(rows, 50), 10), job, 2, 10**6):
             pass
     assert not (tmp_path / "scratch").exists()
+
+
+@pytest.mark.timeout(180)
+def test_formatting_processes_that_cannot_start_fail_the_export_cleanly(tmp_path):
+    """A pool whose initializer fails (here: a ground-truth file that is not there) is an ExportFailed naming the
+    fix, not a hang (multiprocessing.Pool restarts such workers forever)."""
+    from jobs.export import ExportFailed
+
+    kept, rows, _ = lake(300, seed=3)
+    job = _FormatJob(("kto",), _spec("reward-v2").exports, "reward-v2", tmp_path / "no-users.json",
+                     tmp_path / "scratch")
+    with pytest.raises(ExportFailed, match="could not start.*TRAJLAKE_EXPORT_WORKERS"):
+        for _ in _formatted(episode_chunks(kept, reader(rows, 50), 10), job, 2, 10**6):
+            pass
+    assert not (tmp_path / "scratch").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_formatting_process_killed_mid_export_fails_it_cleanly(tmp_path):
+    """The OOM killer's SIGKILL of a formatting process ends the export with ExportFailed (a Pool would wait for
+    the lost batch forever). The processes are held in their initializer by a ground-truth "file" that is a FIFO
+    no one writes to, so they are certainly alive and busy when killed."""
+    import os
+    import signal
+    import threading
+
+    import psutil
+
+    from jobs.export import ExportFailed
+    from tests.conftest import wait_until
+
+    fifo = tmp_path / "users.fifo"
+    os.mkfifo(fifo)
+    kept, rows, _ = lake(300, seed=4)
+    job = _FormatJob(("kto",), _spec("reward-v2").exports, "reward-v2", fifo, tmp_path / "scratch")
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+
+    def workers() -> list:
+        new = [p for p in me.children(recursive=True) if p.pid not in before]
+        pids = {p.pid for p in new}
+        return [p for p in new if p.ppid() in pids]   # the forkserver's children
+
+    def kill_one() -> None:
+        wait_until(lambda: workers(), 60, interval=0.05, message="the formatting processes")
+        workers()[0].send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    with pytest.raises(ExportFailed, match="a formatting process died"):
+        for _ in _formatted(episode_chunks(kept, reader(rows, 50), 10), job, 2, 10**6):
+            pass
+    killer.join()
+    assert not (tmp_path / "scratch").exists()
+    wait_until(lambda: not workers(), 30, interval=0.1, message="the other formatting process to end")

@@ -48,6 +48,35 @@ def test_every_problem_is_listed_with_its_fix():
     assert len(e.value.problems) == 9
 
 
+def test_option_types_are_checked_when_the_file_is_read():
+    """A wrong option type fails when the file is read, not at 06:00 on Monday when the entry fires."""
+    with pytest.raises(ScheduleError) as e:
+        parse_schedule(doc(
+            {"name": "a", "job": "heuristics", "cron": "@daily", "window": "previous_day",
+             "options": {"reward_version": 2}},
+            {"name": "b", "job": "export", "cron": "@daily", "window": "previous_week",
+             "options": {"name": "../up", "formats": ["sft", 3]}},
+            {"name": "c", "job": "compact", "cron": "@daily", "options": {"closed_after_days": "1", "min_files": 0}},
+            {"name": "d", "job": "quality", "cron": "@daily", "window": "previous_day", "options": {"tables": "silver"}},
+        ))
+    text = str(e.value)
+    assert "entry 1 (a): option reward_version = 2 is wrong: write a version string" in text
+    assert "option name = '../up' is wrong" in text and "option formats = ['sft', 3] is wrong" in text
+    assert "option closed_after_days = '1' is wrong" in text and "option min_files = 0 is wrong" in text
+    assert "option tables = 'silver' is wrong" in text
+    assert len(e.value.problems) == 6
+    ok = parse_schedule(doc({"name": "e", "job": "export", "cron": "@daily", "window": "previous_week",
+                             "options": {"name": "weekly", "formats": "sft,dpo", "reward_version": "reward-v2"}}))
+    assert ok.entries[0].options["formats"] == "sft,dpo"
+
+
+def test_the_daily_jobs_rescore_the_day_before_too():
+    """Episodes close after midnight: the daily heuristics and scorecards cover the last two days."""
+    s = load_schedule(REPO / "infra" / "schedule.toml")
+    for name in ("heuristics-daily", "scorecards-daily"):
+        assert window_for(s.entry(name), t("2026-11-04T01:30")) == (date(2026, 11, 2), date(2026, 11, 4))
+
+
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ScheduleError, match="no schedule file"):
         load_schedule(tmp_path / "nope.toml")

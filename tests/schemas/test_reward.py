@@ -24,8 +24,15 @@ def test_a_failed_outcome_can_never_outscore_a_correct_one():
 @pytest.mark.parametrize("edit, needle", [
     (("weights = { outcome = 0.5,", "weights = { outcome = 0.6,"), "composite weights must sum to 1"),
     (('credit = "discounted"', 'credit = "random"'), "step.credit"),
-    (("ungated_scale = 0.2", "ungated_scale = 0.6"), "ungated_scale must be below the outcome weight"),
+    (("ungated_scale = 0.2", "ungated_scale = 0.6"), "composite.ungated_scale 0.6 must be below 0.25"),
+    # the gate also breaks when a blown SLA can take a correct outcome's value below what a failure keeps
+    (("sla_floor = 0.5", "sla_floor = 0.3"), "composite.ungated_scale 0.2 must be below 0.15"),
+    (("weights = { outcome = 0.5, correction = 0.25, friction = 0.15, trust = 0.10 }",
+      "weights = { outcome = 0.6, correction = 0.25, friction = 0.15 }"), "composite weights lack ['trust']"),
+    (('correct_outcomes = ["completed"]', "correct_outcomes = []"), "correct_outcomes is empty"),
     (('version = "reward-v1"', 'version = "v1"'), "version"),
+    # a draft outside schemas/reward/ must not pass for a published version with other numbers
+    (("base = 0.8", "base = 0.7"), "declares version 'reward-v1', which is published"),
 ])
 def test_invalid_specs_are_refused_with_the_field(tmp_path, edit, needle):
     text = load_reward_spec.__globals__["SPEC_DIR"].joinpath("reward-v1.toml").read_text()
@@ -35,6 +42,20 @@ def test_invalid_specs_are_refused_with_the_field(tmp_path, edit, needle):
     with pytest.raises(RewardSpecError) as exc:
         load_reward_spec(path)
     assert needle in str(exc.value) and str(path) in str(exc.value)
+
+
+@pytest.mark.unit
+def test_published_specs_load_by_any_path_and_unchanged_copies_are_accepted(tmp_path, monkeypatch):
+    from schemas.reward import SPEC_DIR
+
+    monkeypatch.chdir(SPEC_DIR.parent.parent)
+    assert load_reward_spec("schemas/reward/reward-v1.toml") == load_reward_spec("reward-v1")
+    copy = tmp_path / "copy.toml"
+    copy.write_text((SPEC_DIR / "reward-v2.toml").read_text())
+    assert load_reward_spec(copy) == load_reward_spec("reward-v2")
+    wrong = tmp_path / "reward-v1.toml"
+    wrong.write_text((SPEC_DIR / "reward-v2.toml").read_text())
+    assert load_reward_spec(wrong).version == "reward-v2"  # outside the spec dir the file name is free
 
 
 @pytest.mark.unit

@@ -144,3 +144,14 @@ def test_scrub_a_file_offline(base_settings, tmp_path):
     assert len(text.splitlines()) == 1
     assert json.loads((tmp_path / "clean.jsonl.rejects.jsonl").read_text())["reason"] == "invalid_json"
     assert_clean_error(run(["scrub", "--in", str(tmp_path / "nope.jsonl"), "--out", str(out)], env), "--in")
+
+
+@pytest.mark.unit
+def test_a_refused_publish_is_a_clean_error():
+    """A job's pre-publish refusal (nulls, repeated keys) reaches the user as one line, not a traceback."""
+    code = ("import trajlake.cli as c; from quality.errors import PublishRefused\n"
+            "def boom(): raise PublishRefused('gold.episode_scores: nulls in NOT NULL columns [\\'composite\\']; "
+            "nothing was published')\n"
+            "c.app = boom; c.main()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert_clean_error(r, "gold.episode_scores: nulls in NOT NULL columns", "nothing was published")
