@@ -86,8 +86,19 @@ def message(raw: dict[str, Any]) -> dict[str, Any]:
     if out.get("tool_calls"):
         out["tool_calls"] = [_tool_call(c) for c in out["tool_calls"]]
     if out["content"] is not None and not isinstance(out["content"], str):
-        out["content"] = orjson.dumps(out["content"]).decode()
+        out["content"] = _content_text(out["content"])
     return out
+
+
+def _content_text(content: Any) -> str:
+    """One string for a message's content: OpenAI's content parts ([{"type": "text", "text": …}, …]) as their
+    text joined by newlines; anything else (images, audio, an agent's own structure) as JSON text. A string either
+    way, because every row of a column must have one type for `datasets` to load the file."""
+    if isinstance(content, list) and content and all(
+            isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text")
+            and isinstance(p.get("text"), str) for p in content):
+        return "\n".join(p["text"] for p in content)
+    return orjson.dumps(content).decode()
 
 
 def _tool_call(call: dict[str, Any]) -> dict[str, Any]:

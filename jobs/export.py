@@ -137,23 +137,46 @@ def _episodes_sql(reward_version: str) -> str:
     WITH e AS (
         SELECT * FROM silver_episodes WHERE date >= $since AND date < $until
         QUALIFY row_number() OVER (PARTITION BY episode_id ORDER BY revision DESC) = 1),
-    s AS (SELECT episode_id, composite, gate_passed FROM gold_episode_scores
+    s AS (SELECT episode_id, revision, composite, gate_passed FROM gold_episode_scores
           WHERE reward_version = '{reward_version}' AND date >= $since AND date < $until)
+    -- a score of an older revision (the episode was reopened or closed late after the last scoring run) is stale:
+    -- its composite belongs to an outcome the episode no longer has, so the episode counts as unscored
     SELECT e.episode_id, e.session_id, e.task_id, e.user_id, e.agent_version, e.prompt_variant,
            coalesce(e.task_type, 'unknown') AS task_type, e.outcome, e.date, e.policy_version,
-           s.composite, s.gate_passed
+           CASE WHEN s.revision = e.revision THEN s.composite END AS composite,
+           CASE WHEN s.revision = e.revision THEN s.gate_passed END AS gate_passed,
+           s.revision IS NOT NULL AND s.revision <> e.revision AS stale_score
     FROM e LEFT JOIN s USING (episode_id)"""
 
 
 def _user_text_sql(margin: int) -> str:
+    # What the user said in each episode: its frontend user messages, or — for an episode an agent reported
+    # alone (the SDK or the OTLP collector, no tracker) — the user turns of its LLM calls' context snapshots, so
+    # that near duplicates and the prompt leakage check see those episodes too. The snapshot's text is only read
+    # for episodes without a user message (parsing every LLM call's JSON costs seconds at a million episodes).
+    window = (f"b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY")
     return f"""
     CREATE OR REPLACE TEMP TABLE ep_text AS
-    SELECT ep.episode_id AS id,
-           string_agg(json_extract_string(b.body, '$.text'), '\n' ORDER BY b.ts, b.event_id) AS text
-    FROM ep JOIN bronze_events b ON b.session_id = ep.session_id AND b.task_id = ep.task_id
-    WHERE b.event_type = 'user_message' AND b.date >= $since - INTERVAL {margin} DAY
-          AND b.date < $until + INTERVAL {margin} DAY
-    GROUP BY ALL"""
+    WITH um AS (
+        SELECT ep.episode_id AS id,
+               string_agg(json_extract_string(b.body, '$.text'), '\n' ORDER BY b.ts, b.event_id) AS text
+        FROM ep JOIN bronze_events b ON b.session_id = ep.session_id AND b.task_id = ep.task_id
+        WHERE b.event_type = 'user_message' AND {window}
+        GROUP BY ALL),
+    sn AS (
+        SELECT ep.episode_id AS id,
+               string_agg(array_to_string(list_transform(
+                   list_filter(json_extract(b.body, '$.context_snapshot[*]'),
+                               lambda m: json_extract_string(m, '$.role') = 'user'
+                                    AND json_type(m, '$.content') = 'VARCHAR'),
+                   lambda m: json_extract_string(m, '$.content')), '\n'), '\n' ORDER BY b.ts, b.event_id) AS text
+        FROM ep JOIN bronze_events b ON b.session_id = ep.session_id AND b.task_id = ep.task_id
+        WHERE b.event_type = 'llm_call' AND {window}
+          AND ep.episode_id NOT IN (SELECT id FROM um)
+        GROUP BY ALL)
+    SELECT id, text FROM um WHERE text IS NOT NULL
+    UNION ALL
+    SELECT id, text FROM sn WHERE text IS NOT NULL AND text <> ''"""
 
 
 def _fragments_sql(margin: int, reward_version: str) -> str:
@@ -162,13 +185,13 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
     # with ORDER BY) cost twice as much as sorting the same rows; `_Chunk.lists` does the grouping.
     return f"""
     WITH st AS (
-        SELECT session_id, task_id, step_id, action_id, intent_id, step_index, output, final_value, outcome,
+        SELECT session_id, task_id, step_id, revision, action_id, intent_id, step_index, output, final_value, outcome,
                accepted, rejected, edited, undone, retried, edit_distance
         FROM silver_steps
         WHERE date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY
         QUALIFY row_number() OVER (PARTITION BY step_id ORDER BY revision DESC) = 1),
     sg AS (
-        SELECT step_id, overwritten, own_reward, credit_share, step_reward FROM gold_step_signals
+        SELECT step_id, revision, overwritten, own_reward, credit_share, step_reward FROM gold_step_signals
         WHERE reward_version = '{reward_version}'
           AND date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY)
     SELECT rank, kind, fragment FROM (
@@ -188,7 +211,7 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
                         'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
                         'credit_share': sg.credit_share, 'step_reward': sg.step_reward}})::VARCHAR
         FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
-        LEFT JOIN sg USING (step_id))
+        LEFT JOIN sg ON sg.step_id = st.step_id AND sg.revision = st.revision)
     ORDER BY rank, kind, o1, o2"""
 
 
@@ -632,7 +655,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
 
     progress("reading episodes and scores")
     con.execute(_episodes_sql(spec.version), params).fetchall()
-    total, unscored = con.execute("SELECT count(*), count(*) FILTER (composite IS NULL) FROM ep").fetchall()[0]
+    total, unscored, stale = con.execute("SELECT count(*), count(*) FILTER (composite IS NULL), "
+                                         "count(*) FILTER (stale_score) FROM ep").fetchall()[0]
     if total == 0:
         raise ExportFailed(f"no episodes in silver/episodes between {request.since} and {request.until}")
     if unscored == total:
@@ -741,7 +765,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
                    "near_duplicate_threshold": settings.export_near_duplicate_threshold,
                    "near_duplicate_method": NEAR_DUPLICATE_METHOD},
         "counts": {
-            "episodes": {"in_window": total, "unscored": unscored, "near_duplicates_removed": len(dropped),
+            "episodes": {"in_window": total, "unscored": unscored, "stale_scores": stale,
+                         "near_duplicates_removed": len(dropped),
                          "formatted": n_kept, "exported": len(index)},
             "exact_duplicates_removed": writer.exact_duplicates,
             "rows": writer.rows,

@@ -16,7 +16,7 @@ PRECEDENCE = {"holdout": 0, "test": 1, "validation": 2, "train": 3}
 NUM_PERM, BANDS, ROWS = 32, 8, 4
 # recorded in each manifest: which near duplicates an export removes depends on these hashes, so an export made
 # under another method may not reproduce byte for byte
-NEAR_DUPLICATE_METHOD = "minhash-word3-numpy-v2"
+NEAR_DUPLICATE_METHOD = "minhash-word3-numpy-v3"   # v3: Unicode words, as the prompt digest splits them
 
 
 def group_hash(group_by: str, key: str, salt: str) -> str:
@@ -78,10 +78,12 @@ def _constants(name: str, n: int) -> np.ndarray:
 _PERM_A, _PERM_B = _constants("minhash-a", NUM_PERM), _constants("minhash-b", NUM_PERM)
 _GRAM = _constants("shingle", 3)
 _BAND = _constants("band", ROWS)
-# the words of a document (lower-cased runs of letters and digits), each as DuckDB's 64-bit hash of the word
+# the words of a document (lower-cased runs of Unicode letters and numbers — the same words the prompt digest
+# reads, or repeated prompts without ASCII words would pass here unseen and fail the leakage check), each as
+# DuckDB's 64-bit hash of the word
 _WORD_HASHES_SQL = """
     SELECT id, h FROM (
-        SELECT id, list_transform(regexp_extract_all(lower(text), '[[:alnum:]]+'), lambda w: hash(w)) AS h
+        SELECT id, list_transform(regexp_extract_all(lower(text), '[\\pL\\pN]+'), lambda w: hash(w)) AS h
         FROM {docs})
     WHERE len(h) > 0
     ORDER BY id"""

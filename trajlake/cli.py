@@ -238,7 +238,9 @@ def export(
               if q["success"] else f"[yellow]WARNING: published despite {len(q['failures'])} failed check(s) "
                                    f"(--allow-failed-checks): {', '.join(f['expectation'] for f in q['failures'])}[/]")
     console.print(f"{ep['exported']:,} of {ep['in_window']:,} episodes ({ep['near_duplicates_removed']:,} near "
-                  f"duplicates removed, {ep['unscored']:,} unscored); {checks}")
+                  f"duplicates removed, {ep['unscored']:,} unscored"
+                  + (f" of which {ep['stale_scores']:,} scored before their latest revision: rerun `trajlake jobs run "
+                     "heuristics` over the window" if ep.get("stale_scores") else "") + f"); {checks}")
     console.print(f"[green]✓[/] {result.path}  (manifest: {result.path / 'manifest.json'})")
 
 

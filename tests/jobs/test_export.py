@@ -334,3 +334,31 @@ def test_formatting_processes_write_the_same_bytes_as_inline(synthetic_lake, syn
     assert {k: v["sha256"] for k, v in m["files"].items()} == \
         {k: v["sha256"] for k, v in synthetic_export.manifest["files"].items()}
     assert m["counts"] == synthetic_export.manifest["counts"]
+
+
+def test_an_episode_revised_after_scoring_is_not_exported_with_its_old_score(synthetic_lake, synthetic_export,
+                                                                             tmp_path):
+    """A completed episode reopened after the scoring run has a stale score (of the revision that completed):
+    it counts as unscored until it is rescored, instead of being imitated as a success."""
+    from deltalake import write_deltalake
+
+    from lake.readers import read_table
+    from lake.tables import table_path
+    from schemas.tables import SILVER_EPISODES
+
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
+    sft = {r["episode_id"] for name in ("train", "validation", "test", "holdout")
+           if (synthetic_export.path / "sft" / f"{name}.jsonl").exists()
+           for r in rows(synthetic_export.path / "sft" / f"{name}.jsonl")}
+    episodes = read_table(s, SILVER_EPISODES)
+    row = next(r for r in episodes.to_pylist() if r["episode_id"] in sft)
+    row.update(revision=row["revision"] + 1, outcome="reopened")
+    write_deltalake(str(table_path(s, SILVER_EPISODES)), episodes.schema.empty_table().from_pylist([row], episodes.schema),
+                    mode="append", partition_by=list(SILVER_EPISODES.partition_by))
+    m, _ = build(s, ExportRequest("stale", ("sft",), SYN_START, SYN_END, "reward-v2"), tmp_path / "out")
+    eps = m["counts"]["episodes"]
+    assert eps["stale_scores"] == 1
+    assert eps["unscored"] == synthetic_export.manifest["counts"]["episodes"]["unscored"] + 1
+    exported = {r["episode_id"] for p in (tmp_path / "out" / "sft").glob("*.jsonl") for r in rows(p)}
+    assert row["episode_id"] not in exported and sft - {row["episode_id"]} <= exported

@@ -77,6 +77,18 @@ def test_near_duplicate_edges_find_edited_prompts_but_not_different_ones():
     assert near_duplicate_edges(_docs(), "docs", 0.8) == []
 
 
+def test_near_duplicates_are_found_in_any_script():
+    """Prompts without one ASCII word (Cyrillic, Greek, Chinese) are split into the same words as the prompt
+    digest reads: a prompt repeated in two splits is clustered here, not left to fail the leakage check."""
+    ru = "Мне нужно перенести мой рейс из Москвы в Казань на пятое мая, пожалуйста"
+    zh = "我想把五月五日的航班改到下午，谢谢"
+    el = "Θέλω να ακυρώσω την κράτησή μου για την Αθήνα"
+    con = _docs(ru, ru.upper() + "!", zh, zh + "。", el, el.lower(), "Ещё один совсем другой вопрос о багаже")
+    assert set(near_duplicate_edges(con, "docs", 0.8)) == {("e001", "e000"), ("e003", "e002"), ("e005", "e004")}
+    digest = duckdb.sql(f"SELECT {prompt_digest_sql('t')} FROM (VALUES ('{ru}'), ('{ru.upper()}!')) v(t)").fetchall()
+    assert digest[0] == digest[1] != ("",)
+
+
 def test_near_duplicates_across_reader_batches_are_found():
     texts = [f"unique prompt number {i} about booking {i * 7} seats on flight {i * 13}" for i in range(70_000)]
     texts[69_999] = texts[3]
