@@ -80,10 +80,14 @@ def _case(column: str, mapping: dict[str, float]) -> str:
 
 
 def duckdb_sql(spec: RewardSpec) -> str:
-    from jobs.scorecards import METRICS, z_of
+    from jobs.scorecards import METRICS, t_coefficients
 
     o, c, fr, tr, co, st = spec.outcome, spec.correction, spec.friction, spec.trust, spec.composite, spec.step
-    z = z_of(spec.guardrails.ci_level)
+    t1, t2, z, g = t_coefficients(spec.guardrails.ci_level)
+    t = (f"(CASE WHEN c = 2 THEN {t1} WHEN c = 3 THEN {t2} ELSE {z} + {g[0]} / (c - 1) + {g[1]} / pow(c - 1, 2) "
+         f"+ {g[2]} / pow(c - 1, 3) + {g[3]} / pow(c - 1, 4) END)")   # Student's t with c - 1 df, as Spark's
+    var_mean = "(CASE WHEN c > 1 THEN greatest(0.0, (cs2 - 2 * (s / n) * csn + (s / n) * (s / n) * cn2) / (n * n) * c / (c - 1.0)) END)"
+    n_eff = f"(CASE WHEN {var_mean} > 0 THEN least(n, (s / n) * (1 - s / n) / {var_mean}) ELSE n END)"
     inlist = lambda xs: ", ".join(f"'{x}'" for x in xs)  # noqa: E731
     steps_after = "count(*) OVER (PARTITION BY episode_id) - row_number() OVER (PARTITION BY episode_id ORDER BY step_index)"
     weight = {"uniform": "1.0", "last": f"CASE WHEN ({steps_after}) = 0 THEN 1.0 ELSE 0.0 END",
@@ -151,24 +155,31 @@ WITH steps AS (
 ), rewarded2 AS (
   SELECT *, {st.own_weight} * own_reward + {1 - st.own_weight} * credit_share AS step_reward FROM rewarded
 ), obs AS (
-  SELECT agent_version, prompt_variant, segment_task AS task_type, date, o.metric, o.x
+  SELECT agent_version, prompt_variant, segment_task AS task_type, date, episode_id, o.metric, o.x
   FROM (SELECT *, unnest([{step_obs}]) AS o FROM rewarded2)
   UNION ALL
-  SELECT agent_version, prompt_variant, segment_task AS task_type, date, o.metric, o.x
+  SELECT agent_version, prompt_variant, segment_task AS task_type, date, episode_id, o.metric, o.x
   FROM (SELECT *, unnest([{ep_obs}]) AS o FROM scores)
-), daily AS (
-  SELECT agent_version, prompt_variant, task_type, date, metric, count(x) AS n, sum(x) AS s, sum(x * x) AS ss
+), per_episode AS (
+  SELECT agent_version, prompt_variant, task_type, date, metric, episode_id,
+         count(x) AS n, sum(x) AS s, sum(x * x) AS ss
   FROM obs WHERE x IS NOT NULL GROUP BY ALL
+), daily AS (
+  SELECT agent_version, prompt_variant, task_type, date, metric, sum(n) AS n, sum(s) AS s, sum(ss) AS ss,
+         count(*) AS c, sum(s * s) AS cs2, sum(s * n) AS csn, sum(n * n) AS cn2
+  FROM per_episode GROUP BY ALL
 ), periods AS (
-  SELECT 'day' AS grain, date AS period_start, agent_version, prompt_variant, task_type, metric, n, s, ss FROM daily
+  SELECT 'day' AS grain, date AS period_start, agent_version, prompt_variant, task_type, metric,
+         n, s, ss, c, cs2, csn, cn2 FROM daily
   UNION ALL
   SELECT 'week', date_trunc('week', date)::DATE, agent_version, prompt_variant, task_type, metric,
-         sum(n), sum(s), sum(ss) FROM daily GROUP BY ALL
+         sum(n), sum(s), sum(ss), sum(c), sum(cs2), sum(csn), sum(cn2) FROM daily GROUP BY ALL
 ), kinds(metric, kind) AS (VALUES {kinds})
 SELECT grain, period_start, agent_version, prompt_variant, task_type, metric, n, s / n AS value,
-       CASE WHEN kind = 'rate' THEN ((s / n) + {z * z} / (2 * n)) / (1 + {z * z} / n)
-                 - {z} * sqrt((s / n) * (1 - s / n) / n + {z * z} / (4.0 * n * n)) / (1 + {z * z} / n)
-            ELSE s / n - {z} * sqrt(greatest(0.0, (ss - n * (s / n) * (s / n)) / (n - 1))) / sqrt(n) END AS ci_low
+       CASE WHEN kind = 'rate' THEN ((s / n) + {t} * {t} / (2 * {n_eff})) / (1 + {t} * {t} / {n_eff})
+                 - {t} * sqrt((s / n) * (1 - s / n) / {n_eff} + {t} * {t} / (4.0 * {n_eff} * {n_eff}))
+                   / (1 + {t} * {t} / {n_eff})
+            ELSE s / n - {t} * sqrt({var_mean}) END AS ci_low
 FROM periods JOIN kinds USING (metric)
 """
 

@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs.tables import Published, latest_revisions, publish, read_window
+from jobs.tables import Published, latest_revisions, publish_together, read_window
 from schemas.reward import RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS
@@ -143,10 +143,10 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     scores = episode_scores(episodes, signals, spec).cache()
     try:
         where = window_predicate("date", start, end, spec)  # filters the rows and bounds the replace alike
-        progress("publishing gold/step_signals")
-        out = [publish(spark, settings, GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where, spec)]
-        progress("publishing gold/episode_scores")
-        out.append(publish(spark, settings, GOLD_EPISODE_SCORES, scores.where(where), where, spec))
+        # both gated before either is written: step rewards are shares of these very episode scores
+        out = publish_together(spark, settings, [
+            (GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where),
+            (GOLD_EPISODE_SCORES, scores.where(where), where)], spec, progress)
     finally:
         signals.unpersist()
         scores.unpersist()

@@ -261,7 +261,11 @@ def run_entry(history: History, entry: Entry, fire: datetime, runner: Callable[[
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            history.heartbeat(run_id)
+            try:
+                history.heartbeat(run_id)
+            except Exception as exc:  # noqa: BLE001 — a missed beat is retried; a dead thread would lose the lock
+                # (after LEASE without beats another scheduler takes the entry over while this run still works)
+                log(f"heartbeat of run {run_id} failed ({type(exc).__name__}: {exc}); retrying")
 
     t = threading.Thread(target=beat, name=f"heartbeat-{entry.name}", daemon=True)
     t.start()

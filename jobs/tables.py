@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -84,16 +85,32 @@ def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFr
     Every row of `df` must satisfy `where` (Delta enforces it), so a rerun of the same window replaces what the
     last run wrote and nothing else: reruns are idempotent.
     """
-    df = conform(df, spec).cache()
+    return publish_together(spark, settings, [(spec, df, where)], reward)[0]
+
+
+def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple[TableSpec, DataFrame, str]],
+                     reward: RewardSpec, progress: Callable[[str], None] = lambda _: None) -> list[Published]:
+    """`publish` for tables a job produces together: every table is checked and gated first, and only when all
+    pass is any written (one replaceWhere commit each, in order). A failing suite of the second table then
+    leaves the first as it was, not replaced by rows whose partners were refused."""
+    frames = [conform(df, spec).cache() for spec, df, _ in tables]
     try:
-        rows = check_before_publish(df, spec)
-        report = gate(settings, suite_for(spec.id, reward), df.toArrow())
-        ensure_table(settings, spec)
-        (df.sortWithinPartitions(*spec.keys).write.format("delta").mode("overwrite")
-           .option("replaceWhere", where).save(str(table_path(settings, spec))))
+        checked = []
+        for (spec, _, _), df in zip(tables, frames):
+            progress(f"checking {spec.id}")
+            rows = check_before_publish(df, spec)
+            checked.append((rows, gate(settings, suite_for(spec.id, reward), df.toArrow())))
+        out = []
+        for (spec, _, where), df, (rows, report) in zip(tables, frames, checked):
+            progress(f"publishing {spec.id}")
+            ensure_table(settings, spec)
+            (df.sortWithinPartitions(*spec.keys).write.format("delta").mode("overwrite")
+               .option("replaceWhere", where).save(str(table_path(settings, spec))))
+            out.append(Published(spec.id, rows, open_table(settings, spec).version(), report))
+        return out
     finally:
-        df.unpersist()
-    return Published(spec.id, rows, open_table(settings, spec).version(), report)
+        for df in frames:
+            df.unpersist()
 
 
 def checksum(spark: SparkSession, settings: Settings, spec: TableSpec, where: str = "true") -> tuple[int, int]:

@@ -286,13 +286,15 @@ GOLD_SCORECARDS = TableSpec(
         _f("n", pa.int64(), False, "observations (steps or episodes that define the metric)"),
         _f("value", pa.float64(), doc="a rate or a mean"),
         _f("std", pa.float64()),
-        _f("ci_low", pa.float64(), doc="confidence interval at the spec's ci_level (Wilson for rates)"),
+        _f("ci_low", pa.float64(), doc="confidence interval at the spec's ci_level, episodes as clusters (Wilson at "
+                                          "the effective n for rates, Student's t for means)"),
         _f("ci_high", pa.float64()),
         _f("baseline_n", pa.int64()),
         _f("baseline_value", pa.float64()),
         _f("delta", pa.float64(), doc="value - baseline_value"),
-        _f("z", pa.float64(), doc="two-sample z statistic of the delta"),
-        _f("significant", pa.bool_(), doc="|z| beyond the spec's flag_level and both sides have min_n"),
+        _f("z", pa.float64(), doc="the delta over its standard error with episodes as clusters (Welch's t)"),
+        _f("significant", pa.bool_(), doc="|z| beyond Student's t at the spec's flag_level (the smaller side's "
+                                          "episodes - 1 degrees of freedom) and both sides have min_n"),
         _f("regression", pa.bool_(), doc="significantly worse than the baseline"),
         _f("reward_version", pa.string(), False),
     ]),

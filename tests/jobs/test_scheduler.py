@@ -1,5 +1,6 @@
 """The embedded scheduler's shell: locks that survive a crashed run, run history, and real runs end to end (Spark
 jobs and an export in-process on a small lake, compaction through `trajlake schedule --once`)."""
+import sqlite3
 import subprocess
 import sys
 from datetime import date, datetime, timezone
@@ -28,6 +29,31 @@ def test_runs_of_one_entry_never_overlap(tmp_path):
     assert isinstance(other, int)
     h.finish(first, "succeeded")
     assert isinstance(h.acquire(HEUR, FIRE, None), int)
+
+
+@pytest.mark.component
+def test_a_failed_heartbeat_is_retried_not_fatal(tmp_path, monkeypatch):
+    """A heartbeat that fails (the history database locked past its timeout) is logged and retried: a dead
+    heartbeat thread would let another scheduler take the entry over while this run still works."""
+    import time
+
+    import jobs.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "HEARTBEAT_SECONDS", 0.05)
+
+    class Flaky(History):
+        calls = 0
+
+        def heartbeat(self, run_id):
+            Flaky.calls += 1
+            if Flaky.calls <= 2:
+                raise sqlite3.OperationalError("database is locked")
+            super().heartbeat(run_id)
+
+    h, said = Flaky(tmp_path / "history.sqlite3"), []
+    out = run_entry(h, HEUR, FIRE, lambda e, w, log: time.sleep(0.6) or "ok", log=said.append)
+    assert out.status == "succeeded" and Flaky.calls >= 4
+    assert sum("heartbeat of run" in m and "database is locked" in m for m in said) == 2
 
 
 @pytest.mark.component

@@ -194,3 +194,58 @@ def test_jobs_run_under_spark_submit(synthetic_gold, tmp_path):
                           "--start", "2026-11-05", "--end", "2026-11-01"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert bad.returncode != 0 and "must be after --start" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+
+
+@pytest.mark.unit
+def test_t_quantiles():
+    from jobs.scorecards import t_of, z_of
+
+    for level, df, exact in ((0.95, 1, 12.7062), (0.95, 2, 4.3027), (0.99, 3, 5.8409), (0.95, 10, 2.2281),
+                             (0.99, 29, 2.7564), (0.99, 1000, 2.5808)):
+        assert abs(t_of(level, df) - exact) < (0.05 if df == 3 else 1e-3), (level, df)
+    assert t_of(0.99, 10**9) == pytest.approx(z_of(0.99))
+
+
+@pytest.mark.integration
+def test_unchanged_variants_are_flagged_at_the_nominal_rate_despite_correlated_steps(spark):
+    """A/A: 100 segments whose variant behaves exactly like the baseline, with every step of an episode accepted or
+    rejected together (what one user does with one task). Steps treated as independent flagged ~40% of these
+    segments at the 1% level; episodes as clusters flag about 1%."""
+    import random
+
+    from pyspark.sql import functions as F
+
+    from jobs.scorecards import METRICS, daily_sums, scorecards, t_of
+
+    rng = random.Random(11)
+    spec = load_reward_spec()
+    day = date(2026, 11, 2)
+    steps, episodes = [], []
+    for seg in range(100):
+        for agent in ("agent-v1", "agent-v2"):
+            for e in range(40):
+                eid = f"{seg}-{agent}-{e}"
+                accepted = rng.random() < 0.5
+                episodes.append((agent, "control", f"t{seg}", day, eid, rng.random() < 0.7))
+                steps += [(agent, "control", f"t{seg}", day, eid, accepted) for _ in range(10)]
+    schema = "agent_version STRING, prompt_variant STRING, task_type STRING, date DATE, episode_id STRING"
+    st = spark.createDataFrame(steps, schema + ", accepted BOOLEAN")
+    ep = spark.createDataFrame(episodes, schema + ", completed BOOLEAN").withColumn("outcome", F.lit("completed"))
+    # every other metric's column, unobserved (null: outside every denominator)
+    for col in {m.column for m in METRICS if m.source == "step" and not m.column.startswith("_")} | {"undone"}:
+        st = st if col in st.columns else st.withColumn(col, F.lit(None).cast("double"))
+    for col in {m.column for m in METRICS if m.source == "episode" and not m.column.startswith("_")}:
+        ep = ep if col in ep.columns else ep.withColumn(col, F.lit(None).cast("double"))
+    cards = scorecards(spark, daily_sums(st, ep), spec).where("grain = 'day' AND agent_version = 'agent-v2'")
+    accept = cards.where("metric = 'accept_rate'").collect()
+    assert len(accept) == 100 and all(r.n == 400 and r.baseline_n == 400 for r in accept)
+    flagged = sum(r.significant for r in accept)
+    assert flagged <= 5, f"{flagged} of 100 unchanged segments flagged at the 1% level"
+    # the interval is as wide as 40 episodes allow, not 400 independent steps: ±~0.16 at p = 0.5, not ±0.05
+    widths = sorted(r.ci_high - r.ci_low for r in accept)
+    assert 0.25 < widths[50] < 0.40
+    assert all(r.z is None or abs(r.z) < 10 for r in accept)
+    completion = cards.where("metric = 'completion_rate'").collect()
+    assert sum(r.significant for r in completion) <= 5
+    assert {round(r.threshold, 3) for r in cards.where("metric = 'accept_rate'").select(
+        F.col("_flag_at").alias("threshold")).collect()} == {round(t_of(spec.guardrails.flag_level, 39), 3)}

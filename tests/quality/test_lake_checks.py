@@ -47,6 +47,29 @@ def test_a_failing_suite_stops_a_gold_publish(spark, lake_settings):
     assert len(q) == 1 and q[0]["table"] == "gold/review_queue" and '"weight":0.25' in q[0]["row"]
 
 
+def test_tables_published_together_are_all_gated_before_any_is_written(spark, lake_settings, tmp_path):
+    """A job's tables are checked first and written only when every one passes: the second table's failing suite
+    leaves the first unwritten too (the heuristics' step rewards are shares of its episode scores)."""
+    from jobs.tables import publish_together
+    from lake.tables import open_table
+    from schemas.tables import GOLD_REVIEW_QUEUE
+
+    s = lake_settings.model_copy(update={"lake_root": tmp_path / "lake"})
+    row = dict(episode_id="e1", week=date(2026, 11, 2), agent_version="a", prompt_variant="p", task_type="t",
+               band="high", outcome="completed", composite=0.9, rank=1, stratum_size=4, weight=4.0,
+               reward_version=V2.version)
+    good = spark.createDataFrame([row])
+    bad = spark.createDataFrame([{**row, "episode_id": "e2", "weight": 0.25}])
+    seen = []
+    with pytest.raises(QualityGateFailed, match="weight|gold_review_queue FAILED"):
+        publish_together(spark, s, [(GOLD_REVIEW_QUEUE, good, "episode_id = 'e1'"),
+                                    (GOLD_REVIEW_QUEUE, bad, "episode_id = 'e2'")], V2, progress=seen.append)
+    assert open_table(s, GOLD_REVIEW_QUEUE) is None
+    assert seen == ["checking gold/review_queue"] * 2
+    published = publish_together(spark, s, [(GOLD_REVIEW_QUEUE, good, "episode_id = 'e1'")], V2)
+    assert published[0].rows == 1 and published[0].quality.success
+
+
 def test_the_cli_check_fails_on_a_bad_row(lake_settings):
     from deltalake import write_deltalake
 
