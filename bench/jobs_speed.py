@@ -154,20 +154,24 @@ WITH steps AS (
   SELECT *, composite * w / sum(w) OVER (PARTITION BY episode_id) AS credit_share FROM credited
 ), rewarded2 AS (
   SELECT *, {st.own_weight} * own_reward + {1 - st.own_weight} * credit_share AS step_reward FROM rewarded
-), obs AS (
+), step_obs AS (
   SELECT agent_version, prompt_variant, segment_task AS task_type, date, episode_id, o.metric, o.x
   FROM (SELECT *, unnest([{step_obs}]) AS o FROM rewarded2)
-  UNION ALL
-  SELECT agent_version, prompt_variant, segment_task AS task_type, date, episode_id, o.metric, o.x
+), ep_obs AS (
+  SELECT agent_version, prompt_variant, segment_task AS task_type, date, o.metric, o.x
   FROM (SELECT *, unnest([{ep_obs}]) AS o FROM scores)
-), per_episode AS (
+), per_episode AS (  -- a step metric's clusters: its observations per episode (an episode metric is its own)
   SELECT agent_version, prompt_variant, task_type, date, metric, episode_id,
          count(x) AS n, sum(x) AS s, sum(x * x) AS ss
-  FROM obs WHERE x IS NOT NULL GROUP BY ALL
+  FROM step_obs WHERE x IS NOT NULL GROUP BY ALL
 ), daily AS (
   SELECT agent_version, prompt_variant, task_type, date, metric, sum(n) AS n, sum(s) AS s, sum(ss) AS ss,
          count(*) AS c, sum(s * s) AS cs2, sum(s * n) AS csn, sum(n * n) AS cn2
   FROM per_episode GROUP BY ALL
+  UNION ALL
+  SELECT agent_version, prompt_variant, task_type, date, metric, count(x), sum(x), sum(x * x),
+         count(x), sum(x * x), sum(x), count(x)
+  FROM ep_obs WHERE x IS NOT NULL GROUP BY ALL
 ), periods AS (
   SELECT 'day' AS grain, date AS period_start, agent_version, prompt_variant, task_type, metric,
          n, s, ss, c, cs2, csn, cn2 FROM daily
