@@ -47,7 +47,7 @@ OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_files": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                   "a whole number ≥ 1, e.g. min_files = 8"),
 }
-ENTRY_KEYS = {"name", "job", "cron", "window", "options", "enabled"}
+ENTRY_KEYS = {"name", "job", "cron", "window", "options", "enabled", "after"}
 CRON_ALIASES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
 _DAYS = re.compile(r"previous_(\d+)_days")
 
@@ -70,6 +70,8 @@ class Entry:
     window: str = "none"
     options: Mapping[str, Any] = field(default_factory=dict)
     enabled: bool = True
+    # entries whose latest fire at or before this one's must have succeeded first (e.g. scorecards after heuristics)
+    after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,50 @@ def parse_schedule(doc: Mapping[str, Any], source: Path | None = None) -> Schedu
         enabled = item.get("enabled", True)
         if not isinstance(enabled, bool):
             problems.append(f"{where}: enabled must be true or false")
-        entries.append(Entry(str(name), str(job), str(cron).strip(), str(window), dict(options), bool(enabled)))
+        after = item.get("after", [])
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            problems.append(f"{where}: after must be a list of entry names, e.g. after = [\"heuristics-daily\"]")
+            after = []
+        entries.append(Entry(str(name), str(job), str(cron).strip(), str(window), dict(options), bool(enabled),
+                             tuple(after)))
+    names = {e.name for e in entries}
+    for i, e in enumerate(entries, 1):
+        for dep in e.after:
+            if dep == e.name:
+                problems.append(f"entry {i} ({e.name}): after names the entry itself")
+            elif dep not in names:
+                problems.append(f"entry {i} ({e.name}): after names {dep!r}, which is not an entry; entries: "
+                                f"{', '.join(sorted(names))}")
+            elif e.enabled and not next(x for x in entries if x.name == dep).enabled:
+                problems.append(f"entry {i} ({e.name}): after names {dep!r}, which is disabled: {e.name} would "
+                                "wait for it forever")
+    if not problems and (cycle := _cycle(entries)):
+        problems.append(f"after makes a cycle: {' → '.join(cycle)}; no entry could ever run")
     if problems:
         raise ScheduleError(problems)
     return Schedule(tuple(entries), source)
+
+
+def _cycle(entries: list[Entry]) -> list[str] | None:
+    deps = {e.name: e.after for e in entries}
+    state: dict[str, int] = {}   # 1 visiting, 2 done
+
+    def visit(n: str, path: list[str]) -> list[str] | None:
+        if state.get(n) == 1:
+            return path[path.index(n):] + [n]
+        if state.get(n) == 2:
+            return None
+        state[n] = 1
+        for d in deps[n]:
+            if (found := visit(d, path + [n])):
+                return found
+        state[n] = 2
+        return None
+
+    for name in deps:
+        if (found := visit(name, [])):
+            return found
+    return None
 
 
 def load_schedule(path: Path) -> Schedule:
@@ -221,6 +263,19 @@ def window_for(entry: Entry, fire: datetime) -> tuple[date, date] | None:
     if (m := _DAYS.fullmatch(entry.window)):
         return day - timedelta(days=int(m[1])), day
     return None
+
+
+def unmet(schedule: Schedule, entry: Entry, fire: datetime,
+          succeeded: Callable[[str, datetime], bool]) -> list[tuple[str, datetime]]:
+    """The entries `entry` waits for at `fire`: each of its `after` entries whose latest fire at or before `fire`
+    has not succeeded (`succeeded(name, fire)` asks the run history), with that fire time."""
+    out = []
+    for name in entry.after:
+        dep = schedule.entry(name)
+        dep_fire = latest_fire(dep.cron, fire)
+        if not succeeded(name, dep_fire):
+            out.append((name, dep_fire))
+    return out
 
 
 def due(schedule: Schedule, after: datetime, now: datetime,

@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from jobs.schedule import Entry, Holder, Schedule, Verdict, due, lock_verdict, window_for
+from jobs.schedule import Entry, Holder, Schedule, Verdict, due, lock_verdict, unmet, window_for
 from schemas.settings import Settings
 
 Log = Callable[[str], None]
@@ -242,18 +242,23 @@ class Outcome:
     entry: str
     fire: datetime
     window: tuple[date, date] | None
-    status: str          # succeeded | failed | skipped | done-before
+    status: str          # succeeded | failed | skipped | done-before | waiting (an `after` entry has not succeeded)
     detail: str
     run_id: int | None = None
 
 
 def run_entry(history: History, entry: Entry, fire: datetime, runner: Callable[[Entry, tuple | None, Log], str],
-              log: Log = lambda _: None, force: bool = False) -> Outcome:
-    """One entry at one fire time: skip it if that fire already succeeded (unless `force`) or a live run holds the
-    entry; otherwise lock, run, heartbeat while running, and record the outcome (errors as data, never raised)."""
+              log: Log = lambda _: None, force: bool = False, schedule: Schedule | None = None) -> Outcome:
+    """One entry at one fire time: skip it if that fire already succeeded (unless `force`), if an entry it runs
+    `after` has not succeeded for its latest fire (`waiting`, nothing recorded: it is tried again), or if a live
+    run holds the entry; otherwise lock, run, heartbeat while running, and record the outcome (errors as data,
+    never raised)."""
     window = window_for(entry, fire)
     if not force and history.succeeded(entry.name, fire):
         return Outcome(entry.name, fire, window, "done-before", "this fire time already succeeded (--force reruns)")
+    if schedule is not None and (waits := unmet(schedule, entry, fire, history.succeeded)):
+        return Outcome(entry.name, fire, window, "waiting", "waiting for " + ", ".join(
+            f"{name} @ {f:%Y-%m-%d %H:%M} to succeed" for name, f in waits))
     got = history.acquire(entry, fire, window)
     if isinstance(got, Skipped):
         return Outcome(entry.name, fire, window, "skipped", got.reason)
@@ -291,7 +296,7 @@ def run_due(history: History, schedule: Schedule, after: datetime, now: datetime
     """Run every entry due in (after, now], in fire order."""
     for entry, fire in due(schedule, after, now, only):
         on_start(entry, fire)
-        yield run_entry(history, entry, fire, runner, log, force)
+        yield run_entry(history, entry, fire, runner, log, force, schedule)
 
 
 def sleep_until(when: datetime, stop: threading.Event) -> bool:

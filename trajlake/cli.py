@@ -395,10 +395,10 @@ def schedule_cmd(
     status and error are kept in <state_dir>/schedule/history.sqlite3.
     """
     import threading
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
 
     from jobs.schedule import ScheduleError, command, due, load_schedule, next_fire, next_wake, window_for
-    from jobs.scheduler import History, Runner, run_due, sleep_until
+    from jobs.scheduler import History, Runner, run_due, run_entry, sleep_until
 
     s = settings()
     path = file or s.schedule_path
@@ -483,19 +483,34 @@ def schedule_cmd(
                 for o in run_due(hist, sched, epoch, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
                                  force=force, on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")):
                     report(o)
-                    failed += o.status == "failed"
+                    failed += o.status in ("failed", "waiting")
             if failed:
-                raise UserError(f"{failed} run(s) failed: see `trajlake schedule --history 10` for the errors")
+                raise UserError(f"{failed} run(s) failed or wait for an entry that has not succeeded: see "
+                                "`trajlake schedule --history 10` for the errors")
             return
         stop = threading.Event()
         console.log(f"scheduler started with {len(sched.entries)} entries from {path}; history in {hist.path}")
+        # entries waiting for an `after` entry: tried again every RETRY until it succeeds or a newer fire of their
+        # own comes due (which replaces the one waiting, as missed fires coalesce)
+        waiting: dict[str, datetime] = {}
+        retry = timedelta(minutes=5)
+
+        def run_batch(outcomes, quiet_done: bool = False) -> None:
+            for o in outcomes:
+                if o.status == "waiting":
+                    if waiting.get(o.entry) != o.fire:
+                        report(o)
+                    waiting[o.entry] = o.fire
+                    continue
+                waiting.pop(o.entry, None)
+                if not (quiet_done and o.status == "done-before"):
+                    report(o)
+
         # catch up first: a fire missed while no scheduler ran (a restart at 01:35 after the 01:30 fire) runs now,
         # unless the history says it succeeded
         with console.status("catching up on missed fires…") as st:
-            for o in run_due(hist, sched, epoch, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
-                             on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")):
-                if o.status != "done-before":
-                    report(o)
+            run_batch(run_due(hist, sched, epoch, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
+                              on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")), quiet_done=True)
         after = now
         while True:
             wake = next_wake(sched, after)
@@ -504,14 +519,19 @@ def schedule_cmd(
             when, names = wake
             if only:
                 names = [n for n in names if n in only]
+            if waiting and when > after + retry:
+                when, names = after + retry, [f"retry {', '.join(sorted(waiting))}"]
             with console.status(f"next: {', '.join(names) or '(other entries)'} at {when:%Y-%m-%d %H:%M} UTC"):
                 if not sleep_until(when, stop):
                     return
             now = datetime.now(timezone.utc)
             with console.status("running…") as st:
-                for o in run_due(hist, sched, after, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
-                                 on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")):
-                    report(o)
+                run_batch(run_due(hist, sched, after, now, runner, log=lambda m: st.update(f"{m}…"), only=only,
+                                  on_start=lambda e, f: st.update(f"{e.name} @ {f:%Y-%m-%d %H:%M}…")))
+                for name, fire in sorted(waiting.items(), key=lambda p: p[1]):
+                    st.update(f"{name} @ {fire:%Y-%m-%d %H:%M} (waited)…")
+                    run_batch([run_entry(hist, sched.entry(name), fire, runner, log=lambda m: st.update(f"{m}…"),
+                                         schedule=sched)])
             after = now
     finally:
         runner.stop()

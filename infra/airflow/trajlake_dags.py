@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
 from airflow.sdk import DAG
 
 # Where the trajlake checkout and its venv are on the Airflow workers. Defaults: this file's checkout and its .venv.
@@ -20,7 +21,7 @@ SCHEDULE = Path(os.environ.get("TRAJLAKE_SCHEDULE_FILE", REPO / "infra" / "sched
 # jobs/schedule.py needs only the standard library and croniter (which Airflow has): the same parser, windows
 # and commands as `trajlake schedule`, without trajlake's dependencies in Airflow's environment
 sys.path.insert(0, str(REPO))
-from jobs.schedule import Entry, command, load_schedule, window_for  # noqa: E402
+from jobs.schedule import Entry, command, latest_fire, load_schedule, window_for  # noqa: E402
 
 
 def _command_at(entry: Entry):
@@ -29,7 +30,15 @@ def _command_at(entry: Entry):
     return render
 
 
-for _entry in load_schedule(SCHEDULE).entries:
+def _dependency_fire(cron: str):
+    # the run of the entry waited for: its latest fire at or before this run's (as `trajlake schedule` decides)
+    def at(logical_date: datetime, **_) -> datetime:
+        return latest_fire(cron, logical_date)
+    return at
+
+
+_schedule = load_schedule(SCHEDULE)
+for _entry in _schedule.entries:
     with DAG(
         dag_id=f"trajlake.{_entry.name}",
         description=f"trajlake {_entry.job} ({_entry.window}) from {SCHEDULE.name}",
@@ -44,11 +53,25 @@ for _entry in load_schedule(SCHEDULE).entries:
         user_defined_macros={"trajlake_command": _command_at(_entry)},
         default_args={"retries": 0, "execution_timeout": timedelta(hours=6)},
     ) as dag:
-        BashOperator(
+        job = BashOperator(
             task_id=_entry.job,
             # a manual run may have no logical date in Airflow 3: it then covers the window before its run_after
             bash_command="{{ trajlake_command(logical_date or dag_run.run_after) }}",
             # the TRAJLAKE_* settings come from the worker's environment (append_env keeps it)
             append_env=True,
         )
+        for _dep in _entry.after:
+            _d = _schedule.entry(_dep)
+            # `after`: wait for that entry's run of its latest fire at or before ours to succeed (rescheduling,
+            # so no worker slot is held while waiting); a failed run of it fails the wait at once
+            ExternalTaskSensor(
+                task_id=f"wait_for_{_dep}",
+                external_dag_id=f"trajlake.{_dep}",
+                external_task_id=_d.job,
+                execution_date_fn=_dependency_fire(_d.cron),
+                failed_states=["failed", "upstream_failed"],
+                mode="reschedule",
+                poke_interval=300,
+                timeout=6 * 3600,
+            ) >> job
     globals()[dag.dag_id.replace(".", "_").replace("-", "_")] = dag

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from jobs.schedule import command, load_schedule, window_for
+from jobs.schedule import command, latest_fire, load_schedule, window_for
 from tests.conftest import REPO
 from tests.machine_cache import machine_cache
 
@@ -31,11 +31,16 @@ fire = datetime.fromisoformat(sys.argv[2])
 bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
 out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
 for dag_id, dag in bag.dags.items():
-    task = dag.tasks[0]
+    task = next(t for t in dag.tasks if hasattr(t, "bash_command"))
     rendered = dag.get_template_env().from_string(task.bash_command).render(
         logical_date=fire, dag_run=None, **dag.user_defined_macros)
+    sensors = {t.task_id: {"dag": t.external_dag_id, "task": t.external_task_id,
+                           "date": t.execution_date_fn(fire).isoformat(), "mode": t.mode,
+                           "downstream": sorted(t.downstream_task_ids)}
+               for t in dag.tasks if t.task_id.startswith("wait_for_")}
     out["dags"][dag_id] = {"task_ids": dag.task_ids, "cron": getattr(dag.timetable, "_expression", None),
-                           "max_active_runs": dag.max_active_runs, "catchup": dag.catchup, "command": rendered}
+                           "max_active_runs": dag.max_active_runs, "catchup": dag.catchup, "command": rendered,
+                           "sensors": sensors}
 print("RESULT " + json.dumps(out))
 """
 
@@ -75,12 +80,21 @@ def test_every_schedule_entry_is_a_dag_running_the_same_command(airflow_python, 
     fire = datetime.fromisoformat(FIRE).astimezone(timezone.utc)
     for e in entries:
         dag = got["dags"][f"trajlake.{e.name}"]
-        assert dag["task_ids"] == [e.job]
+        assert sorted(dag["task_ids"]) == sorted([e.job, *(f"wait_for_{d}" for d in e.after)])
+        # `after`: a sensor per entry waited for, on its run of the latest fire at or before this one, before the job
+        for d in e.after:
+            dep = load_schedule(schedule_file).entry(d)
+            assert dag["sensors"][f"wait_for_{d}"] == {
+                "dag": f"trajlake.{d}", "task": dep.job, "date": latest_fire(dep.cron, fire).isoformat(),
+                "mode": "reschedule", "downstream": [e.job]}
         assert dag["cron"] == e.cron and dag["max_active_runs"] == 1 and dag["catchup"] is False
         expected = command(e, window_for(e, fire), python=sys.executable, repo=str(REPO), master="local[2]")
         assert dag["command"] == expected
     heur = got["dags"]["trajlake.heuristics-daily"]["command"]
     assert "spark-submit --master 'local[2]'" in heur and "--start 2026-10-31 --end 2026-11-02" in heur
+    # the Monday's weekly cards wait for that Monday's 01:30 heuristics
+    assert got["dags"]["trajlake.scorecards-weekly"]["sensors"]["wait_for_heuristics-daily"]["date"] == \
+        "2026-11-02T01:30:00+00:00"
 
 
 def test_a_broken_schedule_is_an_import_error_naming_the_problem(airflow_python, tmp_path):

@@ -4,7 +4,8 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from jobs.schedule import (Entry, Holder, ScheduleError, Verdict, command, cron_problem, due, fires_between,
-                           latest_fire, load_schedule, lock_verdict, next_fire, next_wake, parse_schedule, window_for)
+                           latest_fire, load_schedule, lock_verdict, next_fire, next_wake, parse_schedule, unmet,
+                           window_for)
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -75,6 +76,34 @@ def test_the_daily_jobs_rescore_the_day_before_too():
     s = load_schedule(REPO / "infra" / "schedule.toml")
     for name in ("heuristics-daily", "scorecards-daily"):
         assert window_for(s.entry(name), t("2026-11-04T01:30")) == (date(2026, 11, 2), date(2026, 11, 4))
+
+
+def test_after_names_other_enabled_entries_without_cycles():
+    with pytest.raises(ScheduleError) as e:
+        parse_schedule(doc({**HEUR, "after": ["nope"]}, {**HEUR, "name": "self", "after": ["self"]},
+                           {**HEUR, "name": "off", "enabled": False}, {**HEUR, "name": "on", "after": ["off"]},
+                           {**HEUR, "name": "typed", "after": "h"}))
+    text = str(e.value)
+    assert "entry 1 (h): after names 'nope', which is not an entry" in text
+    assert "entry 2 (self): after names the entry itself" in text
+    assert "entry 4 (on): after names 'off', which is disabled" in text
+    assert "entry 5 (typed): after must be a list of entry names" in text
+    with pytest.raises(ScheduleError, match="after makes a cycle: a → b → c → a"):
+        parse_schedule(doc({**HEUR, "name": "a", "after": ["b"]}, {**HEUR, "name": "b", "after": ["c"]},
+                           {**HEUR, "name": "c", "after": ["a"]}))
+
+
+def test_an_entry_waits_for_the_latest_fire_of_what_it_runs_after():
+    s = parse_schedule(doc(HEUR, {"name": "cards", "job": "scorecards", "cron": "30 2 * * *",
+                                  "window": "previous_day", "after": ["h"]}))
+    cards, fire = s.entry("cards"), t("2026-11-04T02:30")
+    done: set = set()
+    assert unmet(s, cards, fire, lambda n, f: (n, f) in done) == [("h", t("2026-11-04T01:30"))]
+    done.add(("h", t("2026-11-03T01:30")))   # yesterday's heuristics do not count for today's cards
+    assert unmet(s, cards, fire, lambda n, f: (n, f) in done) == [("h", t("2026-11-04T01:30"))]
+    done.add(("h", t("2026-11-04T01:30")))
+    assert unmet(s, cards, fire, lambda n, f: (n, f) in done) == []
+    assert unmet(s, s.entry("h"), fire, lambda n, f: False) == []
 
 
 def test_missing_and_broken_files(tmp_path):

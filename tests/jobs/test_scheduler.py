@@ -57,6 +57,34 @@ def test_a_failed_heartbeat_is_retried_not_fatal(tmp_path, monkeypatch):
 
 
 @pytest.mark.component
+def test_an_entry_waits_until_what_it_runs_after_succeeds(tmp_path):
+    """scorecards `after` heuristics: in one pass the heuristics run first (fire order) and the cards follow; when
+    the heuristics fail, the cards wait (nothing recorded) and run once the heuristics' fire succeeds."""
+    sched = parse_schedule({"job": [
+        {"name": "h", "job": "heuristics", "cron": "30 1 * * *", "window": "previous_day"},
+        {"name": "cards", "job": "scorecards", "cron": "30 2 * * *", "window": "previous_day", "after": ["h"]}]})
+    h = History(tmp_path / "history.sqlite3")
+    ran, fail = [], {"h"}
+
+    def runner(entry, window, log):
+        ran.append(entry.name)
+        if entry.name in fail:
+            raise RuntimeError("spark died")
+        return "ok"
+
+    now = datetime(2026, 11, 4, 3, 0, tzinfo=timezone.utc)
+    got = [(o.entry, o.status) for o in run_due(h, sched, datetime(2026, 11, 4, tzinfo=timezone.utc), now, runner)]
+    assert got == [("h", "failed"), ("cards", "waiting")] and ran == ["h"]
+    waiting = run_entry(h, sched.entry("cards"), datetime(2026, 11, 4, 2, 30, tzinfo=timezone.utc), runner,
+                        schedule=sched)
+    assert waiting.status == "waiting" and "h @ 2026-11-04 01:30" in waiting.detail
+    assert [r.entry for r in h.runs()] == ["h"]   # a wait records nothing
+    fail.clear()
+    got = [(o.entry, o.status) for o in run_due(h, sched, datetime(2026, 11, 4, tzinfo=timezone.utc), now, runner)]
+    assert got == [("h", "succeeded"), ("cards", "succeeded")] and ran == ["h", "h", "cards"]
+
+
+@pytest.mark.component
 def test_a_crashed_runs_lock_is_taken_over(tmp_path):
     """A real process takes the lock and dies hard mid-run; the next attempt records it as crashed and runs."""
     path = tmp_path / "history.sqlite3"
