@@ -29,7 +29,12 @@ def table_hf(settings: Settings, table: TableSpec | str, version: int | None = N
     """A lake table at `version` as a Hugging Face `datasets.Dataset` (in memory, from Arrow without a copy)."""
     import datasets
 
-    return datasets.Dataset(table_arrow(settings, table, version, columns))
+    data = table_arrow(settings, table, version, columns)
+    if any(c.num_chunks == 0 for c in data.columns):
+        # a table (or version) without files reads as columns of no chunks, which `datasets` cannot cast
+        # ("cannot construct ChunkedArray from empty vector"): give every column one empty chunk
+        data = data.schema.empty_table()
+    return datasets.Dataset(data)
 
 
 def split_path(export: Path, fmt: str, split: str) -> Path:

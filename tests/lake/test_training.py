@@ -147,3 +147,17 @@ def test_torch_split_yields_every_row_once_in_dataloader_workers(export, torch_d
         assert sorted(r["episode_id"] for r in run["rows"]) == [r["episode_id"] for r in by_id], name
         assert sorted(run["rows"], key=lambda r: r["episode_id"]) == by_id, name
     assert got["runs"]["0 workers"]["rows"] == ROWS
+
+
+@pytest.mark.component
+def test_table_hf_of_an_empty_or_missing_table_is_an_empty_dataset(lake_settings):
+    """A table without files reads as columns of no chunks, which `datasets` refused ("cannot construct
+    ChunkedArray from empty vector"); it is an empty Dataset with the declared columns."""
+    from lake.tables import ensure_table
+    from lake.training import table_hf
+    from schemas.tables import GOLD_EPISODE_SCORES, SILVER_STEPS
+
+    ensure_table(lake_settings, SILVER_STEPS)
+    for table in (SILVER_STEPS, GOLD_EPISODE_SCORES):   # created empty; never created
+        ds = table_hf(lake_settings, table)
+        assert len(ds) == 0 and set(ds.column_names) == {f.name for f in table.schema}
