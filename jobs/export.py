@@ -591,6 +591,7 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
 
     feeder = threading.Thread(target=feed, name="export-feeder", daemon=True)
     feeder.start()
+    finished = False
     try:
         while (item := pending.get()) is not END:
             if isinstance(item, BaseException):
@@ -601,6 +602,7 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
                 raise ExportFailed("a formatting process died or could not start (out of memory? see the system "
                                    "log); nothing was published. Retry, or set TRAJLAKE_EXPORT_WORKERS lower") from None
             yield formatted
+        finished = True
     finally:
         stopped.set()
         while True:  # unblock the feeder and drop what it queued
@@ -610,6 +612,11 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
                 break
             if not isinstance(item, BaseException) and item is not END:
                 item.cancel()
+        if not finished:
+            # on failure the workers' results are not wanted: end them, or shutting down would wait for a worker
+            # that is stuck (in its initializer, or on a batch) forever
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
         feeder.join()
         pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(job.scratch, ignore_errors=True)
