@@ -227,3 +227,33 @@ def test_the_scheduler_loop_fires_on_cron_and_stops_on_sigterm(base_settings, tm
     # the first run is the catch-up of the fire just before the start, not the next minute's
     assert run_.fire_time <= started
     assert "tick" in (tmp_path / "schedule.log").read_text()
+
+
+@pytest.mark.integration
+def test_the_scheduler_loop_holds_an_entry_whose_dependency_failed(base_settings, tmp_path):
+    """`after` in the service: the dependency fails at the catch-up, so its dependant is reported waiting (and
+    not run, nothing recorded) while the scheduler keeps serving; SIGTERM stops it."""
+    import signal
+
+    from tests.conftest import wait_until
+
+    f = tmp_path / "schedule.toml"
+    f.write_text('[[job]]\nname = "first"\njob = "compact"\ncron = "* * * * *"\noptions = { table = "no.such" }\n'
+                 '[[job]]\nname = "second"\njob = "compact"\ncron = "* * * * *"\nafter = ["first"]\n')
+    s = base_settings.model_copy(update={"state_dir": tmp_path / "state", "schedule_file": f})
+    log_path = tmp_path / "schedule.log"
+    proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "schedule"], env=settings_env(s) | {"COLUMNS": "200"},
+                            cwd=REPO, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    try:
+        history = s.state_dir.resolve() / "schedule" / "history.sqlite3"
+        wait_until(lambda: "waiting for first @" in log_path.read_text(), 120, interval=1,
+                   message="the dependant to be reported waiting")
+        assert proc.poll() is None   # still serving
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    runs = History(history).runs()
+    assert {r.entry for r in runs} == {"first"} and all(r.status == "failed" for r in runs)
