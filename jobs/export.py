@@ -124,9 +124,7 @@ def _open_lake(settings: Settings, versions: dict[str, int | None]) -> duckdb.Du
         if version is None:
             # absent when the export was made: read as empty even if it exists now (a holdout registry created
             # since would otherwise move groups into holdout on a rebuild)
-            t = table_spec(table_id)
-            con.register(view_name(table_id), pa.table({f.name: pa.array([], f.type) for f in t.schema},
-                                                       schema=t.schema))
+            con.register(view_name(table_id), table_spec(table_id).schema.empty_table())
     return con
 
 
@@ -565,29 +563,28 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
     stopped = threading.Event()
     END = object()
 
+    def offer(item: Any) -> bool:
+        """Queue `item` for the consumer, waiting for room; False once the consumer has stopped."""
+        while not stopped.is_set():
+            try:
+                pending.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def feed() -> None:
         try:
             for b in batches:
                 if stopped.is_set():
                     return
                 b.save(job.scratch / str(b.first))
-                item = pool.submit(_format_saved, (b.first, str(job.scratch / str(b.first))))
-                while not stopped.is_set():
-                    try:
-                        pending.put(item, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
+                if not offer(pool.submit(_format_saved, (b.first, str(job.scratch / str(b.first))))):
+                    return
         except BaseException as exc:  # noqa: BLE001 — the reader's failure is the consumer's to raise
-            item = exc
+            offer(exc)
         else:
-            item = END
-        while not stopped.is_set():
-            try:
-                pending.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+            offer(END)
 
     feeder = threading.Thread(target=feed, name="export-feeder", daemon=True)
     feeder.start()
@@ -615,6 +612,7 @@ def _formatted(batches: Iterator[_Chunk], job: _FormatJob, workers: int, total: 
         if not finished:
             # on failure the workers' results are not wanted: end them, or shutting down would wait for a worker
             # that is stuck (in its initializer, or on a batch) forever
+            # (`_processes` is private, but Python 3.11's executor has no public way to end its workers)
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
         feeder.join()

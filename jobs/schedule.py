@@ -26,6 +26,8 @@ OPTIONS = {
     "quality": {"tables", "reward_version"},
 }
 REQUIRED = {"export": {"name"}}
+# entry names become Airflow ids, export names directories: one rule for both
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _strings(v: Any) -> bool:
@@ -36,7 +38,7 @@ def _strings(v: Any) -> bool:
 OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "reward_version": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"reward-v\d+", v)),
                        'a version string, e.g. reward_version = "reward-v2"'),
-    "name": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)),
+    "name": (lambda v: isinstance(v, str) and bool(_NAME.fullmatch(v)),
              'letters, digits, "-", "_" or "." (it names a directory), e.g. name = "weekly"'),
     "formats": (lambda v: _strings(v) or (isinstance(v, str) and bool(v.strip())),
                 'a list of formats, e.g. formats = ["sft", "dpo"], or "sft,dpo"'),
@@ -128,7 +130,7 @@ def parse_schedule(doc: Mapping[str, Any], source: Path | None = None) -> Schedu
         if extra:
             problems.append(f"{where}: unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(ENTRY_KEYS))}")
         name, job, cron = item.get("name"), item.get("job"), item.get("cron")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             problems.append(f"{where}: name must be letters, digits, '-', '_' or '.' (it becomes an Airflow id)")
         elif name in seen:
             problems.append(f"{where}: the name {name!r} is used twice; names must be unique")
@@ -171,15 +173,15 @@ def parse_schedule(doc: Mapping[str, Any], source: Path | None = None) -> Schedu
             after = []
         entries.append(Entry(str(name), str(job), str(cron).strip(), str(window), dict(options), bool(enabled),
                              tuple(after)))
-    names = {e.name for e in entries}
+    by_name = {e.name: e for e in entries}
     for i, e in enumerate(entries, 1):
         for dep in e.after:
             if dep == e.name:
                 problems.append(f"entry {i} ({e.name}): after names the entry itself")
-            elif dep not in names:
+            elif dep not in by_name:
                 problems.append(f"entry {i} ({e.name}): after names {dep!r}, which is not an entry; entries: "
-                                f"{', '.join(sorted(names))}")
-            elif e.enabled and not next(x for x in entries if x.name == dep).enabled:
+                                f"{', '.join(sorted(by_name))}")
+            elif e.enabled and not by_name[dep].enabled:
                 problems.append(f"entry {i} ({e.name}): after names {dep!r}, which is disabled: {e.name} would "
                                 "wait for it forever")
     if not problems and (cycle := _cycle(entries)):

@@ -1,6 +1,8 @@
 """The versioned reward spec: loads schemas/reward/reward-vN.toml into a frozen, validated model."""
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -157,9 +159,6 @@ class RewardSpec(_Frozen):
 def reward_spec_digest(spec: RewardSpec) -> str:
     """sha256 of the spec's values (not its file's comments): an export's manifest records it, so a rebuild can
     tell a changed policy from other causes of a difference."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 

@@ -3,6 +3,7 @@ jobs and an export in-process on a small lake, compaction through `trajlake sche
 import sqlite3
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import date, datetime, timezone
 
 import pytest
@@ -197,31 +198,40 @@ def test_schedule_mistakes_are_one_line(base_settings, tmp_path):
     assert_clean_error(run(["schedule", "--once", "--at", "tomorrow"], ok), "--at")
 
 
+@contextmanager
+def scheduler_service(s, log_path):
+    """`trajlake schedule` as a service with settings `s`, output to `log_path`; on leaving, SIGTERM must stop it
+    with a non-zero status (a run in progress is recorded as crashed)."""
+    import signal
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "schedule"],
+                                env=settings_env(s) | {"COLUMNS": "200"}, cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            yield proc
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) != 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.integration
 def test_the_scheduler_loop_fires_on_cron_and_stops_on_sigterm(base_settings, tmp_path):
     """`trajlake schedule` as a service runs it: it catches up on the fire just missed at start, an every-minute
     entry fires on cron, SIGTERM stops it."""
-    import signal
-
     from tests.conftest import wait_until
 
     f = tmp_path / "schedule.toml"
     f.write_text('[[job]]\nname = "tick"\njob = "compact"\ncron = "* * * * *"\n')
     s = base_settings.model_copy(update={"state_dir": tmp_path / "state", "schedule_file": f})
-    log = open(tmp_path / "schedule.log", "wb")
     started = datetime.now(timezone.utc)
-    proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "schedule"], env=settings_env(s) | {"COLUMNS": "200"},
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        history = s.state_dir.resolve() / "schedule" / "history.sqlite3"
+    history = s.state_dir.resolve() / "schedule" / "history.sqlite3"
+    with scheduler_service(s, tmp_path / "schedule.log"):
         wait_until(lambda: history.exists() and any(r.status == "succeeded" for r in History(history).runs("tick")),
                    150, interval=1, message="a scheduled run to succeed")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     run_ = History(history).runs("tick")[-1]
     assert run_.fire_time.second == 0 and run_.window is None and run_.status == "succeeded"
     # the first run is the catch-up of the fire just before the start, not the next minute's
@@ -233,8 +243,6 @@ def test_the_scheduler_loop_fires_on_cron_and_stops_on_sigterm(base_settings, tm
 def test_the_scheduler_loop_holds_an_entry_whose_dependency_failed(base_settings, tmp_path):
     """`after` in the service: the dependency fails at the catch-up, so its dependant is reported waiting (and
     not run, nothing recorded) while the scheduler keeps serving; SIGTERM stops it."""
-    import signal
-
     from tests.conftest import wait_until
 
     f = tmp_path / "schedule.toml"
@@ -242,18 +250,10 @@ def test_the_scheduler_loop_holds_an_entry_whose_dependency_failed(base_settings
                  '[[job]]\nname = "second"\njob = "compact"\ncron = "* * * * *"\nafter = ["first"]\n')
     s = base_settings.model_copy(update={"state_dir": tmp_path / "state", "schedule_file": f})
     log_path = tmp_path / "schedule.log"
-    proc = subprocess.Popen([sys.executable, "-m", "trajlake.cli", "schedule"], env=settings_env(s) | {"COLUMNS": "200"},
-                            cwd=REPO, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-    try:
-        history = s.state_dir.resolve() / "schedule" / "history.sqlite3"
+    history = s.state_dir.resolve() / "schedule" / "history.sqlite3"
+    with scheduler_service(s, log_path) as proc:
         wait_until(lambda: "waiting for first @" in log_path.read_text(), 120, interval=1,
                    message="the dependant to be reported waiting")
         assert proc.poll() is None   # still serving
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     runs = History(history).runs()
     assert {r.entry for r in runs} == {"first"} and all(r.status == "failed" for r in runs)
