@@ -128,13 +128,22 @@ def _open_lake(settings: Settings, versions: dict[str, int | None]) -> duckdb.Du
     return con
 
 
+def _latest_sql(table: str, key: str, columns: str, where: str) -> str:
+    """The latest revision of each `key` among `table`'s rows matching `where`. A semi-join with the keys' latest
+    revisions, not `QUALIFY row_number() …`: the window drags every column through a partitioned sort (with the
+    steps' texts, 19 s of the 1M export's fragment query against 7 s this way). (key, revision) is the table's
+    declared key, so exactly one row per key matches."""
+    return f"""
+        SELECT {columns} FROM {table}
+        SEMI JOIN (SELECT {key}, max(revision) AS revision FROM {table} WHERE {where} GROUP BY {key}) USING ({key}, revision)
+        WHERE {where}"""
+
+
 def _episodes_sql(reward_version: str) -> str:
     # the latest revision of each episode in the window, with its scores under the reward version
     return f"""
     CREATE OR REPLACE TEMP TABLE ep AS
-    WITH e AS (
-        SELECT * FROM silver_episodes WHERE date >= $since AND date < $until
-        QUALIFY row_number() OVER (PARTITION BY episode_id ORDER BY revision DESC) = 1),
+    WITH e AS ({_latest_sql("silver_episodes", "episode_id", "*", "date >= $since AND date < $until")}),
     s AS (SELECT episode_id, revision, composite, gate_passed FROM gold_episode_scores
           WHERE reward_version = '{reward_version}' AND date >= $since AND date < $until)
     -- a score of an older revision (the episode was reopened or closed late after the last scoring run) is stale:
@@ -178,16 +187,16 @@ def _user_text_sql(margin: int) -> str:
 
 
 def _fragments_sql(margin: int, reward_version: str) -> str:
-    # every kept episode's events and steps as one JSON fragment per row, sorted by the episode's rank, events
-    # before steps, each in its own order. A sort, not a grouping: DuckDB's ordered aggregates (string_agg/list
-    # with ORDER BY) cost twice as much as sorting the same rows; `_Chunk.lists` does the grouping.
+    # every kept episode's events and steps as one JSON fragment per row, each followed by a comma, sorted by the
+    # episode's rank, events before steps, each in its own order. A sort, not a grouping: DuckDB's ordered
+    # aggregates (string_agg/list with ORDER BY) cost twice as much as sorting the same rows; `_Chunk.lists` does
+    # the grouping. The trailing comma makes an episode's run of fragments, read straight from the Arrow column's
+    # data buffer, a JSON list once bracketed: no Python string per fragment.
     return f"""
-    WITH st AS (
-        SELECT session_id, task_id, step_id, revision, action_id, intent_id, step_index, output, final_value, outcome,
-               accepted, rejected, edited, undone, retried, edit_distance
-        FROM silver_steps
-        WHERE date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY
-        QUALIFY row_number() OVER (PARTITION BY step_id ORDER BY revision DESC) = 1),
+    WITH st AS ({_latest_sql(
+        "silver_steps", "step_id", "session_id, task_id, step_id, revision, action_id, intent_id, step_index, output, "
+        "final_value, outcome, accepted, rejected, edited, undone, retried, edit_distance",
+        f"date >= $since - INTERVAL {margin} DAY AND date < $until + INTERVAL {margin} DAY")}),
     sg AS (
         SELECT step_id, revision, overwritten, own_reward, credit_share, step_reward FROM gold_step_signals
         WHERE reward_version = '{reward_version}'
@@ -196,7 +205,7 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
         -- the bodies are JSON text already: spliced in as they are, never parsed here
         SELECT k.rank, 0::UTINYINT AS kind, epoch_us(b.ts) AS o1, b.event_id AS o2,
                '{{"t":' || to_json(b.event_type) || ',"a":' || coalesce(to_json(b.action_id), 'null')
-               || ',"b":' || b.body || '}}' AS fragment
+               || ',"b":' || b.body || '}},' AS fragment
         FROM kept k JOIN bronze_events b ON b.session_id = k.session_id AND b.task_id = k.task_id
         WHERE b.event_type IN ({", ".join(f"'{t}'" for t in CONVERSATION_EVENTS)})
           AND b.date >= $since - INTERVAL {margin} DAY AND b.date < $until + INTERVAL {margin} DAY
@@ -207,7 +216,7 @@ def _fragments_sql(margin: int, reward_version: str) -> str:
                         'outcome': st.outcome, 'accepted': st.accepted, 'rejected': st.rejected, 'edited': st.edited,
                         'undone': st.undone, 'retried': st.retried, 'edit_distance': st.edit_distance,
                         'overwritten': coalesce(sg.overwritten, false), 'own_reward': sg.own_reward,
-                        'credit_share': sg.credit_share, 'step_reward': sg.step_reward}})::VARCHAR
+                        'credit_share': sg.credit_share, 'step_reward': sg.step_reward}})::VARCHAR || ','
         FROM kept k JOIN st ON st.session_id = k.session_id AND st.task_id = k.task_id
         LEFT JOIN sg ON sg.step_id = st.step_id AND sg.revision = st.revision)
     ORDER BY rank, kind, o1, o2"""
@@ -220,21 +229,31 @@ _FRAGMENTS_SCHEMA = pa.schema([("rank", pa.int64()), ("kind", pa.uint8()), ("fra
 @dataclass
 class _Chunk:
     """Episodes `first`… of the export (`episodes`: rows of the `kept` table) with all their events and steps as
-    JSON fragments (`fragments`: rank, kind, fragment; sorted by rank, then kind: events (0), then steps (1))."""
+    JSON fragments (`fragments`: rank, kind, fragment; sorted by rank, then kind: events (0), then steps (1); each
+    fragment is a JSON value followed by a comma)."""
 
     first: int
     episodes: pa.Table
     fragments: pa.Table
 
-    def lists(self) -> Iterator[tuple[str, str]]:
-        """Each episode's events and steps, as two JSON lists (text)."""
-        texts = self.fragments.column(2).to_pylist()
+    def lists(self) -> Iterator[tuple[bytes, bytes]]:
+        """Each episode's events and steps, as two JSON lists (UTF-8)."""
+        texts = self.fragments.column(2)
+        texts = texts.chunk(0) if texts.num_chunks == 1 else pa.concat_arrays(texts.chunks or [pa.array([], texts.type)])
+        data = texts.buffers()[2]
+        data = memoryview(data) if data is not None else memoryview(b"")
+        wide = pa.types.is_large_string(texts.type)
+        offsets = np.frombuffer(texts.buffers()[1], np.int64 if wide else np.int32, len(texts) + 1,
+                                texts.offset * (8 if wide else 4)) if len(texts) else np.zeros(1, np.int64)
         # the rows are sorted by rank and kind, so 2·rank + kind is sorted too: one search finds every boundary
         key = self.fragments.column(0).to_numpy() * 2 + self.fragments.column(1).to_numpy()
         ranks = np.arange(self.first, self.first + self.episodes.num_rows) * 2
-        bounds = np.searchsorted(key, np.stack([ranks, ranks + 1, ranks + 2], axis=1)).tolist()
+        bounds = offsets[np.searchsorted(key, np.stack([ranks, ranks + 1, ranks + 2], axis=1))].tolist()
+        join = b"".join
         for a, b, c in bounds:
-            yield "[" + ",".join(texts[a:b]) + "]", "[" + ",".join(texts[b:c]) + "]"
+            # a run of fragments is "x,y,": without its last comma and in brackets, the list [x,y]
+            yield (join((b"[", data[a:b - 1], b"]")) if b > a else b"[]",
+                   join((b"[", data[b:c - 1], b"]")) if c > b else b"[]")
 
     def save(self, stem: Path) -> None:
         """Write the chunk as two Arrow IPC files `stem`.episodes and `stem`.fragments (slices written as slices:
@@ -300,8 +319,9 @@ class _Part:
 @dataclass
 class _Writer:
     """JSON Lines per format and split in a deterministic order, exact duplicates dropped, each file's sha256
-    computed as it is written. Writes through (the file objects buffer small writes): what it is given may be a
-    view of a mapped file that goes away after the call."""
+    computed as it is written. Writes through: what it is given may be a view of a mapped file that goes away
+    after the call. Given the file descriptor behind such a view, it copies in the kernel (copy_file_range)
+    instead of through the view: half the parent's time went to faulting in and copying 9 GB of lines."""
 
     root: Path
     files: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -310,9 +330,10 @@ class _Writer:
     seen: dict[str, set[bytes]] = field(default_factory=dict)
     exact_duplicates: dict[str, int] = field(default_factory=dict)
 
-    def write(self, fmt: str, parts: dict[str, _Part]) -> set[int]:
+    def write(self, fmt: str, parts: dict[str, _Part], source: int | None = None) -> set[int]:
         """Append one batch's rows of `fmt`, except rows whose training content (digest) this format already has;
-        returns the batch indices of the episodes that got a row."""
+        returns the batch indices of the episodes that got a row. `source`: an open file whose bytes at each
+        part's `at` are the part's lines."""
         seen = self.seen.setdefault(fmt, set())
         digests = [p.digests[i:i + 16] for p in parts.values() for i in range(0, len(p.digests), 16)]
         wrote: set[int] = set()
@@ -320,28 +341,37 @@ class _Writer:
             # the usual case, with no Python work per row: nothing in this batch was seen before
             seen.update(digests)
             for split, p in parts.items():
-                self._append(fmt, split, p.lines, len(p.ends))
+                self._append(fmt, split, p.lines, len(p.ends), None if source is None else (source, p.at))
                 wrote.update(p.episodes)
             return wrote
         # identical training content is written once per format, whichever episode (first in order) it came from
+        kept: dict[str, list[bytes]] = {}
         for _, split, digest, line, ep in sorted((o, split, d, bytes(line), ep) for split, p in parts.items()
                                                  for o, d, line, ep in p.rows()):
             if digest in seen:
                 self.exact_duplicates[fmt] = self.exact_duplicates.get(fmt, 0) + 1
                 continue
             seen.add(digest)
-            self._append(fmt, split, line, 1)
+            kept.setdefault(split, []).append(line)
             wrote.add(ep)
+        for split, lines in kept.items():
+            self._append(fmt, split, b"".join(lines), len(lines))
         return wrote
 
-    def _append(self, fmt: str, split: str, data: bytes | memoryview, n: int) -> None:
+    def _append(self, fmt: str, split: str, data: bytes | memoryview, n: int,
+                source: tuple[int, int] | None = None) -> None:
         key = (fmt, split)
         f = self.files.get(key)
         if f is None:
             (self.root / fmt).mkdir(parents=True, exist_ok=True)
-            f = self.files[key] = open(self.root / f"{fmt}/{split}.jsonl", "wb", buffering=1 << 20)
+            # unbuffered: the kernel copies into it behind Python's back, so a buffer would reorder the bytes
+            f = self.files[key] = open(self.root / f"{fmt}/{split}.jsonl", "wb", buffering=0)
             self.hashes[key] = hashlib.sha256()
-        f.write(data)
+        done = _copy_range(source[0], source[1], f.fileno(), len(data)) if source is not None else 0
+        view = memoryview(data)
+        while done < len(view):
+            done += f.write(view[done:])   # a raw file may write less than it was given
+        view.release()
         self.hashes[key].update(data)
         counts = self.rows.setdefault(fmt, {})
         counts[split] = counts.get(split, 0) + n
@@ -354,6 +384,21 @@ class _Writer:
                                            "rows": self.rows[fmt][split]}
             f.close()
         return out
+
+
+def _copy_range(src: int, at: int, dst: int, size: int) -> int:
+    """Copy `size` bytes of `src` from offset `at` to `dst`'s position in the kernel; returns how many were copied
+    (fewer when the kernel or file system cannot: the caller writes the rest itself)."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, size - done, at + done)
+        except (AttributeError, OSError):   # not Linux, an old kernel, or files the call cannot join
+            return done
+        if n == 0:
+            return done
+        done += n
+    return done
 
 
 @dataclass
@@ -441,6 +486,7 @@ class _Formatted:
     pii_where: dict[str, list[str]]
     pii_episodes: dict[str, int]
     rows_file: str | None = None   # the parts' lines, when a formatting process wrote them to a file
+    source: int | None = None      # that file, open, while `mapped`
 
     @contextmanager
     def mapped(self) -> Iterator["_Formatted"]:
@@ -448,22 +494,25 @@ class _Formatted:
         if self.rows_file is None:
             yield self
             return
-        with open(self.rows_file, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        f = open(self.rows_file, "rb")
+        size = os.fstat(f.fileno()).st_size
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         view = memoryview(mm) if mm is not None else memoryview(b"")
         try:
             for parts in self.parts.values():
                 for p in parts.values():
                     p.lines = view[p.at:p.at + (p.ends[-1] if p.ends else 0)]
+            self.source = f.fileno()
             yield self
         finally:
+            self.source = None
             for parts in self.parts.values():
                 for p in parts.values():
                     p.lines.release()
             view.release()
             if mm is not None:
                 mm.close()
+            f.close()
             os.unlink(self.rows_file)
 
 
@@ -719,7 +768,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
         wrote: set[int] = set()
         with formatted.mapped():
             for fmt, parts in formatted.parts.items():
-                wrote |= writer.write(fmt, parts)
+                wrote |= writer.write(fmt, parts, formatted.source)
         index.extend(formatted.episodes[i] for i in sorted(wrote))
         pii_episodes.update(formatted.pii_episodes)
         for kind, n in formatted.pii_hits.items():

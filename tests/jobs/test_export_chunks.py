@@ -16,17 +16,19 @@ pytestmark = pytest.mark.unit
 
 
 def lake(n_episodes: int, seed: int) -> tuple[pa.Table, list[dict], dict[int, tuple[list, list]]]:
-    """`kept` with n episodes, their fragments sorted by (rank, kind), and what each episode's lists must hold.
-    Some episodes have no events, no steps or nothing at all."""
+    """`kept` with n episodes, their fragments sorted by (rank, kind) (each followed by a comma, as the fragment
+    query makes them), and what each episode's lists must hold. Some episodes have no events, no steps or nothing
+    at all; some fragments hold non-ASCII text."""
     rnd = random.Random(seed)
     kept = pa.table({"episode_id": [f"e{i:05d}" for i in range(n_episodes)]})
     rows, want = [], {}
     for r in range(n_episodes):
-        events = [{"t": "user_message", "i": k} for k in range(rnd.choice([0, 1, 3, 9]))]
+        events = [{"t": "user_message", "i": k, "b": rnd.choice(["", "café ☕", "日本語", "a,b]"])}
+                  for k in range(rnd.choice([0, 1, 3, 9]))]
         steps = [{"step_index": k} for k in range(rnd.choice([0, 0, 2, 5]))]
         want[r] = (events, steps)
-        rows += [{"rank": r, "kind": 0, "fragment": orjson.dumps(e).decode()} for e in events]
-        rows += [{"rank": r, "kind": 1, "fragment": orjson.dumps(s).decode()} for s in steps]
+        rows += [{"rank": r, "kind": 0, "fragment": orjson.dumps(e).decode() + ","} for e in events]
+        rows += [{"rank": r, "kind": 1, "fragment": orjson.dumps(s).decode() + ","} for s in steps]
     return kept, rows, want
 
 
@@ -50,10 +52,24 @@ def test_every_episode_gets_exactly_its_events_and_steps_in_order(size, batch):
 
 def test_a_lake_whose_last_episodes_have_nothing_still_yields_them():
     kept = pa.table({"episode_id": ["a", "b", "c", "d", "e"]})
-    rows = [{"rank": 0, "kind": 1, "fragment": "{}"}]
+    rows = [{"rank": 0, "kind": 1, "fragment": "{},"}]
     chunks = list(episode_chunks(kept, reader(rows, 10), 2))
     assert [(c.first, c.episodes.num_rows) for c in chunks] == [(0, 2), (2, 2), (4, 1)]
-    assert [list(c.lists()) for c in chunks] == [[("[]", "[{}]"), ("[]", "[]")], [("[]", "[]")] * 2, [("[]", "[]")]]
+    assert [list(c.lists()) for c in chunks] == [[(b"[]", b"[{}]"), (b"[]", b"[]")], [(b"[]", b"[]")] * 2,
+                                                 [(b"[]", b"[]")]]
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_lists_read_a_sliced_column_of_either_width(kind):
+    """A chunk's fragments are slices of the query's batches (a nonzero offset into their buffers), possibly
+    several of them, in either Arrow string type."""
+    kept, rows, want = lake(60, seed=5)
+    schema = pa.schema([("rank", pa.int64()), ("kind", pa.uint8()), ("fragment", kind)])
+    batches = pa.Table.from_pylist(rows, schema=schema).to_batches(max_chunksize=7)
+    chunks = list(episode_chunks(kept, pa.RecordBatchReader.from_batches(schema, batches), 9))
+    assert any(c.fragments.column(2).num_chunks > 1 for c in chunks)
+    got = {c.first + k: (orjson.loads(e), orjson.loads(s)) for c in chunks for k, (e, s) in enumerate(c.lists())}
+    assert got == want
 
 
 def test_a_saved_chunk_holds_only_its_rows_and_loads_back_equal(tmp_path):
