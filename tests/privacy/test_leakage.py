@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from lake.readers import read_table
 from bench.leak_scan import RegexLeakScanner
-from privacy.leakage import GroundTruth, LeakScanner, domain_tokens, strings_of, survival
+from privacy.leakage import (PII_PATTERNS, GroundTruth, LeakScanner, PatternScanner, _luhn, domain_tokens, strings_of,
+                             survival)
 from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
 from tests.conftest import TAU
 
@@ -104,3 +105,28 @@ def test_examples_line_up_with_the_text_when_lowercasing_changes_its_length():
 def test_no_card_last_fours_means_no_card_findings():
     truth = GroundTruth({"full_name": frozenset({"Ada Lovelace"})}, frozenset())
     assert LeakScanner(truth).scan(["card ending in 1234, Ada Lovelace"]).found == {"full_name": {"Ada Lovelace"}}
+
+
+def digit_kinds_found(text: str) -> dict[str, set[str]]:
+    """The number detectors (phone, SSN, card) run over the whole text, at every position: what the scanner's
+    digit-run windows must agree with."""
+    out: dict[str, set[str]] = {}
+    for kind in ("phone", "us_ssn", "card_number"):
+        for m in PII_PATTERNS[kind].finditer(text):
+            if kind != "card_number" or _luhn(m.group(0)):
+                out.setdefault(kind, set()).add(m.group(0))
+    return out
+
+
+# digits of two scripts (the scanner takes an ASCII-only path when the text allows it), separators and letters
+DIGITS = st.text(alphabet="0123456789٣", min_size=1, max_size=12)
+CHUNK = st.one_of(DIGITS, st.sampled_from([" ", "-", ".", "(", ")", "+1 ", "a", "é", "\n", ",", "_"]),
+                  st.sampled_from(["555-123-4567", "(555) 123-4567", "+1 555.123.4567", "123-45-6789",
+                                   "4111 1111 1111 1111", "4012888888881881", "٣٣٣-٣٣-٣٣٣٣"]))
+
+
+@pytest.mark.unit
+@settings(max_examples=600, deadline=None)
+@given(st.lists(CHUNK, max_size=14).map("".join))
+def test_the_pattern_scanner_finds_every_number_its_detectors_find_anywhere(text):
+    assert PatternScanner().scan([text]).found == digit_kinds_found(text)
