@@ -2,6 +2,7 @@
 and steps grouped back into JSON lists, chunks and formatted rows passed between processes as files."""
 from __future__ import annotations
 
+import hashlib
 import random
 from array import array
 
@@ -87,7 +88,9 @@ def test_a_saved_chunk_holds_only_its_rows_and_loads_back_equal(tmp_path):
     assert list(back.lists()) == list(chunk.lists())
 
 
-def test_rows_handed_over_in_a_file_are_written_and_the_file_removed(tmp_path):
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_rows_handed_over_in_a_file_are_written_and_the_file_removed(tmp_path, kernel_copy):
+    """As the export hands them over (the open file: copied in the kernel), or as a mapped view alone."""
     lines = [b'{"a":1}\n', b'{"b":2}\n', b'{"c":3}\n']
     rows_file = tmp_path / "0.rows"
     rows_file.write_bytes(b"".join(lines))
@@ -98,12 +101,18 @@ def test_rows_handed_over_in_a_file_are_written_and_the_file_removed(tmp_path):
     formatted = _Formatted(3, parts, [], {}, {}, {}, rows_file=str(rows_file))
     w = _Writer(tmp_path / "out")
     with formatted.mapped():
+        assert formatted.source is not None
         for fmt, p in formatted.parts.items():
-            assert w.write(fmt, p) == {0, 1, 2}
-    w.close()
+            assert w.write(fmt, p, formatted.source if kernel_copy else None) == {0, 1, 2}
+        # a later batch without a file behind it goes to the same files, after what was copied
+        assert w.write("sft", {"train": _Part(b'{"d":4}\n', array("Q", [8]), bytes([9]) * 16, array("I", [0]),
+                                              array("I", [0]))}) == {0}
+    files = w.close()
     assert not rows_file.exists()
-    assert (tmp_path / "out/sft/train.jsonl").read_bytes() == b'{"a":1}\n{"b":2}\n'
+    assert (tmp_path / "out/sft/train.jsonl").read_bytes() == b'{"a":1}\n{"b":2}\n{"d":4}\n'
     assert (tmp_path / "out/sft/test.jsonl").read_bytes() == b'{"c":3}\n'
+    assert files["sft/train.jsonl"] == {"sha256": hashlib.sha256(b'{"a":1}\n{"b":2}\n{"d":4}\n').hexdigest(),
+                                        "bytes": 24, "rows": 3}
 
 
 @pytest.mark.timeout(180)
