@@ -40,8 +40,9 @@ lock:
 notebooks: $(STAMP)
 	$(BIN)/python notebooks/run.py
 
+# the benchmarks of bench/RESULTS.md, all or ONLY="export_speed jobs_speed" (bench/run.py --list names them)
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(ONLY)
 
 down: $(STAMP)
 	$(BIN)/trajlake down
