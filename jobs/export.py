@@ -26,7 +26,8 @@ from xxhash import xxh3_128_digest
 from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
 from jobs.splits import (NEAR_DUPLICATE_METHOD, PRECEDENCE, clusters, keep_one_per_cluster, leakage,
-                         near_duplicate_edges, prompt_digest_sql, splits_params, splits_sql)
+                         near_duplicate_edges, prompt_digest_sql, prompt_words_sql, splits_params,
+                         splits_sql)
 from lake.duckdb_views import connect, view_name
 from lake.tables import ensure_table, open_table, table_path
 from lake.tables import spec as table_spec
@@ -181,9 +182,11 @@ def _user_text_sql(margin: int) -> str:
         WHERE b.event_type = 'llm_call' AND {window}
           AND ep.episode_id NOT IN (SELECT id FROM um)
         GROUP BY ALL)
-    SELECT id, text FROM um WHERE text IS NOT NULL
-    UNION ALL
-    SELECT id, text FROM sn WHERE text IS NOT NULL AND text <> ''"""
+    -- the words once, for both the near-duplicate search and the prompt digest of the leakage check
+    SELECT id, text, {prompt_words_sql("text")} AS words FROM (
+        SELECT id, text FROM um WHERE text IS NOT NULL
+        UNION ALL
+        SELECT id, text FROM sn WHERE text IS NOT NULL AND text <> '')"""
 
 
 def _fragments_sql(margin: int, reward_version: str) -> str:
@@ -729,7 +732,8 @@ def build(settings: Settings, request: ExportRequest, out: Path,
 
     progress("finding near-duplicate prompts")
     con.execute(_user_text_sql(margin), params).fetchall()
-    cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold))
+    cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold,
+                                               words="words"))
     con.register("_clustered", pa.table({"episode_id": pa.array(list(cluster_of), pa.string())}))
     rank = {x: (PRECEDENCE[split], -composite, x) for x, split, composite in con.execute(
         "SELECT episode_id, s.split, ep.composite FROM _clustered JOIN _splits s USING (episode_id) "
@@ -740,7 +744,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     eligible = eligible_sql(request.formats, spec.exports)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
                     SELECT row_number() OVER (ORDER BY ep.episode_id) - 1 AS rank,
-                           ep.*, s.split, s.group_hash, {prompt_digest_sql("coalesce(t.text, '')")} AS prompt_digest
+                           ep.*, s.split, s.group_hash, {prompt_digest_sql("t.text", words="t.words")} AS prompt_digest
                     FROM ep
                     JOIN _splits s USING (episode_id) LEFT JOIN ep_text t ON t.id = ep.episode_id
                     WHERE ep.episode_id NOT IN (SELECT episode_id FROM _dropped)

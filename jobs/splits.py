@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -82,9 +84,7 @@ _BAND = _constants("band", ROWS)
 # reads, or repeated prompts without ASCII words would pass here unseen and fail the leakage check), each as
 # DuckDB's 64-bit hash of the word
 _WORD_HASHES_SQL = """
-    SELECT id, h FROM (
-        SELECT id, list_transform(regexp_extract_all(lower(text), '[\\pL\\pN]+'), lambda w: hash(w)) AS h
-        FROM {docs})
+    SELECT id, h FROM (SELECT id, list_transform({words}, lambda w: hash(w)) AS h FROM {docs})
     WHERE len(h) > 0
     ORDER BY id"""
 
@@ -119,22 +119,28 @@ def minhash_signatures(shingles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return sig
 
 
-def similar_pairs(sig: np.ndarray, threshold: float) -> np.ndarray:
+def _band_candidates(sig: np.ndarray, b: int) -> np.ndarray:
+    # the pairs (member, centre) of band b's buckets, each encoded as member * n + centre
+    n = len(sig)
+    with np.errstate(over="ignore"):
+        key = (sig[:, b * ROWS:(b + 1) * ROWS] * _BAND).sum(1, dtype=np.uint64)
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    first = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
+    centre = order[np.repeat(first, np.diff(np.concatenate((first, [n]))))]
+    member = order != centre
+    return order[member].astype(np.int64) * n + centre[member]
+
+
+def similar_pairs(sig: np.ndarray, threshold: float, workers: int = 1) -> np.ndarray:
     """Pairs (i, j), i > j, of rows of `sig` whose share of equal MinHash values reaches `threshold`, sorted.
 
     LSH: rows sharing a band are candidates; each is compared with the first row of its bucket (a star, not all
-    pairs, so a bucket of a million identical prompts costs a million comparisons, not 10^12)."""
+    pairs, so a bucket of a million identical prompts costs a million comparisons, not 10^12). The bands are
+    bucketed on `workers` threads (numpy's sorts and arithmetic release the GIL)."""
     n = len(sig)
-    found = []
-    with np.errstate(over="ignore"):
-        for b in range(BANDS):
-            key = (sig[:, b * ROWS:(b + 1) * ROWS] * _BAND).sum(1, dtype=np.uint64)
-            order = np.argsort(key, kind="stable")
-            k = key[order]
-            first = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-            centre = order[np.repeat(first, np.diff(np.concatenate((first, [n]))))]
-            member = order != centre
-            found.append(order[member].astype(np.int64) * n + centre[member])
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lsh") as pool:
+        found = list(pool.map(lambda b: _band_candidates(sig, b), range(BANDS)))
     cand = np.unique(np.concatenate(found))
     i, j = cand // n, cand % n
     agree = (sig[i] == sig[j]).sum(1)
@@ -142,25 +148,32 @@ def similar_pairs(sig: np.ndarray, threshold: float) -> np.ndarray:
     return np.stack([i[keep], j[keep]], axis=1)
 
 
-def near_duplicate_edges(con: duckdb.DuckDBPyConnection, docs: str, threshold: float) -> list[tuple[str, str]]:
+def near_duplicate_edges(con: duckdb.DuckDBPyConnection, docs: str, threshold: float,
+                         words: str | None = None, workers: int | None = None) -> list[tuple[str, str]]:
     """Pairs (id, other) of `docs(id, text)` whose estimated Jaccard similarity of word 3-grams is at least
-    `threshold`; clusters are the connected components of these edges.
+    `threshold`; clusters are the connected components of these edges. `words`: a column of `docs` that already
+    holds `prompt_words_sql("text")` (else the words are extracted here).
 
     DuckDB splits and hashes the words (vectorised, both cores); numpy makes the shingles, the MinHash signatures
-    and the LSH buckets (`similar_pairs`), a batch of documents at a time for the signatures."""
-    ids, sigs = [], []
-    for batch in con.sql(_WORD_HASHES_SQL.format(docs=docs)).to_arrow_reader(1 << 16):
-        if batch.num_rows == 0:
-            continue
-        h = batch.column(1)
-        offsets = h.offsets.to_numpy().astype(np.int64)
-        words = h.values.to_numpy()[offsets[0]:offsets[-1]]   # a batch's list array may be a slice
-        offsets -= offsets[0]
-        ids.extend(batch.column(0).to_pylist())
-        sigs.append(minhash_signatures(*shingle_hashes(words, offsets)))
+    and the LSH buckets (`similar_pairs`), a batch of documents at a time for the signatures, on `workers` threads
+    (default: one per core). Threads do not change the result: batches keep their order."""
+    workers = workers or os.cpu_count() or 1
+    ids, pending = [], []
+    query = _WORD_HASHES_SQL.format(docs=docs, words=words or prompt_words_sql("text"))
+    with ThreadPoolExecutor(workers, thread_name_prefix="minhash") as pool:
+        for batch in con.sql(query).to_arrow_reader(1 << 16):
+            if batch.num_rows == 0:
+                continue
+            h = batch.column(1)
+            offsets = h.offsets.to_numpy().astype(np.int64)
+            hashes = h.values.to_numpy()[offsets[0]:offsets[-1]]   # a batch's list array may be a slice
+            offsets -= offsets[0]
+            ids.extend(batch.column(0).to_pylist())
+            pending.append(pool.submit(lambda w, o: minhash_signatures(*shingle_hashes(w, o)), hashes, offsets))
+        sigs = [f.result() for f in pending]
     if not ids:
         return []
-    pairs = similar_pairs(np.concatenate(sigs), threshold)
+    pairs = similar_pairs(np.concatenate(sigs), threshold, workers)
     return [(ids[i], ids[j]) for i, j in pairs.tolist()]
 
 
@@ -239,8 +252,13 @@ def leakage(rows: Iterable[tuple[str, str, str]], frozen: set[str] | frozenset[s
     return out
 
 
-def prompt_digest_sql(text: str) -> str:
-    """SQL for the digest of a prompt's normalised words (lower-cased runs of Unicode letters and numbers, joined by
-    one space): equal for prompts that differ only in case, spacing or punctuation; '' for a prompt without words.
-    What the leakage check compares across splits."""
-    return (f"coalesce(md5(nullif(array_to_string(regexp_extract_all(lower({text}), '[\\pL\\pN]+'), ' '), '')), '')")
+def prompt_words_sql(text: str) -> str:
+    """SQL for a prompt's normalised words: the lower-cased runs of Unicode letters and numbers of `text`, a list."""
+    return f"regexp_extract_all(lower({text}), '[\\pL\\pN]+')"
+
+
+def prompt_digest_sql(text: str, *, words: str | None = None) -> str:
+    """SQL for the digest of a prompt's normalised words (`prompt_words_sql`, joined by one space): equal for
+    prompts that differ only in case, spacing or punctuation; '' for a prompt without words. What the leakage check
+    compares across splits. `words`: an expression already holding `prompt_words_sql(text)`, to extract them once."""
+    return f"coalesce(md5(nullif(array_to_string({words or prompt_words_sql(text)}, ' '), '')), '')"

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from jobs.splits import (NUM_PERM, clusters, group_hash, keep_one_per_cluster, minhash_signatures,
-                         near_duplicate_edges, prompt_digest_sql, shingle_hashes, similar_pairs, split_of,
-                         splits_params, splits_sql)
+                         near_duplicate_edges, prompt_digest_sql, prompt_words_sql, shingle_hashes, similar_pairs,
+                         split_of, splits_params, splits_sql)
 
 pytestmark = pytest.mark.unit
 
@@ -94,7 +94,12 @@ def test_near_duplicates_across_reader_batches_are_found():
     texts[69_999] = texts[3]
     con = duckdb.connect()
     con.register("docs", pa.table({"id": [f"e{i:06d}" for i in range(len(texts))], "text": texts}))
-    assert ("e069999", "e000003") in near_duplicate_edges(con, "docs", 0.8)
+    edges = near_duplicate_edges(con, "docs", 0.8, workers=1)
+    assert ("e069999", "e000003") in edges
+    # batches signed and bands bucketed on threads give the same edges in the same order
+    assert near_duplicate_edges(con, "docs", 0.8, workers=3) == edges
+    con.execute(f"CREATE TABLE pre AS SELECT id, {prompt_words_sql('text')} AS w FROM docs")
+    assert near_duplicate_edges(con, "pre", 0.8, words="w", workers=2) == edges
 
 
 def test_clusters_keep_one_member_by_rank():
