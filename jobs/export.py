@@ -125,6 +125,7 @@ def _open_lake(settings: Settings, versions: dict[str, int | None]) -> duckdb.Du
         if version is None:
             # absent when the export was made: read as empty even if it exists now (a holdout registry created
             # since would otherwise move groups into holdout on a rebuild)
+            con.execute(f"DROP VIEW IF EXISTS {view_name(table_id)}").fetchall()
             con.register(view_name(table_id), table_spec(table_id).schema.empty_table())
     return con
 

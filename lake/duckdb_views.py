@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 from typing import Mapping
+from urllib.parse import urlparse
 
 import duckdb
+import pyarrow as pa
 
 from lake.readers import table_dataset
+from lake.tables import open_table, spec
 from schemas.settings import Settings
-from schemas.tables import TABLES
+from schemas.tables import TABLES, TableSpec
+
+# reader features that make a table's parquet files alone an incomplete picture of its rows
+_NEEDS_DELTA_READER = {"deletionVectors", "columnMapping"}
 
 
 def view_name(table_id: str) -> str:
@@ -15,9 +21,58 @@ def view_name(table_id: str) -> str:
     return table_id.replace("/", "_")
 
 
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def native_view_sql(con: duckdb.DuckDBPyConnection, settings: Settings, t: TableSpec,
+                    version: int | None) -> str | None:
+    """A SELECT reading the table's live parquet files (from the Delta log at `version`) with DuckDB's own parquet
+    reader, every declared column in order and type; None when the table must be read through its pyarrow
+    dataset instead (not written yet, no files, files not on the local disk, or a protocol whose deletion vectors
+    or column mapping plain parquet reads would miss).
+
+    Why: DuckDB's reader filters before it decodes the other columns; pyarrow's dataset decodes every projected
+    column of a row group and then filters. Scanning the export's conversation events (1.2 GB of bodies among
+    the 1M lake's 20M events) took 3.4–4.0 s through pyarrow against 1.6 s natively."""
+    dt = open_table(settings, t, version)
+    if dt is None:
+        return None
+    protocol = dt.protocol()
+    features = set(protocol.reader_features or ())
+    mapping = dt.metadata().configuration.get("delta.columnMapping.mode", "none")
+    if features & _NEEDS_DELTA_READER or mapping != "none":
+        return None
+    files = dt.file_uris()
+    if not files or any(urlparse(f).scheme not in ("", "file") for f in files):
+        return None
+    # partition values come from the file paths (hive style, as delta-rs and Spark write them): only when every
+    # path spells its logged values plainly (nothing URL-encoded, no nulls)
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    segments = [p.split("/") for p in actions.column("path").to_pylist()]
+    for c in t.partition_by:
+        values = actions.column(f"partition.{c}").to_pylist()
+        if any(v is None or f"{c}={v}" not in segs or "%" in str(v) for v, segs in zip(values, segments)):
+            return None
+    declared = con.from_arrow(t.schema.empty_table())
+    types = dict(zip(declared.columns, map(str, declared.types)))
+    hive = ", ".join(f"{_quote(c)}: {_quote(types[c])}" for c in t.partition_by)
+    source = (f"read_parquet([{', '.join(map(_quote, files))}], union_by_name = true"
+              + (f", hive_partitioning = true, hive_types = {{{hive}}})" if t.partition_by else ", hive_partitioning = false)"))
+    present = set(con.sql(f"SELECT * FROM {source} LIMIT 0").columns)
+    cols = []
+    for name, typ in zip(declared.columns, declared.types):
+        ident = '"' + name.replace('"', '""') + '"'
+        # files older than a column hold no value for it (what the pyarrow dataset gives too: null)
+        cols.append(f"CAST({ident} AS {typ}) AS {ident}" if name in present else f"CAST(NULL AS {typ}) AS {ident}")
+    return f"SELECT {', '.join(cols)} FROM {source}"
+
+
 def connect(settings: Settings, as_of: Mapping[str, int] | None = None,
             con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per lake table (DuckDB's delta extension is not needed).
+    """A DuckDB connection with one view per lake table (DuckDB's delta extension is not needed): the table's
+    live files at its version, read by DuckDB's parquet reader where it can (`native_view_sql`), else through
+    the pyarrow dataset of lake/readers.py.
 
     `as_of` pins tables to Delta versions, e.g. {"silver/steps": 12}.
     """
@@ -26,6 +81,14 @@ def connect(settings: Settings, as_of: Mapping[str, int] | None = None,
     unknown = set(as_of) - set(TABLES)
     if unknown:
         raise KeyError(f"unknown table(s) {sorted(unknown)}; known: {', '.join(TABLES)}")
+    # a view's footers are read again by every query that binds it; cached, they are read once
+    con.execute("SET parquet_metadata_cache = true").fetchall()
     for table_id in TABLES:
-        con.register(view_name(table_id), table_dataset(settings, table_id, as_of.get(table_id)))
+        version = as_of.get(table_id)
+        sql = native_view_sql(con, settings, spec(table_id), version)
+        con.execute(f"DROP VIEW IF EXISTS {view_name(table_id)}").fetchall()   # either kind, from an earlier call
+        if sql is None:
+            con.register(view_name(table_id), table_dataset(settings, table_id, version))
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {view_name(table_id)} AS {sql}").fetchall()
     return con

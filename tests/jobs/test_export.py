@@ -289,7 +289,7 @@ def test_a_leak_fails_the_export_unless_overridden(synthetic_lake, tmp_path, mon
 
     s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
     shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
-    monkeypatch.setattr(export, "prompt_digest_sql", lambda text: "'one-prompt'")
+    monkeypatch.setattr(export, "prompt_digest_sql", lambda text, **_: "'one-prompt'")
     request = ExportRequest("leaky", ("kto",), SYN_START, SYN_END, "reward-v2")
     with pytest.raises(ExportFailed, match="identical prompt.*in more than one split.*--allow-failed-checks") as exc:
         run(s, request)
