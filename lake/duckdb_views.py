@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from typing import Mapping
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import duckdb
 import pyarrow as pa
@@ -29,8 +29,9 @@ def native_view_sql(con: duckdb.DuckDBPyConnection, settings: Settings, t: Table
                     version: int | None) -> str | None:
     """A SELECT reading the table's live parquet files (from the Delta log at `version`) with DuckDB's own parquet
     reader, every declared column in order and type; None when the table must be read through its pyarrow
-    dataset instead (not written yet, no files, files not on the local disk, or a protocol whose deletion vectors
-    or column mapping plain parquet reads would miss).
+    dataset instead (not written yet, no files, files not on the local disk or with glob characters in their
+    paths, partition values the paths URL-encode, or a protocol whose deletion vectors or column mapping plain
+    parquet reads would miss).
 
     Why: DuckDB's reader filters before it decodes the other columns; pyarrow's dataset decodes every projected
     column of a row group and then filters. Scanning the export's conversation events (1.2 GB of bodies among
@@ -43,8 +44,11 @@ def native_view_sql(con: duckdb.DuckDBPyConnection, settings: Settings, t: Table
     mapping = dt.metadata().configuration.get("delta.columnMapping.mode", "none")
     if features & _NEEDS_DELTA_READER or mapping != "none":
         return None
-    files = dt.file_uris()
-    if not files or any(urlparse(f).scheme not in ("", "file") for f in files):
+    uris = [urlparse(f) for f in dt.file_uris()]
+    if not uris or any(u.scheme not in ("", "file") for u in uris):
+        return None
+    files = [unquote(u.path) if u.scheme else u.geturl() for u in uris]
+    if any(ch in f for f in files for ch in "*?[{"):   # read_parquet would take them for globs
         return None
     # partition values come from the file paths (hive style, as delta-rs and Spark write them): only when every
     # path spells its logged values plainly (nothing URL-encoded, no nulls)

@@ -64,7 +64,7 @@ def test_files_written_before_a_column_existed_read_it_as_null(lake_settings):
                    "WHERE score IS NULL").fetchall() == [(2,)]
 
 
-@pytest.mark.parametrize("kind", ["a/b", "50%", "a b=c"])
+@pytest.mark.parametrize("kind", ["a/b", "50%", "a b=c", "x[1]*"])
 def test_partition_values_the_paths_encode_are_read_through_the_dataset(lake_settings, kind):
     _write(lake_settings, _rows(range(2), kind=kind))
     con = duckdb.connect()
