@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[list[str], str, int]] = {
     "jobs_speed": (["--sizes", "1000000", "--runs", "3"], "Spark heuristics + scorecards against DuckDB", 30),
     "collector_load": (["--runs", "3"], "events/s through the HTTP collector into bronze", 10),
     "leakage_cost": (["--runs", "3"], "the export's cross-split leakage check", 1),
+    "duckdb_views": (["--runs", "5"], "DuckDB's parquet reader against pyarrow datasets on the 1M lake", 8),
     "export_speed": (["--runs", "3"], "the 1M-episode training export against a bare dump", 40),
 }
 
