@@ -734,7 +734,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
     progress("finding near-duplicate prompts")
     con.execute(_user_text_sql(margin), params).fetchall()
     cluster_of = clusters(near_duplicate_edges(con, "ep_text", settings.export_near_duplicate_threshold,
-                                               words="words"))
+                                               words="words", workers=settings.export_workers or None))
     con.register("_clustered", pa.table({"episode_id": pa.array(list(cluster_of), pa.string())}))
     rank = {x: (PRECEDENCE[split], -composite, x) for x, split, composite in con.execute(
         "SELECT episode_id, s.split, ep.composite FROM _clustered JOIN _splits s USING (episode_id) "
