@@ -34,8 +34,8 @@ def native_view_sql(con: duckdb.DuckDBPyConnection, settings: Settings, t: Table
     parquet reads would miss).
 
     Why: DuckDB's reader filters before it decodes the other columns; pyarrow's dataset decodes every projected
-    column of a row group and then filters. Scanning the export's conversation events (1.2 GB of bodies among
-    the 1M lake's 20M events) took 3.4–4.0 s through pyarrow against 1.6 s natively."""
+    column of a row group and then filters: 0.36–0.57 of the time on the 1M lake's queries (bench/duckdb_views.py,
+    bench/RESULTS.md)."""
     dt = open_table(settings, t, version)
     if dt is None:
         return None
@@ -61,8 +61,8 @@ def native_view_sql(con: duckdb.DuckDBPyConnection, settings: Settings, t: Table
     declared = con.from_arrow(t.schema.empty_table())
     types = dict(zip(declared.columns, map(str, declared.types)))
     hive = ", ".join(f"{_quote(c)}: {_quote(types[c])}" for c in t.partition_by)
-    source = (f"read_parquet([{', '.join(map(_quote, files))}], union_by_name = true"
-              + (f", hive_partitioning = true, hive_types = {{{hive}}})" if t.partition_by else ", hive_partitioning = false)"))
+    partitioning = f"hive_partitioning = true, hive_types = {{{hive}}}" if t.partition_by else "hive_partitioning = false"
+    source = f"read_parquet([{', '.join(map(_quote, files))}], union_by_name = true, {partitioning})"
     present = set(con.sql(f"SELECT * FROM {source} LIMIT 0").columns)
     cols = []
     for name, typ in zip(declared.columns, declared.types):

@@ -72,8 +72,7 @@ def test_partition_values_the_paths_encode_are_read_through_the_dataset(lake_set
     con.register("via_dataset", table_dataset(lake_settings, THINGS))
     expected = con.sql("SELECT kind, count(*) FROM via_dataset GROUP BY kind").fetchall()
     assert expected == [(kind, 2)]
-    if sql is not None:   # only when the path spells the value plainly
-        assert con.sql(f"SELECT kind, count(*) FROM ({sql}) GROUP BY kind").fetchall() == expected
+    assert sql is None   # delta-rs URL-encodes each of these in the path: the dataset decodes them, DuckDB would not
 
 
 def test_a_table_not_written_yet_is_an_empty_view(lake_settings):
