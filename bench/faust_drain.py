@@ -6,7 +6,10 @@ each event when its batch is done), then writes `{"events": …, "seconds": …}
 the path given and exits. What it measures: Faust's own per-event cost (fetch, conductor dispatch, Event
 objects, acks, offset commits) on this machine, the floor under any Faust-based worker's figures.
 
-Usage (by bench/stream_throughput.py): python bench/faust_drain.py N OUT.json
+By default the app has the worker's Faust set-up (streams/faust_consumer.py: eager dispatch, the quiet monitor);
+`--upstream` drains with faust-streaming's own consumer loop and monitor (bench/faust_dispatch.py compares them).
+
+Usage (by bench/stream_throughput.py): python bench/faust_drain.py N OUT.json [--upstream]
 """
 from __future__ import annotations
 
@@ -22,16 +25,21 @@ sys.path.insert(0, str(REPO))
 import faust  # noqa: E402
 
 from schemas.settings import Settings  # noqa: E402
+from streams.faust_consumer import QuietMonitor, install_eager_dispatch  # noqa: E402
 
 
 def main() -> None:
     n, out = int(sys.argv[1]), Path(sys.argv[2])
+    upstream = "--upstream" in sys.argv[3:]
     s = Settings()
     datadir = s.state_dir / "faust-drain" / s.worker_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(f"{s.worker_id}-drain", broker=f"kafka://{s.bootstrap}", datadir=str(datadir),
                     web_enabled=False, topic_disable_leader=True, consumer_auto_offset_reset="earliest",
-                    broker_commit_every=1000, broker_commit_interval=1.0, stream_buffer_maxsize=8192)
+                    broker_commit_every=1000, broker_commit_interval=1.0, stream_buffer_maxsize=8192,
+                    monitor=None if upstream else QuietMonitor())
+    if not upstream:
+        install_eager_dispatch(app)
     raw = app.topic(s.topic("frontend.raw"), s.topic("agent.raw"), key_serializer="raw", value_serializer="raw")
     seen = {"n": 0, "first": 0, "t0": 0.0}
 

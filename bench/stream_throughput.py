@@ -12,8 +12,8 @@ Per run, each on fresh topics, consumer group and lake on a broker of the benchm
               file holding the event; p50 and p99
   baselines   in the same run, over the same raw topics:
               a bare aiokafka consume loop (no group, no parsing): the ceiling any Kafka consumer in Python meets;
-              a Faust app that drains them with the worker's batching and does nothing (bench/faust_drain.py):
-              the ceiling of any Faust-based worker on this machine
+              a Faust app that drains them with the worker's batching and Faust set-up and does nothing
+              (bench/faust_drain.py): the ceiling of any worker built like this one on this machine
 
 Usage: .venv/bin/python bench/stream_throughput.py [--events 20000] [--rate R] [--runs 3]
 Writes bench/out/stream_throughput.json and prints the table for bench/RESULTS.md.

@@ -1,0 +1,192 @@
+"""Faust's per-message overheads taken out: dispatch started inline instead of as four tasks, a monitor that
+keeps no per-event statistics.
+
+faust-streaming's `Consumer._drain_messages` hands every fetched message to the conductor with
+`await self.wait_first(callback(message), self.suspend_flow.wait())`. `wait_first` wraps the callback and three
+events (suspend flow, stopped, crashed) in four tasks and an `asyncio.wait`, then cancels the three that lost,
+for every message. Profiling a Faust app that only drains the raw topics (bench/faust_drain.py, py-spy) put
+about half of its event loop's time there. Nearly always the callback never suspends: the conductor decodes
+the message and puts it on each stream's queue without waiting.
+
+`_drain_messages` below is faust-streaming 0.15.3's loop with one change: the callback is started inline, in a
+copy of the context as a task would have, and runs to its first suspension. If it finishes there (the common
+case) no task is made. If it suspends (a full stream buffer, flow control during a rebalance, a busy
+producer), the rest of it becomes a task that resumes it exactly as asyncio's Task would, and the loop waits
+on it through `wait_first` with the suspend-flow event as before — so rebalances interrupt it as they always
+did. Python 3.12's eager task factory does the same; this worker runs on 3.11.
+
+Faust's Monitor sensor also runs on every message, stream event, table access and send, keeping statistics
+for Faust's web views, which the worker does not serve (`web_enabled=False`; `trajlake status` reads lag from
+the broker). `QuietMonitor` keeps the per-commit and per-rebalance ones and drops the per-event ones.
+
+The dispatch patch is installed only on the faust-streaming version whose loop it reproduces
+(`tests/streams/test_faust_consumer.py` pins the upstream source's hash, so an upgrade fails a test instead of
+silently running a stale copy).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from typing import Any, AsyncIterator, Coroutine, Optional, cast
+
+import faust
+from faust.sensors.monitor import Monitor
+
+log = logging.getLogger("trajlake.worker")
+
+PATCHED_FAUST_VERSION = "0.15.3"
+
+
+def start_eagerly(coro: Coroutine[Any, Any, Any]) -> Optional[asyncio.Task]:
+    """Run `coro` inline up to its first suspension. None if it finished (its result is dropped, an error
+    raises here), else a task running the rest of it."""
+    ctx = contextvars.copy_context()
+    try:
+        yielded = ctx.run(coro.send, None)
+    except StopIteration:
+        return None
+    return asyncio.get_running_loop().create_task(_resume(coro, yielded), context=ctx)
+
+
+async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    """Drive a coroutine that has suspended on `yielded`, the way asyncio's Task does: wait until the future it
+    yielded is done, then send None (the coroutine's own `await` takes the future's result or exception); a
+    bare yield is one pass of the event loop. Cancelling this task cancels that future and throws
+    CancelledError into the coroutine, as Task.cancel would."""
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                yielded._asyncio_future_blocking = False
+                await asyncio.wait((yielded,))
+        except asyncio.CancelledError as exc:
+            if yielded is not None:
+                yielded.cancel()
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover — the consumer's thread runs it
+    # faust-streaming 0.15.3, transport/consumer.py, Consumer._drain_messages; the one change is marked
+    from mode import Service
+
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = cast(Service, self)._stopped.is_set
+    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    from faust.transport.consumer import CONSUMER_FETCHING
+    flag_consumer_fetching = CONSUMER_FETCHING
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = self.app.topics.acks_enabled_for
+
+    yield_every = 100
+    num_since_yield = 0
+    sleep = asyncio.sleep
+
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(flag_consumer_fetching)
+            ait = cast(AsyncIterator, getmany(timeout=1.0))
+
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset:
+                            acks_enabled = acks_enabled_for(message.topic)
+                            if acks_enabled:
+                                await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None:
+                            if self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                        # the change: upstream awaits wait_first(callback(message), suspend_flow.wait()) for
+                        # every message; here only a callback that suspends goes through it
+                        rest = start_eagerly(callback(message))
+                        if rest is not None:
+                            await self.wait_first(rest, self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+                    else:
+                        self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
+                unset_flag(flag_consumer_fetching)
+
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(flag_consumer_fetching)
+
+
+def install_eager_dispatch(app: faust.App) -> bool:
+    """Give `app`'s consumer the eager-dispatch drain loop; False (and upstream's loop) on another faust-streaming
+    version than the one it reproduces."""
+    if faust.__version__ != PATCHED_FAUST_VERSION:
+        log.warning("faust-streaming %s is not %s: keeping its own consumer loop (slower dispatch)",
+                    faust.__version__, PATCHED_FAUST_VERSION)
+        return False
+    consumer = app.consumer
+    consumer._drain_messages = _drain_messages.__get__(consumer)
+    return True
+
+
+class QuietMonitor(Monitor):
+    """Faust's Monitor without its per-message, per-event, per-table-access and per-send bookkeeping."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Optional[dict]:
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Optional[dict] = None) -> None:
+        pass
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_table_get(self, table: Any, key: Any) -> None:
+        pass
+
+    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+        pass
+
+    def on_table_del(self, table: Any, key: Any) -> None:
+        pass
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
+        return None
+
+    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
+        pass
