@@ -67,13 +67,22 @@ def scrub_batch(scrubber: EventScrubber, keys: KeyStore, events: list[dict[str, 
         scrubber.prepare_ner(learnt, contexts)
     except Exception:  # noqa: BLE001 — batching is an optimisation: each event then runs NER on its own below
         pass
+    scrubbed: list[tuple[int, dict[str, Any], str]] = []  # (position, clean event, raw user id)
     for i, e in enumerate(out):
         if isinstance(e, dict):
             try:
-                clean = scrubber.scrub_event(e, contexts[e["session_id"]])
-                pseudonym = clean["user_id"]
-                out[i] = {"event": clean, "policy_version": POLICY_VERSION,
-                          "user_ref": _seal(keys.key(pseudonym), pseudonym, e["user_id"])}
+                scrubbed.append((i, scrubber.scrub_event(e, contexts[e["session_id"]]), e["user_id"]))
             except Exception as exc:  # noqa: BLE001
                 out[i] = f"{type(exc).__name__}: {exc}"
+    try:  # the batch's new users' keys in one transaction (KeyStore.keys)
+        user_keys = keys.keys(clean["user_id"] for _, clean, _ in scrubbed)
+    except Exception:  # noqa: BLE001 — then user by user below, so only the events whose key fails are lost
+        user_keys = {}
+    for i, clean, user_id in scrubbed:
+        pseudonym = clean["user_id"]
+        try:
+            key = user_keys.get(pseudonym) or keys.key(pseudonym)
+            out[i] = {"event": clean, "policy_version": POLICY_VERSION, "user_ref": _seal(key, pseudonym, user_id)}
+        except Exception as exc:  # noqa: BLE001
+            out[i] = f"{type(exc).__name__}: {exc}"
     return out, contexts

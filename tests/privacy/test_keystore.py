@@ -58,3 +58,36 @@ def test_the_cache_expires_so_an_erased_key_leaves_a_worker(tmp_path):
     old = worker.key("u_a")
     eraser.shred("u_a")
     assert worker.key("u_a") != old
+
+
+def test_keys_of_a_batch_are_the_keys_one_at_a_time(tmp_path):
+    path = tmp_path / "keys.sqlite3"
+    store = KeyStore(path)
+    known = store.key("u_known")
+    many = [f"u_{i}" for i in range(2_000)]  # more than one SELECT's worth of parameters
+    got = store.keys(["u_known", *many, "u_known"])
+    assert set(got) == {"u_known", *many} and got["u_known"] == known
+    assert len(set(got.values())) == len(got) and all(len(k) == KEY_BYTES for k in got.values())
+    other = KeyStore(path)  # nothing cached: read back from the file
+    assert all(other.key(p) == k for p, k in got.items())
+    assert other.keys(many[:5]) == {p: got[p] for p in many[:5]}
+    assert len(store) == 2_001 and store.keys([]) == {}
+
+
+def _keys_in_child(path, pseudonyms, out):
+    out.put(KeyStore(path).keys(pseudonyms))
+
+
+def test_racing_batches_agree_on_one_key_per_user(tmp_path):
+    path = tmp_path / "keys.sqlite3"
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    users = [f"u_{i}" for i in range(300)]
+    procs = [ctx.Process(target=_keys_in_child, args=(path, users[i * 50:] + users[:i * 50], q)) for i in range(3)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join()
+    assert results[0] == results[1] == results[2]
+    assert results[0] == {u: KeyStore(path).find(u) for u in users}

@@ -1,0 +1,64 @@
+"""The scrub process's batch: every event's user key comes from one key-store transaction per batch, the same keys
+as one at a time; when the batch lookup fails, only the events whose own key fails are lost (as error texts)."""
+from __future__ import annotations
+
+import pytest
+
+from privacy.keystore import KeyStore
+from privacy.scrub import EventScrubber
+from privacy.tokens import reveal
+from privacy.worker import scrub_batch
+from streams.sources.synthetic import synthetic_events
+
+pytestmark = pytest.mark.component
+
+KEY = b"k" * 32
+
+
+def _events(n: int = 400) -> list[dict]:
+    return [e.event for e in synthetic_events(n, seed=3)]
+
+
+class Counting(KeyStore):
+    def __init__(self, *a, fail_batch: bool = False, fail_user: str | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.batches, self.singles, self.fail_batch, self.fail_user = 0, 0, fail_batch, fail_user
+
+    def keys(self, pseudonyms):
+        self.batches += 1
+        if self.fail_batch:
+            raise OSError("database is locked")
+        return super().keys(pseudonyms)
+
+    def key(self, pseudonym):
+        self.singles += 1
+        if pseudonym == self.fail_user:
+            raise OSError("disk I/O error")
+        return super().key(pseudonym)
+
+
+def test_one_key_lookup_per_batch_and_the_same_keys(tmp_path):
+    events = _events()
+    store = Counting(tmp_path / "keys.sqlite3")
+    out, _ = scrub_batch(EventScrubber(KEY, use_ner=False), store, events, {})
+    assert store.batches == 1 and store.singles == 0
+    assert all(isinstance(o, dict) for o in out) and len(out) == len(events)
+    users = {o["event"]["user_id"] for o in out}
+    assert len(users) > 10
+    check = KeyStore(tmp_path / "keys.sqlite3")
+    for o, raw in zip(out, events):
+        pseudonym = o["event"]["user_id"]
+        assert reveal(check.key(pseudonym), pseudonym, o["user_ref"]) == raw["user_id"]
+
+
+def test_a_failed_batch_lookup_falls_back_to_one_user_at_a_time(tmp_path):
+    events = _events()
+    plain, _ = scrub_batch(EventScrubber(KEY, use_ner=False), KeyStore(tmp_path / "a.sqlite3"), events, {})
+    doomed = plain[0]["event"]["user_id"]
+    store = Counting(tmp_path / "b.sqlite3", fail_batch=True, fail_user=doomed)
+    out, _ = scrub_batch(EventScrubber(KEY, use_ner=False), store, events, {})
+    lost = [o for o in out if isinstance(o, str)]
+    assert lost and all("disk I/O error" in o for o in lost)
+    assert len(lost) == sum(p["event"]["user_id"] == doomed for p in plain)
+    assert [o["event"] for o in out if isinstance(o, dict)] == [p["event"] for p in plain
+                                                                 if p["event"]["user_id"] != doomed]
