@@ -332,11 +332,15 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     version = F.col("reward_version") == spec.version
     steps = read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version).cache()
     episodes = read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version).cache()
-    cards = None
+    cards = sums = None
     try:
         where = periods_predicate(start, end, spec)  # filters the rows and bounds the replace alike
         progress("aggregating signals by day and week")
-        cards = scorecards(spark, daily_sums(steps, episodes), spec).where(where).cache()
+        # the day sums feed the day rows, the week rows and each one's baseline: without materialising them once,
+        # the plan re-explodes and re-aggregates every step and episode in each of those branches
+        sums = daily_sums(steps, episodes).cache()
+        sums.count()
+        cards = scorecards(spark, sums, spec).where(where).cache()
         rails = regressions(cards, spec).unionByName(gaming_flags(cards, spec)).unionByName(
             drift(steps, episodes, spec).where(where))
         sample = review_queue(episodes.where((F.col("week") >= F.lit(ws)) & (F.col("week") < F.lit(we))), spec)
@@ -346,8 +350,9 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
             (GOLD_REVIEW_QUEUE, sample, f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'")],
             spec, progress)
     finally:
-        if cards is not None:
-            cards.unpersist()
+        for df in (cards, sums):
+            if df is not None:
+                df.unpersist()
         steps.unpersist()
         episodes.unpersist()
     return out
