@@ -75,12 +75,12 @@ def scrub_batch(scrubber: EventScrubber, keys: KeyStore, events: list[dict[str, 
             except Exception as exc:  # noqa: BLE001
                 out[i] = f"{type(exc).__name__}: {exc}"
     try:  # the batch's new users' keys in one transaction (KeyStore.keys)
-        user_keys = keys.keys(clean["user_id"] for _, clean, _ in scrubbed)
+        user_keys = keys.keys(c["user_id"] for _, c, _ in scrubbed if isinstance(c.get("user_id"), str))
     except Exception:  # noqa: BLE001 — then user by user below, so only the events whose key fails are lost
         user_keys = {}
     for i, clean, user_id in scrubbed:
-        pseudonym = clean["user_id"]
         try:
+            pseudonym = clean["user_id"]
             key = user_keys.get(pseudonym) or keys.key(pseudonym)
             out[i] = {"event": clean, "policy_version": POLICY_VERSION, "user_ref": _seal(key, pseudonym, user_id)}
         except Exception as exc:  # noqa: BLE001

@@ -62,3 +62,19 @@ def test_a_failed_batch_lookup_falls_back_to_one_user_at_a_time(tmp_path):
     assert len(lost) == sum(p["event"]["user_id"] == doomed for p in plain)
     assert [o["event"] for o in out if isinstance(o, dict)] == [p["event"] for p in plain
                                                                  if p["event"]["user_id"] != doomed]
+
+
+def test_an_event_scrubbed_without_a_user_is_the_only_one_lost(tmp_path):
+    events = _events(50)
+    doomed = events[7]["event_id"]
+
+    class Dropping(EventScrubber):
+        def scrub_event(self, e, ctx):
+            out = super().scrub_event(e, ctx)
+            if e["event_id"] == doomed:
+                del out["user_id"]
+            return out
+
+    out, _ = scrub_batch(Dropping(KEY, use_ner=False), KeyStore(tmp_path / "keys.sqlite3"), events, {})
+    assert isinstance(out[7], str) and "user_id" in out[7]
+    assert all(isinstance(o, dict) for i, o in enumerate(out) if i != 7)
