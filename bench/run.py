@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS: dict[str, tuple[list[str], str, int]] = {
     "setup_time": (["--runs", "3"], "cold and warm set-up of the test command", 25),
     "stream_throughput": (["--events", "15000", "--runs", "3"], "stream worker events/s and produce→Delta latency", 15),
+    "faust_dispatch": (["--events", "60000", "--runs", "3"], "Faust draining the raw topics: upstream loop against the "
+                       "worker's eager dispatch", 6),
     "validate_cost": (["--events", "20000", "--runs", "3"], "contract validation per event", 1),
     "join_cost": (["--against", "HEAD", "--runs", "3"], "the join core per event (here against itself: a noise floor)", 3),
     "scrub_speed": (["--runs", "3"], "the scrubber against vanilla Presidio, speed and recall", 10),
