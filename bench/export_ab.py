@@ -19,6 +19,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
+sys.path.insert(0, str(REPO / "bench"))
+
+from interleaved import worktree  # noqa: E402
 
 # run in the child: one export from the checkout in argv[1], on this checkout's bench lake
 _CHILD = """
@@ -61,13 +64,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--formats", default="sft,dpo,openai_dpo,kto,rft,steps")
     a = ap.parse_args()
-    rev = subprocess.run(["git", "rev-parse", "--short", a.against], cwd=REPO, capture_output=True, text=True)
-    if rev.returncode:
-        sys.exit(f"--against {a.against}: not a commit of this repository ({rev.stderr.strip()})")
-    other = OUT / "ab" / rev.stdout.strip()
-    if not other.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(other), a.against], cwd=REPO, check=True,
-                       capture_output=True)
+    against, other = worktree(a.against, OUT / "ab")
     subprocess.run([sys.executable, str(REPO / "bench" / "export_speed.py"), "--prepare-only"], cwd=REPO, check=True)
     runs: dict[str, list[dict]] = {"other": [], "this": []}
     for r in range(a.rounds):
@@ -79,7 +76,7 @@ def main() -> int:
     files = {name: [r["files"] for r in rs] for name, rs in runs.items()}
     same = all(f == files["other"][0] for fs in files.values() for f in fs)
     med = {name: statistics.median(r["wall"] for r in rs) for name, rs in runs.items()}
-    summary = {"against": rev.stdout.strip(), "medians_s": med, "ratio": round(med["this"] / med["other"], 3),
+    summary = {"against": against, "medians_s": med, "ratio": round(med["this"] / med["other"], 3),
                "identical_files": same, "runs": {n: [{"wall": r["wall"], "stages": r["stages"]} for r in rs]
                                                  for n, rs in runs.items()}}
     (OUT / "export_ab.json").write_text(json.dumps(summary, indent=2))

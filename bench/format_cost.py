@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from interleaved import worktree  # noqa: E402
+
 OUT = REPO / "bench" / "out" / "format_cost"
 CHUNKS = OUT / "chunks"
 FORMATS = ("sft", "dpo", "openai_dpo", "kto", "rft", "steps")
@@ -99,18 +102,6 @@ def per_episode(repo: Path, episodes: int) -> float:
     return (instructions(repo, 1) - instructions(repo, 0)) / episodes
 
 
-def worktree(rev: str) -> Path:
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO, capture_output=True,
-                         text=True)
-    if sha.returncode != 0:
-        raise SystemExit(f"--against {rev}: not a commit of this repository ({sha.stderr.strip()})")
-    path = OUT / f"rev-{sha.stdout.strip()[:12]}"
-    if not path.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha.stdout.strip()], cwd=REPO, check=True,
-                       capture_output=True)
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--against", help="a commit to measure in the same run (the ratio's baseline)")
@@ -128,7 +119,7 @@ def main() -> None:
     print(f"this checkout ({result['this']['commit']}): {result['this']['per_episode']:,.0f} instructions/episode",
           flush=True)
     if args.against:
-        other = worktree(args.against)
+        _, other = worktree(args.against, OUT)
         result["against"] = {"commit": _head(other), "per_episode": per_episode(other, episodes)}
         result["ratio"] = round(result["this"]["per_episode"] / result["against"]["per_episode"], 4)
         print(f"{args.against} ({result['against']['commit']}): {result['against']['per_episode']:,.0f} "

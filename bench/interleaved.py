@@ -1,9 +1,29 @@
-"""Same-run A/B timing for the micro-benchmarks: each candidate once per round, rounds repeated, medians compared."""
+"""Same-run A/B timing for the micro-benchmarks: each candidate once per round, rounds repeated, medians compared;
+other commits checked out beside this one for the A/B benchmarks."""
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worktree(rev: str, under: Path) -> tuple[str, Path]:
+    """`rev` checked out once as a git worktree at `under`/<short sha> (reused while it exists): (short sha, path).
+    Exits with a message naming the problem when `rev` is not a commit of this repository."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", "--short", f"{rev}^{{commit}}"], cwd=REPO,
+                         capture_output=True, text=True)
+    if sha.returncode:
+        raise SystemExit(f"--against {rev}: not a commit of this repository ({sha.stderr.strip()})")
+    short = sha.stdout.strip()
+    path = under / short
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(path), short], cwd=REPO, check=True,
+                       capture_output=True)
+    return short, path
 
 
 def time_interleaved(candidates: dict[str, Callable[[], Any]],

@@ -20,6 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
+sys.path.insert(0, str(REPO / "bench"))
+
+from interleaved import worktree  # noqa: E402
 
 
 def _run(checkout: Path, kind: str, events: int, seed: int) -> dict:
@@ -39,13 +42,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=15_000)
     ap.add_argument("--kinds", default="mix,structural")
     a = ap.parse_args()
-    rev = subprocess.run(["git", "rev-parse", "--short", a.against], cwd=REPO, capture_output=True, text=True)
-    if rev.returncode:
-        sys.exit(f"--against {a.against}: not a commit of this repository ({rev.stderr.strip()})")
-    other = OUT / "ab" / rev.stdout.strip()
-    if not other.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(other), a.against], cwd=REPO, check=True,
-                       capture_output=True)
+    against, other = worktree(a.against, OUT / "ab")
     kinds = a.kinds.split(",")
     runs: dict[str, dict[str, list[dict]]] = {k: {"other": [], "this": []} for k in kinds}
     for r in range(a.rounds):
@@ -57,7 +54,7 @@ def main() -> int:
                 print(f"round {r + 1} {kind:10} {name:5} {res['events_per_s']:8.1f} events/s  p50 {res['p50_s']:.2f} s"
                       f"  p99 {res['p99_s']:.2f} s  Faust drain {res['faust_drain_per_s']:8.1f}/s  "
                       f"not visible {res['not_visible']}", flush=True)
-    summary: dict = {"against": rev.stdout.strip(), "args": vars(a), "workloads": {}}
+    summary: dict = {"against": against, "args": vars(a), "workloads": {}}
     print(f"\n| workload | {summary['against']} events/s | median | this | median | ratio | p99 medians (s) |")
     print("|---|---|---|---|---|---|---|")
     for kind, by in runs.items():

@@ -300,8 +300,8 @@ def build_analyzer():
     }
     nlp = NlpEngineProvider(nlp_configuration=conf).create_engine()
     # Presidio reads entities, tokens and lemmas; the dependency parser feeds none of them (the lemmatizer takes
-    # its POS from the tagger and attribute ruler) and was ~13% of NER time. Findings are the same with it off:
-    # tests/privacy/test_scrub.py compares both on τ-bench and synthetic texts.
+    # its POS from the tagger and attribute ruler). Findings are the same with it off (tests/privacy/test_scrub.py
+    # compares both on τ-bench and synthetic texts); the worker's mix went 1.18x faster (bench/RESULTS.md).
     nlp.nlp["en"].disable_pipe("parser")
     return AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
 

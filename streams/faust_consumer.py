@@ -32,6 +32,8 @@ from typing import Any, AsyncIterator, Coroutine, Optional, cast
 
 import faust
 from faust.sensors.monitor import Monitor
+from faust.transport.consumer import CONSUMER_FETCHING
+from mode import Service
 
 log = logging.getLogger("trajlake.worker")
 
@@ -77,8 +79,6 @@ async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
 
 async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover — the consumer's thread runs it
     # faust-streaming 0.15.3, transport/consumer.py, Consumer._drain_messages; the one change is marked
-    from mode import Service
-
     callback = self.callback
     getmany = self.getmany
     consumer_should_stop = cast(Service, self)._stopped.is_set
@@ -86,7 +86,6 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
 
     get_read_offset = self._read_offset.__getitem__
     set_read_offset = self._read_offset.__setitem__
-    from faust.transport.consumer import CONSUMER_FETCHING
     flag_consumer_fetching = CONSUMER_FETCHING
     set_flag = self.diag.set_flag
     unset_flag = self.diag.unset_flag

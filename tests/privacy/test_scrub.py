@@ -146,7 +146,7 @@ def test_batched_ner_scrubs_exactly_as_text_by_text(presidio):
 
 @pytest.mark.component
 def test_the_parser_is_off_and_presidio_finds_the_same_without_it(presidio):
-    """build_analyzer disables spaCy's dependency parser (~13% of NER time): Presidio's findings on τ-bench and
+    """build_analyzer disables spaCy's dependency parser (CPU Presidio does not need): its findings on τ-bench and
     synthetic texts are the same as with the full pipeline."""
     from privacy import policy
     from privacy.leakage import strings_of
