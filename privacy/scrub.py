@@ -5,7 +5,7 @@ import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from privacy import policy
 from privacy.pseudonyms import pseudonym
@@ -18,6 +18,8 @@ class SessionDictionary:
     values: dict[str, str] = field(default_factory=dict)   # casefolded value → replacement, matched in free text
     found: dict[str, str] = field(default_factory=dict)    # values recognizers found: numbered, not matched
     counters: dict[str, int] = field(default_factory=dict)
+    changes: int = field(default=0, compare=False)  # bumped by every new value: the worker saves it only then
+    saved_at: float = field(default=0.0, compare=False)  # when the worker last saved it (wall clock)
     _regex: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
     def learn(self, value: str, label: str, replacement: str | None = None, match: bool = True) -> str:
@@ -40,8 +42,10 @@ class SessionDictionary:
             self.values[key] = replacement
             self.found.pop(key, None)
             self._regex = None
-        else:
+            self.changes += 1
+        elif key not in self.found:
             self.found[key] = replacement
+            self.changes += 1
         return replacement
 
     def regex(self) -> re.Pattern[str] | None:
@@ -51,10 +55,22 @@ class SessionDictionary:
         return self._regex
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"values": self.values, "found": self.found, "counters": self.counters}
+        return {"values": self.values, "found": self.found, "counters": self.counters, "changes": self.changes,
+                "saved_at": self.saved_at}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.values, self.found, self.counters, self._regex = state["values"], state["found"], state["counters"], None
+        self.values, self.found, self.counters = state["values"], state["found"], state["counters"]
+        self.changes, self.saved_at, self._regex = state.get("changes", 0), state.get("saved_at", 0.0), None
+
+    def to_state(self) -> dict[str, Any]:
+        """What the worker saves per session (JSON-able): the values and placeholders, not the compiled regex."""
+        return self.__getstate__()
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "SessionDictionary":
+        d = cls.__new__(cls)
+        d.__setstate__(state)
+        return d
 
 
 class EventScrubber:
@@ -307,18 +323,24 @@ def build_analyzer():
 
 
 class SessionDictionaries(OrderedDict):
-    """A bounded LRU of per-session dictionaries (the oldest sessions are forgotten first)."""
+    """A bounded LRU of per-session dictionaries (the oldest sessions are forgotten first); a session not held
+    is asked of `load` (the worker's saved dictionaries) before it starts afresh."""
 
     def __init__(self, capacity: int = 50_000):
         super().__init__()
         self.capacity = capacity
 
-    def take(self, session_ids: Iterable[str]) -> dict[str, SessionDictionary]:
+    def take(self, session_ids: Iterable[str],
+             load: Callable[[str], SessionDictionary | None] = lambda _: None) -> dict[str, SessionDictionary]:
         out = {}
         for sid in session_ids:
+            if sid in out:
+                continue
             if sid in self:
                 self.move_to_end(sid)
-            out[sid] = self.get(sid) or SessionDictionary()
+                out[sid] = self[sid]
+            else:
+                out[sid] = load(sid) or SessionDictionary()
         return out
 
     def put(self, contexts: dict[str, SessionDictionary]) -> None:

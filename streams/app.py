@@ -13,7 +13,7 @@ import faust
 import orjson
 
 from privacy import worker as scrub_worker
-from privacy.scrub import SessionDictionaries
+from privacy.scrub import SessionDictionaries, SessionDictionary
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.faust_consumer import QuietMonitor, install_eager_dispatch
@@ -80,6 +80,18 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     join_state = app.Table("join-state", default=None, key_type=bytes,
                            partitions=settings.topic_partitions, use_partitioner=True,
                            extra_topic_configs={"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)})
+    # per-session scrub dictionaries (the PII values a session's structured fields revealed, with their
+    # placeholders), changelog-backed and partitioned like the session's events, so a restart or a rebalance
+    # keeps them: in memory only, a restarted worker let a name through that the session had already revealed
+    # (docs/privacy.md). The changelog holds PII like the raw topics do, and deletes it like them: an entry is
+    # re-saved at least once per retention while its session is active, dropped by the sweep after twice that
+    # idle, and Kafka deletes what is older than that.
+    dictionary_lifetime = 2 * settings.join_retention_seconds
+    dictionaries = app.Table("scrub-dictionaries", default=None, key_type=bytes,
+                             partitions=settings.topic_partitions, use_partitioner=True,
+                             extra_topic_configs={"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES),
+                                                  "cleanup.policy": "compact,delete",
+                                                  "retention.ms": str(int((dictionary_lifetime + 3600) * 1000))})
     timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
@@ -110,9 +122,13 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 valid = [c for c in checked if not isinstance(c, DeadLetter)]
                 results: list[Any] = []
                 if valid:
-                    sessions = contexts.take(c["session_id"] for c in valid)
+                    homes = dictionary_homes(records, checked)
+                    sessions = contexts.take((c["session_id"] for c in valid), partial(load_dictionary, homes))
+                    before = {sid: d.changes for sid, d in sessions.items()}
                     results, sessions = await scrubbers.scrub(valid, sessions)
                     contexts.put(sessions)
+                    # before the batch's acks: `delivering` flushes the producer, changelog records included
+                    save_dictionaries(sessions, before, homes)
                 await to_deliver.put((events, records, checked, results))
 
         async def delivering() -> None:
@@ -154,6 +170,47 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         finally:
             for task in stages:
                 task.cancel()
+
+    def dictionary_homes(records: list[SourceRecord], checked: list[Any]) -> dict[str, int]:
+        """Session id → the partition its saved dictionary lives in, for the sessions whose records are keyed by
+        their session id (the contract for producers; the table's partition is the key's, like the topic's). A
+        session keyed otherwise keeps its dictionary in memory only."""
+        return {c["session_id"]: rec.partition for rec, c in zip(records, checked)
+                if not isinstance(c, DeadLetter) and rec.key == c["session_id"].encode()}
+
+    def load_dictionary(homes: dict[str, int], sid: str) -> SessionDictionary | None:
+        partition = homes.get(sid)
+        saved = None if partition is None else _table_get(dictionaries, sid.encode(), partition)
+        if saved is None:
+            return None
+        return SessionDictionary.from_state(saved["d"])
+
+    def save_dictionaries(sessions: dict[str, SessionDictionary], before: dict[str, int],
+                          homes: dict[str, int]) -> None:
+        wall = time.time()
+        for sid, d in sessions.items():
+            partition = homes.get(sid)
+            if partition is None:
+                continue
+            # changed, or unchanged for a retention: re-saved so the sweep and Kafka keep an active session's
+            if d.changes != before.get(sid) or wall - d.saved_at > settings.join_retention_seconds:
+                d.saved_at = wall
+                _table_set(dictionaries, sid.encode(), {"d": d.to_state(), "wall": wall, "p": partition}, partition)
+
+    async def sweep_dictionaries(active: set[int]) -> None:
+        """Delete the saved dictionaries of sessions idle for `dictionary_lifetime`, in time slices."""
+        horizon = time.time() - dictionary_lifetime
+        since = time.monotonic()
+        for key in list(dictionaries.keys()):
+            if time.monotonic() - since > SCAN_SLICE_SECONDS:
+                await asyncio.sleep(0)
+                since = time.monotonic()
+                if settling():
+                    return
+            saved = dictionaries.get(key)
+            if saved is not None and saved.get("p") in active and saved["wall"] < horizon:
+                _table_set(dictionaries, key, None, saved["p"], delete=True)
+        log.debug("swept the scrub dictionaries")
 
     # The join agent and the timeout timer both read-modify-write session state and await in between;
     # one lock keeps their updates from overwriting each other.
@@ -270,8 +327,10 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         if settling():
             return
         active = active_partitions()
-        if index.needs_scan(active, time.time()) and not await scan_join_table(active):
-            return
+        if index.needs_scan(active, time.time()):
+            if not await scan_join_table(active):
+                return
+            await sweep_dictionaries(active)
         async with state_lock:
             # the lock may have been held across a whole rebalance: partitions indexed before it may be gone
             if settling() or active_partitions() != index.active:

@@ -63,6 +63,57 @@ def test_placeholders_are_consistent_within_a_session(patterns_only):
 
 
 @pytest.mark.unit
+def test_a_saved_dictionary_scrubs_as_the_one_it_was_saved_from(patterns_only):
+    """The worker saves a session's dictionary as JSON and loads it after a restart: the loaded one gives the same
+    placeholders, and numbers new values on from where the saved one stopped."""
+    import orjson
+
+    ctx = SessionDictionary()
+    ctx.learn("Mia Li", "PERSON")
+    ctx.learn("Presidio Found", "PERSON", match=False)
+    loaded = SessionDictionary.from_state(orjson.loads(orjson.dumps(ctx.to_state())))
+    text = "Mia Li and Omar Ali"
+    assert patterns_only.scrub_text(text, loaded) == patterns_only.scrub_text(text, ctx) == "<PERSON_1> and Omar Ali"
+    assert loaded.learn("Omar Ali", "PERSON") == ctx.learn("Omar Ali", "PERSON") == "<PERSON_3>"
+
+
+@pytest.mark.unit
+def test_a_dictionary_counts_its_changes_and_only_new_values_count():
+    """The worker re-saves a session's dictionary only when `changes` moved: a value seen again is not a change,
+    a recognizer finding promoted to a structured value is."""
+    ctx = SessionDictionary()
+    ctx.learn("Mia Li", "PERSON")
+    ctx.learn("Omar", "PERSON", match=False)
+    assert ctx.changes == 2
+    ctx.learn("mia li", "PERSON")
+    ctx.learn("Omar", "PERSON", match=False)
+    ctx.learn("x", "PERSON")  # too short to be a value
+    assert ctx.changes == 2
+    ctx.learn("Omar", "PERSON")  # now from a structured field: matched wherever it reappears
+    assert ctx.changes == 3 and ctx.values["omar"] == "<PERSON_2>"
+
+
+@pytest.mark.unit
+def test_sessions_not_held_in_memory_are_loaded_then_started_afresh():
+    from privacy.scrub import SessionDictionaries
+
+    held, saved = SessionDictionary(), SessionDictionary()
+    held.learn("Mia Li", "PERSON")
+    saved.learn("Omar Ali", "PERSON")
+    lru = SessionDictionaries(capacity=2)
+    lru.put({"held": held})
+    asked: list[str] = []
+
+    def load(sid: str):
+        asked.append(sid)
+        return saved if sid == "saved" else None
+
+    out = lru.take(["held", "saved", "new", "saved"], load)
+    assert out["held"] is held and out["saved"] is saved and out["new"] == SessionDictionary()
+    assert asked == ["saved", "new"]  # memory first, each session once
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("text,leak", [
     ("my card ending in 4421 please", "4421"),
     ("I live at 975 Sunset Drive, Suite 217", "975 Sunset Drive"),

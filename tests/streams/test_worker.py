@@ -125,7 +125,9 @@ def test_exactly_once_across_worker_crashes(own, records, tmp_path, crash):
 def test_exactly_once_across_a_broker_restart(kafka, own, records, tmp_path):
     """SIGKILL the broker under a running worker, start it again: nothing lost, nothing doubled."""
     first = list(replay_events(records, limit=10))
-    second = list(replay_events(records, limit=10, loops=2))[len(first):]  # the same tasks, fresh ids and times
+    seen = {e.event["event_id"] for e in first}
+    # the same tasks, fresh ids and times
+    second = [e for e in replay_events(records, limit=10, loops=2) if e.event["event_id"] not in seen]
     produce(own, first)
     w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
     try:
@@ -142,3 +144,93 @@ def test_exactly_once_across_a_broker_restart(kafka, own, records, tmp_path):
     ids = event_ids(own)
     assert len(ids) == len(set(ids)) == len(first) + len(second)
     assert read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows == 20
+
+
+def profile_session():
+    """A session whose profile lookup reveals a name and an e-mail, and a later message naming them in free text
+    (with no word before the name that the patterns know)."""
+    from datetime import datetime, timedelta, timezone
+
+    from streams.sources.tau_bench import Emitted
+
+    session, t0 = f"s-{uuid.uuid4().hex[:8]}", datetime.now(timezone.utc).replace(microsecond=0)
+
+    def event(family: str, event_type: str, second: int, body: dict) -> Emitted:
+        return Emitted(f"{family}.raw", {
+            "schema": f"{family}/1", "event_id": str(uuid.uuid4()), "event_type": event_type,
+            "ts": (t0 + timedelta(seconds=second)).isoformat(), "session_id": session, "task_id": "t1",
+            "user_id": "mia_li_3668", "agent_version": "v1", "prompt_variant": "p1", "task_type": "rebook",
+            "body": body})
+
+    profile = {"name": {"first_name": "Mia", "last_name": "Li"}, "email": "mia.li3818@example.com"}
+    before = [event("agent", "task_started", 0, {}),
+              event("agent", "tool_call", 1, {"tool": "get_user_details", "call_id": "c1",
+                                                "arguments": {"user_id": "mia_li_3668"}, "result": profile,
+                                                "status": "ok"})]
+    after = [event("frontend", "user_message", 60, {"text": "please move Mia Li to an aisle seat, and mail "
+                                                            "mia.li3818@example.com"})]
+    return session, before, after
+
+
+def test_a_session_keeps_its_scrub_dictionary_across_a_worker_restart(own, tmp_path):
+    """What a session's structured fields taught the scrubber (a name, from a profile lookup) is still known
+    after the worker restarts: a later message naming that person in free text gets the same placeholder.
+
+    With the dictionary in memory only, the restarted worker passed the name through wherever patterns and NER
+    miss it (`--no-ner` here, so only the dictionary can catch it), and numbered placeholders afresh."""
+    _, before, after = profile_session()
+    produce(own, before)
+    w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
+    try:
+        w.wait_for(lambda: len(event_ids(own)) >= len(before), 120, message="the first events in bronze")
+    finally:
+        w.stop()
+    produce(own, after)
+    w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
+    try:
+        w.wait_for(lambda: len(event_ids(own)) >= len(before) + len(after), 120, message="the later event in bronze")
+    finally:
+        w.stop()
+    bodies = {r["event_type"]: orjson.loads(r["body"])
+              for r in read_table(own, BRONZE_EVENTS, columns=["event_type", "body"]).to_pylist()}
+    text, result = bodies["user_message"]["text"], bodies["tool_call"]["result"]
+    assert "Mia" not in text and "mia.li3818" not in text, text
+    assert text == f"please move <PERSON_1> to an aisle seat, and mail {result['email']}"  # the same placeholders
+    assert result["email"] == "<EMAIL_1>"
+
+
+def test_an_idle_sessions_scrub_dictionary_is_deleted(own, tmp_path):
+    """The saved dictionaries hold PII: a session idle for twice the join retention loses its dictionary, and
+    the changelog gets a tombstone for it (the sweep runs when the worker's partitions change and every ten
+    minutes; here a restart triggers it)."""
+    import time
+
+    from kafka import KafkaConsumer
+
+    own = own.model_copy(update={"join_retention_seconds": 1, "join_tick_seconds": 0.5})
+    session, before, _ = profile_session()
+    produce(own, before)
+    log = tmp_path / "worker.log"
+    w = WorkerProcess(own, log, "--no-ner").start()
+    try:
+        w.wait_for(lambda: len(event_ids(own)) >= len(before), 120, message="the first events in bronze")
+    finally:
+        w.stop()
+    changelog = f"{own.worker_id}-scrub-dictionaries-changelog"
+
+    def values() -> list:
+        c = KafkaConsumer(changelog, bootstrap_servers=own.bootstrap, auto_offset_reset="earliest",
+                          enable_auto_commit=False, consumer_timeout_ms=3000)
+        try:
+            return [m.value for m in c if m.key == session.encode()]
+        finally:
+            c.close()
+
+    saved = values()
+    assert saved and saved[-1] is not None and b"mia.li3818@example.com" in saved[-1]
+    time.sleep(2.5)  # past twice the retention
+    w = WorkerProcess(own, log, "--no-ner").start()
+    try:
+        w.wait_for(lambda: (v := values()) and v[-1] is None, 60, message="the dictionary's tombstone")
+    finally:
+        w.stop()
