@@ -70,7 +70,7 @@ def down() -> None:
 def replay_tau_bench(
     file: Path = typer.Option(DEFAULT_TAU, help="a τ-bench results file (list of {task_id, trial, reward, info, traj})"),
     limit: Optional[int] = typer.Option(None, min=1, help="only the first N trajectories"),
-    loop: int = typer.Option(1, min=1, help="replay N times with fresh ids and times (load amplification)"),
+    loop: int = typer.Option(1, min=1, help="N overlapping copies with fresh ids, each 17 s later (load amplification)"),
     speed: float = typer.Option(0.0, min=0.0, help="0 = as fast as possible; F > 0 = event time F× faster"),
 ) -> None:
     """Replay real GPT-4o τ-bench trajectories as contract events."""
@@ -543,7 +543,7 @@ def worker(
     loglevel: str = typer.Option("warn", help="crit | error | warn | info | debug"),
     ner: bool = typer.Option(True, help="run Presidio NER on free text (--no-ner: dictionary and patterns only)"),
 ) -> None:
-    """Run the stream worker (ingest, dead-letter, bronze sinks) in the foreground until Ctrl-C."""
+    """Run the stream worker (ingest with scrubbing and dead letters, the join, the Delta sinks) until Ctrl-C."""
     from streams.app import run_worker
 
     from lake.tables import schema_mismatches

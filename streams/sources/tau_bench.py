@@ -1,6 +1,8 @@
 """τ-bench replay: each real GPT-4o airline trajectory becomes one session of frontend/1 and agent/1 events."""
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import random
 import uuid
@@ -19,6 +21,9 @@ PROMPT_VARIANT = "airline-policy-v1"
 # list prices of gpt-4o per token, to give the replay a realistic cost column
 USD_IN, USD_OUT = 2.5e-6, 10e-6
 ESCALATION_TOOL = "transfer_to_human_agents"
+# trajectory i of loop k starts at EPOCH + i × 7 min + k × 17 s: the loops overlap in event time, so `--loop N`
+# with `--speed F` sends N sessions where one would be (before: loops 3 days apart, waited out at --speed)
+TRAJECTORY_SPACING, LOOP_OFFSET = timedelta(minutes=7), timedelta(seconds=17)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ def trajectory_events(record: dict[str, Any], index: int, loop: int = 0) -> Iter
     session_id = f"s-{uuid.uuid5(NAMESPACE, key)}"
     task_id = f"t-{uuid.uuid5(NAMESPACE, key + '/task')}"
     user_id = (record.get("info") or {}).get("task", {}).get("user_id") or "anonymous"
-    clock = EPOCH + timedelta(days=loop * 3, minutes=index * 7)
+    clock = trajectory_start(index, loop)
     base = {"session_id": session_id, "task_id": task_id, "user_id": user_id, "agent_version": AGENT_VERSION,
             "prompt_variant": PROMPT_VARIANT, "task_type": task_type(record),
             "client": {"app": "tau-bench-replay", "sdk": "trajlake", "version": "1"}}
@@ -153,9 +158,41 @@ def _message(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def trajectory_start(index: int, loop: int = 0) -> datetime:
+    """The event time of a trajectory's first event."""
+    return EPOCH + index * TRAJECTORY_SPACING + loop * LOOP_OFFSET
+
+
 def replay_events(records: list[dict[str, Any]], limit: int | None = None, loops: int = 1) -> Iterator[Emitted]:
-    """All events of the first `limit` trajectories, `loops` times over (fresh ids and times per loop)."""
+    """All events of the first `limit` trajectories, `loops` times over (fresh ids and times per loop), in
+    event-time order across sessions, as they would arrive live: a replay at `--speed` interleaves the sessions
+    that overlap instead of playing one after another.
+
+    Lazy: a trajectory's events are generated once the replay reaches its start, so only the sessions open at
+    a time are held (the trajectories' start times are known ahead, and each one's events are in time order)."""
     chosen = records[:limit] if limit else records
-    for loop in range(loops):
-        for i, rec in enumerate(chosen):
-            yield from trajectory_events(rec, i, loop)
+    starts = heapq.merge(*(_starts(len(chosen), loop) for loop in range(loops)))
+    upcoming = next(starts, None)
+    heap: list[tuple[datetime, int, Emitted, Iterator[Emitted]]] = []
+    order = itertools.count()  # ties keep the order they were generated in, and never compare events
+    while heap or upcoming is not None:
+        while upcoming is not None and (not heap or upcoming[0] <= heap[0][0]):
+            _, loop, i = upcoming
+            events = trajectory_events(chosen[i], i, loop)
+            first = next(events, None)
+            if first is not None:
+                heapq.heappush(heap, (_event_time(first), next(order), first, events))
+            upcoming = next(starts, None)
+        _, _, item, events = heapq.heappop(heap)
+        yield item
+        following = next(events, None)
+        if following is not None:
+            heapq.heappush(heap, (_event_time(following), next(order), following, events))
+
+
+def _starts(n: int, loop: int) -> Iterator[tuple[datetime, int, int]]:
+    return ((trajectory_start(i, loop), loop, i) for i in range(n))
+
+
+def _event_time(item: Emitted) -> datetime:
+    return datetime.fromisoformat(item.event["ts"])

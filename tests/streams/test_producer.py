@@ -41,3 +41,17 @@ def test_a_lazy_source_is_pulled_one_event_at_a_time():
     p = RecordingProducer()
     produce(Settings(), source(), producer=p)
     assert len(pulled) == len(p.sent) == 5
+
+
+def test_speed_replays_event_time_faster_and_never_ahead_of_it():
+    from datetime import datetime, timedelta, timezone
+
+    from streams.sources.tau_bench import Emitted
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    events = [Emitted("frontend.raw", {"session_id": "s", "ts": (t0 + timedelta(seconds=s)).isoformat()})
+              for s in (0, 1, 1, 3, 4)]
+    p = RecordingProducer()
+    assert produce(Settings(), events, producer=p, speed=20.0) == 5
+    sent = [at - p.sent[0][0] for at, _, _ in p.sent]
+    assert all(at >= s / 20 * 0.95 for at, s in zip(sent, (0, 1, 1, 3, 4)))  # each at its event time ÷ 20

@@ -50,3 +50,28 @@ def test_reactions_reference_proposed_actions(records):
     proposed = {e["action_id"] for e in events if e["event_type"] == "action_proposed"}
     shown = {e["action_id"] for e in events if e["event_type"] == "action_shown"}
     assert proposed and shown == proposed
+
+
+def test_the_replay_interleaves_sessions_in_event_time_and_loops_overlap(records):
+    """A replay at --speed sends events in event-time order across sessions, and `--loop N` adds N overlapping
+    copies with fresh ids (not a copy days later that --speed would wait out)."""
+    from datetime import datetime, timedelta
+
+    one = list(replay_events(records, limit=20))
+    three = list(replay_events(records, limit=20, loops=3))
+    times = [datetime.fromisoformat(e.event["ts"]) for e in three]
+    assert times == sorted(times)
+    assert len(three) == 3 * len(one) and len({e.event["event_id"] for e in three}) == len(three)
+    assert {e.event["event_id"] for e in one} <= {e.event["event_id"] for e in three}  # loop 0 is the plain replay
+    assert times[-1] - datetime.fromisoformat(one[-1].event["ts"]) < timedelta(minutes=1)
+    by_session = [e.event["session_id"] for e in one]
+    assert by_session != sorted(by_session, key=by_session.index)  # sessions overlap, so their events interleave
+    expected = {}
+    for loop in range(3):
+        for i, record in enumerate(records[:20]):
+            events = list(trajectory_events(record, i, loop))
+            expected[events[0].event["session_id"]] = events
+    replayed: dict[str, list] = {}
+    for e in three:
+        replayed.setdefault(e.event["session_id"], []).append(e)
+    assert replayed == expected  # each session whole and in its own order

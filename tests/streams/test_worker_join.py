@@ -83,6 +83,72 @@ def test_synthetic_sessions_flow_through_ingest_and_join(kafka, tmp_path):
     assert {e["agent_version"] for e in episodes.values()} == {"agent-v1", "agent-v2"}
 
 
+def test_hand_built_sessions_out_of_order_duplicated_interleaved_and_late(kafka, tmp_path):
+    """The join's cases through the real worker and broker: two interleaved sessions, a reaction that arrives
+    before its proposal, a resent event, and a reaction after the step and the episode closed, which amends
+    both as revision 1 (closed_reason "late") while revision 0 stays."""
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from streams.sources.tau_bench import Emitted
+
+    s = own_settings(kafka, tmp_path, "h")
+    t0 = datetime.now(timezone.utc).replace(microsecond=0)
+
+    def event(session: str, family: str, event_type: str, second: int, body=None, **kw) -> Emitted:
+        return Emitted(f"{family}.raw", {
+            "schema": f"{family}/1", "event_id": str(uuid.uuid4()), "event_type": event_type,
+            "ts": (t0 + timedelta(seconds=second)).isoformat(), "session_id": session, "task_id": "t1",
+            "user_id": f"user-{session}", "agent_version": "v1", "prompt_variant": "p1", "task_type": "refund",
+            **kw, "body": body or {}})
+
+    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    accepted = event(a, "frontend", "action_accepted", 2, action_id="a1", intent_id="i1")
+    first = [
+        event(a, "agent", "task_started", 0), event(b, "agent", "task_started", 0),
+        accepted,  # before the proposal it reacts to
+        event(b, "agent", "action_proposed", 1, {"output": "cancel the booking"}, action_id="b1", intent_id="j1"),
+        event(a, "agent", "action_proposed", 1, {"output": "refund 100 USD"}, action_id="a1", intent_id="i1"),
+        event(b, "frontend", "action_rejected", 2, action_id="b1", intent_id="j1"),
+        accepted,  # resent: the same event id
+        event(a, "frontend", "task_completed", 3), event(b, "frontend", "task_abandoned", 3),
+        event(a, "agent", "task_ended", 4, {"status": "success"}),
+        event(b, "agent", "task_ended", 4, {"status": "failure"}),
+    ]
+    late = [event(a, "frontend", "action_undone", 5, action_id="a1", intent_id="i1")]
+
+    def rows(spec, key):
+        return sorted((r[key], r["revision"], r) for r in read_table(s, spec).to_pylist())
+
+    produce(s, first)
+    w = WorkerProcess(s, tmp_path / "worker.log", "--no-ner").start()
+    try:
+        w.wait_for(lambda: len(rows(SILVER_EPISODES, "episode_id")) >= 2 and len(rows(SILVER_STEPS, "step_id")) >= 2,
+                   120, message="both sessions' step and episode")
+        produce(s, late)
+        w.wait_for(lambda: len(rows(SILVER_EPISODES, "episode_id")) >= 3 and len(rows(SILVER_STEPS, "step_id")) >= 3,
+                   120, message="the late reaction's revisions")
+    finally:
+        w.stop()
+    steps = {(k, rev): r for k, rev, r in rows(SILVER_STEPS, "step_id")}
+    episodes = {(k, rev): r for k, rev, r in rows(SILVER_EPISODES, "episode_id")}
+    assert sorted(steps) == [(f"{a}/a1", 0), (f"{a}/a1", 1), (f"{b}/b1", 0)]
+    assert sorted(episodes) == [(f"{a}/t1", 0), (f"{a}/t1", 1), (f"{b}/t1", 0)]
+    a0, a1, b0 = steps[(f"{a}/a1", 0)], steps[(f"{a}/a1", 1)], steps[(f"{b}/b1", 0)]
+    assert (a0["outcome"], a0["closed_reason"], a0["reaction_ms"]) == ("accepted", "terminal", 1000)
+    assert (a1["outcome"], a1["closed_reason"], a1["undone"], a1["accepted"]) == ("undone", "late", True, True)
+    assert (b0["outcome"], b0["closed_reason"], b0["output"]) == ("rejected", "terminal", "cancel the booking")
+    e0, e1, eb = episodes[(f"{a}/t1", 0)], episodes[(f"{a}/t1", 1)], episodes[(f"{b}/t1", 0)]
+    assert (e0["outcome"], e0["closed_reason"], e0["accepted"], e0["undone"]) == ("completed", "terminal", 1, 0)
+    assert (e1["outcome"], e1["closed_reason"], e1["undone"], e1["ended_at"] > e0["ended_at"]) == (
+        "completed", "late", 1, True)
+    assert (eb["outcome"], eb["rejected"], eb["n_steps"]) == ("abandoned", 1, 1)
+    ids = read_table(s, BRONZE_EVENTS, columns=["event_id"]).column("event_id").to_pylist()
+    assert sorted(ids) == sorted({e.event["event_id"] for e in first + late})  # the resend once
+    parity = check_parity(s)
+    assert parity.ok, json.dumps(parity.__dict__, default=str)[:2000]
+
+
 def test_the_timer_closes_what_never_finishes(kafka, tmp_path):
     """Timeouts in the running worker, which visits a session only when streams.join.next_due says it can
     change: an open step and its open episode close by timeout, and a finished task whose agent never sends
