@@ -18,6 +18,7 @@ from lake.duckdb_views import connect
 from lake.erase import Target, _retrying, erase_user
 from lake.readers import read_table
 from lake.tables import ensure_table, table_path
+from privacy import POLICY_VERSION
 from privacy.erase import subject_digest, subject_for
 from privacy.keystore import KeyStore
 from privacy.scrub import EventScrubber
@@ -162,7 +163,7 @@ def test_erase_leaves_no_file_naming_the_user(s):
     assert by_table["bronze/events"] == 83 and by_table["bronze/deadletter"] == 2
     assert by_table["silver/episodes"] == 2 and by_table["gold/review_queue"] == 2
     assert by_table["exports/sft/v1/train"] == 2 and by_table["exports/sft/v1/holdout.jsonl"] == 2
-    assert a["policy_version"] == "privacy-1" and "omar@example.com" not in a["note"] and "42" in a["note"]
+    assert a["policy_version"] == POLICY_VERSION and "omar@example.com" not in a["note"] and "42" in a["note"]
 
     # a rerun is idempotent: nothing left to delete, and it is audited too
     r = run_cli(s, "erase", "--user", ERASED)
