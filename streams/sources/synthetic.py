@@ -18,6 +18,13 @@ AGENT_VERSIONS = ("agent-v1", "agent-v2")
 PROMPT_VARIANTS = ("control", "concise")
 TASK_TYPES = ("refund", "booking", "search")
 START = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)
+# what the task type plants: steps per task, the SLA (ample: a task that does not stall ends well within it),
+# the share of tasks that stall past it, and offsets of the escalation and delegation rates
+TASK_STEPS = {"refund": 3.0, "booking": 4.0, "search": 2.0}
+TASK_SLA_S = {"refund": 600.0, "booking": 900.0, "search": 450.0}
+TASK_SLA_MISS = {"refund": 0.06, "booking": 0.10, "search": 0.15}
+TASK_ESCALATE = {"refund": 0.03, "booking": 0.0, "search": -0.02}
+TASK_DELEGATE = {"refund": 0.0, "booking": 0.04, "search": 0.02}
 WORDS = ("order", "refund", "flight", "booking", "receipt", "policy", "account", "delivery", "invoice", "seat",
          "upgrade", "baggage", "credit", "schedule", "confirmation", "summary", "details", "request")
 
@@ -39,8 +46,9 @@ class Behaviour:
     opt_out_after_failure: float
     think_s: float            # mean user think time
     llm_latency_ms: float
-    steps_mean: float
-    sla_s: float
+    steps_mean: float         # a task takes 1 + ⌊Exp(steps_mean)⌋ steps
+    sla_s: float              # the task's SLA: ample for a task that does not stall
+    sla_miss: float           # share of tasks that stall (the user is away for twice the SLA): the SLA is missed
     text_share: float         # share of steps whose user also sends a free-text message
 
     @property
@@ -51,8 +59,11 @@ class Behaviour:
 def planted(seed: int) -> dict[tuple[str, str, str], Behaviour]:
     """The behaviour of every segment, derived from the seed, with a planted improvement and a gaming segment.
 
-    agent-v2 accepts more and edits less than v1; 'concise' is faster. The segment (agent-v2, concise, search) games
-    the proxies: the highest acceptance and the fastest reactions, but the lowest completion.
+    agent-v2 accepts more, edits less and smaller, undoes less, escalates less, and users delegate more to it and
+    opt out less after a failure; 'concise' is faster. The task type sets the SLA, how many steps a task takes
+    and how often one escalates (refunds most) or is delegated (bookings most); the SLA is missed when a task
+    stalls (`sla_miss`, highest for search). The segment (agent-v2, concise, search) games the proxies: the
+    highest acceptance and the fastest reactions, but the lowest completion.
     """
     rng = random.Random(seed)
     out = {}
@@ -68,13 +79,17 @@ def planted(seed: int) -> dict[tuple[str, str, str], Behaviour]:
                 retry = 0.08 + rng.uniform(-0.02, 0.02)
                 complete = (0.75 if better else 0.68) + rng.uniform(-0.03, 0.03) - (0.35 if gaming else 0)
                 abandon = 0.12 + rng.uniform(-0.02, 0.02) + (0.25 if gaming else 0)
+                escalate = (0.05 if better else 0.09) + TASK_ESCALATE[tt] + rng.uniform(-0.01, 0.01)
+                delegate = (0.14 if better else 0.08) + TASK_DELEGATE[tt] + rng.uniform(-0.01, 0.01)
                 out[(av, pv, tt)] = Behaviour(
                     accept=round(accept, 4), reject=round(reject, 4), edit=round(edit, 4),
-                    undo_after_accept=0.05, retry=round(retry, 4), edit_size=0.3 if better else 0.45,
-                    complete=round(complete, 4), abandon=round(abandon, 4), escalate=0.08, delegate=0.1,
-                    opt_out_after_failure=0.2, think_s=(4.0 if gaming else 8.0 if concise else 14.0),
-                    llm_latency_ms=900.0 if concise else 1600.0, steps_mean=3.0, sla_s=180.0,
-                    text_share=0.25)
+                    undo_after_accept=0.04 if better else 0.07, retry=round(retry, 4),
+                    edit_size=0.3 if better else 0.45, complete=round(complete, 4), abandon=round(abandon, 4),
+                    escalate=round(escalate, 4), delegate=round(delegate, 4),
+                    opt_out_after_failure=0.15 if better else 0.25,
+                    think_s=(4.0 if gaming else 8.0 if concise else 14.0),
+                    llm_latency_ms=900.0 if concise else 1600.0, steps_mean=TASK_STEPS[tt], sla_s=TASK_SLA_S[tt],
+                    sla_miss=round(TASK_SLA_MISS[tt] + (0.0 if better else 0.04), 4), text_share=0.25)
     return out
 
 
@@ -149,6 +164,8 @@ def _session(rng: random.Random, n: int, seed: int, start: datetime, segments) -
             yield ev("frontend", "user_message", {"text": _sentence(rng, rng.randrange(4, 12))}, action_id=action)
         intent = f"i-{next(ids)}"
     clock += timedelta(seconds=rng.expovariate(1 / b.think_s))
+    if rng.random() < b.sla_miss:
+        clock += timedelta(seconds=2 * b.sla_s)  # the task stalls: the user comes back long after its SLA
     o = rng.random()
     yield ev("agent", "task_ended", {"status": "success" if o < b.complete + b.reopen else "failure"})
     if o < b.complete:
