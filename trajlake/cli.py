@@ -666,37 +666,81 @@ def _print_erasure(rows: list[tuple[str, int, int]], title: str) -> None:
 
 # ---- lake -----------------------------------------------------------------------------------------
 @app.command()
-def status() -> None:
-    """The broker, topics with end offsets, and every lake table's version and row count."""
+def status(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (for scripts and monitoring)"),
+) -> None:
+    """The broker, each topic's size and the worker's lag per partition, and every lake table's version and row
+    count, with how far each sink table is behind its topic in Delta (the offsets its commits record)."""
+    report = status_report(settings())
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        return
+    b = report["broker"]
+    console.print(f"Kafka {b['bootstrap']}: " + ("[green]up[/]" if b["up"] else "[red]down[/]") +
+                  (f" (pid {b['pid']})" if b["pid"] else ""))
+    if b["up"]:
+        t = Table("topic", "partitions", "messages", f"lag of group {report['group']!r} per partition")
+        for topic in report["topics"]:
+            t.add_row(topic["topic"], str(topic["partitions"]), str(topic["messages"]),
+                      " ".join(f"p{p}:{lag}{'' if p in topic['committed'] else ' (none read)'}"
+                               for p, lag in sorted(topic["lag"].items())) or "-")
+        console.print(t)
+    t = Table("table", "version", "rows", "behind its topic in Delta, per partition", "location")
+    for table in report["tables"]:
+        behind = table.get("behind_in_delta")
+        t.add_row(table["table"], "-" if table["version"] is None else str(table["version"]),
+                  "-" if table["rows"] is None else str(table["rows"]),
+                  "" if behind is None else " ".join(f"p{p}:{n}" for p, n in sorted(behind.items())) or "-",
+                  table["location"])
+    console.print(t)
+
+
+def status_report(s) -> dict:
+    """What `trajlake status` shows, as data.
+
+    Lag is per partition of every topic: the end offset minus the group's committed offset, or minus the
+    partition's first offset when the group has read none of it yet (the worker starts from the earliest). For
+    the tables the worker's sinks write, `behind_in_delta` counts the records of the source topic that are past
+    the offset recorded in the table's Delta commits (its app transactions): what exactly-once has not yet
+    written, whatever Kafka's committed offsets say.
+    """
     from infra.kafka import broker
     from lake.readers import table_dataset
     from lake.tables import open_table
+    from lake.writer import app_id, committed_offset
     from schemas.tables import TABLES
+    from streams.sink import SINK_TARGETS
 
-    s = settings()
     pid = broker.running_pid(s) if s.uses_local_broker else None
     try:
         broker.wait_until_ready(s, timeout=3)
         up_ = True
     except broker.BrokerError:
         up_ = False
-    console.print(f"Kafka {s.bootstrap}: " + ("[green]up[/]" if up_ else "[red]down[/]") +
-                  (f" (pid {pid})" if pid else ""))
-    if up_:
-        t = Table("topic", "partitions", "messages", f"lag of group {s.worker_id!r} per partition")
-        for name, parts, total, lags in _topic_sizes(s):
-            t.add_row(name, str(parts), str(total), " ".join(f"p{p}:{lag}" for p, lag in sorted(lags.items())) or "-")
-        console.print(t)
-    t = Table("table", "version", "rows", "location")
+    topics = _topic_sizes(s) if up_ else []
+    ends = {t["topic"]: t["ends"] for t in topics}
+    sources = {target.spec.id: s.topic(name) for name, target in SINK_TARGETS.items()}
+    tables = []
     for tid, spec in TABLES.items():
         dt = open_table(s, spec)
-        t.add_row(tid, "-" if dt is None else str(dt.version()),
-                  "-" if dt is None else str(table_dataset(s, spec).count_rows()), str(s.lake / tid))
-    console.print(t)
+        row = {"table": tid, "version": None if dt is None else dt.version(),
+               "rows": None if dt is None else table_dataset(s, spec).count_rows(), "location": str(s.lake / tid)}
+        topic = sources.get(tid)
+        if topic is not None and topic in ends:
+            row["source_topic"] = topic
+            row["behind_in_delta"] = {
+                p: end - (-1 if dt is None else committed_offset(dt, app_id(s.worker_id, topic, p))) - 1
+                for p, end in ends[topic].items()}
+        tables.append(row)
+    return {"broker": {"bootstrap": s.bootstrap, "up": up_, "pid": pid}, "group": s.worker_id,
+            "topics": [{k: v for k, v in t.items() if k != "ends"} for t in topics], "tables": tables}
 
 
-def _topic_sizes(s):
-    """(topic, partitions, messages, {partition: lag of the worker's group}) for every topic of DESIGN."""
+def _topic_sizes(s) -> list[dict]:
+    """Per topic of DESIGN: partitions, messages, per partition the end offset, the worker group's committed
+    offset (if any) and its lag."""
     from kafka import KafkaConsumer, TopicPartition
 
     # a consumer with the worker's group id reads the group's committed offsets without joining the group
@@ -705,15 +749,13 @@ def _topic_sizes(s):
     try:
         out = []
         for topic in s.topics:
-            parts = c.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
+            tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
             ends, begins = c.end_offsets(tps), c.beginning_offsets(tps)
-            lags = {}
-            for tp in tps:
-                done = c.committed(tp)
-                if done is not None:
-                    lags[tp.partition] = ends[tp] - done
-            out.append((topic, len(parts), sum(ends[tp] - begins[tp] for tp in tps), lags))
+            committed = {tp.partition: c.committed(tp) for tp in tps}
+            committed = {p: o for p, o in committed.items() if o is not None}
+            out.append({"topic": topic, "partitions": len(tps), "messages": sum(ends[tp] - begins[tp] for tp in tps),
+                        "ends": {tp.partition: ends[tp] for tp in tps}, "committed": committed,
+                        "lag": {tp.partition: ends[tp] - committed.get(tp.partition, begins[tp]) for tp in tps}})
         return out
     finally:
         c.close()

@@ -92,6 +92,36 @@ def test_status_shows_broker_topics_lag_and_tables(kafka, tmp_path):
 
 
 @pytest.mark.integration
+def test_status_reports_a_caught_up_worker_as_json(tau_lake):
+    """After the worker drained the τ-bench replay: each table's version and row count as the lake has them,
+    every partition read to its end by the worker's group, and each sink table's Delta commits at the end of
+    its topic."""
+    import orjson
+
+    from lake.readers import table_dataset
+    from lake.tables import open_table
+    from schemas.tables import TABLES
+
+    s, _, events = tau_lake
+    r = run(["status", "--json"], settings_env(s))
+    assert r.returncode == 0, r.stderr
+    report = orjson.loads(r.stdout)
+    assert report["broker"]["up"] and report["group"] == s.worker_id
+    topics = {t["topic"]: t for t in report["topics"]}
+    assert sum(topics[s.topic(name)]["messages"] for name in ("frontend.raw", "agent.raw")) == len(events)
+    assert {lag for t in topics.values() for lag in t["lag"].values()} == {0}, topics
+    tables = {t["table"]: t for t in report["tables"]}
+    for tid, spec in TABLES.items():
+        dt = open_table(s, spec)
+        expected = (None, None) if dt is None else (dt.version(), table_dataset(s, spec).count_rows())
+        assert (tables[tid]["version"], tables[tid]["rows"]) == expected, tid
+    assert tables["bronze/events"]["rows"] == len(events)
+    for tid in ("bronze/events", "silver/steps", "silver/episodes"):
+        assert tables[tid]["source_topic"] == s.topic({"bronze/events": "events.clean"}.get(tid, tid.split("/")[1]))
+        assert set(tables[tid]["behind_in_delta"].values()) == {0}, tables[tid]
+
+
+@pytest.mark.integration
 def test_replay_synthetic_sends_n_events_and_writes_the_planted_parameters(kafka, tmp_path):
     import uuid
 
