@@ -13,6 +13,10 @@ DELTA_CONF = {
 LOCAL_DEFAULTS = {
     # a laptop-sized cluster: few shuffle partitions, few snapshot partitions, UTC everywhere
     "spark.sql.shuffle.partitions": "4",
+    # adaptive execution plans each shuffle as its own job: on tables this size that is overhead, not savings
+    # (the 1M jobs benchmark ran 50.5 and 50.3 s without it against 54.3 and 56.7 s with it, bench/RESULTS.md).
+    # On a cluster with skewed or large data, turn it back on in TRAJLAKE_SPARK_CONF.
+    "spark.sql.adaptive.enabled": "false",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.session.timeZone": "UTC",
     "spark.ui.showConsoleProgress": "false",
