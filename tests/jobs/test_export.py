@@ -185,12 +185,17 @@ def test_a_pii_hit_fails_the_export_and_publishes_nothing(synthetic_lake, tmp_pa
 
     from lake.readers import read_table
     from lake.tables import table_path
-    from schemas.tables import BRONZE_EVENTS
+    from schemas.tables import BRONZE_EVENTS, GOLD_EPISODE_SCORES
 
     s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
     shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
     events = read_table(s, BRONZE_EVENTS)
-    row = events.filter(pc.equal(events["event_type"], "user_message")).slice(0, 1).to_pylist()[0]
+    # the opening request of a completed, scored episode in the window: the prompt of its training rows
+    scores = read_table(s, GOLD_EPISODE_SCORES, columns=["session_id", "outcome", "gate_passed"])
+    exported = pc.filter(scores["session_id"], pc.and_(pc.equal(scores["outcome"], "completed"), scores["gate_passed"]))
+    requests = events.filter(pc.and_(pc.equal(events["event_type"], "user_message"),
+                                     pc.and_(pc.is_null(events["action_id"]), pc.is_in(events["session_id"], exported))))
+    row = requests.slice(0, 1).to_pylist()[0]
     row.update(event_id="00000000-0000-4000-8000-00000000beef", body=orjson.dumps(
         {"text": "my address is jane.roe@example.com, call me on 415-555-0100"}).decode())
     write_deltalake(str(table_path(s, BRONZE_EVENTS)), events.schema.empty_table().from_pylist([row], events.schema),
