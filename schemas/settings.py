@@ -59,8 +59,11 @@ class Settings(BaseSettings):
     # how long the broker waits for a silent worker before giving its partitions to another (a crashed worker's
     # partitions are idle this long). Scrubbing runs off the event loop, so heartbeats are not starved.
     consumer_session_timeout_seconds: float = Field(default=30.0, ge=6.0)
+    # a sink's micro-batch: up to this many records or this long, and one Delta commit per this many bytes of
+    # record values at most (a batch of large records is committed in parts, so a sink holds at most this much)
     sink_max_records: int = Field(default=5000, ge=1)
     sink_max_seconds: float = Field(default=2.0, gt=0)
+    sink_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     dedup_window_seconds: int = Field(default=3600, ge=1)
     # terms always redacted from free text (internal project names, a customer's brand…): a JSON list
     scrub_deny_terms: tuple[str, ...] = ()

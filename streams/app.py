@@ -21,7 +21,7 @@ from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, 
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
                           refusal_detail, stage, tick)
 from streams.scrubbing import ScrubPool
-from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
+from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record, by_bytes
 
 log = logging.getLogger("trajlake.worker")
 
@@ -367,8 +367,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             writer = await loop.run_in_executor(None, DeltaSinkWriter, settings, target, settings.worker_id)
             async for events in stream.take_events(settings.sink_max_records, within=settings.sink_max_seconds):
                 batch = [Record(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
-                written, skipped = await loop.run_in_executor(None, writer.commit, batch)
-                log.info("sink %s: %d rows written, %d skipped", target.spec.id, written, skipped)
+                for part in by_bytes(batch, settings.sink_max_bytes):
+                    written, skipped = await loop.run_in_executor(None, writer.commit, part)
+                    log.info("sink %s: %d rows written, %d skipped", target.spec.id, written, skipped)
 
     for name in SINK_TARGETS:
         sink_agent(name)

@@ -93,6 +93,23 @@ class Record:
     value: bytes
 
 
+def by_bytes(records: list[Record], max_bytes: int) -> list[list[Record]]:
+    """`records` in order, in runs whose values add up to at most `max_bytes` (a record larger than that is a
+    run of its own): one Delta commit each, so a batch of large records is never held and written at once."""
+    runs: list[list[Record]] = []
+    run: list[Record] = []
+    size = 0
+    for r in records:
+        if run and size + len(r.value) > max_bytes:
+            runs.append(run)
+            run, size = [], 0
+        run.append(r)
+        size += len(r.value)
+    if run:
+        runs.append(run)
+    return runs
+
+
 PRUNE_FROM = 1024  # keys in the dedup set below which it is never pruned
 
 
@@ -190,5 +207,5 @@ def wait_for_rows(settings: Settings, spec: TableSpec, expected: int, timeout: f
     return n
 
 
-__all__ = ["count_present", "BRONZE_TARGETS", "SINK_TARGETS", "silver_row", "DeltaSinkWriter", "Record", "bronze_event_row", "deadletter_row", "wait_for_rows",
+__all__ = ["count_present", "BRONZE_TARGETS", "SINK_TARGETS", "silver_row", "DeltaSinkWriter", "Record", "bronze_event_row", "by_bytes", "deadletter_row", "wait_for_rows",
            "count_rows"]

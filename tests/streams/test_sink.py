@@ -20,3 +20,13 @@ def test_the_dedup_set_stays_within_twice_the_window(base_settings, tmp_path):
         largest = max(largest, len(writer.recent))
     in_window = 7 * 700  # the commits of the last 60 s
     assert largest <= 2 * in_window + 700, largest
+
+
+def test_a_batch_is_committed_in_runs_of_at_most_sink_max_bytes():
+    from streams.sink import Record, by_bytes
+
+    records = [Record("t", 0, i, b"x" * n) for i, n in enumerate([400, 300, 300, 2_000, 10, 990, 1])]
+    runs = by_bytes(records, 1_000)
+    assert [[r.offset for r in run] for run in runs] == [[0, 1, 2], [3], [4, 5], [6]]  # in order; a big one alone
+    assert all(sum(len(r.value) for r in run) <= 1_000 for run in runs if len(run) > 1)
+    assert by_bytes([], 1_000) == [] and len(by_bytes(records, 10**9)) == 1
