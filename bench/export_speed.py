@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
+from bench.lakes import cached, recipe  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -60,8 +61,9 @@ def prepare_base() -> tuple[Settings, dict]:
     root = OUT / "export" / "base"
     s = settings_at(root)
     marker = root / "base.json"
-    if marker.exists():
-        return s, json.loads(marker.read_text())
+    fingerprint = recipe()
+    if (cached_info := cached(marker, fingerprint)) is not None:
+        return s, cached_info
     from jobs import heuristics
     from jobs.spark import build_spark
     from schemas.reward import load_reward_spec
@@ -76,7 +78,8 @@ def prepare_base() -> tuple[Settings, dict]:
     spark = build_spark(s, app_name="bench-export-base")
     heuristics.run(spark, s, start, end, spec=load_reward_spec("reward-v2"))
     spark.stop()
-    info = {"events": BASE_EVENTS, "steps": steps, "episodes": episodes, "build_s": round(time.perf_counter() - began, 1)}
+    info = {"events": BASE_EVENTS, "steps": steps, "episodes": episodes, "build_s": round(time.perf_counter() - began, 1),
+            "recipe": fingerprint}
     marker.write_text(json.dumps(info))
     return s, info
 
@@ -123,8 +126,9 @@ def prepare(episodes: int) -> tuple[Settings, dict]:
     root = OUT / "export" / str(episodes)
     s = settings_at(root)
     marker = root / "lake.json"
-    if marker.exists():
-        return s, json.loads(marker.read_text())
+    # derived from the base lake: rebuilt whenever the base was
+    if (cached_info := cached(marker, info["recipe"])) is not None:
+        return s, cached_info
     shutil.rmtree(root, ignore_errors=True)
     began = time.perf_counter()
     con = connect(base, con=duckdb.connect(config={"threads": "2"}))
@@ -152,7 +156,7 @@ def prepare(episodes: int) -> tuple[Settings, dict]:
             print(f"  {spec.id}: replica {r + 1}/{replicas}", end="\r", flush=True)
         print()
     out = {"episodes": info["episodes"] * replicas, "replicas": replicas, "base": info,
-           "build_s": round(time.perf_counter() - began, 1)}
+           "build_s": round(time.perf_counter() - began, 1), "recipe": info["recipe"]}
     marker.write_text(json.dumps(out))
     return s, out
 

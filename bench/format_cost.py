@@ -36,15 +36,16 @@ FORMATS = ("sft", "dpo", "openai_dpo", "kto", "rft", "steps")
 
 def save_chunks(n: int) -> int:
     """Save the first n chunks of the 100k lake's export (once); returns the number of episodes in them."""
-    marker = CHUNKS / f"chunks-{n}.json"
-    if marker.exists():
-        return json.loads(marker.read_text())["episodes"]
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     import bench.export_speed as lake
+    from bench.lakes import cached
     from jobs import export as E
 
-    s, _ = lake.prepare(100_000)
+    s, built = lake.prepare(100_000)
+    marker = CHUNKS / f"chunks-{n}.json"
+    if (info := cached(marker, built["recipe"])) is not None:  # chunks of the lake as it is now
+        return info["episodes"]
     start, end = lake.window(s)
     spec = E._spec("reward-v2")
     con = E._open_lake(s, E.pinned_sources(s, None))
@@ -65,7 +66,7 @@ def save_chunks(n: int) -> int:
             break
         chunk.save(CHUNKS / f"{chunk.first:09d}")
         episodes += chunk.episodes.num_rows
-    marker.write_text(json.dumps({"chunks": n, "episodes": episodes}))
+    marker.write_text(json.dumps({"chunks": n, "episodes": episodes, "recipe": built["recipe"]}))
     return episodes
 
 

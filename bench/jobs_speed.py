@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
+from bench.lakes import cached, recipe  # noqa: E402
 from schemas.reward import RewardSpec, load_reward_spec  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
@@ -51,15 +52,17 @@ def prepare(n: int) -> dict:
 
     s = settings_for(n)
     marker = s.lake.parent / "silver.json"
-    if marker.exists():
-        return json.loads(marker.read_text())
+    fingerprint = recipe()
+    if (info := cached(marker, fingerprint)) is not None:
+        return info
     import shutil
 
     shutil.rmtree(s.lake, ignore_errors=True)
     began = time.perf_counter()
     steps, episodes = write_silver(s, (e.event for e in synthetic_events(n, seed=SEED,
                                                                          sessions_per_minute=SESSIONS_PER_MINUTE)))
-    info = {"events": n, "steps": steps, "episodes": episodes, "build_s": round(time.perf_counter() - began, 1)}
+    info = {"events": n, "steps": steps, "episodes": episodes, "build_s": round(time.perf_counter() - began, 1),
+            "recipe": fingerprint}
     marker.write_text(json.dumps(info))
     return info
 

@@ -1,0 +1,28 @@
+"""Benchmark lakes: built once, reused while the code that builds them is unchanged, rebuilt when it changes."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# what decides a synthetic benchmark lake's content: the generator, the join that makes silver of it, the batch
+# path that writes it, and (for bronze) the scrubber
+SYNTHETIC_RECIPE = ("streams/sources/synthetic.py", "streams/join.py", "streams/recompute.py", "privacy/scrub.py",
+                    "privacy/policy.py")
+
+
+def recipe(paths: tuple[str, ...] = SYNTHETIC_RECIPE) -> str:
+    """A fingerprint of the source files a lake is built from."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode() + b"\0" + (REPO / p).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cached(marker: Path, fingerprint: str) -> dict | None:
+    """The marker's record of a lake built from this recipe, or None (absent, or built by other code: rebuild)."""
+    if not marker.exists():
+        return None
+    info = json.loads(marker.read_text())
+    return info if info.get("recipe") == fingerprint else None
