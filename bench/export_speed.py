@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
-from bench.lakes import cached, recipe  # noqa: E402
+from bench.lakes import SCORED_RECIPE, cached, recipe  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -61,7 +61,7 @@ def prepare_base() -> tuple[Settings, dict]:
     root = OUT / "export" / "base"
     s = settings_at(root)
     marker = root / "base.json"
-    fingerprint = recipe()
+    fingerprint = recipe(SCORED_RECIPE)
     if (cached_info := cached(marker, fingerprint)) is not None:
         return s, cached_info
     from jobs import heuristics

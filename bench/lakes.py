@@ -10,6 +10,9 @@ REPO = Path(__file__).resolve().parent.parent
 # path that writes it, and (for bronze) the scrubber
 SYNTHETIC_RECIPE = ("streams/sources/synthetic.py", "streams/join.py", "streams/recompute.py", "privacy/scrub.py",
                     "privacy/policy.py")
+# the export benchmark's base lake has gold tables too: the heuristics job and the reward spec it scores with
+SCORED_RECIPE = SYNTHETIC_RECIPE + ("jobs/heuristics.py", "jobs/tables.py", "schemas/reward/__init__.py",
+                                    "schemas/reward/reward-v2.toml")
 
 
 def recipe(paths: tuple[str, ...] = SYNTHETIC_RECIPE) -> str:

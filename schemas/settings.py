@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # partitions are idle this long). Scrubbing runs off the event loop, so heartbeats are not starved.
     consumer_session_timeout_seconds: float = Field(default=30.0, ge=6.0)
     # a sink's micro-batch: up to this many records or this long, and one Delta commit per this many bytes of
-    # record values at most (a batch of large records is committed in parts, so a sink holds at most this much)
+    # record values at most (a batch of large records is committed in parts: no single write grows with it)
     sink_max_records: int = Field(default=5000, ge=1)
     sink_max_seconds: float = Field(default=2.0, gt=0)
     sink_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)

@@ -91,7 +91,10 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                              partitions=settings.topic_partitions, use_partitioner=True,
                              extra_topic_configs={"max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES),
                                                   "cleanup.policy": "compact,delete",
-                                                  "retention.ms": str(int((dictionary_lifetime + 3600) * 1000))})
+                                                  "retention.ms": str(int((dictionary_lifetime + 3600) * 1000)),
+                                                  # Kafka deletes and compacts closed segments only: roll hourly,
+                                                  # and compact a swept session's older records within the hour
+                                                  "segment.ms": "3600000", "max.compaction.lag.ms": "3600000"})
     timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
@@ -210,6 +213,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             saved = dictionaries.get(key)
             if saved is not None and saved.get("p") in active and saved["wall"] < horizon:
                 _table_set(dictionaries, key, None, saved["p"], delete=True)
+                contexts.pop(key.decode(), None)  # or the session's next event would save it again
         log.debug("swept the scrub dictionaries")
 
     # The join agent and the timeout timer both read-modify-write session state and await in between;
@@ -397,6 +401,13 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def _stop_pool(*_: Any, **__: Any) -> None:
         scrubbers.shutdown()
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def _forget_dictionaries_held(*_: Any, **__: Any) -> None:
+        # a session's partition may come back after another worker had it and saved newer dictionaries: the
+        # in-memory copies would win over the table and miss what that worker learnt. The table is the truth;
+        # after a rebalance every session is loaded from it again.
+        contexts.clear()
 
     return app
 

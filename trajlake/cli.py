@@ -701,7 +701,8 @@ def status_report(s) -> dict:
     """What `trajlake status` shows, as data.
 
     Lag is per partition of every topic: the end offset minus the group's committed offset, or minus the
-    partition's first offset when the group has read none of it yet (the worker starts from the earliest). For
+    partition's first retained offset when that is later (the group has read none of it yet: the worker starts
+    from the earliest). For
     the tables the worker's sinks write, `behind_in_delta` counts the records of the source topic that are past
     the offset recorded in the table's Delta commits (its app transactions): what exactly-once has not yet
     written, whatever Kafka's committed offsets say.
@@ -721,6 +722,7 @@ def status_report(s) -> dict:
         up_ = False
     topics = _topic_sizes(s) if up_ else []
     ends = {t["topic"]: t["ends"] for t in topics}
+    begins = {t["topic"]: t["begins"] for t in topics}
     sources = {target.spec.id: s.topic(name) for name, target in SINK_TARGETS.items()}
     tables = []
     for tid, spec in TABLES.items():
@@ -730,12 +732,15 @@ def status_report(s) -> dict:
         topic = sources.get(tid)
         if topic is not None and topic in ends:
             row["source_topic"] = topic
+            # records past the last one in Delta, counted from the first the topic still holds
             row["behind_in_delta"] = {
-                p: end - (-1 if dt is None else committed_offset(dt, app_id(s.worker_id, topic, p))) - 1
+                p: end - max(begins[topic][p], 1 + (-1 if dt is None else committed_offset(
+                    dt, app_id(s.worker_id, topic, p))))
                 for p, end in ends[topic].items()}
         tables.append(row)
     return {"broker": {"bootstrap": s.bootstrap, "up": up_, "pid": pid}, "group": s.worker_id,
-            "topics": [{k: v for k, v in t.items() if k != "ends"} for t in topics], "tables": tables}
+            "topics": [{k: v for k, v in t.items() if k not in ("ends", "begins")} for t in topics],
+            "tables": tables}
 
 
 def _topic_sizes(s) -> list[dict]:
@@ -754,8 +759,12 @@ def _topic_sizes(s) -> list[dict]:
             committed = {tp.partition: c.committed(tp) for tp in tps}
             committed = {p: o for p, o in committed.items() if o is not None}
             out.append({"topic": topic, "partitions": len(tps), "messages": sum(ends[tp] - begins[tp] for tp in tps),
-                        "ends": {tp.partition: ends[tp] for tp in tps}, "committed": committed,
-                        "lag": {tp.partition: ends[tp] - committed.get(tp.partition, begins[tp]) for tp in tps}})
+                        "ends": {tp.partition: ends[tp] for tp in tps},
+                        "begins": {tp.partition: begins[tp] for tp in tps}, "committed": committed,
+                        # from the first offset the topic still holds: the group has not read any of it yet, or
+                        # retention deleted what it had not read
+                        "lag": {tp.partition: ends[tp] - max(begins[tp], committed.get(tp.partition, 0))
+                                for tp in tps}})
         return out
     finally:
         c.close()

@@ -80,6 +80,7 @@ def planted(seed: int) -> dict[tuple[str, str, str], Behaviour]:
                 complete = (0.75 if better else 0.68) + rng.uniform(-0.03, 0.03) - (0.35 if gaming else 0)
                 abandon = 0.12 + rng.uniform(-0.02, 0.02) + (0.25 if gaming else 0)
                 escalate = (0.05 if better else 0.09) + TASK_ESCALATE[tt] + rng.uniform(-0.01, 0.01)
+                escalate = min(escalate, 1.0 - round(complete, 4) - round(abandon, 4))  # no negative reopen rate
                 delegate = (0.14 if better else 0.08) + TASK_DELEGATE[tt] + rng.uniform(-0.01, 0.01)
                 out[(av, pv, tt)] = Behaviour(
                     accept=round(accept, 4), reject=round(reject, 4), edit=round(edit, 4),

@@ -55,3 +55,4 @@ def test_speed_replays_event_time_faster_and_never_ahead_of_it():
     assert produce(Settings(), events, producer=p, speed=20.0) == 5
     sent = [at - p.sent[0][0] for at, _, _ in p.sent]
     assert all(at >= s / 20 * 0.95 for at, s in zip(sent, (0, 1, 1, 3, 4)))  # each at its event time ÷ 20
+    assert sent[-1] < 2.0  # not in event time itself (4 s)

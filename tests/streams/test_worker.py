@@ -89,7 +89,8 @@ def test_exactly_once_across_worker_crashes(own, records, tmp_path, crash):
     produce(own, events)
     log = tmp_path / "worker.log"
     if crash == "between_delta_and_offset_commit":
-        # parts of ~20 kB: the crash comes after the second Delta commit of one batch, before the batch's offsets
+        # parts of ~20 kB: the second Delta commit (the crash) can be the second part of one batch, before any
+        # of the batch's Kafka offsets
         crashing = own.model_copy(update={"crash_after_commits": 2, "sink_max_records": 100,
                                           "sink_max_bytes": 20_000})
         w = WorkerProcess(crashing, log, "--no-ner").start()
