@@ -198,23 +198,18 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             # changed, or unchanged for a retention: re-saved so the sweep and Kafka keep an active session's
             if d.changes != before.get(sid) or wall - d.saved_at > settings.join_retention_seconds:
                 d.saved_at = wall
-                _table_set(dictionaries, sid.encode(), {"d": d.to_state(), "wall": wall, "p": partition}, partition)
+                _table_set(dictionaries, sid.encode(), {"d": d.to_state(), "p": partition}, partition)
 
     async def sweep_dictionaries(active: set[int]) -> None:
-        """Delete the saved dictionaries of sessions idle for `dictionary_lifetime`, in time slices."""
+        """Delete the saved dictionaries of sessions idle for `dictionary_lifetime`."""
         horizon = time.time() - dictionary_lifetime
-        since = time.monotonic()
-        for key in list(dictionaries.keys()):
-            if time.monotonic() - since > SCAN_SLICE_SECONDS:
-                await asyncio.sleep(0)
-                since = time.monotonic()
-                if settling():
-                    return
-            saved = dictionaries.get(key)
-            if saved is not None and saved.get("p") in active and saved["wall"] < horizon:
+
+        def sweep(key: bytes, saved: dict) -> None:
+            if saved["d"]["saved_at"] < horizon:
                 _table_set(dictionaries, key, None, saved["p"], delete=True)
                 contexts.pop(key.decode(), None)  # or the session's next event would save it again
-        log.debug("swept the scrub dictionaries")
+
+        await visit_table(dictionaries, active, sweep)
 
     # The join agent and the timeout timer both read-modify-write session state and await in between;
     # one lock keeps their updates from overwriting each other.
@@ -306,24 +301,30 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         # complete one can no longer replace
         return bool(app.rebalancing or app.in_recovery)
 
-    async def scan_join_table(active: set[int]) -> bool:
-        """Index every session of the active partitions (`DueIndex`), yielding to the event loop every few
-        milliseconds: deserialising the whole table in one go held the loop, and the join, for as long as it
-        took."""
-        index.start_scan(active, time.time())
-        keys = list(join_state.keys())  # at once: the store's partition map may change while the scan yields
+    async def visit_table(table: Any, active: set[int], visit: Callable[[bytes, dict], None]) -> bool:
+        """`visit(key, value)` for every entry of the active partitions (not a standby partition's), yielding to
+        the event loop every few milliseconds: deserialising a whole table in one go held the loop, and the
+        join, for as long as it took. False if a rebalance began meanwhile (the walk stops there)."""
+        keys = list(table.keys())  # at once: the store's partition map may change while the walk yields
         since = time.monotonic()
         for key in keys:
             if time.monotonic() - since > SCAN_SLICE_SECONDS:
                 await asyncio.sleep(0)
                 since = time.monotonic()
                 if settling():
-                    index.abandon_scan()
                     return False
-            state = join_state.get(key)
-            if state is not None and state.get("p") in active:  # not a standby partition's
-                index.scanned(key, state["p"], state)
+            value = table.get(key)
+            if value is not None and value.get("p") in active:
+                visit(key, value)
         return True
+
+    async def scan_join_table(active: set[int]) -> bool:
+        """Index every session of the active partitions (`DueIndex`)."""
+        index.start_scan(active, time.time())
+        if await visit_table(join_state, active, lambda key, state: index.scanned(key, state["p"], state)):
+            return True
+        index.abandon_scan()
+        return False
 
     @_exits_on_failure("the join timer")
     async def close_timed_out() -> None:

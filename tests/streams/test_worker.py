@@ -31,6 +31,16 @@ def event_ids(settings, spec=BRONZE_EVENTS):
     return read_table(settings, spec, columns=["event_id"]).column("event_id").to_pylist()
 
 
+def run_worker_until(settings, log, done, message: str, timeout: float = 120) -> WorkerProcess:
+    """A `--no-ner` worker, from start until `done()` holds, then stopped; returned for its log."""
+    w = WorkerProcess(settings, log, "--no-ner").start()
+    try:
+        w.wait_for(done, timeout, message=message)
+    finally:
+        w.stop()
+    return w
+
+
 def test_bad_events_go_to_the_dead_letter_table_and_valid_traffic_flows(own, records, tmp_path):
     events = list(replay_events(records, limit=3))
     session = events[0].event["session_id"].encode()
@@ -49,12 +59,8 @@ def test_bad_events_go_to_the_dead_letter_table_and_valid_traffic_flows(own, rec
     p.send(own.topic(events[5].topic), key=session, value=orjson.dumps(events[5].event))  # a resend: same event_id
     p.flush()
     p.close()
-    w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
-    try:
-        w.wait_for(lambda: len(event_ids(own)) >= len(events) and
-                   read_table(own, BRONZE_DEADLETTER).num_rows >= 5, 120, message="bronze tables to fill")
-    finally:
-        w.stop()
+    w = run_worker_until(own, tmp_path / "worker.log", lambda: len(event_ids(own)) >= len(events) and
+                         read_table(own, BRONZE_DEADLETTER).num_rows >= 5, "bronze tables to fill")
     assert "the worker exits" not in w.log.read_text(errors="replace")  # no stage failed, nor the shutdown
     ids = event_ids(own)
     assert Counter(ids) == Counter(e.event["event_id"] for e in events)  # all valid events, the resend once
@@ -71,11 +77,7 @@ def test_bad_events_go_to_the_dead_letter_table_and_valid_traffic_flows(own, rec
 def test_no_raw_user_id_reaches_bronze(own, records, tmp_path):
     events = list(replay_events(records, limit=2))
     produce(own, events)
-    w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
-    try:
-        w.wait_for(lambda: len(event_ids(own)) >= len(events), 120, message="bronze/events")
-    finally:
-        w.stop()
+    run_worker_until(own, tmp_path / "worker.log", lambda: len(event_ids(own)) >= len(events), "bronze/events")
     raw_ids = {e.event["user_id"] for e in events}
     rows = read_table(own, BRONZE_EVENTS, columns=["user_id", "body"]).to_pylist()
     assert not raw_ids & {r["user_id"] for r in rows}
@@ -183,17 +185,11 @@ def test_a_session_keeps_its_scrub_dictionary_across_a_worker_restart(own, tmp_p
     miss it (`--no-ner` here, so only the dictionary can catch it), and numbered placeholders afresh."""
     _, before, after = profile_session()
     produce(own, before)
-    w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
-    try:
-        w.wait_for(lambda: len(event_ids(own)) >= len(before), 120, message="the first events in bronze")
-    finally:
-        w.stop()
+    run_worker_until(own, tmp_path / "worker.log", lambda: len(event_ids(own)) >= len(before),
+                     "the first events in bronze")
     produce(own, after)
-    w = WorkerProcess(own, tmp_path / "worker.log", "--no-ner").start()
-    try:
-        w.wait_for(lambda: len(event_ids(own)) >= len(before) + len(after), 120, message="the later event in bronze")
-    finally:
-        w.stop()
+    run_worker_until(own, tmp_path / "worker.log", lambda: len(event_ids(own)) >= len(before) + len(after),
+                     "the later event in bronze")
     bodies = {r["event_type"]: orjson.loads(r["body"])
               for r in read_table(own, BRONZE_EVENTS, columns=["event_type", "body"]).to_pylist()}
     text, result = bodies["user_message"]["text"], bodies["tool_call"]["result"]
@@ -214,11 +210,7 @@ def test_an_idle_sessions_scrub_dictionary_is_deleted(own, tmp_path):
     session, before, _ = profile_session()
     produce(own, before)
     log = tmp_path / "worker.log"
-    w = WorkerProcess(own, log, "--no-ner").start()
-    try:
-        w.wait_for(lambda: len(event_ids(own)) >= len(before), 120, message="the first events in bronze")
-    finally:
-        w.stop()
+    run_worker_until(own, log, lambda: len(event_ids(own)) >= len(before), "the first events in bronze")
     changelog = f"{own.worker_id}-scrub-dictionaries-changelog"
 
     def values() -> list:
@@ -231,9 +223,17 @@ def test_an_idle_sessions_scrub_dictionary_is_deleted(own, tmp_path):
 
     saved = values()
     assert saved and saved[-1] is not None and b"mia.li3818@example.com" in saved[-1]
-    time.sleep(2.5)  # past twice the retention
-    w = WorkerProcess(own, log, "--no-ner").start()
-    try:
-        w.wait_for(lambda: (v := values()) and v[-1] is None, 60, message="the dictionary's tombstone")
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=own.bootstrap)
+    try:  # Kafka deletes and compacts closed segments only: they roll hourly, and compaction comes within the hour
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, changelog)])["topic"][changelog]
     finally:
-        w.stop()
+        admin.close()
+    assert {k: configs.get(k, {}).get("value") for k in ("cleanup.policy", "retention.ms", "segment.ms",
+                                                          "max.compaction.lag.ms")} == {
+        "cleanup.policy": "compact,delete", "retention.ms": str((2 * 1 + 3600) * 1000), "segment.ms": "3600000",
+        "max.compaction.lag.ms": "3600000"}
+    time.sleep(2.5)  # past twice the retention
+    run_worker_until(own, log, lambda: (v := values()) and v[-1] is None, "the dictionary's tombstone", timeout=60)
