@@ -64,7 +64,13 @@ class Settings(BaseSettings):
     sink_max_records: int = Field(default=5000, ge=1)
     sink_max_seconds: float = Field(default=2.0, gt=0)
     sink_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # the sinks drop a row whose key they wrote this recently: a record ingest passed twice (a crash between its
+    # send and its ack, or a resend it had not yet seen in bronze/events)
     dedup_window_seconds: int = Field(default=3600, ge=1)
+    # ingest drops an event whose id bronze/events holds for its date, however late the resend: it re-reads the
+    # table's new files this often, and holds at most this many ids (16 bytes each; least recent dates go first)
+    dedup_refresh_seconds: float = Field(default=5.0, gt=0)
+    dedup_max_keys: int = Field(default=20_000_000, ge=1)
     # terms always redacted from free text (internal project names, a customer's brand…): a JSON list
     scrub_deny_terms: tuple[str, ...] = ()
     # a scrub batch that takes longer is retried event by event; an event that alone takes longer (or kills the

@@ -16,6 +16,9 @@ from privacy import worker as scrub_worker
 from privacy.scrub import SessionDictionaries, SessionDictionary
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
+from lake.tables import table_path
+from schemas.tables import BRONZE_EVENTS
+from streams.dedup import BronzeEventIds, Duplicate, SeenEvents, drop_seen, event_date
 from streams.faust_consumer import QuietMonitor, install_eager_dispatch
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
@@ -103,6 +106,20 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                           settings.scrub_timeout_seconds)
 
     clean_topic = settings.topic("events.clean")
+    seen = SeenEvents(settings.dedup_max_keys)
+    bronze_ids = BronzeEventIds(table_path(settings, BRONZE_EVENTS))
+    claimed: set[bytes] = set()  # passed on in batches not yet delivered
+    read_at = [float("-inf")]
+
+    async def load_seen(dates: set) -> None:
+        """Hold every id bronze/events has for `dates`: read the dates not held yet, and the files written since
+        the last read once `dedup_refresh_seconds` have passed (in a thread: the event loop keeps serving)."""
+        now = time.monotonic()
+        if dates <= seen.dates.keys() and now - read_at[0] < settings.dedup_refresh_seconds:
+            return
+        listing = await asyncio.to_thread(bronze_ids.listing)
+        seen.absorb(await asyncio.to_thread(bronze_ids.read, seen.unread(listing, dates)), dates)
+        read_at[0] = now
 
     @app.agent(raw, name="ingest")
     @_exits_on_failure("the ingest agent")
@@ -121,8 +138,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
 
         async def scrubbing() -> None:
             while True:
-                events, records, checked = await to_scrub.get()
-                valid = [c for c in checked if not isinstance(c, DeadLetter)]
+                events, records, checked, keys = await to_scrub.get()
+                valid = [c for c in checked if isinstance(c, dict)]
                 results: list[Any] = []
                 if valid:
                     homes = dictionary_homes(records, checked)
@@ -132,23 +149,29 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     contexts.put(sessions)
                     # before the batch's acks: `delivering` flushes the producer, changelog records included
                     save_dictionaries(sessions, before, homes)
-                await to_deliver.put((events, records, checked, results))
+                await to_deliver.put((events, records, checked, keys, results))
 
         async def delivering() -> None:
             while True:
-                events, records, checked, results = await to_deliver.get()
+                events, records, checked, keys, results = await to_deliver.get()
                 scrubbed = iter(results)
                 ingested_at = now_iso()
                 sent: list[Awaitable[Any]] = []
-                for rec, c in zip(records, checked):
+                passed: list[tuple[bytes, Any]] = []
+                duplicates = 0
+                for rec, c, key in zip(records, checked, keys):
                     if isinstance(c, DeadLetter):
                         sent.append(await dead.send(key=rec.key, value=c.to_json()))
+                        continue
+                    if isinstance(c, Duplicate):
+                        duplicates += 1
                         continue
                     s = next(scrubbed)
                     if isinstance(s, str):
                         dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
                         sent.append(await dead.send(key=rec.key, value=dl.to_json()))
                     else:
+                        passed.append((key, event_date(c["ts"])))
                         # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
                         # the hottest send in the worker (every valid event)
                         sent.append(await producer.send(clean_topic, s["event"]["session_id"].encode(),
@@ -159,6 +182,12 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 # flush() returns when the sends are done, failed ones included: each send's own result says
                 # whether the broker has the record, and an event is acked only if it does
                 await asyncio.gather(*sent)
+                for key, d in passed:
+                    seen.add(key, d)
+                claimed.difference_update(k for k in keys if k is not None)
+                if duplicates:
+                    log.info("ingest: %d duplicate events dropped (their ids are in bronze/events or were passed on "
+                             "already)", duplicates)
                 for e in events:
                     await stream.ack(e)
 
@@ -169,7 +198,10 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN):
                 records = [_source(e) for e in events]
                 checked = [check_record(r, families) for r in records]
-                await _put_unless_failed(to_scrub, (events, records, checked), stages)
+                dates = [None if isinstance(c, DeadLetter) else event_date(c["ts"]) for c in checked]
+                await load_seen({d for d in dates if d is not None})
+                checked, keys = drop_seen(checked, dates, seen, claimed)
+                await _put_unless_failed(to_scrub, (events, records, checked, keys), stages)
         finally:
             for task in stages:
                 task.cancel()
@@ -179,7 +211,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         their session id (the contract for producers; the table's partition is the key's, like the topic's). A
         session keyed otherwise keeps its dictionary in memory only."""
         return {c["session_id"]: rec.partition for rec, c in zip(records, checked)
-                if not isinstance(c, DeadLetter) and rec.key == c["session_id"].encode()}
+                if isinstance(c, dict) and rec.key == c["session_id"].encode()}
 
     def load_dictionary(homes: dict[str, int], sid: str) -> SessionDictionary | None:
         partition = homes.get(sid)

@@ -151,6 +151,37 @@ def test_exactly_once_across_a_broker_restart(kafka, own, records, tmp_path):
     assert read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows == 20
 
 
+def test_a_resend_long_after_its_first_copy_is_dropped_at_ingest(own, records, tmp_path):
+    """Events sent again by a fresh worker, after the sinks' dedup window: ingest finds their ids in bronze/events
+    and drops them; only the new events land, in bronze and in silver."""
+    import time
+
+    first = list(replay_events(records, limit=5))
+    known = {e.event["event_id"] for e in first}
+    new = [e for e in replay_events(records, limit=5, loops=2) if e.event["event_id"] not in known]
+    produce(own, first)
+    run_worker_until(own, tmp_path / "first.log", lambda: len(event_ids(own)) >= len(first) and
+                     read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows >= 5, "the first copies")
+    # a window the sinks' key sets cannot bridge: without ingest's dedup, each resend would land a second time
+    later = own.model_copy(update={"dedup_window_seconds": 1})
+    time.sleep(1.5)
+    produce(later, first + new)
+    log = tmp_path / "second.log"
+
+    def dropped() -> int:
+        import re
+        return sum(int(n) for n in re.findall(r"ingest: (\d+) duplicate events dropped", log.read_text(errors="replace")))
+
+    run_worker_until(later, log, lambda: dropped() >= len(first) and len(event_ids(own)) >= len(first) + len(new)
+                     and read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows >= 10 and
+                     check_parity(own).ok, "the new events, and the resends dropped")
+    assert dropped() == len(first)
+    ids = event_ids(own)
+    assert len(ids) == len(set(ids)) == len(first) + len(new)
+    episodes = read_table(own, SILVER_EPISODES, columns=["episode_id", "revision"]).to_pylist()
+    assert len(episodes) == 10 and all(r["revision"] == 0 for r in episodes)
+
+
 def profile_session():
     """A session whose profile lookup reveals a name and an e-mail, and a later message naming them in free text
     (with no word before the name that the patterns know)."""

@@ -1,0 +1,135 @@
+"""Ingest's exact dedup: event-id keys, the per-date key sets, the batch filter, and reading bronze/events."""
+import json
+import uuid
+from datetime import date
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from schemas.contract import CONTRACT_DIR
+from streams import dedup
+from streams.dedup import (BronzeEventIds, Duplicate, KeySet, SeenEvents, drop_seen, event_date, event_key,
+                           keys_of)
+from streams.ingest import DeadLetter, SourceRecord, clean_record
+
+EDITED = json.loads((CONTRACT_DIR / "examples/valid/action_edited.json").read_text())
+D1, D2, D3 = date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 4)
+
+
+def ids(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [str(uuid.UUID(bytes=rng.bytes(16))) for _ in range(n)]
+
+
+@pytest.mark.unit
+def test_a_key_is_the_uuid_whatever_its_hex_case():
+    eid = "0123ABCD-0000-4000-8000-00000000000a"
+    assert event_key(eid) == event_key(eid.lower()) == uuid.UUID(eid).bytes
+
+
+@pytest.mark.unit
+def test_the_column_form_of_keys_equals_the_one_at_a_time_form():
+    some = ids(1000) + [i.upper() for i in ids(10, seed=1)]
+    some += some[:5]  # repeats count once
+    expected = sorted({event_key(i).rstrip(b"\0") for i in some})  # as NumPy gives an S16 item
+    column = pa.chunked_array([pa.array(some[:400]), pa.array(some[400:])])
+    assert [bytes(k) for k in keys_of(column)] == expected
+    sliced = pa.array(["x"] + some).slice(1)  # an array with an offset into its buffers
+    assert [bytes(k) for k in keys_of(sliced)] == expected
+    assert len(keys_of(pa.array([], pa.string()))) == 0
+
+
+@pytest.mark.unit
+def test_a_key_set_holds_what_was_added_and_merged_and_nothing_else(monkeypatch):
+    monkeypatch.setattr(dedup, "MERGE_FROM", 8)
+    ks = KeySet()
+    inside, outside = ids(100), ids(100, seed=9)
+    ks.merge(keys_of(pa.array(inside[:50])))
+    for i in inside[50:]:
+        ks.add(event_key(i))
+    assert len(ks.pending) < 50  # merged along the way
+    ks.add(event_key(inside[0]))  # again: no second copy after the next merge
+    ks.merge(np.empty(0, dedup.KEY))
+    assert len(ks) == 100 and list(ks.sorted) == sorted(ks.sorted)
+    assert all(event_key(i) in ks for i in inside)
+    assert not any(event_key(i) in ks for i in outside)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("ts,day", [("2026-11-02T23:59:59.5Z", D1), ("2026-11-02T23:30:00+00:00", D1),
+                                    ("2026-11-02T20:30:00-05:00", D2), ("2026-11-03T01:00:00+02:00", D1)])
+def test_an_events_date_is_the_utc_date_its_bronze_row_gets(ts, day):
+    from streams.sink import bronze_event_row
+
+    assert event_date(ts) == day
+    event = {**EDITED, "ts": ts}
+    row = bronze_event_row(clean_record(event, SourceRecord("t", 0, 0, None, b""), ts, "privacy-2"))
+    assert row["date"] == day
+
+
+@pytest.mark.unit
+def test_files_are_read_once_and_least_recent_dates_go_first_beyond_the_bound():
+    seen = SeenEvents(max_keys=170)
+    listing = {D1: ["a", "b"], D2: ["c"], D3: ["d"]}
+    assert seen.unread(listing, {D1}) == {D1: ["a", "b"]}
+    seen.absorb({D1: (["a", "b"], keys_of(pa.array(ids(100))))}, {D1})
+    listing[D1].append("e")
+    assert seen.unread(listing, {D2}) == {D1: ["e"], D2: ["c"]}  # only the new file of a date held
+    seen.absorb({D1: (["e"], np.empty(0, dedup.KEY)), D2: (["c"], keys_of(pa.array(ids(40, seed=2))))}, {D2})
+    assert len(seen) == 140 and set(seen.dates) == {D1, D2}
+    assert (event_key(ids(100)[0]), D1) in seen  # D1 used last
+    seen.absorb({D3: (["d"], keys_of(pa.array(ids(60, seed=3))))}, {D3})
+    assert set(seen.dates) == {D1, D3}  # D2 went first
+    with pytest.raises(KeyError, match="not loaded"):
+        (event_key(ids(1)[0]), D2) in seen
+    big = SeenEvents(max_keys=10)  # a batch's own dates stay, however many keys they hold
+    big.absorb({D1: (["a"], keys_of(pa.array(ids(100))))}, {D1})
+    assert set(big.dates) == {D1}
+
+
+@pytest.mark.unit
+def test_a_batch_keeps_the_first_of_each_id_and_drops_the_seen_and_the_claimed():
+    seen = SeenEvents(max_keys=1000)
+    old, new, in_flight = ids(3)
+    seen.absorb({D1: (["f"], keys_of(pa.array([old])))}, {D1})
+    dl = DeadLetter("invalid_json", "parse", "", None, "t", 0, 0, b"{", None, "")
+    claimed = {event_key(in_flight)}
+    batch = [{"event_id": old}, dl, {"event_id": new}, {"event_id": new.upper()}, {"event_id": in_flight}]
+    out, keys = drop_seen(batch, [D1, None, D1, D1, D1], seen, claimed)
+    assert out == [Duplicate(old), dl, batch[2], Duplicate(new.upper()), Duplicate(in_flight)]
+    assert keys == [None, None, event_key(new), None, None]
+    assert claimed == {event_key(in_flight), event_key(new)}
+    seen.add(event_key(new), D1)
+    assert (event_key(new), D1) in seen
+
+
+@pytest.mark.component
+def test_bronze_event_ids_lists_files_per_date_and_reads_their_ids(base_settings, tmp_path):
+    from lake.tables import table_path
+    from schemas.tables import BRONZE_EVENTS
+    from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
+
+    s = base_settings.model_copy(update={"lake_root": tmp_path / "lake"})
+    reader = BronzeEventIds(table_path(s, BRONZE_EVENTS))
+    assert reader.listing() == {}  # before the sink's first commit
+    writer = DeltaSinkWriter(s, SINK_TARGETS["events.clean"], "g")
+    written = {D1: ids(5), D2: ids(3, seed=4)}
+
+    def commit(offset: int, pairs: list[tuple[date, str]]) -> None:
+        records = [Record("tl.events.clean", 0, offset + i, clean_record(
+            {**EDITED, "event_id": eid, "ts": f"{d.isoformat()}T12:00:00Z"},
+            SourceRecord("tl.frontend.raw", 0, offset + i, None, b""), "2026-11-02T12:00:00+00:00", "privacy-2"))
+            for i, (d, eid) in enumerate(pairs)]
+        writer.commit(records)
+
+    commit(0, [(D1, i) for i in written[D1][:3]] + [(D2, i) for i in written[D2]])
+    commit(10, [(D1, i) for i in written[D1][3:]])
+    listing = reader.listing()
+    assert sorted(listing) == [D1, D2] and len(listing[D1]) == 2 and len(listing[D2]) == 1
+    read = reader.read({D1: listing[D1], D2: []})
+    assert read[D2][0] == [] and len(read[D2][1]) == 0
+    assert len(read[D1][1]) == 5
+    seen = SeenEvents(max_keys=1000)
+    seen.absorb(reader.read(seen.unread(listing, {D1, D2})), {D1, D2})
+    assert all((event_key(i), d) in seen for d, some in written.items() for i in some)
