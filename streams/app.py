@@ -12,11 +12,11 @@ from typing import Any, Awaitable, Callable, NoReturn
 import faust
 import orjson
 
+from lake.tables import table_path
 from privacy import worker as scrub_worker
 from privacy.scrub import SessionDictionaries, SessionDictionary
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
-from lake.tables import table_path
 from schemas.tables import BRONZE_EVENTS
 from streams.dedup import BronzeEventIds, Duplicate, SeenEvents, drop_seen, event_date
 from streams.faust_consumer import QuietMonitor, install_eager_dispatch

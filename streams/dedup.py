@@ -14,15 +14,19 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 # A key is an event id's 16 UUID bytes (the contract makes every event id a UUID; hex case does not matter, as
-# for any UUID). Held sorted in a NumPy array of fixed-width bytes: 16 bytes per event, against ~100 for a
-# Python set of strings. NumPy reads an "S16" item without its trailing NUL bytes, so the set compares keys in
-# that form too (`_item`): still one to one, as every key has 16 bytes.
+# for any UUID). Held sorted in a NumPy array of fixed-width bytes: 16 bytes per event, against ~127 for a Python
+# set of the strings (bench/RESULTS.md, "Ingest's dedup"), and a whole batch is looked up with one `searchsorted`.
 KEY = np.dtype("S16")
-_NIBBLE = np.zeros(256, np.uint8)
-for _c in b"0123456789":
-    _NIBBLE[_c] = _c - ord("0")
-for _c in b"abcdef":
-    _NIBBLE[_c] = _c - ord("a") + 10
+# the positions of the 32 hex digits in a canonical UUID string (8-4-4-4-12), and each pair of digits' byte,
+# looked up by the pair read as one little-endian uint16
+_HEX_AT = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+_NIBBLE = np.zeros(256, np.uint16)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _NIBBLE[_c] = 10 + _i
+_pairs = np.arange(65536)
+_BYTE_OF_PAIR = ((_NIBBLE[_pairs & 0xFF] << 4) | _NIBBLE[_pairs >> 8]).astype(np.uint8)
 # at least this many keys wait in the pending set before being merged into the sorted array
 MERGE_FROM = 65_536
 
@@ -33,21 +37,25 @@ def event_key(event_id: str) -> bytes:
 
 
 def keys_of(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The keys of a column of event ids, sorted and unique, without a Python object per id."""
+    """The keys of a column of canonical UUID strings (as the contract lets in), in column order, without a
+    Python object per id."""
     if len(ids) == 0:
         return np.empty(0, KEY)
-    hexes = pc.utf8_lower(pc.replace_substring(ids, "-", ""))
-    fixed = pc.cast(pc.cast(hexes, pa.binary()), pa.binary(32))
+    fixed = pc.cast(pc.cast(ids, pa.binary()), pa.binary(36))
     if isinstance(fixed, pa.ChunkedArray):
         fixed = fixed.combine_chunks()
-    digits = np.frombuffer(fixed.buffers()[1], np.uint8, count=32 * len(fixed),
-                           offset=32 * fixed.offset).reshape(-1, 2)
-    packed = (_NIBBLE[digits[:, 0]] << 4) | _NIBBLE[digits[:, 1]]
-    return np.unique(packed.view(KEY))
+    chars = np.frombuffer(fixed.buffers()[1], np.uint8, count=36 * len(fixed),
+                          offset=36 * fixed.offset).reshape(-1, 36)
+    digits = np.ascontiguousarray(chars[:, _HEX_AT])
+    return _BYTE_OF_PAIR[digits.view(np.uint16)].view(KEY).ravel()
 
 
-def _item(key: bytes) -> bytes:
-    return key.rstrip(b"\0")
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    # np.unique sorts fixed-width bytes ~6x slower than np.sort does
+    keys = np.sort(keys)
+    keep = np.ones(len(keys), bool)
+    keep[1:] = keys[1:] != keys[:-1]
+    return keys[keep]
 
 
 class KeySet:
@@ -61,24 +69,31 @@ class KeySet:
         return len(self.sorted) + len(self.pending)
 
     def __contains__(self, key: bytes) -> bool:
-        key = _item(key)
-        if key in self.pending:
-            return True
-        i = int(np.searchsorted(self.sorted, key))
-        return i < len(self.sorted) and self.sorted[i] == key
+        return bool(self.contains([key])[0])
+
+    def contains(self, keys: list[bytes]) -> np.ndarray:
+        """Whether each of `keys` (16 bytes each) is in the set."""
+        wanted = np.array(keys, KEY)
+        found = np.zeros(len(keys), bool)
+        if len(self.sorted):
+            at = np.minimum(np.searchsorted(self.sorted, wanted), len(self.sorted) - 1)
+            found = self.sorted[at] == wanted  # whole fixed-width values: NumPy compares all 16 bytes
+        if self.pending:
+            found |= np.fromiter((k in self.pending for k in keys), bool, len(keys))
+        return found
 
     def add(self, key: bytes) -> None:
-        self.pending.add(_item(key))
+        self.pending.add(key)
         if len(self.pending) >= max(MERGE_FROM, len(self.sorted) // 4):  # each merge costs O(n): amortised O(1)
             self.merge(np.empty(0, KEY))
 
     def merge(self, keys: np.ndarray) -> None:
-        """Add sorted `keys` (and the pending ones) to the sorted array."""
+        """Add `keys` (any order, repeats allowed) and the pending ones to the sorted array."""
         parts = [self.sorted, keys]
         if self.pending:
             parts.append(np.array(list(self.pending), KEY))
             self.pending = set()
-        self.sorted = np.unique(np.concatenate(parts))
+        self.sorted = _sorted_unique(np.concatenate(parts))
 
 
 @dataclass
@@ -126,7 +141,7 @@ class SeenEvents:
                 for d in wanted}
 
     def absorb(self, read: dict[date, tuple[list[str], np.ndarray]], batch_dates: Iterable[date]) -> None:
-        """Take the keys read from files (per date: the files, their sorted keys); the dates of the batch at hand
+        """Take the keys read from files (per date: the files, their keys); the dates of the batch at hand
         stay, whatever the bound."""
         for d, (files, keys) in read.items():
             held = self.dates.get(d)
@@ -139,11 +154,15 @@ class SeenEvents:
 
     def __contains__(self, item: tuple[bytes, date]) -> bool:
         key, d = item
+        return bool(self.contains([key], d)[0])
+
+    def contains(self, keys: list[bytes], d: date) -> np.ndarray:
+        """Whether each of `keys`, of events dated `d`, was seen."""
         held = self.dates.get(d)
         if held is None:
             raise KeyError(f"{d} is not loaded: call unread/absorb for a batch's dates first")
         self.dates.move_to_end(d)
-        return key in held.keys
+        return held.keys.contains(keys)
 
     def add(self, key: bytes, d: date) -> None:
         """An event passed on (its row is on its way to bronze/events)."""
@@ -165,22 +184,28 @@ def drop_seen(checked: list[Any], dates: list[date | None], seen: SeenEvents,
               claimed: set[bytes]) -> tuple[list[Any], list[bytes | None]]:
     """Each valid event already in `seen` or `claimed` (passed on in an earlier batch still in flight, or earlier
     in this one) becomes a Duplicate; the others are claimed. Returns the batch and each passed event's key."""
+    keys = [None if d is None else event_key(c["event_id"]) for c, d in zip(checked, dates)]
+    by_date: dict[date, list[int]] = {}
+    for i, d in enumerate(dates):
+        if d is not None:
+            by_date.setdefault(d, []).append(i)
+    held = np.zeros(len(checked), bool)
+    for d, at in by_date.items():
+        held[at] = seen.contains([keys[i] for i in at], d)
     out: list[Any] = []
-    keys: list[bytes | None] = []
-    for c, d in zip(checked, dates):
-        if d is None:  # a dead letter
+    passed: list[bytes | None] = []
+    for c, key, old in zip(checked, keys, held.tolist()):
+        if key is None:  # a dead letter
             out.append(c)
-            keys.append(None)
-            continue
-        key = event_key(c["event_id"])
-        if key in claimed or (key, d) in seen:
+            passed.append(None)
+        elif old or key in claimed:
             out.append(Duplicate(c["event_id"]))
-            keys.append(None)
-            continue
-        claimed.add(key)
-        out.append(c)
-        keys.append(key)
-    return out, keys
+            passed.append(None)
+        else:
+            claimed.add(key)
+            out.append(c)
+            passed.append(key)
+    return out, passed
 
 
 class BronzeEventIds:
@@ -206,7 +231,7 @@ class BronzeEventIds:
         return out
 
     def read(self, unread: dict[date, list[str]]) -> dict[date, tuple[list[str], np.ndarray]]:
-        """Per date, its files and the sorted keys of the event ids they hold."""
+        """Per date, its files and the keys of the event ids they hold."""
         out = {}
         for d, files in unread.items():
             if files:

@@ -32,11 +32,11 @@ def test_a_key_is_the_uuid_whatever_its_hex_case():
 def test_the_column_form_of_keys_equals_the_one_at_a_time_form():
     some = ids(1000) + [i.upper() for i in ids(10, seed=1)]
     some += some[:5]  # repeats count once
-    expected = sorted({event_key(i).rstrip(b"\0") for i in some})  # as NumPy gives an S16 item
+    expected = np.array([event_key(i) for i in some], dedup.KEY)
     column = pa.chunked_array([pa.array(some[:400]), pa.array(some[400:])])
-    assert [bytes(k) for k in keys_of(column)] == expected
-    sliced = pa.array(["x"] + some).slice(1)  # an array with an offset into its buffers
-    assert [bytes(k) for k in keys_of(sliced)] == expected
+    assert (keys_of(column) == expected).all()
+    sliced = pa.array(["x" * 36] + some).slice(1)  # an array with an offset into its buffers
+    assert (keys_of(sliced) == expected).all()
     assert len(keys_of(pa.array([], pa.string()))) == 0
 
 
@@ -54,6 +54,15 @@ def test_a_key_set_holds_what_was_added_and_merged_and_nothing_else(monkeypatch)
     assert len(ks) == 100 and list(ks.sorted) == sorted(ks.sorted)
     assert all(event_key(i) in ks for i in inside)
     assert not any(event_key(i) in ks for i in outside)
+    # NumPy drops an S16 item's trailing NULs when it hands one out: keys that end in zero bytes must still
+    # differ from their neighbours
+    zeros = [f"00000000-0000-4000-8000-0000000000{b:02x}" for b in (0, 1)] + ["00000000-0000-4000-8000-000000000100"]
+    ks = KeySet()
+    ks.merge(keys_of(pa.array(zeros[:1])))
+    ks.add(event_key(zeros[2]))
+    assert [z in ks for z in map(event_key, zeros)] == [True, False, True]
+    ks.merge(np.empty(0, dedup.KEY))
+    assert [z in ks for z in map(event_key, zeros)] == [True, False, True]
 
 
 @pytest.mark.unit
@@ -129,7 +138,7 @@ def test_bronze_event_ids_lists_files_per_date_and_reads_their_ids(base_settings
     assert sorted(listing) == [D1, D2] and len(listing[D1]) == 2 and len(listing[D2]) == 1
     read = reader.read({D1: listing[D1], D2: []})
     assert read[D2][0] == [] and len(read[D2][1]) == 0
-    assert len(read[D1][1]) == 5
+    assert sorted(read[D1][1].tolist()) == sorted(k.rstrip(b"\0") for k in map(event_key, written[D1]))
     seen = SeenEvents(max_keys=1000)
     seen.absorb(reader.read(seen.unread(listing, {D1, D2})), {D1, D2})
     assert all((event_key(i), d) in seen for d, some in written.items() for i in some)
