@@ -15,7 +15,8 @@ Per run, each on fresh topics, consumer group and lake on a broker of the benchm
               a Faust app that drains them with the worker's batching and Faust set-up and does nothing
               (bench/faust_drain.py): the ceiling of any worker built like this one on this machine
 
-Usage: .venv/bin/python bench/stream_throughput.py [--events 20000] [--rate R] [--runs 3]
+Usage: .venv/bin/python bench/stream_throughput.py [--events 20000] [--rate R] [--runs 3] [--workers 1,2]
+(--workers: worker processes in one consumer group, sharing the partitions; each count once per round)
 Writes bench/out/stream_throughput.json and prints the table for bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -86,19 +87,21 @@ def run_settings(base: Settings, work: Path) -> Settings:
     return s
 
 
-def start_worker(s: Settings, log: Path) -> subprocess.Popen:
-    own_state = s.model_copy(update={"state_dir": s.state_dir / "worker" / s.worker_id})
+def start_worker(s: Settings, log: Path, i: int = 0) -> subprocess.Popen:
+    own_state = s.model_copy(update={"state_dir": s.state_dir / "worker" / f"{s.worker_id}-{i}"})
     return subprocess.Popen([sys.executable, "-m", "trajlake.cli", "worker"], cwd=REPO,
                             env=settings_env(own_state, os.environ), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
-def stop_worker(p: subprocess.Popen) -> None:
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+def stop_worker(workers: list[subprocess.Popen]) -> None:
+    for p in workers:
+        p.send_signal(signal.SIGTERM)
+    for p in workers:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def send(s: Settings, events: list, rate: float = 0.0) -> dict[str, float]:
@@ -126,14 +129,24 @@ def wait_visible(vis: Visibility, n: int, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def warm_worker(s: Settings, log: Path, seed: int) -> tuple[subprocess.Popen, Visibility]:
-    """Start the worker and wait until a small warm-up batch is in Delta (JIT, spaCy load, group join done)."""
+def warm_worker(s: Settings, log: Path, seed: int, workers: int = 1) -> tuple[list[subprocess.Popen], Visibility]:
+    """Start the workers (one consumer group) and wait until a small warm-up batch is in Delta and every worker
+    reads some partitions (JIT, spaCy load, group join and rebalance done)."""
+    from trajlake.cli import group_members
+
     vis = Visibility(s)
-    w = start_worker(s, log)
+    ws = [start_worker(s, log.with_suffix(f".{i}.log") if workers > 1 else log, i) for i in range(workers)]
     warm = list(synthetic_events(300, seed=seed + 1000))
     send(s, warm)
     wait_visible(vis, len(warm), 240)
-    return w, vis
+    deadline = time.time() + 120
+    while True:
+        g = group_members(s)
+        if g["state"] == "Stable" and len(g["members"]) == workers and all(m["partitions"] for m in g["members"]):
+            return ws, vis
+        if time.time() > deadline:
+            raise RuntimeError(f"the {workers} workers did not share the partitions within 120 s: {g}")
+        time.sleep(0.5)
 
 
 async def bare_consume(s: Settings, n: int) -> float:
@@ -166,12 +179,12 @@ def faust_drain(s: Settings, n: int, log: Path) -> float:
     return got["events"] / got["seconds"]
 
 
-def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: int) -> dict:
+def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: int, workers: int = 1) -> dict:
     events = workload(kind, n, seed)
     text = sum(e.event["event_type"] in TEXT_TYPES for e in events) / len(events)
     # throughput: a backlog of N, drained
     s = run_settings(base, work)
-    w, vis = warm_worker(s, work / f"worker-{s.worker_id}.log", seed)
+    w, vis = warm_worker(s, work / f"worker-{s.worker_id}.log", seed, workers)
     try:
         before = len(vis.seen)
         sent = send(s, events)
@@ -185,7 +198,7 @@ def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: in
     # latency: a steady 70% of the throughput just measured, polled while it is being sent
     rate = rate or round(0.7 * eps)
     s2 = run_settings(base, work)
-    w, vis = warm_worker(s2, work / f"worker-{s2.worker_id}.log", seed)
+    w, vis = warm_worker(s2, work / f"worker-{s2.worker_id}.log", seed, workers)
     try:
         k = min(n, int(rate * 20))  # 20 s of traffic
         steady = workload(kind, k, seed + 1)
@@ -209,7 +222,7 @@ def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: in
     finally:
         stop_worker(w)
     q = statistics.quantiles(lat, n=100)
-    return {"kind": kind, "events": n, "text_share": round(text, 3), "events_per_s": round(eps, 1),
+    return {"kind": kind, "workers": workers, "events": n, "text_share": round(text, 3), "events_per_s": round(eps, 1),
             "bare_consume_per_s": round(bare, 1), "ratio_to_bare": round(eps / bare, 4),
             "faust_drain_per_s": round(drained, 1), "ratio_to_faust": round(eps / drained, 4), "rate": round(rate),
             "latency_events": len(sent2), "not_visible": lost, "p50_s": round(q[49], 3), "p99_s": round(q[98], 3)}
@@ -223,7 +236,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--kinds", default="mix,structural")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--workers", default="1",
+                    help="worker processes in the group, e.g. 1,2: each count once per round, alternating")
     a = ap.parse_args()
+    counts = [int(w) for w in a.workers.split(",")]
     work = OUT / "stream"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -235,9 +251,10 @@ def main() -> None:
     try:
         for kind in a.kinds.split(","):
             for r in range(a.runs):
-                res = one_run(base, work, kind, a.events, a.rate, a.seed + r)
-                print(json.dumps(res), flush=True)
-                results.append(res)
+                for workers in counts:
+                    res = one_run(base, work, kind, a.events, a.rate, a.seed + r, workers)
+                    print(json.dumps(res), flush=True)
+                    results.append(res)
     finally:
         broker.stop(base)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -246,15 +263,15 @@ def main() -> None:
     (OUT / "stream_throughput.json").write_text(json.dumps({"machine": machine, "args": vars(a), "runs": results},
                                                            indent=2))
     print(f"\nmachine: {machine}\n")
-    print("| workload | events/s (median) | bare aiokafka consume/s | ratio | Faust drain/s | ratio | p50 s | p99 s "
+    print("| workload | workers | events/s (median) | bare aiokafka consume/s | ratio | Faust drain/s | ratio | p50 s | p99 s "
           "| at rate/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for kind in a.kinds.split(","):
-        rs = [r for r in results if r["kind"] == kind]
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind, workers in ((k, w) for k in a.kinds.split(",") for w in counts):
+        rs = [r for r in results if r["kind"] == kind and r["workers"] == workers]
         med = {k: statistics.median(r[k] for r in rs) for k in ("events_per_s", "bare_consume_per_s", "ratio_to_bare",
                                                                   "faust_drain_per_s", "ratio_to_faust",
                                                                   "p50_s", "p99_s")}
-        print(f"| {kind} (text share {rs[0]['text_share']:.0%}) | {med['events_per_s']:,.0f} | "
+        print(f"| {kind} (text share {rs[0]['text_share']:.0%}) | {workers} | {med['events_per_s']:,.0f} | "
               f"{med['bare_consume_per_s']:,.0f} | {med['ratio_to_bare']:.3f} | {med['faust_drain_per_s']:,.0f} | "
               f"{med['ratio_to_faust']:.3f} | {med['p50_s']:.2f} | "
               f"{med['p99_s']:.2f} | {statistics.median(r['rate'] for r in rs):,.0f} |")

@@ -98,6 +98,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                                                   # Kafka deletes and compacts closed segments only: roll hourly,
                                                   # and compact a swept session's older records within the hour
                                                   "segment.ms": "3600000", "max.compaction.lag.ms": "3600000"})
+    changelog = ChangelogSends(app.conf.producer_request_timeout, join_state, dictionaries)
     timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
@@ -139,7 +140,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         async def scrubbing() -> None:
             while True:
                 events, records, checked, keys = await to_scrub.get()
-                valid = [c for c in checked if isinstance(c, dict)]
+                # duplicates too, in their places: if the first copy's dictionary was lost with a crash before its
+                # save was confirmed, the copy teaches it again (and numbers placeholders as the first did)
+                valid = [c.event if isinstance(c, Duplicate) else c for c in checked if not isinstance(c, DeadLetter)]
                 results: list[Any] = []
                 if valid:
                     homes = dictionary_homes(records, checked)
@@ -163,10 +166,10 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                     if isinstance(c, DeadLetter):
                         sent.append(await dead.send(key=rec.key, value=c.to_json()))
                         continue
+                    s = next(scrubbed)
                     if isinstance(c, Duplicate):
                         duplicates += 1
                         continue
-                    s = next(scrubbed)
                     if isinstance(s, str):
                         dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
                         sent.append(await dead.send(key=rec.key, value=dl.to_json()))
@@ -178,10 +181,12 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                                                         clean_record(s["event"], rec, ingested_at,
                                                                      s["policy_version"], s["user_ref"]),
                                                         None, None, None))
+                saved = changelog.take()  # this batch's dictionaries among them (saved in `scrubbing`)
                 await producer.flush()
                 # flush() returns when the sends are done, failed ones included: each send's own result says
                 # whether the broker has the record, and an event is acked only if it does
                 await asyncio.gather(*sent)
+                await changelog.confirmed(saved)
                 for key, d in passed:
                     seen.add(key, d)
                 claimed.difference_update(k for k in keys if k is not None)
@@ -210,8 +215,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         """Session id → the partition its saved dictionary lives in, for the sessions whose records are keyed by
         their session id (the contract for producers; the table's partition is the key's, like the topic's). A
         session keyed otherwise keeps its dictionary in memory only."""
-        return {c["session_id"]: rec.partition for rec, c in zip(records, checked)
-                if isinstance(c, dict) and rec.key == c["session_id"].encode()}
+        events = ((rec, c.event if isinstance(c, Duplicate) else c) for rec, c in zip(records, checked)
+                  if not isinstance(c, DeadLetter))
+        return {c["session_id"]: rec.partition for rec, c in events if rec.key == c["session_id"].encode()}
 
     def load_dictionary(homes: dict[str, int], sid: str) -> SessionDictionary | None:
         partition = homes.get(sid)
@@ -267,13 +273,18 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             _table_set(join_state, key, state, partition)
             for e in outbox(state):
                 futures.append(await (steps if e.kind == "step" else episodes).send(key=key, value=orjson.dumps(e.row)))
+        saved = changelog.take()
         if not futures:
+            if saved:  # the states, before the batch is acked: a lost one would lose its events at a rebalance
+                await app.producer.flush()
+                await changelog.confirmed(saved)
             return
         saves[0] += 1
         if settings.crash_after_join_saves and saves[0] >= settings.crash_after_join_saves:
             os._exit(137)  # fault injection: the state (with its outbox) is saved locally, nothing delivered yet
         await app.producer.flush()
         await asyncio.gather(*futures)
+        await changelog.confirmed(saved)
         for key, (partition, state) in sessions.items():
             if state.get("outbox"):
                 delivered(state)
@@ -538,6 +549,39 @@ def _seek_before_streaming(app: faust.App) -> None:
     consumer.resume_partitions = resume_partitions
     consumer.seek_to_committed = seek_to_committed_really
     consumer.perform_seek = perform_seek_then_resume
+
+
+class ChangelogSends:
+    """The changelog records of the worker's tables, sent and not yet confirmed by the broker.
+
+    Faust sends a table's changelog record when the table is written, and only logs a failed send. A stage takes
+    the records sent so far before its flush and waits for them after it, before it acks its batch: a join state
+    or a scrub dictionary the broker refused (a record over the topic's size limit, a lost broker) fails the
+    stage, and the worker exits, rather than acking events whose state a rebalance or a restart would not find.
+    """
+
+    def __init__(self, timeout_s: float, *tables: Any):
+        self.timeout_s = timeout_s
+        self.pending: list[asyncio.Future] = []
+        for table in tables:
+            send = table.send_changelog
+
+            def recorded(*args: Any, _send: Callable = send, **kwargs: Any) -> asyncio.Future:
+                fut = _send(*args, **kwargs)
+                self.pending.append(fut)
+                return fut
+
+            table.send_changelog = recorded  # Table.__setitem__ and __delitem__ send through it
+
+    def take(self) -> list[asyncio.Future]:
+        taken, self.pending = self.pending, []
+        return taken
+
+    async def confirmed(self, sends: list[asyncio.Future]) -> None:
+        """Wait for `sends` (after a flush); raises if the broker refused any. A send that Faust's producer
+        buffer never got out (its publish raised) would never resolve: bounded by the producer's own timeout."""
+        if sends:
+            await asyncio.wait_for(asyncio.gather(*sends), self.timeout_s)
 
 
 class _At:

@@ -113,9 +113,10 @@ def event_date(ts: str) -> date:
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
-    """An event whose id bronze/events already holds or this worker already passed: acked, not passed on."""
+    """An event whose id bronze/events already holds or this worker already passed: scrubbed, so its session's
+    dictionary learns what it reveals as it did the first time, then acked and not passed on."""
 
-    event_id: str
+    event: dict[str, Any]
 
 
 class SeenEvents:
@@ -199,7 +200,7 @@ def drop_seen(checked: list[Any], dates: list[date | None], seen: SeenEvents,
             out.append(c)
             passed.append(None)
         elif old or key in claimed:
-            out.append(Duplicate(c["event_id"]))
+            out.append(Duplicate(c))
             passed.append(None)
         else:
             claimed.add(key)

@@ -687,6 +687,13 @@ def status(
                       " ".join(f"p{p}:{lag}{'' if p in topic['committed'] else ' (none read)'}"
                                for p, lag in sorted(topic["lag"].items())) or "-")
         console.print(t)
+        g = report["workers"]
+        t = Table(f"worker of group {report['group']!r} ({g['state']})", "host", "raw partitions it reads")
+        for m in g["members"]:
+            t.add_row(m["member_id"], m["host"], " ".join(f"p{p}" for p in m["partitions"]) or "-")
+        if not g["members"]:
+            t.add_row("none running", "", "")
+        console.print(t)
     t = Table("table", "version", "rows", "behind its topic in Delta, per partition", "location")
     for table in report["tables"]:
         behind = table.get("behind_in_delta")
@@ -705,7 +712,8 @@ def status_report(s) -> dict:
     from the earliest). For
     the tables the worker's sinks write, `behind_in_delta` counts the records of the source topic that are past
     the offset recorded in the table's Delta commits (its app transactions): what exactly-once has not yet
-    written, whatever Kafka's committed offsets say.
+    written, whatever Kafka's committed offsets say. `workers` are the group's members (one per running worker)
+    and the raw topics' partitions each reads.
     """
     from infra.kafka import broker
     from lake.readers import table_dataset
@@ -739,8 +747,59 @@ def status_report(s) -> dict:
                 for p, end in ends[topic].items()}
         tables.append(row)
     return {"broker": {"bootstrap": s.bootstrap, "up": up_, "pid": pid}, "group": s.worker_id,
+            "workers": group_members(s) if up_ else None,
             "topics": [{k: v for k, v in t.items() if k not in ("ends", "begins")} for t in topics],
             "tables": tables}
+
+
+def group_members(s) -> dict:
+    """The worker group's state and members: per member its id, host and the raw topics' partitions it reads
+    (the same partition numbers of both raw topics, as Faust assigns co-partitioned topics together)."""
+    import logging
+
+    from kafka import KafkaAdminClient
+
+    # kafka-python decodes members' metadata and assignments of the consumer protocol's versions it knows, and
+    # warns about the others (Faust's): those are read below
+    logging.getLogger("kafka.admin").setLevel(logging.ERROR)
+    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap, client_id="trajlake-status")
+    try:
+        group = admin.describe_groups([s.worker_id]).get(s.worker_id) or {}
+    finally:
+        admin.close()
+    raw = {s.topic("frontend.raw"), s.topic("agent.raw")}
+    members = []
+    for m in group.get("members") or []:
+        assignment = m.get("member_assignment")
+        if isinstance(assignment, dict):
+            assigned = {a["topic"]: a["partitions"] for a in assignment.get("assigned_partitions", [])}
+        else:
+            assigned = _assigned_partitions(assignment or b"")
+        members.append({"member_id": m["member_id"], "host": m["client_host"].lstrip("/"),
+                        "partitions": sorted({p for topic, ps in assigned.items() if topic in raw for p in ps})})
+    # a group that never ran, or whose members all left long ago, is "Dead" to the broker
+    return {"state": group.get("group_state") or "Dead", "members": sorted(members, key=lambda m: m["partitions"])}
+
+
+def _assigned_partitions(raw: bytes) -> dict[str, list[int]]:
+    """A consumer-protocol assignment as the broker keeps it (version, then per topic its name and partitions;
+    the same layout in every version): topic → partitions."""
+    import struct
+
+    if len(raw) < 6:
+        return {}
+    at = 2  # the version
+    (topics,) = struct.unpack_from(">i", raw, at)
+    at += 4
+    out: dict[str, list[int]] = {}
+    for _ in range(max(topics, 0)):
+        (n,) = struct.unpack_from(">h", raw, at)
+        topic = raw[at + 2:at + 2 + n].decode()
+        at += 2 + n
+        (count,) = struct.unpack_from(">i", raw, at)
+        out[topic] = list(struct.unpack_from(f">{count}i", raw, at + 4))
+        at += 4 + 4 * count
+    return out
 
 
 def _topic_sizes(s) -> list[dict]:

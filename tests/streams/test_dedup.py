@@ -106,7 +106,7 @@ def test_a_batch_keeps_the_first_of_each_id_and_drops_the_seen_and_the_claimed()
     claimed = {event_key(in_flight)}
     batch = [{"event_id": old}, dl, {"event_id": new}, {"event_id": new.upper()}, {"event_id": in_flight}]
     out, keys = drop_seen(batch, [D1, None, D1, D1, D1], seen, claimed)
-    assert out == [Duplicate(old), dl, batch[2], Duplicate(new.upper()), Duplicate(in_flight)]
+    assert out == [Duplicate(batch[0]), dl, batch[2], Duplicate(batch[3]), Duplicate(batch[4])]
     assert keys == [None, None, event_key(new), None, None]
     assert claimed == {event_key(in_flight), event_key(new)}
     seen.add(event_key(new), D1)

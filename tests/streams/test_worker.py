@@ -268,3 +268,42 @@ def test_an_idle_sessions_scrub_dictionary_is_deleted(own, tmp_path):
         "max.compaction.lag.ms": "3600000"}
     time.sleep(2.5)  # past twice the retention
     run_worker_until(own, log, lambda: (v := values()) and v[-1] is None, "the dictionary's tombstone", timeout=60)
+
+
+def test_a_dictionary_the_broker_refuses_stops_the_worker_before_the_ack(own, tmp_path):
+    """A scrub dictionary whose changelog record the broker refuses stops the worker (status 70) before the
+    batch is acked. Before, Faust only logged the failed send and the worker went on: after a restart the
+    session's later message met a dictionary without the name, and the name reached bronze (`--no-ner`).
+    Once the topic takes the record, a restarted worker redoes the batch, saves the dictionary and scrubs the
+    later message with it."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+    changelog = f"{own.worker_id}-scrub-dictionaries-changelog"
+    admin = KafkaAdminClient(bootstrap_servers=own.bootstrap)
+    try:
+        admin.create_topics([NewTopic(changelog, own.topic_partitions, 1,
+                                      topic_configs={"max.message.bytes": "300", "cleanup.policy": "compact,delete"})])
+        _, before, after = profile_session()
+        produce(own, before)
+        log = tmp_path / "worker.log"
+        w = WorkerProcess(own, log, "--no-ner").start()
+        try:
+            wait_until(lambda: not w.alive(), 120, message="the worker to stop on the refused changelog record")
+        finally:
+            w.kill()
+        assert w.proc.returncode == 70
+        text = log.read_text(errors="replace")
+        assert "the worker exits" in text and "TooLarge" in text, text[-3000:]
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, changelog,
+                                            configs={"max.message.bytes": str(16 * 1024 * 1024)})])
+    finally:
+        admin.close()
+    # a fresh process: what the first one held in memory is gone, as after a crash
+    run_worker_until(own, log, lambda: len(event_ids(own)) >= len(before), "the first events in bronze")
+    produce(own, after)
+    run_worker_until(own, log, lambda: len(event_ids(own)) >= len(before) + len(after), "the later event in bronze")
+    assert sorted(Counter(event_ids(own)).values()) == [1] * (len(before) + len(after))
+    bodies = {r["event_type"]: orjson.loads(r["body"])
+              for r in read_table(own, BRONZE_EVENTS, columns=["event_type", "body"]).to_pylist()}
+    assert bodies["user_message"]["text"].startswith("please move <PERSON_1> to an aisle seat"), bodies

@@ -89,6 +89,7 @@ def test_status_shows_broker_topics_lag_and_tables(kafka, tmp_path):
     r = run(["status"], settings_env(kafka.model_copy(update={"state_dir": tmp_path})))
     assert r.returncode == 0, r.stderr
     assert "up" in r.stdout and kafka.topic("events.clean") in r.stdout and "silver/episodes" in r.stdout
+    assert "none running" in r.stdout  # no worker in the group
 
 
 @pytest.mark.integration
@@ -107,6 +108,7 @@ def test_status_reports_a_caught_up_worker_as_json(tau_lake):
     assert r.returncode == 0, r.stderr
     report = orjson.loads(r.stdout)
     assert report["broker"]["up"] and report["group"] == s.worker_id
+    assert report["workers"]["members"] == []  # the worker has stopped: no member reads any partition
     topics = {t["topic"]: t for t in report["topics"]}
     assert sum(topics[s.topic(name)]["messages"] for name in ("frontend.raw", "agent.raw")) == len(events)
     assert {lag for t in topics.values() for lag in t["lag"].values()} == {0}, topics
@@ -185,3 +187,21 @@ def test_a_refused_publish_is_a_clean_error():
             "c.app = boom; c.main()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert_clean_error(r, "gold.episode_scores: nulls in NOT NULL columns", "nothing was published")
+
+
+@pytest.mark.unit
+def test_a_members_assignment_is_read_in_any_protocol_version():
+    import struct
+
+    from trajlake.cli import _assigned_partitions
+
+    def assignment(version: int, topics: dict[str, list[int]]) -> bytes:
+        out = struct.pack(">hi", version, len(topics))
+        for topic, parts in topics.items():
+            out += struct.pack(">h", len(topic)) + topic.encode() + struct.pack(f">i{len(parts)}i", len(parts), *parts)
+        return out + struct.pack(">i", 3) + b"xyz"  # user data (Faust's, compressed)
+
+    topics = {"tl.agent.raw": [1, 2], "tl.deadletter": [0], "w-join-state-changelog": []}
+    for version in (0, 3, 4):
+        assert _assigned_partitions(assignment(version, topics)) == topics
+    assert _assigned_partitions(b"") == {}
