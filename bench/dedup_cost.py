@@ -2,11 +2,12 @@
 
   data      N held event ids (random UUIDs, an Arrow column as bronze/events gives them), and batches of 500
             candidate ids as ingest checks them: half resends of held ids, half new
-  measured  load    the held ids into the structure (ours: `keys_of` → one date's sorted keys; baseline:
+  measured  load    the held ids into the structure (ours: `keys_of`, sorted → one date's keys; baseline:
                     `set(column.to_pylist())`)
             check   every batch through `drop_seen` (ours, keys claimed as ingest claims them) against
                     `eid in held` per event (baseline); both find the same duplicates
             memory  bytes per held id: the sorted array against the set and its strings (sys.getsizeof)
+            refresh a new file of 5,000 ids read into the date held (ours: `absorb`; baseline: `set.update`)
 Each candidate once per round, rounds interleaved, medians reported with their ratio.
 
 Usage: .venv/bin/python bench/dedup_cost.py [--sizes 1000000,5000000] [--runs 3] [--batches 200]
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.interleaved import report, time_interleaved  # noqa: E402
-from streams.dedup import SeenEvents, drop_seen, keys_of  # noqa: E402
+from streams.dedup import SeenEvents, drop_seen, keys_of, sorted_unique  # noqa: E402
 
 DAY = date(2026, 12, 5)
 
@@ -58,7 +59,7 @@ def main() -> None:
 
         def load_ours() -> SeenEvents:
             seen = SeenEvents(max_keys=10 * n)
-            seen.absorb({DAY: (["f"], keys_of(column))}, {DAY})
+            seen.absorb({DAY: (["f"], sorted_unique(keys_of(column)))}, {DAY})
             return seen
 
         def load_set() -> set[str]:
@@ -86,7 +87,22 @@ def main() -> None:
         assert found["drop_seen (ours)"] == found["set of str"] == 250 * args.batches, found
         print("check, µs per event:")
         check = report(times, unit="µs", scale=1e6 / (500 * args.batches))
-        out.append({"held": n, "load_s": load, "check_us": check, "bytes_per_id": {"ours": ours_b, "set": set_b}})
+        # a refresh: the sink's newest file (5,000 ids) read into the date held, as every `dedup_refresh_seconds`
+        newest = pa.array(uuids(5000, rng))
+
+        def refresh_ours() -> int:
+            seen.absorb({DAY: ([f"new-{len(seen.dates[DAY].files)}"], sorted_unique(keys_of(newest)))}, {DAY})
+            return len(seen)
+
+        def refresh_set() -> int:
+            held.update(newest.to_pylist())
+            return len(held)
+
+        times, _ = time_interleaved({"absorb (ours)": refresh_ours, "set.update": refresh_set}, args.runs)
+        print("refresh, ms per file of 5,000 ids:")
+        refresh = report(times, unit="ms", scale=1e3)
+        out.append({"held": n, "load_s": load, "check_us": check, "refresh_ms": refresh,
+                    "bytes_per_id": {"ours": ours_b, "set": set_b}})
         del seen, held, built
     target = REPO / "bench/out/dedup_cost.json"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,16 @@ import pytest
 from schemas.contract import CONTRACT_DIR
 from streams import dedup
 from streams.dedup import (BronzeEventIds, Duplicate, KeySet, SeenEvents, drop_seen, event_date, event_key,
-                           keys_of)
+                           keys_of, sorted_unique)
 from streams.ingest import DeadLetter, SourceRecord, clean_record
 
 EDITED = json.loads((CONTRACT_DIR / "examples/valid/action_edited.json").read_text())
 D1, D2, D3 = date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 4)
+
+
+def keys(some: list[str]) -> np.ndarray:
+    """Sorted unique keys, as BronzeEventIds.read gives them."""
+    return sorted_unique(keys_of(pa.array(some, pa.string())))
 
 
 def ids(n: int, seed: int = 0) -> list[str]:
@@ -45,7 +50,7 @@ def test_a_key_set_holds_what_was_added_and_merged_and_nothing_else(monkeypatch)
     monkeypatch.setattr(dedup, "MERGE_FROM", 8)
     ks = KeySet()
     inside, outside = ids(100), ids(100, seed=9)
-    ks.merge(keys_of(pa.array(inside[:50])))
+    ks.merge(keys(inside[:50]))
     for i in inside[50:]:
         ks.add(event_key(i))
     assert len(ks.pending) < 50  # merged along the way
@@ -57,12 +62,27 @@ def test_a_key_set_holds_what_was_added_and_merged_and_nothing_else(monkeypatch)
     # NumPy drops an S16 item's trailing NULs when it hands one out: keys that end in zero bytes must still
     # differ from their neighbours
     zeros = [f"00000000-0000-4000-8000-0000000000{b:02x}" for b in (0, 1)] + ["00000000-0000-4000-8000-000000000100"]
+    for first in (KeySet.merge, KeySet.extend):  # into the sorted array, or (few keys) the pending set
+        ks = KeySet()
+        first(ks, keys(zeros[:1]))
+        ks.add(event_key(zeros[2]))
+        assert [z in ks for z in map(event_key, zeros)] == [True, False, True]
+        ks.merge(np.empty(0, dedup.KEY))
+        assert [z in ks for z in map(event_key, zeros)] == [True, False, True] and len(ks) == 2
+
+
+@pytest.mark.unit
+def test_a_few_keys_read_later_wait_in_the_pending_set_and_many_are_merged(monkeypatch):
+    monkeypatch.setattr(dedup, "MERGE_FROM", 50)
     ks = KeySet()
-    ks.merge(keys_of(pa.array(zeros[:1])))
-    ks.add(event_key(zeros[2]))
-    assert [z in ks for z in map(event_key, zeros)] == [True, False, True]
-    ks.merge(np.empty(0, dedup.KEY))
-    assert [z in ks for z in map(event_key, zeros)] == [True, False, True]
+    first, few, many = ids(200), ids(20, seed=5), ids(100, seed=6)
+    ks.extend(keys(first))  # into an empty set: taken as it is
+    assert len(ks.sorted) == 200 and not ks.pending
+    ks.extend(keys(few + first[:5]))  # fewer than the bound: pending (repeats of sorted keys included)
+    assert len(ks.sorted) == 200 and len(ks.pending) == 25
+    ks.extend(keys(many))
+    assert not ks.pending and len(ks.sorted) == 320 and list(ks.sorted) == sorted(ks.sorted)
+    assert all(event_key(i) in ks for i in first + few + many)
 
 
 @pytest.mark.unit
@@ -82,18 +102,18 @@ def test_files_are_read_once_and_least_recent_dates_go_first_beyond_the_bound():
     seen = SeenEvents(max_keys=170)
     listing = {D1: ["a", "b"], D2: ["c"], D3: ["d"]}
     assert seen.unread(listing, {D1}) == {D1: ["a", "b"]}
-    seen.absorb({D1: (["a", "b"], keys_of(pa.array(ids(100))))}, {D1})
+    seen.absorb({D1: (["a", "b"], keys(ids(100)))}, {D1})
     listing[D1].append("e")
     assert seen.unread(listing, {D2}) == {D1: ["e"], D2: ["c"]}  # only the new file of a date held
-    seen.absorb({D1: (["e"], np.empty(0, dedup.KEY)), D2: (["c"], keys_of(pa.array(ids(40, seed=2))))}, {D2})
+    seen.absorb({D1: (["e"], np.empty(0, dedup.KEY)), D2: (["c"], keys(ids(40, seed=2)))}, {D2})
     assert len(seen) == 140 and set(seen.dates) == {D1, D2}
     assert (event_key(ids(100)[0]), D1) in seen  # D1 used last
-    seen.absorb({D3: (["d"], keys_of(pa.array(ids(60, seed=3))))}, {D3})
+    seen.absorb({D3: (["d"], keys(ids(60, seed=3)))}, {D3})
     assert set(seen.dates) == {D1, D3}  # D2 went first
     with pytest.raises(KeyError, match="not loaded"):
         (event_key(ids(1)[0]), D2) in seen
     big = SeenEvents(max_keys=10)  # a batch's own dates stay, however many keys they hold
-    big.absorb({D1: (["a"], keys_of(pa.array(ids(100))))}, {D1})
+    big.absorb({D1: (["a"], keys(ids(100)))}, {D1})
     assert set(big.dates) == {D1}
 
 
@@ -101,13 +121,13 @@ def test_files_are_read_once_and_least_recent_dates_go_first_beyond_the_bound():
 def test_a_batch_keeps_the_first_of_each_id_and_drops_the_seen_and_the_claimed():
     seen = SeenEvents(max_keys=1000)
     old, new, in_flight = ids(3)
-    seen.absorb({D1: (["f"], keys_of(pa.array([old])))}, {D1})
+    seen.absorb({D1: (["f"], keys([old]))}, {D1})
     dl = DeadLetter("invalid_json", "parse", "", None, "t", 0, 0, b"{", None, "")
     claimed = {event_key(in_flight)}
     batch = [{"event_id": old}, dl, {"event_id": new}, {"event_id": new.upper()}, {"event_id": in_flight}]
-    out, keys = drop_seen(batch, [D1, None, D1, D1, D1], seen, claimed)
+    out, passed = drop_seen(batch, [D1, None, D1, D1, D1], seen, claimed)
     assert out == [Duplicate(batch[0]), dl, batch[2], Duplicate(batch[3]), Duplicate(batch[4])]
-    assert keys == [None, None, event_key(new), None, None]
+    assert passed == [None, None, event_key(new), None, None]
     assert claimed == {event_key(in_flight), event_key(new)}
     seen.add(event_key(new), D1)
     assert (event_key(new), D1) in seen
