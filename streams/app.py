@@ -18,7 +18,7 @@ from privacy.scrub import SessionDictionaries, SessionDictionary
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from schemas.tables import BRONZE_EVENTS
-from streams.dedup import BronzeEventIds, Duplicate, SeenEvents, drop_seen, event_date
+from streams.dedup import BronzeEventIds, Claims, Duplicate, SeenEvents, drop_seen, event_date
 from streams.faust_consumer import QuietMonitor, install_eager_dispatch
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
@@ -98,7 +98,10 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                                                   # Kafka deletes and compacts closed segments only: roll hourly,
                                                   # and compact a swept session's older records within the hour
                                                   "segment.ms": "3600000", "max.compaction.lag.ms": "3600000"})
-    changelog = ChangelogSends(app.conf.producer_request_timeout, join_state, dictionaries)
+    # one per table: the join (and the timer, under the same lock) waits for the states' records, ingest for
+    # the dictionaries'; taking another stage's records would leave that stage to ack without them
+    state_sends = ChangelogSends(app.conf.producer_request_timeout, join_state)
+    dictionary_sends = ChangelogSends(app.conf.producer_request_timeout, dictionaries)
     timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
@@ -109,7 +112,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     clean_topic = settings.topic("events.clean")
     seen = SeenEvents(settings.dedup_max_keys)
     bronze_ids = BronzeEventIds(table_path(settings, BRONZE_EVENTS))
-    claimed: set[bytes] = set()  # passed on in batches not yet delivered
+    claims = Claims()  # the events passed on in batches not yet delivered
     read_at = [float("-inf")]
 
     async def load_seen(dates: set) -> None:
@@ -119,7 +122,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         if dates <= seen.dates.keys() and now - read_at[0] < settings.dedup_refresh_seconds:
             return
         listing = await asyncio.to_thread(bronze_ids.listing)
-        seen.absorb(await asyncio.to_thread(bronze_ids.read, seen.unread(listing, dates)), dates)
+        # the dates of batches in flight stay too: their keys are added when they are delivered
+        seen.absorb(await asyncio.to_thread(bronze_ids.read, seen.unread(listing, dates)),
+                    dates | claims.dates())
         read_at[0] = now
 
     @app.agent(raw, name="ingest")
@@ -167,29 +172,30 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                         sent.append(await dead.send(key=rec.key, value=c.to_json()))
                         continue
                     s = next(scrubbed)
-                    if isinstance(c, Duplicate):
+                    goes = claims.settle(c, key, not isinstance(s, str))
+                    if isinstance(c, Duplicate) and goes is None:
                         duplicates += 1
-                        continue
-                    if isinstance(s, str):
+                    elif isinstance(s, str):
                         dl = dead_letter(rec, ContractError(Reason.scrub_failed, s), "scrub", c["event_id"])
                         sent.append(await dead.send(key=rec.key, value=dl.to_json()))
                     else:
-                        passed.append((key, event_date(c["ts"])))
+                        c, key = goes
+                        passed.append((key, event_date(c)))
                         # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
                         # the hottest send in the worker (every valid event)
                         sent.append(await producer.send(clean_topic, s["event"]["session_id"].encode(),
                                                         clean_record(s["event"], rec, ingested_at,
                                                                      s["policy_version"], s["user_ref"]),
                                                         None, None, None))
-                saved = changelog.take()  # this batch's dictionaries among them (saved in `scrubbing`)
+                saved = dictionary_sends.take()  # this batch's dictionaries among them (saved in `scrubbing`)
                 await producer.flush()
                 # flush() returns when the sends are done, failed ones included: each send's own result says
                 # whether the broker has the record, and an event is acked only if it does
                 await asyncio.gather(*sent)
-                await changelog.confirmed(saved)
+                await dictionary_sends.confirmed(saved)
                 for key, d in passed:
                     seen.add(key, d)
-                claimed.difference_update(k for k in keys if k is not None)
+                claims.release(keys)
                 if duplicates:
                     log.info("ingest: %d duplicate events dropped (their ids are in bronze/events or were passed on "
                              "already)", duplicates)
@@ -203,9 +209,9 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             async for events in stream.noack_take(INGEST_BATCH, within=INGEST_WITHIN):
                 records = [_source(e) for e in events]
                 checked = [check_record(r, families) for r in records]
-                dates = [None if isinstance(c, DeadLetter) else event_date(c["ts"]) for c in checked]
+                dates = [None if isinstance(c, DeadLetter) else event_date(c) for c in checked]
                 await load_seen({d for d in dates if d is not None})
-                checked, keys = drop_seen(checked, dates, seen, claimed)
+                checked, keys = drop_seen(checked, dates, seen, claims)
                 await _put_unless_failed(to_scrub, (events, records, checked, keys), stages)
         finally:
             for task in stages:
@@ -273,18 +279,18 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
             _table_set(join_state, key, state, partition)
             for e in outbox(state):
                 futures.append(await (steps if e.kind == "step" else episodes).send(key=key, value=orjson.dumps(e.row)))
-        saved = changelog.take()
+        saved = state_sends.take()
         if not futures:
             if saved:  # the states, before the batch is acked: a lost one would lose its events at a rebalance
                 await app.producer.flush()
-                await changelog.confirmed(saved)
+                await state_sends.confirmed(saved)
             return
         saves[0] += 1
         if settings.crash_after_join_saves and saves[0] >= settings.crash_after_join_saves:
             os._exit(137)  # fault injection: the state (with its outbox) is saved locally, nothing delivered yet
         await app.producer.flush()
         await asyncio.gather(*futures)
-        await changelog.confirmed(saved)
+        await state_sends.confirmed(saved)
         for key, (partition, state) in sessions.items():
             if state.get("outbox"):
                 delivered(state)
@@ -554,10 +560,11 @@ def _seek_before_streaming(app: faust.App) -> None:
 class ChangelogSends:
     """The changelog records of the worker's tables, sent and not yet confirmed by the broker.
 
-    Faust sends a table's changelog record when the table is written, and only logs a failed send. A stage takes
-    the records sent so far before its flush and waits for them after it, before it acks its batch: a join state
-    or a scrub dictionary the broker refused (a record over the topic's size limit, a lost broker) fails the
-    stage, and the worker exits, rather than acking events whose state a rebalance or a restart would not find.
+    Faust sends a table's changelog record when the table is written, and only logs a failed send. The stage that
+    writes a table (one instance per table) takes the records sent so far before its flush and waits for them
+    after it, before it acks its batch: a join state or a scrub dictionary the broker refused (a record over the
+    topic's size limit, a lost broker) fails the stage, and the worker exits, rather than acking events whose
+    state a rebalance or a restart would not find.
     """
 
     def __init__(self, timeout_s: float, *tables: Any):

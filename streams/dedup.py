@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, timezone
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import unquote
@@ -11,7 +11,9 @@ from urllib.parse import unquote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from schemas.contract import event_timestamp
 
 # A key is an event id's 16 UUID bytes (the contract makes every event id a UUID; hex case does not matter, as
 # for any UUID). Held sorted in a NumPy array of fixed-width bytes: 16 bytes per event, against ~127 for a Python
@@ -27,8 +29,10 @@ for _i, _c in enumerate(b"ABCDEF"):
     _NIBBLE[_c] = 10 + _i
 _pairs = np.arange(65536)
 _BYTE_OF_PAIR = ((_NIBBLE[_pairs & 0xFF] << 4) | _NIBBLE[_pairs >> 8]).astype(np.uint8)
-# at least this many keys wait in the pending set before being merged into the sorted array
+# at least this many keys wait in the pending set before being merged into the sorted array, and at most a
+# sixteenth of the array's (a pending key is a Python bytes object, ~90 bytes against 16 in the array)
 MERGE_FROM = 65_536
+MERGE_SHARE = 16
 
 
 def event_key(event_id: str) -> bytes:
@@ -95,7 +99,7 @@ class KeySet:
 
     def extend(self, keys: np.ndarray) -> None:
         """Add sorted, unique `keys`: a few wait in the pending set, many are merged at once."""
-        if len(self.pending) + len(keys) < max(MERGE_FROM, len(self.sorted) // 4):
+        if len(self.pending) + len(keys) < max(MERGE_FROM, len(self.sorted) // MERGE_SHARE):
             self.pending.update(_exact(keys))
         elif not len(self.sorted) and not self.pending:
             self.sorted = keys
@@ -103,7 +107,7 @@ class KeySet:
             self.merge(keys)
 
     def _merge_if_due(self) -> None:
-        if len(self.pending) >= max(MERGE_FROM, len(self.sorted) // 4):  # each merge costs O(n): amortised O(1)
+        if len(self.pending) >= max(MERGE_FROM, len(self.sorted) // MERGE_SHARE):  # O(n) each: amortised O(1)
             self.merge(np.empty(0, KEY))
 
     def merge(self, keys: np.ndarray) -> None:
@@ -123,11 +127,12 @@ class DateKeys:
     files: set[str] = field(default_factory=set)
 
 
-def event_date(ts: str) -> date:
-    """The UTC date of an event's `ts`: the bronze/events partition its row lands in."""
-    if ts.endswith("Z") or ts.endswith("+00:00"):
+def event_date(event: dict[str, Any]) -> date:
+    """The UTC date of a valid event's `ts`: the bronze/events partition its row lands in."""
+    ts = event["ts"]
+    if ts[-1:] in ("Z", "z") or ts.endswith("+00:00"):
         return date.fromisoformat(ts[:10])
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(timezone.utc).date()
+    return event_timestamp(event).astimezone(timezone.utc).date()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +205,49 @@ class SeenEvents:
                 total -= len(self.dates.pop(d).keys)
 
 
+class Claims:
+    """The events passed on in batches not yet delivered (key → date), and the keys whose passed-on copy failed
+    to scrub, so that a copy marked a duplicate behind it can go on instead."""
+
+    def __init__(self) -> None:
+        self.claimed: dict[bytes, date] = {}
+        self.failed: set[bytes] = set()
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.claimed
+
+    def claim(self, key: bytes, d: date) -> None:
+        self.claimed[key] = d
+
+    def dates(self) -> set[date]:
+        """The dates of the batches in flight: the key sets must keep them until those are delivered."""
+        return set(self.claimed.values())
+
+    def settle(self, c: dict[str, Any] | Duplicate, key: bytes | None,
+               scrubbed: bool) -> tuple[dict[str, Any], bytes] | None:
+        """At delivery, a scrubbed event or duplicate: (the event, its key) if it goes on to `events.clean`, None
+        if not (a duplicate; or an event that failed to scrub, then a dead letter, whose duplicate may go)."""
+        if isinstance(c, Duplicate):
+            key = event_key(c.event["event_id"])
+            if key not in self.failed or not scrubbed:
+                return None
+            c = c.event
+        if key is None:
+            return None
+        if not scrubbed:
+            self.failed.add(key)
+            return None
+        self.failed.discard(key)
+        return c, key
+
+    def release(self, keys: Iterable[bytes | None]) -> None:
+        """A batch delivered: its claims end (its passed keys are in the key sets by now)."""
+        for key in keys:
+            self.claimed.pop(key, None)
+
+
 def drop_seen(checked: list[Any], dates: list[date | None], seen: SeenEvents,
-              claimed: set[bytes]) -> tuple[list[Any], list[bytes | None]]:
+              claimed: Claims) -> tuple[list[Any], list[bytes | None]]:
     """Each valid event already in `seen` or `claimed` (passed on in an earlier batch still in flight, or earlier
     in this one) becomes a Duplicate; the others are claimed. Returns the batch and each passed event's key."""
     keys = [None if d is None else event_key(c["event_id"]) for c, d in zip(checked, dates)]
@@ -222,7 +268,7 @@ def drop_seen(checked: list[Any], dates: list[date | None], seen: SeenEvents,
             out.append(Duplicate(c))
             passed.append(None)
         else:
-            claimed.add(key)
+            claimed.claim(key, d)
             out.append(c)
             passed.append(key)
     return out, passed
@@ -255,14 +301,17 @@ class BronzeEventIds:
         caller's thread, not on the event loop)."""
         out = {}
         for d, files in unread.items():
-            if files:
-                ids = ds.dataset([str(self.path / unquote(f)) for f in files], format="parquet").to_table(
-                    columns=["event_id"]).column("event_id")
-                out[d] = (files, sorted_unique(keys_of(ids)))
-            else:
-                out[d] = ([], np.empty(0, KEY))
+            columns = []
+            for f in files:
+                try:
+                    columns.append(pq.read_table(self.path / unquote(f), columns=["event_id"]).column("event_id"))
+                except FileNotFoundError:
+                    # vacuumed since the listing (an erasure's rewrite): its rows are in files a later listing has
+                    continue
+            ids = pa.chunked_array([c for col in columns for c in col.chunks], pa.string())
+            out[d] = (files, sorted_unique(keys_of(ids)))
         return out
 
 
-__all__ = ["BronzeEventIds", "Duplicate", "KeySet", "SeenEvents", "drop_seen", "event_date", "event_key", "keys_of",
+__all__ = ["BronzeEventIds", "Claims", "Duplicate", "KeySet", "SeenEvents", "drop_seen", "event_date", "event_key", "keys_of",
            "sorted_unique"]

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 import orjson
 from rapidfuzz.distance import Levenshtein
 
+from schemas.contract import parse_timestamp
+
 REACTIONS = ("action_shown", "action_accepted", "action_rejected", "action_edited", "action_undone", "action_retried")
 TERMINAL_REACTIONS = {"action_accepted", "action_rejected", "action_edited", "action_undone", "action_retried"}
 TERMINAL_TASK = {"task_completed", "task_abandoned"}
@@ -40,7 +42,7 @@ class Timeouts:
 
 
 def _ms(ts: str) -> int:
-    return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+    return int(parse_timestamp(ts).timestamp() * 1000)
 
 
 def compact(event: dict[str, Any]) -> dict[str, Any]:

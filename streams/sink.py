@@ -15,6 +15,7 @@ from lake.readers import table_dataset
 from privacy import LEGACY_POLICY_VERSION
 from lake.tables import ensure_table
 from lake.writer import app_id, append_exactly_once, committed_offset
+from schemas.contract import parse_timestamp
 from schemas.settings import Settings
 from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS, TableSpec
 from streams.ingest import DeadLetter
@@ -24,7 +25,7 @@ ENVELOPE_COLUMNS = ("event_id", "schema", "event_type", "session_id", "task_id",
 
 
 def _utc(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return parse_timestamp(ts).astimezone(timezone.utc)
 
 
 def bronze_event_row(value: bytes) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def validate_event(event: Any) -> dict[str, Any] | ContractError:
         where = (exc.name or "data").replace("data", "event", 1)
         return ContractError(Reason.schema_violation, f"{where}: {exc.message.replace(exc.name or 'data', '', 1).strip()}")
     try:
-        ts = datetime.fromisoformat(event["ts"].replace("Z", "+00:00").replace("z", "+00:00"))
+        ts = parse_timestamp(event["ts"])
     except ValueError as exc:
         return ContractError(Reason.bad_timestamp, f"event.ts {event['ts']!r} is not RFC 3339: {exc}")
     if not 2000 <= ts.year <= 2100:
@@ -140,6 +140,11 @@ def parse_event(raw: bytes | str) -> dict[str, Any] | ContractError:
     return validate_event(event)
 
 
+def parse_timestamp(ts: str) -> datetime:
+    """An RFC 3339 timestamp as the contract reads it (a "Z" or "z" for UTC, which Python's parser refuses)."""
+    return datetime.fromisoformat(ts.replace("Z", "+00:00").replace("z", "+00:00"))
+
+
 def event_timestamp(event: dict[str, Any]) -> datetime:
     """The event's ts as an aware datetime (validated events only)."""
-    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00").replace("z", "+00:00"))
+    return parse_timestamp(event["ts"])

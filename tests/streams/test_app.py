@@ -128,3 +128,36 @@ def test_the_timer_touches_nothing_while_faust_rebalances_or_restores(tmp_path, 
     with pytest.raises(LookupError):  # the same call without the guard reaches the partitions
         asyncio.run(app.join_timer_tick.__wrapped__())
     assert looked == ["partitions"]
+
+
+def test_each_table_waits_for_its_own_changelog_records_and_a_refused_one_raises():
+    from streams.app import ChangelogSends
+
+    class Table:
+        """A Faust table's changelog send: a future the producer resolves later."""
+
+        def __init__(self):
+            self.sent: list[asyncio.Future] = []
+
+        def send_changelog(self, partition, key, value):
+            fut = asyncio.get_running_loop().create_future()
+            self.sent.append(fut)
+            return fut
+
+    async def scenario():
+        states, dictionaries = Table(), Table()
+        state_sends, dictionary_sends = ChangelogSends(5, states), ChangelogSends(5, dictionaries)
+        states.send_changelog(0, b"s", {})  # through the wrapper, as Table.__setitem__ calls it
+        dictionaries.send_changelog(0, b"s", {})
+        dictionaries.send_changelog(1, b"t", {})
+        taken = dictionary_sends.take()
+        assert taken == dictionaries.sent and state_sends.pending == states.sent  # the join's stay the join's
+        assert dictionary_sends.take() == []
+        for fut in taken:
+            fut.set_result(None)
+        await dictionary_sends.confirmed(taken)
+        states.sent[0].set_exception(RuntimeError("MessageSizeTooLargeError"))
+        with pytest.raises(RuntimeError, match="TooLarge"):
+            await state_sends.confirmed(state_sends.take())
+
+    asyncio.run(scenario())

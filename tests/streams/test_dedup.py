@@ -9,7 +9,7 @@ import pytest
 
 from schemas.contract import CONTRACT_DIR
 from streams import dedup
-from streams.dedup import (BronzeEventIds, Duplicate, KeySet, SeenEvents, drop_seen, event_date, event_key,
+from streams.dedup import (BronzeEventIds, Claims, Duplicate, KeySet, SeenEvents, drop_seen, event_date, event_key,
                            keys_of, sorted_unique)
 from streams.ingest import DeadLetter, SourceRecord, clean_record
 
@@ -87,14 +87,19 @@ def test_a_few_keys_read_later_wait_in_the_pending_set_and_many_are_merged(monke
 
 @pytest.mark.unit
 @pytest.mark.parametrize("ts,day", [("2026-11-02T23:59:59.5Z", D1), ("2026-11-02T23:30:00+00:00", D1),
-                                    ("2026-11-02T20:30:00-05:00", D2), ("2026-11-03T01:00:00+02:00", D1)])
+                                    ("2026-11-02T20:30:00-05:00", D2), ("2026-11-03T01:00:00+02:00", D1),
+                                    ("2026-11-02T23:59:59z", D1), ("2026-11-02T20:30:00.25-05:00", D2)])
 def test_an_events_date_is_the_utc_date_its_bronze_row_gets(ts, day):
+    from schemas.contract import validate_event
     from streams.sink import bronze_event_row
 
-    assert event_date(ts) == day
     event = {**EDITED, "ts": ts}
+    assert validate_event(event) == event  # the contract lets each form in
+    assert event_date(event) == day
     row = bronze_event_row(clean_record(event, SourceRecord("t", 0, 0, None, b""), ts, "privacy-2"))
-    assert row["date"] == day
+    assert row["date"] == day  # the sink reads every form too (a lowercase "z" crashed it, and the join, before)
+    from streams.join import _ms
+    assert _ms(ts) == int(row["ts"].timestamp() * 1000)
 
 
 @pytest.mark.unit
@@ -123,12 +128,13 @@ def test_a_batch_keeps_the_first_of_each_id_and_drops_the_seen_and_the_claimed()
     old, new, in_flight = ids(3)
     seen.absorb({D1: (["f"], keys([old]))}, {D1})
     dl = DeadLetter("invalid_json", "parse", "", None, "t", 0, 0, b"{", None, "")
-    claimed = {event_key(in_flight)}
+    claimed = Claims()
+    claimed.claim(event_key(in_flight), D1)
     batch = [{"event_id": old}, dl, {"event_id": new}, {"event_id": new.upper()}, {"event_id": in_flight}]
     out, passed = drop_seen(batch, [D1, None, D1, D1, D1], seen, claimed)
     assert out == [Duplicate(batch[0]), dl, batch[2], Duplicate(batch[3]), Duplicate(batch[4])]
     assert passed == [None, None, event_key(new), None, None]
-    assert claimed == {event_key(in_flight), event_key(new)}
+    assert claimed.claimed == {event_key(in_flight): D1, event_key(new): D1} and claimed.dates() == {D1}
     seen.add(event_key(new), D1)
     assert (event_key(new), D1) in seen
 
@@ -162,3 +168,30 @@ def test_bronze_event_ids_lists_files_per_date_and_reads_their_ids(base_settings
     seen = SeenEvents(max_keys=1000)
     seen.absorb(reader.read(seen.unread(listing, {D1, D2})), {D1, D2})
     assert all((event_key(i), d) in seen for d, some in written.items() for i in some)
+    commit(20, [(D1, i) for i in ids(4, seed=8)])
+    newer = reader.listing()  # from the table it opened: only the log's new commits are read
+    assert len(newer[D1]) == 3 and seen.unread(newer, {D1}) == {D1: [f for f in newer[D1] if f not in listing[D1]],
+                                                                 D2: []}
+    # a file vacuumed between the listing and the read (an erasure's rewrite) is passed over, not fatal
+    (table_path(s, BRONZE_EVENTS) / newer[D1][0]).unlink()
+    assert len(reader.read({D1: newer[D1][:1]})[D1][1]) == 0
+
+
+@pytest.mark.unit
+def test_a_duplicate_goes_on_when_the_copy_passed_on_failed_to_scrub():
+    claims, seen = Claims(), SeenEvents(max_keys=1000)
+    seen.absorb({D1: ([], np.empty(0, dedup.KEY))}, {D1})
+    first, second = {"event_id": ids(1)[0]}, {"event_id": ids(1)[0].upper()}  # the same id, sent twice
+    (c1,), (k1,) = drop_seen([first], [D1], seen, claims)  # batch N claims it
+    (c2,), (k2,) = drop_seen([second], [D1], seen, claims)  # batch N+1, while N is in flight: a duplicate
+    assert c2 == Duplicate(second) and k2 is None
+    assert claims.settle(c1, k1, scrubbed=False) is None  # N: the claim's copy fails (a dead letter)
+    claims.release([k1])
+    assert claims.settle(c2, k2, scrubbed=True) == (second, k1)  # N+1: the duplicate goes on in its place
+    claims.release([k2])
+    assert not claims.failed and not claims.claimed
+    # once one copy went on, later duplicates stay duplicates, even scrubbed fine
+    assert claims.settle(Duplicate(first), None, scrubbed=True) is None
+    # a duplicate that fails too is dropped (the first's dead letter holds the event)
+    claims.failed.add(k1)
+    assert claims.settle(Duplicate(first), None, scrubbed=False) is None and k1 in claims.failed

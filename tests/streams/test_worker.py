@@ -295,6 +295,12 @@ def test_a_dictionary_the_broker_refuses_stops_the_worker_before_the_ack(own, tm
         assert w.proc.returncode == 70
         text = log.read_text(errors="replace")
         assert "the worker exits" in text and "TooLarge" in text, text[-3000:]
+        from trajlake.cli import _topic_sizes
+
+        # nothing acked: the group's offsets on the raw topics are still where a fresh group starts
+        committed = {t["topic"]: t["committed"] for t in _topic_sizes(own)}
+        assert all(o == 0 for topic in ("frontend.raw", "agent.raw")
+                   for o in committed[own.topic(topic)].values()), committed
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, changelog,
                                             configs={"max.message.bytes": str(16 * 1024 * 1024)})])
     finally:
