@@ -7,7 +7,8 @@
             check   every batch through `drop_seen` (ours, keys claimed as ingest claims them) against
                     `eid in held` per event (baseline); both find the same duplicates
             memory  bytes per held id: the sorted array against the set and its strings (sys.getsizeof)
-            refresh a new file of 5,000 ids read into the date held (ours: `absorb`; baseline: `set.update`)
+            refresh a new file of 5,000 ids read into the date held (ours: `absorb`; the first form, 5e91af6's:
+                    the date's whole array re-sorted with them; baseline: `set.update`)
 Each candidate once per round, rounds interleaved, medians reported with their ratio.
 
 Usage: .venv/bin/python bench/dedup_cost.py [--sizes 1000000,5000000] [--runs 3] [--batches 200]
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.interleaved import report, time_interleaved  # noqa: E402
-from streams.dedup import SeenEvents, drop_seen, keys_of, sorted_unique  # noqa: E402
+from streams.dedup import Claims, SeenEvents, drop_seen, keys_of, sorted_unique  # noqa: E402
 
 DAY = date(2026, 12, 5)
 
@@ -76,7 +77,7 @@ def main() -> None:
         dates = [DAY] * 500
 
         def check_ours() -> int:
-            claimed: set[bytes] = set()
+            claimed = Claims()
             return sum(sum(1 for c in drop_seen(b, dates, seen, claimed)[0] if not isinstance(c, dict))
                        for b in batches)
 
@@ -94,11 +95,18 @@ def main() -> None:
             seen.absorb({DAY: ([f"new-{len(seen.dates[DAY].files)}"], sorted_unique(keys_of(newest)))}, {DAY})
             return len(seen)
 
+        def refresh_resort() -> int:  # 5e91af6's first form: each file merged into the date's array, re-sorted
+            keys = np.sort(np.concatenate([seen.dates[DAY].keys.sorted, keys_of(newest)]))  # its default sort
+            keep = np.ones(len(keys), bool)
+            keep[1:] = keys[1:] != keys[:-1]
+            return len(keys[keep])
+
         def refresh_set() -> int:
             held.update(newest.to_pylist())
             return len(held)
 
-        times, _ = time_interleaved({"absorb (ours)": refresh_ours, "set.update": refresh_set}, args.runs)
+        times, _ = time_interleaved({"absorb (ours)": refresh_ours, "re-sort (5e91af6)": refresh_resort,
+                                     "set.update": refresh_set}, args.runs)
         print("refresh, ms per file of 5,000 ids:")
         refresh = report(times, unit="ms", scale=1e3)
         out.append({"held": n, "load_s": load, "check_us": check, "refresh_ms": refresh,

@@ -12,12 +12,10 @@ from typing import Any, Awaitable, Callable, NoReturn
 import faust
 import orjson
 
-from lake.tables import table_path
 from privacy import worker as scrub_worker
 from privacy.scrub import SessionDictionaries, SessionDictionary
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
-from schemas.tables import BRONZE_EVENTS
 from streams.dedup import BronzeEventIds, Claims, Duplicate, SeenEvents, drop_seen, event_date
 from streams.faust_consumer import QuietMonitor, install_eager_dispatch
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
@@ -111,7 +109,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
 
     clean_topic = settings.topic("events.clean")
     seen = SeenEvents(settings.dedup_max_keys)
-    bronze_ids = BronzeEventIds(table_path(settings, BRONZE_EVENTS))
+    bronze_ids = BronzeEventIds(settings)
     claims = Claims()  # the events passed on in batches not yet delivered
     read_at = [float("-inf")]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, timezone
-from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import unquote
 
@@ -13,7 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lake.tables import open_table, table_path
 from schemas.contract import event_timestamp
+from schemas.settings import Settings
+from schemas.tables import BRONZE_EVENTS
 
 # A key is an event id's 16 UUID bytes (the contract makes every event id a UUID; hex case does not matter, as
 # for any UUID). Held sorted in a NumPy array of fixed-width bytes: 16 bytes per event, against ~127 for a Python
@@ -260,7 +262,7 @@ def drop_seen(checked: list[Any], dates: list[date | None], seen: SeenEvents,
         held[at] = seen.contains([keys[i] for i in at], d)
     out: list[Any] = []
     passed: list[bytes | None] = []
-    for c, key, old in zip(checked, keys, held.tolist()):
+    for c, key, d, old in zip(checked, keys, dates, held.tolist()):
         if key is None:  # a dead letter
             out.append(c)
             passed.append(None)
@@ -277,17 +279,16 @@ def drop_seen(checked: list[Any], dates: list[date | None], seen: SeenEvents,
 class BronzeEventIds:
     """The shell: bronze/events' files per date from its Delta log, and the event ids in some of them."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, settings: Settings):
+        self.settings, self.path = settings, table_path(settings, BRONZE_EVENTS)
         self.table: Any = None
 
     def listing(self) -> dict[date, list[str]]:
         """The table's live files, per date partition (none before the sink's first commit)."""
-        from deltalake import DeltaTable  # the worker's only Delta reader outside the sink: imported where used
         if self.table is None:
-            if not DeltaTable.is_deltatable(str(self.path)):
+            self.table = open_table(self.settings, BRONZE_EVENTS)
+            if self.table is None:
                 return {}
-            self.table = DeltaTable(str(self.path))
         else:
             self.table.update_incremental()
         actions = pa.table(self.table.get_add_actions(flatten=True)).select(["path", "partition.date"])

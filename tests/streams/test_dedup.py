@@ -146,7 +146,7 @@ def test_bronze_event_ids_lists_files_per_date_and_reads_their_ids(base_settings
     from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record
 
     s = base_settings.model_copy(update={"lake_root": tmp_path / "lake"})
-    reader = BronzeEventIds(table_path(s, BRONZE_EVENTS))
+    reader = BronzeEventIds(s)
     assert reader.listing() == {}  # before the sink's first commit
     writer = DeltaSinkWriter(s, SINK_TARGETS["events.clean"], "g")
     written = {D1: ids(5), D2: ids(3, seed=4)}
@@ -195,3 +195,12 @@ def test_a_duplicate_goes_on_when_the_copy_passed_on_failed_to_scrub():
     # a duplicate that fails too is dropped (the first's dead letter holds the event)
     claims.failed.add(k1)
     assert claims.settle(Duplicate(first), None, scrubbed=False) is None and k1 in claims.failed
+
+
+@pytest.mark.unit
+def test_each_claim_keeps_its_own_events_date():
+    seen, claims = SeenEvents(max_keys=1000), Claims()
+    seen.absorb({D1: ([], np.empty(0, dedup.KEY)), D2: ([], np.empty(0, dedup.KEY))}, {D1, D2})
+    a, b = ids(2, seed=11)
+    drop_seen([{"event_id": a}, {"event_id": b}], [D1, D2], seen, claims)
+    assert claims.claimed == {event_key(a): D1, event_key(b): D2} and claims.dates() == {D1, D2}
