@@ -32,6 +32,13 @@ def _segment(df: DataFrame) -> DataFrame:
     return df.withColumn("task_type", F.coalesce(F.col("task_type"), F.lit("unknown")))
 
 
+def with_episode_id(steps: DataFrame) -> DataFrame:
+    """Steps with the id of their episode (session/task), as silver/episodes spells it."""
+    if "episode_id" in steps.columns:
+        return steps
+    return steps.withColumn("episode_id", F.concat_ws("/", "session_id", "task_id"))
+
+
 def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
     """Per-step correction and friction signals and the step's own score (latest silver revisions in)."""
     intent = Window.partitionBy("episode_id", "intent_id")
@@ -40,8 +47,7 @@ def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
     penalty = F.when(F.col("outcome") == "edited", F.col("edit_distance")).otherwise(
         _lookup(spec.correction.penalty, F.col("outcome")))
     return (
-        _segment(steps)
-        .withColumn("episode_id", F.concat_ws("/", "session_id", "task_id"))
+        _segment(with_episode_id(steps))
         .withColumn("intent_id", F.coalesce("intent_id", "action_id"))
         .withColumn("overwritten", F.coalesce(
             F.col("edited") & (F.col("edit_distance") >= spec.correction.overwrite_threshold), F.lit(False)))
@@ -136,9 +142,13 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     spec = spec or load_reward_spec(settings.reward_version)
     margin = timedelta(days=settings.job_margin_days)
     progress(f"reading silver {start - margin} … {end + margin}")
-    steps = latest_revisions(read_window(spark, settings, SILVER_STEPS, start - margin, end + margin), "step_id")
-    episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start - margin, end + margin),
-                                "episode_id")
+    # both sides hash-partitioned by episode once: every window and join after this one (a step's intent, its
+    # episode's aggregates, the credit share) is by episode too and reuses it. Without it each of them shuffled
+    # all steps again: the step rewards' plan had eight exchanges, now four (bench/RESULTS.md).
+    steps = latest_revisions(with_episode_id(read_window(spark, settings, SILVER_STEPS, start - margin, end + margin))
+                             .repartition("episode_id"), "step_id", within="episode_id")
+    episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start - margin, end + margin)
+                                .repartition("episode_id"), "episode_id")
     signals = step_signals(steps, spec).cache()
     scores = episode_scores(episodes, signals, spec).cache()
     try:

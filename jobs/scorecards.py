@@ -129,15 +129,26 @@ def t_column(level: float, df: Column) -> Column:
     return F.when(df >= 1, _t_expr(level, df, lambda c, a, b: F.when(c, F.lit(a)).otherwise(b)))
 
 
-def _observations(df: DataFrame, metrics: list[Metric], cluster: str) -> DataFrame:
-    """One row per (row, metric) with a non-null observation x, and the episode it belongs to (its cluster)."""
-    obs = F.explode(F.array(*[F.struct(F.lit(m.name).alias("metric"), F.col(m.column).cast("double").alias("x"))
-                              for m in metrics])).alias("o")
-    return (df.select(*SEGMENT, F.col("date"), F.col(cluster).alias("_cluster"), obs)
-              .select(*SEGMENT, "date", "_cluster", "o.metric", "o.x").where("x IS NOT NULL"))
-
-
 SUMS = ("n", "s", "ss", "c", "cs2", "csn", "cn2")
+
+
+def _sums_by(df: DataFrame, metrics: list[Metric], keys: list[str]) -> DataFrame:
+    """Per group of `keys`, each metric's n, Σx and Σx² over its non-null observations, one row per (group,
+    metric) with n > 0.
+
+    One wide aggregation, then the rows are unpivoted: exploding first (a row per observation and metric) fed
+    every observation through the hash aggregation on its own, 12 step metrics making ~12 rows of each step.
+    """
+    aggs = []
+    for i, m in enumerate(metrics):
+        x = F.col(m.column).cast("double")
+        aggs += [F.count(x).alias(f"_n{i}"), F.sum(x).alias(f"_s{i}"), F.sum(x * x).alias(f"_ss{i}")]
+    per_metric = F.explode(F.array(*[
+        F.struct(F.lit(m.name).alias("metric"), F.col(f"_n{i}").alias("n"), F.col(f"_s{i}").alias("s"),
+                 F.col(f"_ss{i}").alias("ss"))
+        for i, m in enumerate(metrics)])).alias("o")
+    return (df.groupBy(*keys).agg(*aggs).select(*keys, per_metric)
+              .select(*keys, "o.metric", "o.n", "o.s", "o.ss").where("n > 0"))
 
 
 def daily_sums(steps: DataFrame, episodes: DataFrame) -> DataFrame:
@@ -148,16 +159,12 @@ def daily_sums(steps: DataFrame, episodes: DataFrame) -> DataFrame:
     steps = steps.withColumn("_undo_after_accept", F.when(F.col("accepted"), F.col("undone")))
     episodes = (episodes.withColumn("_abandoned", F.col("outcome") == "abandoned")
                         .withColumn("_timeout", F.col("outcome") == "timeout"))
-    per_episode = (_observations(steps, [m for m in METRICS if m.source == "step"], "episode_id")
-                   .groupBy(*SEGMENT, "date", "metric", "_cluster")
-                   .agg(F.count("x").alias("n"), F.sum("x").alias("s"), F.sum(F.col("x") * F.col("x")).alias("ss")))
+    per_episode = _sums_by(steps, [m for m in METRICS if m.source == "step"], [*SEGMENT, "date", "episode_id"])
     step_sums = per_episode.groupBy(*SEGMENT, "date", "metric").agg(
         F.sum("n").alias("n"), F.sum("s").alias("s"), F.sum("ss").alias("ss"), F.count(F.lit(1)).alias("c"),
         F.sum(F.col("s") * F.col("s")).alias("cs2"), F.sum(F.col("s") * F.col("n")).alias("csn"),
         F.sum(F.col("n") * F.col("n")).alias("cn2"))
-    episode_sums = (_observations(episodes, [m for m in METRICS if m.source == "episode"], "episode_id")
-                    .groupBy(*SEGMENT, "date", "metric")
-                    .agg(F.count("x").alias("n"), F.sum("x").alias("s"), F.sum(F.col("x") * F.col("x")).alias("ss"))
+    episode_sums = (_sums_by(episodes, [m for m in METRICS if m.source == "episode"], [*SEGMENT, "date"])
                     .select(*SEGMENT, "date", "metric", "n", "s", "ss", F.col("n").alias("c"), F.col("ss").alias("cs2"),
                             F.col("s").alias("csn"), F.col("n").alias("cn2")))
     return step_sums.unionByName(episode_sums)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Callable
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -33,9 +34,13 @@ def read_window(spark: SparkSession, settings: Settings, spec: TableSpec, start:
     return df.where((F.col(column) >= F.lit(start)) & (F.col(column) < F.lit(end)))
 
 
-def latest_revisions(df: DataFrame, key: str) -> DataFrame:
-    """Only the highest revision of each `key` (late amendments supersede earlier rows)."""
-    w = Window.partitionBy(key).orderBy(F.col("revision").desc())
+def latest_revisions(df: DataFrame, key: str, within: str | None = None) -> DataFrame:
+    """Only the highest revision of each `key` (late amendments supersede earlier rows).
+
+    `within`: a column every revision of a key shares (a step's episode); a frame already partitioned by it
+    keeps its partitioning, so the job's later windows and joins by that column need no shuffle of their own.
+    """
+    w = Window.partitionBy(*([within] if within else []), key).orderBy(F.col("revision").desc())
     return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
 
 
@@ -55,25 +60,22 @@ class Published:
     quality: QualityReport | None = None
 
 
-def check_before_publish(df: DataFrame, spec: TableSpec) -> int:
+def check_before_publish(data: pa.Table, spec: TableSpec) -> int:
     """Declared NOT NULL columns hold no nulls and the declared keys are unique; returns the row count.
 
-    These are the structural invariants every gold table has, checked in Spark before anything is collected;
-    the Great Expectations suite of the table (quality/suites.py) adds the semantic ones.
+    These are the structural invariants every gold table has; the Great Expectations suite of the table
+    (quality/suites.py) adds the semantic ones. Both run on the rows collected for the suite: a Spark aggregation
+    of its own (a distinct count of the keys) cost a shuffle of the whole table per publish.
     """
     required = [f.name for f in spec.schema if not f.nullable]
-    aggs = [F.count(F.lit(1)).alias("_rows"),
-            F.countDistinct(*[F.col(k) for k in spec.keys]).alias("_keys")]
-    aggs += [F.sum(F.col(c).isNull().cast("long")).alias(c) for c in required]
-    stats = df.agg(*aggs).first().asDict()
-    rows = stats.pop("_rows")
-    keys = stats.pop("_keys")
-    nulls = {c: n for c, n in stats.items() if n}
+    nulls = {c: data.column(c).null_count for c in required if data.column(c).null_count}
     if nulls:
         raise PublishRefused(f"{spec.id}: nulls in NOT NULL columns {nulls}; nothing was published")
-    if keys != rows:
-        raise PublishRefused(f"{spec.id}: {rows - keys} rows repeat a key {spec.keys}; nothing was published")
-    return rows
+    keys = data.select(list(spec.keys)).group_by(list(spec.keys)).aggregate([]).num_rows
+    if keys != data.num_rows:
+        raise PublishRefused(f"{spec.id}: {data.num_rows - keys} rows repeat a key {spec.keys}; nothing was "
+                             "published")
+    return data.num_rows
 
 
 def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFrame, where: str,
@@ -98,8 +100,9 @@ def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple
         checked = []
         for (spec, _, _), df in zip(tables, frames):
             progress(f"checking {spec.id}")
-            rows = check_before_publish(df, spec)
-            checked.append((rows, gate(settings, suite_for(spec.id, reward), df.toArrow())))
+            data = df.toArrow()
+            rows = check_before_publish(data, spec)
+            checked.append((rows, gate(settings, suite_for(spec.id, reward), data)))
         out = []
         for (spec, _, where), df, (rows, report) in zip(tables, frames, checked):
             progress(f"publishing {spec.id}")

@@ -102,15 +102,11 @@ def _locked(settings: Settings) -> Iterator[None]:
 
 
 @lru_cache(maxsize=4)
-def _context(root: str):
+def _context(root: str, docs_runs: int):
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.execution_engine import pandas_execution_engine
 
-    # GE fingerprints every in-memory batch below HASH_THRESHOLD bytes (shallow size, so any batch of strings
-    # qualifies) with hash_pandas_object: 4.6 s on a 1M-row export index (docs/quality.md). Our batches are rows
-    # about to be published, identified by the run id in the report and the manifest, so it is switched off.
-    # Internal to GE: if it goes away, nothing breaks, batches are just hashed again.
     if hasattr(pandas_execution_engine, "HASH_THRESHOLD"):
         pandas_execution_engine.HASH_THRESHOLD = 0
     ctx = gx.get_context(mode="file", project_root_dir=root)
@@ -118,7 +114,30 @@ def _context(root: str):
     if (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)) is not False:
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         ctx.variables.save()
+    _bound_data_docs_index(ctx, docs_runs)
     return ctx
+
+
+def _bound_data_docs_index(ctx: Any, runs: int) -> None:
+    """The Data Docs index lists the newest `runs` validation results only (GE's `validation_results_limit`).
+
+    Rebuilding the index reads every stored result back (GE deserialises each one to link it), so unbounded, each
+    gate's cost grew with the number of runs ever made: 1.1 s of a 2 s gate at 220 stored results, and a
+    daily schedule adds five results per jobs run. The stored results and their pages are kept.
+    """
+    sites = dict(ctx.variables.data_docs_sites or {})
+    changed = False
+    for name, site in sites.items():
+        site = dict(site)
+        index = dict(site.get("site_index_builder") or {"class_name": "DefaultSiteIndexBuilder"})
+        if index.get("validation_results_limit") != runs:
+            index["validation_results_limit"] = runs
+            site["site_index_builder"] = index
+            sites[name] = site
+            changed = True
+    if changed:
+        ctx.variables.data_docs_sites = sites
+        ctx.variables.save()
 
 
 def data_docs_index(settings: Settings) -> Path:
@@ -151,7 +170,7 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
     frame = with_derived(suite, data)
     df = frame.to_pandas()
     with _locked(settings):
-        ctx = _context(str(quality_dir(settings)))
+        ctx = _context(str(quality_dir(settings)), settings.quality_docs_runs)
         source = ctx.data_sources.add_or_update_pandas("trajlake")
         asset = next((a for a in source.assets if a.name == suite.name), None) or source.add_dataframe_asset(suite.name)
         batch = next((b for b in asset.batch_definitions if b.name == "batch"), None) \

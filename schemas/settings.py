@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     reward_version: str | None = None
     # an episode's steps may fall on the days around it; jobs read this many days either side of their window
     job_margin_days: int = Field(default=1, ge=0)
+    # the Data Docs index lists this many of the newest validation runs (every run's own page and stored result
+    # stay). Unbounded, each gate re-read every result ever stored to rebuild the index: ~3 ms per stored run,
+    # and a daily schedule stores five per job run
+    quality_docs_runs: int = Field(default=100, ge=1)
 
     # training exports (jobs/export.py): groups are split by a keyed hash of this key, never by the row
     export_group_by: Literal["user", "task", "session"] = "user"

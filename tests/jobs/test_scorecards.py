@@ -253,3 +253,78 @@ def test_unchanged_variants_are_flagged_at_the_nominal_rate_despite_correlated_s
     assert sum(r.significant for r in completion) <= 5
     assert {round(r.threshold, 3) for r in cards.where("metric = 'accept_rate'").select(
         F.col("_flag_at").alias("threshold")).collect()} == {round(t_of(spec.guardrails.flag_level, 39), 3)}
+
+
+@pytest.mark.component
+def test_daily_sums_equal_the_sums_computed_in_plain_python(spark):
+    """n, Σx, Σx² and the cluster sums per day × segment × metric, nulls outside the denominator, an episode
+    whose steps span two days counted as a cluster on each day, against a direct computation."""
+    import random
+    from collections import defaultdict
+
+    from jobs.scorecards import METRICS, SEGMENT, daily_sums
+
+    rng = random.Random(3)
+    step_metrics = [m for m in METRICS if m.source == "step" and not m.column.startswith("_")]
+    episode_metrics = [m for m in METRICS if m.source == "episode" and not m.column.startswith("_")]
+    bools = {"accepted", "rejected", "edited", "overwritten", "undone", "retried", "dead_end", "completed",
+             "reopened", "within_sla", "escalated", "delegated", "opted_out", "opted_out_after_poor", "gate_passed"}
+
+    def value(column):
+        if rng.random() < 0.2:
+            return None
+        return rng.random() < 0.4 if column in bools else round(rng.uniform(0, 9), 3)
+
+    steps, episodes = [], []
+    for e in range(40):
+        seg = (rng.choice("ab"), "p1", rng.choice(["x", "y"]))
+        first = date(2026, 11, 2) + timedelta(days=rng.randrange(2))
+        for k in range(rng.randrange(1, 6)):
+            row = dict(zip(SEGMENT, seg), date=first + timedelta(days=k // 4), episode_id=f"e{e}")
+            row.update({m.column: value(m.column) for m in step_metrics})
+            steps.append(row)
+        row = dict(zip(SEGMENT, seg), date=first, episode_id=f"e{e}",
+                   outcome=rng.choice(["completed", "abandoned", "timeout"]))
+        row.update({m.column: value(m.column) for m in episode_metrics})
+        episodes.append(row)
+
+    def ddl(columns):
+        kinds = {c: "STRING" if c == "outcome" else "BOOLEAN" if c in bools else "DOUBLE" for c in columns}
+        return ", ".join([*(f"{c} STRING" for c in SEGMENT), "date DATE", "episode_id STRING",
+                          *(f"{c} {t}" for c, t in kinds.items())])
+
+    sdf = spark.createDataFrame(steps, ddl([m.column for m in step_metrics]))
+    edf = spark.createDataFrame(episodes, ddl(["outcome", *(m.column for m in episode_metrics)]))
+    got = {(*(r[c] for c in SEGMENT), r.date, r.metric): r for r in daily_sums(sdf, edf).collect()}
+
+    def x_of(row, m):
+        if m.column == "_undo_after_accept":
+            return float(row["undone"]) if row["accepted"] and row["undone"] is not None else None
+        if m.column in ("_abandoned", "_timeout"):
+            return float(row["outcome"] == m.column[1:])
+        v = row[m.column]
+        return None if v is None else float(v)
+
+    want: dict = {}
+    for rows, metrics, clustered in ((steps, [m for m in METRICS if m.source == "step"], True),
+                                     (episodes, [m for m in METRICS if m.source == "episode"], False)):
+        for m in metrics:
+            clusters = defaultdict(list)
+            for row in rows:
+                x = x_of(row, m)
+                if x is not None:
+                    clusters[(*(row[c] for c in SEGMENT), row["date"], m.name, row["episode_id"])].append(x)
+            by_key = defaultdict(list)
+            for key, xs in clusters.items():
+                by_key[key[:-1]].append(xs)
+            for key, groups in by_key.items():
+                if not clustered:
+                    groups = [[x] for xs in groups for x in xs]
+                want[key] = dict(n=sum(len(g) for g in groups), s=sum(sum(g) for g in groups),
+                                 ss=sum(x * x for g in groups for x in g), c=len(groups),
+                                 cs2=sum(sum(g) ** 2 for g in groups), csn=sum(sum(g) * len(g) for g in groups),
+                                 cn2=sum(len(g) ** 2 for g in groups))
+    assert got.keys() == want.keys()
+    for key, w in want.items():
+        for k, v in w.items():
+            assert got[key][k] == pytest.approx(v, rel=1e-12, abs=1e-12), (key, k)

@@ -77,3 +77,16 @@ def test_a_relative_state_dir_works(tmp_path, monkeypatch):
     s = Settings(state_dir=Path("rel-state"))
     report = gate(s, suite_for("silver/steps", SPEC), table("silver/steps", [step(0)]))
     assert report.data_docs == (tmp_path / "rel-state/quality/gx/uncommitted/data_docs/local_site/index.html").as_uri()
+
+
+def test_the_data_docs_index_lists_only_the_newest_runs(lake_settings):
+    """Each gate rebuilds the index: bounded, it reads back the newest runs, not every run ever stored."""
+    from quality.runner import data_docs_index, quality_dir
+    from quality.suites import suite_for
+
+    s = lake_settings.model_copy(update={"quality_docs_runs": 2})
+    runs = [gate(s, suite_for("silver/steps", SPEC), table("silver/steps", [step(0)])).run_id for _ in range(4)]
+    index = data_docs_index(s).read_text()
+    assert [r in index for r in runs] == [False, False, True, True]
+    stored = list((quality_dir(s) / "gx" / "uncommitted" / "validations").rglob("*.json"))
+    assert sum(any(r in str(p) for r in runs) for p in stored) == 4  # every result is kept
