@@ -122,8 +122,9 @@ def _bound_data_docs_index(ctx: Any, runs: int) -> None:
     """The Data Docs index lists the newest `runs` validation results only (GE's `validation_results_limit`).
 
     Rebuilding the index reads every stored result back (GE deserialises each one to link it), so unbounded, each
-    gate's cost grew with the number of runs ever made: 1.1 s of a 2 s gate at 220 stored results, and a
-    daily schedule adds five results per jobs run. The stored results and their pages are kept.
+    gate's cost grew with the number of runs ever made, ~3 ms per stored result (a 1.6 s gate took 2.8 s with 400
+    stored; bench/gate_cost.py), and a daily schedule adds five results per jobs run. The stored results and their
+    pages are kept.
     """
     sites = dict(ctx.variables.data_docs_sites or {})
     changed = False
