@@ -87,6 +87,12 @@ DRIFT_SIGNALS: tuple[tuple[str, str, list[float]], ...] = (
     ("accepted", "step", [0.5]),
 )
 PSI_EPSILON = 1e-4  # share given to a bin empty in one week, so the log stays finite
+# the gold step columns the scorecards read (the metrics, the drift signals and what they are grouped by): the
+# steps are cached, and caching the ids and timestamps no metric reads cost as much as the rest together
+STEP_COLUMNS = tuple(dict.fromkeys([*SEGMENT, "date", "episode_id",
+                                    *(m.column for m in METRICS if m.source == "step" and not m.column.startswith("_")),
+                                    "accepted", "undone",  # _undo_after_accept
+                                    *(name for name, source, _ in DRIFT_SIGNALS if source == "step")]))
 
 
 def _is_baseline(spec: RewardSpec) -> Column:
@@ -337,7 +343,8 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     ws, we = _weeks(start, end)
     progress(f"reading gold scores {ws - timedelta(days=7)} … {we}")
     version = F.col("reward_version") == spec.version
-    steps = read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version).cache()
+    steps = (read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version)
+             .select(*STEP_COLUMNS).cache())
     episodes = read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version).cache()
     cards = sums = None
     try:
