@@ -88,7 +88,7 @@ DRIFT_SIGNALS: tuple[tuple[str, str, list[float]], ...] = (
 )
 PSI_EPSILON = 1e-4  # share given to a bin empty in one week, so the log stays finite
 # the gold step columns the scorecards read (the metrics, the drift signals and what they are grouped by): the
-# steps are cached, and the ids and timestamps no metric reads would fill half of the cache
+# steps are cached, and half of gold's step columns are ids and timestamps no metric reads
 STEP_COLUMNS = tuple(dict.fromkeys([*SEGMENT, "date", "episode_id",
                                     *(m.column for m in METRICS if m.source == "step" and not m.column.startswith("_")),
                                     "accepted", "undone",  # _undo_after_accept
