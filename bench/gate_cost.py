@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 from schemas.settings import Settings  # noqa: E402
@@ -43,8 +44,10 @@ def main() -> None:
     from schemas.reward import load_reward_spec
     from schemas.tables import TABLES
 
+    from jobs_speed import settings_for
+
     spec = load_reward_spec()
-    lake = OUT / "jobs" / "1000000" / "lake"
+    lake = settings_for(1_000_000).lake
     if not (lake / args.table).exists():
         sys.exit(f"no {args.table} under {lake}: run `.venv/bin/python bench/jobs_speed.py --sizes 1000000 "
                  "--runs 1` first, which builds and scores that lake")
