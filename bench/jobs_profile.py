@@ -3,9 +3,9 @@
 Runs both jobs --rounds times on one SparkSession with Spark's event log on, then reports for the last round:
 each phase's wall time (the jobs' own progress messages), the Spark jobs it ran (count, wall time inside jobs,
 the rest being driver work: Great Expectations gates, Delta commits, planning), and its longest stages with their
-task time and CPU time. The lake is the one bench/jobs_speed.py builds (bench/out/jobs/1000000).
+task time and CPU time. The lake is the one bench/jobs_speed.py builds for that size (bench/out/jobs/<size>).
 
-Usage: .venv/bin/python bench/jobs_profile.py [--rounds 3] [--stages 12]
+Usage: .venv/bin/python bench/jobs_profile.py [--size 1000000] [--rounds 3] [--stages 12]
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def read_event_log(directory: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1_000_000, help="events in the lake (built by bench/jobs_speed.py)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--stages", type=int, default=12)
     args = ap.parse_args()
@@ -48,9 +49,10 @@ def main() -> None:
     from jobs.spark import build_spark
     from schemas.reward import load_reward_spec
 
-    s = js.settings_for(1_000_000)
+    s = js.settings_for(args.size)
     if not (s.lake / "silver").exists():
-        sys.exit("no 1M lake: run `.venv/bin/python bench/jobs_speed.py --sizes 1000000 --runs 1` first")
+        sys.exit(f"no lake of {args.size:,} events: run `.venv/bin/python bench/jobs_speed.py --sizes {args.size} "
+                 "--runs 1` first")
     start, end = js.window(s)
     spec = load_reward_spec()
     logs = OUT / "jobs_profile"

@@ -1,8 +1,9 @@
-"""The structural checks every gold publish passes first: declared NOT NULL columns and unique declared keys."""
+"""The structural checks every gold publish passes first (declared NOT NULL columns, unique declared keys, rows inside
+the window they replace) and the order the rows are written in."""
 import pyarrow as pa
 import pytest
 
-from jobs.tables import check_before_publish
+from jobs.tables import check_before_publish, rows_outside, rows_to_publish
 from quality.errors import PublishRefused
 from schemas.tables import TableSpec
 
@@ -37,3 +38,30 @@ def test_a_repeated_key_refuses_the_publish():
 
 def test_an_empty_publish_passes():
     assert check_before_publish(rows(), SPEC) == 0
+
+
+def test_a_row_outside_the_replaced_window_refuses_the_publish():
+    data = rows(("a", 0, 0.5, None), ("b", 3, 1.0, None), ("c", 1, 0.2, None))
+    assert check_before_publish(data, SPEC, "rev < 5") == 3
+    with pytest.raises(PublishRefused, match=r"gold/things: 1 rows lie outside the window they would replace "
+                                             r"\(rev < 3\).*nothing was published"):
+        check_before_publish(data, SPEC, "rev < 3")
+
+
+def test_a_null_where_the_window_is_decided_counts_as_outside():
+    data = rows(("a", 0, 0.5, None), ("b", 1, 1.0, "x"))
+    assert rows_outside(data, "note = 'x'") == 1
+    assert rows_outside(data, "true") == 0
+
+
+def test_rows_are_written_sorted_by_partition_and_key_in_declared_types():
+    spec = TableSpec("gold", "parted", pa.schema([pa.field("day", pa.string(), nullable=False),
+                                                  pa.field("id", pa.string(), nullable=False),
+                                                  pa.field("n", pa.int32())]),
+                     ("day",), ("id",), "a partitioned test table")
+    spark_like = pa.table({"day": pa.array(["2", "1", "2", "1"], pa.large_string()),
+                           "id": pa.array(["b", "z", "a", "c"], pa.large_string()), "n": pa.array([1, 2, 3, 4])})
+    out = rows_to_publish(spark_like, spec)
+    assert out.schema == spec.schema
+    assert out.to_pylist() == [{"day": "1", "id": "c", "n": 4}, {"day": "1", "id": "z", "n": 2},
+                               {"day": "2", "id": "a", "n": 3}, {"day": "2", "id": "b", "n": 1}]
