@@ -5,8 +5,13 @@ Per stored-run count: a fresh state dir is seeded with that many stored runs (ga
 gate of a real gold table (the jobs benchmark's 1M lake: bench/out/jobs/1000000, built by bench/jobs_speed.py) is
 timed --runs times with each setting, alternating. The bounded gate's ratio to the unbounded one is reported.
 
+With --round: the gates of one jobs round instead (heuristics' two gold tables, then scorecards' three, the 1M
+lake's rows of each), on a state dir seeded with --stored runs; each gate building its own Data Docs, against
+each job's gates building them once on the way out (`quality.runner.data_docs_once`), alternating.
+
 Usage: .venv/bin/python bench/gate_cost.py [--stored 0,100,400] [--runs 3] [--table gold/episode_scores]
-Writes bench/out/gate_cost.json and prints the table for bench/RESULTS.md.
+       .venv/bin/python bench/gate_cost.py --round [--stored 100] [--runs 5]
+Writes bench/out/gate_cost.json (gate_cost_round.json) and prints the table for bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -36,7 +41,10 @@ def main() -> None:
     ap.add_argument("--stored", default="0,100,400", help="stored validation runs before the timed gates")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--table", default="gold/episode_scores")
+    ap.add_argument("--round", action="store_true", help="a jobs round's five gates, docs per gate vs per job")
     args = ap.parse_args()
+    if args.round:
+        return jobs_round(int(args.stored.split(",")[0]), args.runs)
 
     from lake.readers import read_table
     from quality.runner import gate
@@ -83,6 +91,55 @@ def main() -> None:
           "| every stored run linked (median s) | ratio |\n|---|---|---|---|")
     for stored, r in results.items():
         print(f"| {stored} | {r['median']['bounded']:.2f} | {r['median']['unbounded']:.2f} | {r['ratio']:.2f} |")
+
+
+def jobs_round(stored: int, runs: int) -> None:
+    from lake.readers import read_table
+    from quality.runner import data_docs_once, gate
+    from quality.suites import suite_for
+    from schemas.reward import load_reward_spec
+    from schemas.tables import TABLES
+
+    from jobs_speed import settings_for
+
+    spec = load_reward_spec()
+    lake = settings_for(1_000_000).lake
+    jobs = [["gold/step_signals", "gold/episode_scores"], ["gold/scorecards", "gold/guardrails", "gold/review_queue"]]
+    if not all((lake / t).exists() for job in jobs for t in job):
+        sys.exit(f"no gold tables under {lake}: run `.venv/bin/python bench/jobs_speed.py --sizes 1000000 --runs 1` "
+                 "first, which builds and scores that lake")
+    unused = Settings(lake_root=lake, state_dir=OUT / "gate_cost" / "unused")
+    data = {t: read_table(unused, TABLES[t]) for job in jobs for t in job}
+    state = OUT / "gate_cost" / f"round-{stored}"
+    shutil.rmtree(state, ignore_errors=True)
+    s = Settings(lake_root=lake, state_dir=state)
+    small = data["gold/episode_scores"].slice(0, 100)
+    for _ in range(stored):
+        gate(s, suite_for("gold/episode_scores", spec), small)
+    times: dict[str, list[float]] = {"per gate": [], "per job": []}
+    for _ in range(runs):
+        for kind in ("per gate", "per job"):
+            began = time.perf_counter()
+            for job in jobs:
+                if kind == "per job":
+                    with data_docs_once(s):
+                        for t in job:
+                            gate(s, suite_for(t, spec), data[t])
+                else:
+                    for t in job:
+                        gate(s, suite_for(t, spec), data[t])
+            times[kind].append(time.perf_counter() - began)
+            print(f"  {kind}: {times[kind][-1]:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = {t: d.num_rows for t, d in data.items()}
+    (OUT / "gate_cost_round.json").write_text(json.dumps({"rows": rows, "stored": stored, "runs": times,
+                                                          "median": med, "machine": platform.platform(),
+                                                          "cpus": os.cpu_count()}, indent=1))
+    print(f"\nrows: {rows}\n| five gates of a jobs round, {stored} runs stored | Data Docs per gate (median s) "
+          f"| once per job (median s) | ratio |\n|---|---|---|---|\n"
+          f"| runs: {' / '.join(f'{x:.2f}' for x in times['per gate'])} vs "
+          f"{' / '.join(f'{x:.2f}' for x in times['per job'])} | {med['per gate']:.2f} | {med['per job']:.2f} "
+          f"| {med['per job'] / med['per gate']:.2f} |")
 
 
 if __name__ == "__main__":

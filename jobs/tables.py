@@ -15,7 +15,7 @@ from pyspark.sql.window import Window
 
 from lake.tables import ensure_table, open_table, table_path
 from quality.errors import PublishRefused  # noqa: F401  (raised here; callers import it from either)
-from quality.runner import QualityReport, gate
+from quality.runner import QualityReport, data_docs_once, gate
 from quality.suites import suite_for
 from schemas.reward import RewardSpec
 from schemas.settings import Settings
@@ -122,11 +122,12 @@ def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple
     job per table (bench/RESULTS.md, "Spark jobs").
     """
     checked = []
-    for spec, df, where in tables:
-        progress(f"checking {spec.id}")
-        data = rows_to_publish(conform(df, spec).toArrow(), spec)
-        rows = check_before_publish(data, spec, where)
-        checked.append((spec, where, data, rows, gate(settings, suite_for(spec.id, reward), data)))
+    with data_docs_once(settings):
+        for spec, df, where in tables:
+            progress(f"checking {spec.id}")
+            data = rows_to_publish(conform(df, spec).toArrow(), spec)
+            rows = check_before_publish(data, spec, where)
+            checked.append((spec, where, data, rows, gate(settings, suite_for(spec.id, reward), data)))
     out = []
     for spec, where, data, rows, report in checked:
         progress(f"publishing {spec.id}")

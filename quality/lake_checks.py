@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import pyarrow as pa
 
 from lake.duckdb_views import connect, view_name
-from quality.runner import QualityReport, check
+from quality.runner import QualityReport, check, data_docs_once
 from quality.suites import checked_tables, suite_for
 from schemas.reward import RewardSpec
 from schemas.settings import Settings
@@ -44,9 +44,10 @@ def check_lake(settings: Settings, spec: RewardSpec, tables: Sequence[str] | Non
     """Run the suite of each table over its window; failing rows go to quality/quarantine. Raises nothing: the
     caller decides what a failure means (the CLI exits non-zero)."""
     reports = []
-    for table_id in tables or checked_tables():
-        suite = suite_for(table_id, spec)
-        progress(f"checking {table_id}")
-        data = table_window(settings, table_id, start, end, spec)
-        reports.append(check(settings, suite, data))
+    with data_docs_once(settings):
+        for table_id in tables or checked_tables():
+            suite = suite_for(table_id, spec)
+            progress(f"checking {table_id}")
+            data = table_window(settings, table_id, start, end, spec)
+            reports.append(check(settings, suite, data))
     return reports

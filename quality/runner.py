@@ -6,6 +6,7 @@ import fcntl
 import logging
 import uuid
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -149,6 +150,34 @@ def data_docs_index(settings: Settings) -> Path:
     return quality_dir(settings) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
+# the Data Docs resources of the validations run inside `data_docs_once`, built when it exits; None outside it
+_docs_pending: ContextVar[list[Any] | None] = ContextVar("trajlake_docs_pending", default=None)
+
+
+@contextmanager
+def data_docs_once(settings: Settings) -> Iterator[None]:
+    """Validations run inside build their Data Docs together on leaving (the index once, each result's page)
+    instead of each rebuilding the site as it finishes.
+
+    A job gates two or three tables; each build re-renders the index and compiles the site's templates, ~0.2 s
+    a build (bench/gate_cost.py, bench/RESULTS.md). The pages are built on the way out even when a gate or
+    anything else inside raised, so a refused publish still has its page.
+    """
+    if _docs_pending.get() is not None:  # nested: the outermost block builds
+        yield
+        return
+    pending: list[Any] = []
+    token = _docs_pending.set(pending)
+    try:
+        yield
+    finally:
+        _docs_pending.reset(token)
+        if pending:
+            with _locked(settings):
+                _context(str(quality_dir(settings)), settings.quality_docs_runs).build_data_docs(
+                    resource_identifiers=pending)
+
+
 def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
     """`data` plus one boolean column per derived check of the suite."""
     if not suite.derived:
@@ -185,12 +214,17 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
             meta={"table": suite.table}))
         definition = ctx.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
+        pending = _docs_pending.get()
         checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
             name=suite.name, validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            actions=[] if pending is not None else [gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": list(suite.keys),
                            "partial_unexpected_count": EXAMPLES}))
         result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=run_id))
+        if pending is not None:  # what UpdateDataDocsAction would have built: the result's page and the suite's
+            from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+            for identifier in result.run_results:
+                pending += [identifier, ExpectationSuiteIdentifier(name=suite.name)]
     failures = []
     evaluated = 0
     for vr in result.run_results.values():
@@ -212,8 +246,9 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
                 desc, count = cfg.description, int(res.get("unexpected_count") or len(keys) or 0)
             failures.append(Failure(cfg.type, column, desc, count, tuple(_plain(k) for k in keys[:EXAMPLES]),
                                     column in suite.critical, keys[:QUARANTINE_CAP]))
+    docs = data_docs_index(settings)
     report = QualityReport(run_id, suite.name, suite.table, frame.num_rows, evaluated, tuple(failures),
-                           data_docs_index(settings).resolve().as_uri() if data_docs_index(settings).exists() else None)
+                           docs.resolve().as_uri() if pending is not None or docs.exists() else None)
     return report, frame
 
 

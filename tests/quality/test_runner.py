@@ -90,3 +90,27 @@ def test_the_data_docs_index_lists_only_the_newest_runs(lake_settings):
     assert [r in index for r in runs] == [False, False, True, True]
     stored = list((quality_dir(s) / "gx" / "uncommitted" / "validations").rglob("*.json"))
     assert sum(any(r in str(p) for r in runs) for p in stored) == 4  # every result is kept
+
+
+def test_gates_inside_data_docs_once_get_their_pages_built_together_even_when_one_fails(lake_settings, tmp_path):
+    from quality.runner import data_docs_index, data_docs_once
+    from quality.suites import suite_for
+
+    lake_settings = lake_settings.model_copy(update={"state_dir": tmp_path / "state"})  # a site of its own
+    site = data_docs_index(lake_settings).parent
+    good = table("silver/steps", [step(0)])
+    bad = table("silver/steps", [step(0), step(1, edit_distance=2.0, edited=True, outcome="edited", final_value="y",
+                                                accepted=False)])
+    with pytest.raises(QualityGateFailed):
+        with data_docs_once(lake_settings):
+            with data_docs_once(lake_settings):  # a nested block leaves the build to the outer one
+                first = gate(lake_settings, suite_for("silver/steps", SPEC), good)
+            assert not data_docs_index(lake_settings).exists()  # nothing built yet
+            gate(lake_settings, suite_for("silver/steps", SPEC), bad)
+    assert first.data_docs == data_docs_index(lake_settings).resolve().as_uri()
+    index = data_docs_index(lake_settings).read_text()
+    failed = read_table(lake_settings, QUALITY_QUARANTINE).column("run_id")[0].as_py()
+    assert first.run_id in index and failed in index
+    pages = [str(p) for p in (site / "validations").rglob("*.html")]
+    assert any(first.run_id in p for p in pages) and any(failed in p for p in pages)
+    assert list((site / "expectations").rglob("*.html"))
