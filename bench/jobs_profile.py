@@ -94,7 +94,11 @@ def main() -> None:
                 stages[info["Stage ID"]] = {
                     "wall": (info["Completion Time"] - info["Submission Time"]) / 1000, "tasks": info["Number of Tasks"],
                     "run": acc.get("internal.metrics.executorRunTime", 0) / 1000,
-                    "cpu": acc.get("internal.metrics.executorCpuTime", 0) / 1e9, "name": info["Stage Name"][:60]}
+                    "cpu": acc.get("internal.metrics.executorCpuTime", 0) / 1e9,
+                    "gc": acc.get("internal.metrics.jvmGCTime", 0) / 1000,
+                    "spill": acc.get("internal.metrics.diskBytesSpilled", 0) / 2**20,
+                    "shuffle_read": acc.get("internal.metrics.shuffle.read.fetchWaitTime", 0) / 1000,
+                    "name": info["Stage Name"][:60]}
     last = sorted((j for j in jobs.values() if t0 <= j["start"] <= t1), key=lambda j: j["start"])
     busy, cur = 0.0, None
     for j in last:  # the union of the jobs' intervals: time the driver waited on Spark
@@ -114,8 +118,8 @@ def main() -> None:
     ids = [sid for j in last for sid in j["stages"] if sid in stages]
     for sid in sorted(ids, key=lambda i: -stages[i]["wall"])[:args.stages]:
         st = stages[sid]
-        print(f"  {st['wall']:6.2f} s wall, {st['tasks']:3d} tasks, {st['run']:6.2f} s task time, {st['cpu']:6.2f} s CPU"
-              f"  {st['name']}")
+        print(f"  {st['wall']:6.2f} s wall, {st['tasks']:3d} tasks, {st['run']:6.2f} s task time, {st['cpu']:6.2f} s CPU, "
+              f"{st['gc']:5.2f} s GC, {st['spill']:4.0f} MiB spilled  {st['name']}")
 
 
 if __name__ == "__main__":

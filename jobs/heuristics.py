@@ -17,7 +17,7 @@ from pyspark.sql.window import Window
 from jobs.tables import Published, latest_revisions, publish_together, read_window
 from schemas.reward import RewardSpec, load_reward_spec
 from schemas.settings import Settings
-from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS
+from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS, TableSpec
 
 
 def _clamp(c: Column) -> Column:
@@ -136,6 +136,20 @@ def window_predicate(column: str, start: date, end: date, spec: RewardSpec) -> s
     return f"{column} >= '{start}' AND {column} < '{end}' AND reward_version = '{spec.version}'"
 
 
+# silver columns the formulas read that the gold tables do not keep
+STEP_INPUTS = ("reaction_ms", "next_action_ms")
+EPISODE_INPUTS = ("duration_ms", "sla_seconds")
+
+
+def silver_inputs(silver: TableSpec, gold: TableSpec, formula_inputs: tuple[str, ...]) -> list[str]:
+    """The silver columns a job reads: those the gold table keeps and those its formulas use.
+
+    Selected as the rows are read, before the shuffle by episode, the sorts of the windows and the cache: without
+    it every one of them carried the whole silver row, the agent's output and the user's final value included
+    (bench/RESULTS.md)."""
+    return [c for c in silver.schema.names if c in gold.schema.names or c in formula_inputs]
+
+
 def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: RewardSpec | None = None,
         progress: Callable[[str], None] = lambda _: None) -> list[Published]:
     """Score the episodes started and the steps proposed in [start, end) and publish both gold tables."""
@@ -145,9 +159,11 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     # both sides hash-partitioned by episode once: every window and join after this one (a step's intent, its
     # episode's aggregates, the credit share) is by episode too and reuses it. Without it each of them shuffled
     # all steps again: the step rewards' plan had eight exchanges, now four (bench/RESULTS.md).
-    steps = latest_revisions(with_episode_id(read_window(spark, settings, SILVER_STEPS, start - margin, end + margin))
+    steps = latest_revisions(with_episode_id(read_window(spark, settings, SILVER_STEPS, start - margin, end + margin)
+                                             .select(*silver_inputs(SILVER_STEPS, GOLD_STEP_SIGNALS, STEP_INPUTS)))
                              .repartition("episode_id"), "step_id", within="episode_id")
     episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start - margin, end + margin)
+                                .select(*silver_inputs(SILVER_EPISODES, GOLD_EPISODE_SCORES, EPISODE_INPUTS))
                                 .repartition("episode_id"), "episode_id")
     signals = step_signals(steps, spec).cache()
     scores = episode_scores(episodes, signals, spec).cache()
