@@ -114,3 +114,19 @@ def test_gates_inside_data_docs_once_get_their_pages_built_together_even_when_on
     pages = [str(p) for p in (site / "validations").rglob("*.html")]
     assert any(first.run_id in p for p in pages) and any(failed in p for p in pages)
     assert list((site / "expectations").rglob("*.html"))
+
+
+def test_data_docs_templates_are_compiled_once_per_process(lake_settings, monkeypatch):
+    """GE renders each page with a new Jinja environment; the runner's shared bytecode cache keeps them from
+    compiling the templates again (~0.45 s of a ~0.6 s build)."""
+    import jinja2
+
+    from quality.runner import data_docs_index
+    from quality.suites import suite_for
+
+    gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0)]))  # warms the cache
+    compiled = []
+    original = jinja2.Environment.compile
+    monkeypatch.setattr(jinja2.Environment, "compile", lambda self, *a, **k: compiled.append(1) or original(self, *a, **k))
+    report = gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0)]))
+    assert compiled == [] and report.run_id in data_docs_index(lake_settings).read_text()
