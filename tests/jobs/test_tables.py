@@ -7,7 +7,6 @@ from jobs.tables import check_before_publish, rows_outside, rows_to_publish
 from quality.errors import PublishRefused
 from schemas.tables import TableSpec
 
-pytestmark = pytest.mark.unit
 
 SPEC = TableSpec("gold", "things", pa.schema([pa.field("id", pa.string(), nullable=False),
                                               pa.field("rev", pa.int32(), nullable=False),
@@ -20,26 +19,31 @@ def rows(*tuples):
     return pa.Table.from_pylist([dict(zip(("id", "rev", "score", "note"), t)) for t in tuples], schema=SPEC.schema)
 
 
+@pytest.mark.unit
 def test_rows_with_unique_keys_and_no_nulls_pass():
     assert check_before_publish(rows(("a", 0, 0.5, None), ("a", 1, 0.5, "x"), ("b", 0, 1.0, None)), SPEC) == 3
 
 
+@pytest.mark.unit
 def test_a_null_in_a_not_null_column_refuses_the_publish():
     data = rows(("a", 0, 0.5, None), ("b", 0, 1.0, None)).set_column(2, "score", pa.array([0.5, None]))
     with pytest.raises(PublishRefused, match=r"gold/things: nulls in NOT NULL columns \{'score': 1\}; nothing"):
         check_before_publish(data, SPEC)
 
 
+@pytest.mark.unit
 def test_a_repeated_key_refuses_the_publish():
     with pytest.raises(PublishRefused, match=r"gold/things: 2 rows repeat a key \('id', 'rev'\); nothing"):
         check_before_publish(rows(("a", 0, 0.5, None), ("a", 0, 0.7, None), ("a", 0, 0.1, None), ("a", 1, 0.5, None)),
                              SPEC)
 
 
+@pytest.mark.unit
 def test_an_empty_publish_passes():
     assert check_before_publish(rows(), SPEC) == 0
 
 
+@pytest.mark.unit
 def test_a_row_outside_the_replaced_window_refuses_the_publish():
     data = rows(("a", 0, 0.5, None), ("b", 3, 1.0, None), ("c", 1, 0.2, None))
     assert check_before_publish(data, SPEC, "rev < 5") == 3
@@ -48,12 +52,14 @@ def test_a_row_outside_the_replaced_window_refuses_the_publish():
         check_before_publish(data, SPEC, "rev < 3")
 
 
+@pytest.mark.unit
 def test_a_null_where_the_window_is_decided_counts_as_outside():
     data = rows(("a", 0, 0.5, None), ("b", 1, 1.0, "x"))
     assert rows_outside(data, "note = 'x'") == 1
     assert rows_outside(data, "true") == 0
 
 
+@pytest.mark.unit
 def test_rows_are_written_sorted_by_partition_and_key_in_declared_types():
     spec = TableSpec("gold", "parted", pa.schema([pa.field("day", pa.string(), nullable=False),
                                                   pa.field("id", pa.string(), nullable=False),
@@ -65,3 +71,26 @@ def test_rows_are_written_sorted_by_partition_and_key_in_declared_types():
     assert out.schema == spec.schema
     assert out.to_pylist() == [{"day": "1", "id": "c", "n": 4}, {"day": "1", "id": "z", "n": 2},
                                {"day": "2", "id": "a", "n": 3}, {"day": "2", "id": "b", "n": 1}]
+
+
+@pytest.mark.component
+def test_every_tenth_publish_leaves_a_checkpoint_for_spark(spark, lake_settings):
+    """delta-rs would checkpoint every 100 commits; Spark replays every commit since the last one to plan a read."""
+    from datetime import date
+
+    from jobs.tables import publish
+    from lake.tables import table_path
+    from schemas.reward import load_reward_spec
+    from schemas.tables import GOLD_REVIEW_QUEUE
+
+    spec = load_reward_spec()
+    row = dict(episode_id="e1", week=date(2026, 11, 2), agent_version="a", prompt_variant="p", task_type="t",
+               band="high", outcome="completed", composite=0.9, rank=1, stratum_size=4, weight=4.0,
+               reward_version=spec.version)
+    df = spark.createDataFrame([row])
+    versions = [publish(spark, lake_settings, GOLD_REVIEW_QUEUE, df, "episode_id = 'e1'", spec).version
+                for _ in range(10)]
+    log = table_path(lake_settings, GOLD_REVIEW_QUEUE) / "_delta_log"
+    assert versions == list(range(1, 11))
+    assert sorted(p.name for p in log.glob("*.checkpoint.parquet")) == ["00000000000000000010.checkpoint.parquet"]
+    assert spark.read.format("delta").load(str(log.parent)).count() == 1
