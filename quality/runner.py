@@ -195,9 +195,10 @@ def data_docs_once(settings: Settings) -> Iterator[None]:
     """Validations run inside build their Data Docs together on leaving (the index once, each result's page)
     instead of each rebuilding the site as it finishes.
 
-    A job gates two or three tables; each build re-renders the index and compiles the site's templates, ~0.2 s
-    a build (bench/gate_cost.py, bench/RESULTS.md). The pages are built on the way out even when a gate or
-    anything else inside raised, so a refused publish still has its page.
+    A job gates two or three tables, and each build re-renders the index: building once per job took the five
+    gates of a jobs round from 7.75 to 5.49 s (`bench/gate_cost.py --round`, bench/RESULTS.md). The pages are
+    built on the way out even when a gate or anything else inside raised, so a refused publish still has its
+    page.
     """
     if _docs_pending.get() is not None:  # nested: the outermost block builds
         yield
