@@ -97,7 +97,6 @@ def main() -> None:
                     "cpu": acc.get("internal.metrics.executorCpuTime", 0) / 1e9,
                     "gc": acc.get("internal.metrics.jvmGCTime", 0) / 1000,
                     "spill": acc.get("internal.metrics.diskBytesSpilled", 0) / 2**20,
-                    "shuffle_read": acc.get("internal.metrics.shuffle.read.fetchWaitTime", 0) / 1000,
                     "name": info["Stage Name"][:60]}
     last = sorted((j for j in jobs.values() if t0 <= j["start"] <= t1), key=lambda j: j["start"])
     busy, cur = 0.0, None

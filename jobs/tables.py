@@ -145,8 +145,7 @@ def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple
         progress(f"publishing {spec.id}")
         table = ensure_table(settings, spec)
         write_deltalake(table, data, mode="overwrite", predicate=where,
-                        partition_by=list(spec.partition_by) or None)
-        table.update_incremental()
+                        partition_by=list(spec.partition_by) or None)  # moves `table` to the new version
         if table.version() % CHECKPOINT_EVERY == 0:
             table.create_checkpoint()
         out.append(Published(spec.id, n, table.version(), report))
