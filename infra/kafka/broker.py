@@ -311,10 +311,35 @@ def ensure_topics(settings: Settings, progress: Progress = _quiet) -> list[str]:
                 pass
         older = sorted(outputs & existing)
         if older:  # topics made before the limit was raised (an idempotent change)
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=output_config) for t in older])
+            result = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=output_config)
+                                          for t in older])
+            refused = {t: r for t, r in result.get("topic", {}).items() if r != "OK"}
+            if refused:
+                raise BrokerError(f"the broker refused max.message.bytes={OUTPUT_MESSAGE_MAX_BYTES} on {refused}; "
+                                  "set it on those topics by hand (kafka-configs.sh --alter) or recreate them")
+            _wait_for_topic_config(admin, older, output_config)
         return missing
     finally:
         admin.close()
+
+
+def _wait_for_topic_config(admin, topics: list[str], config: dict[str, str], timeout: float = 30) -> None:
+    """Wait until the broker serves `config` on `topics`. In KRaft the controller acknowledges a config change
+    once it is in the metadata log; the broker applies it when it replays that log, a moment later, so a producer
+    started right after could still meet the old limit."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])["topic"]
+        stale = [t for t in topics
+                 if any(got.get(t, {}).get(k, {}).get("value") != v for k, v in config.items())]
+        if not stale:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"the broker has not applied {config} to {stale} after {timeout:.0f} s; "
+                              "check the broker's log")
+        time.sleep(0.1)
 
 
 def stop(settings: Settings, timeout: float = 30) -> str:
