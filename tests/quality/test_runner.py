@@ -130,3 +130,29 @@ def test_data_docs_templates_are_compiled_once_per_process(lake_settings, monkey
     monkeypatch.setattr(jinja2.Environment, "compile", lambda self, *a, **k: compiled.append(1) or original(self, *a, **k))
     report = gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0)]))
     assert compiled == [] and report.run_id in data_docs_index(lake_settings).read_text()
+
+
+@pytest.mark.unit
+def test_expectations_see_only_the_columns_they_read_with_numbers_widened():
+    """GE copies its whole frame per expectation and compares int32 values one by one in Python: it is given the
+    suite's columns and keys only, int32 as int64 (the derived checks are computed before, on every column)."""
+    from quality.runner import expectation_columns, frame_for_expectations, with_derived
+    from quality.suites import suite_for
+
+    suite = suite_for("silver/steps", SPEC)
+    full = with_derived(suite, table("silver/steps", [step(0), step(1)]))
+    seen = frame_for_expectations(suite, full)
+    assert seen.column_names == [c for c in expectation_columns(suite) if c in full.column_names]
+    assert {"step_id", "revision", "step_index", "check_ordered_in_episode"} <= set(seen.column_names)
+    assert not {"output", "final_value", "agent_version"} & set(seen.column_names)
+    assert seen.schema.field("step_index").type == pa.int64() and full.schema.field("step_index").type == pa.int32()
+    assert seen.column("step_index").to_pylist() == full.column("step_index").to_pylist()
+
+
+def test_a_negative_int32_is_caught_on_the_widened_column(lake_settings):
+    from quality.suites import suite_for
+
+    with pytest.raises(QualityGateFailed) as exc:
+        gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0), step(1, tool_calls=-1)]))
+    [failure] = [f for f in exc.value.report.failures if f.column == "tool_calls"]
+    assert failure.unexpected == 1 and failure.examples == ({"step_id": "s1", "revision": 0},)
