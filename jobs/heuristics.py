@@ -41,8 +41,12 @@ def with_episode_id(steps: DataFrame) -> DataFrame:
 
 def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
     """Per-step correction and friction signals and the step's own score (latest silver revisions in)."""
-    intent = Window.partitionBy("episode_id", "intent_id")
-    after = intent.orderBy("step_index").rowsBetween(0, Window.unboundedFollowing)
+    # one window specification (partition and order) with three frames: Spark evaluates them in one Window
+    # operator over one sort. Written as two specs (the sum unordered), the three became three Window operators,
+    # each copying every row (bench/RESULTS.md, "Spark jobs").
+    intent = Window.partitionBy("episode_id", "intent_id").orderBy("step_index")
+    whole = intent.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    after = intent.rowsBetween(0, Window.unboundedFollowing)
     kept = ((F.col("accepted") & ~F.col("undone")) | F.col("edited")).cast("int")
     penalty = F.when(F.col("outcome") == "edited", F.col("edit_distance")).otherwise(
         _lookup(spec.correction.penalty, F.col("outcome")))
@@ -54,9 +58,9 @@ def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
         .withColumn("correction_penalty", F.coalesce(penalty, F.lit(0.0)))
         .withColumn("reaction_s", F.col("reaction_ms") / 1000.0)
         .withColumn("next_action_s", F.col("next_action_ms") / 1000.0)
-        .withColumn("intent_attempt", F.row_number().over(intent.orderBy("step_index")))
-        .withColumn("intent_retries", F.sum(F.col("retried").cast("int")).over(intent))
-        .withColumn("dead_end", F.max(kept).over(after) == 0)
+        .withColumns({"intent_attempt": F.row_number().over(intent),
+                      "intent_retries": F.sum(F.col("retried").cast("int")).over(whole),
+                      "dead_end": F.max(kept).over(after) == 0})
         .withColumn("own_reward", _clamp(1.0 - F.col("correction_penalty")
                                          - spec.step.dead_end_penalty * F.col("dead_end").cast("double")))
     )
@@ -113,22 +117,30 @@ def step_rewards(signals: DataFrame, scores: DataFrame, spec: RewardSpec) -> Dat
 
     Steps of episodes that have not closed yet (no episode row) get no reward: a later run scores them.
     """
-    episode = Window.partitionBy("episode_id")
-    steps_after = F.count(F.lit(1)).over(episode) - F.row_number().over(episode.orderBy("step_index"))
+    # one window (the episode's steps in order) gives both a step's position and the episode's step count; the
+    # weights' sum over the episode is then a closed form of the count, not a second window over the weights
+    episode = Window.partitionBy("episode_id").orderBy("step_index")
+    n = F.col("_n").cast("double")
+    steps_after = F.col("_n") - F.col("_position")
     if spec.step.credit == "uniform":
-        weight = F.lit(1.0)
+        weight, total = F.lit(1.0), n
     elif spec.step.credit == "last":
-        weight = F.when(steps_after == 0, 1.0).otherwise(0.0)
-    else:
-        weight = F.pow(F.lit(spec.step.gamma), steps_after.cast("double"))
+        weight, total = F.when(steps_after == 0, 1.0).otherwise(0.0), F.lit(1.0)
+    elif spec.step.gamma == 1.0:
+        weight, total = F.lit(1.0), n
+    else:  # γ^(steps after), summed over the episode: 1 + γ + … + γ^(n−1)
+        g = spec.step.gamma
+        weight, total = F.pow(F.lit(g), steps_after.cast("double")), (1.0 - F.pow(F.lit(g), n)) / (1.0 - g)
     own = spec.step.own_weight
     return (
-        signals.join(scores.select("episode_id", "composite"), "episode_id", "inner")
-        .withColumn("_w", weight)
-        .withColumn("credit_share", F.col("composite") * F.col("_w") / F.sum("_w").over(episode))
+        signals.withColumns({
+            "_n": F.count(F.lit(1)).over(episode.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)),
+            "_position": F.row_number().over(episode)})
+        .join(scores.select("episode_id", "composite"), "episode_id", "inner")
+        .withColumn("credit_share", F.col("composite") * weight / total)
         .withColumn("step_reward", own * F.col("own_reward") + (1.0 - own) * F.col("credit_share"))
         .withColumn("reward_version", F.lit(spec.version))
-        .drop("_w", "composite")
+        .drop("_n", "_position", "composite")
     )
 
 
