@@ -9,9 +9,15 @@ With --round: the gates of one jobs round instead (heuristics' two gold tables, 
 lake's rows of each), on a state dir seeded with --stored runs; each gate building its own Data Docs, against
 each job's gates building them once on the way out (`quality.runner.data_docs_once`), alternating.
 
+With --frame: one gate of --table on the --size lake's rows, Great Expectations given every column as collected
+(numbers in their declared widths, as before `quality.runner.frame_for_expectations`) against the columns its
+expectations read with numbers widened to 64 bits, alternating.
+
 Usage: .venv/bin/python bench/gate_cost.py [--stored 0,100,400] [--runs 3] [--table gold/episode_scores]
        .venv/bin/python bench/gate_cost.py --round [--stored 100] [--runs 5]
-Writes bench/out/gate_cost.json (gate_cost_round.json) and prints the table for bench/RESULTS.md.
+       .venv/bin/python bench/gate_cost.py --frame [--size 10000000] [--table gold/step_signals] [--runs 3]
+Writes bench/out/gate_cost.json (gate_cost_round.json, gate_cost_frame.json) and prints the table for
+bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -43,9 +49,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--table", default="gold/episode_scores")
     ap.add_argument("--round", action="store_true", help="a jobs round's five gates, docs per gate vs per job")
+    ap.add_argument("--frame", action="store_true", help="GE given every column vs only the ones it reads")
+    ap.add_argument("--size", type=int, default=1_000_000, help="with --frame: the jobs benchmark lake to read")
     args = ap.parse_args()
     if args.round:
         return jobs_round(int(args.stored.split(",")[0]), args.runs)
+    if args.frame:
+        return frame_given(args.size, args.table, args.runs)
 
     from lake.readers import read_table
     from quality.runner import gate
@@ -137,6 +147,51 @@ def jobs_round(stored: int, runs: int) -> None:
           f"| runs: {' / '.join(f'{x:.2f}' for x in times['per gate'])} vs "
           f"{' / '.join(f'{x:.2f}' for x in times['per job'])} | {med['per gate']:.2f} | {med['per job']:.2f} "
           f"| {med['per job'] / med['per gate']:.2f} |")
+
+
+
+def frame_given(size: int, table_id: str, runs: int) -> None:
+    from unittest import mock
+
+    from lake.readers import read_table
+    from quality import runner
+    from quality.suites import suite_for
+    from schemas.reward import load_reward_spec
+    from schemas.tables import TABLES
+
+    from jobs_speed import settings_for
+
+    spec = load_reward_spec()
+    lake = settings_for(size).lake
+    if not (lake / table_id).exists():
+        sys.exit(f"no {table_id} under {lake}: run `.venv/bin/python bench/jobs_speed.py --sizes {size} --runs 1` "
+                 "first, which builds and scores that lake")
+    state = OUT / "gate_cost" / "frame"
+    shutil.rmtree(state, ignore_errors=True)
+    s = Settings(lake_root=lake, state_dir=state)
+    data = read_table(s, TABLES[table_id])
+    suite = suite_for(table_id, spec)
+    runner.gate(s, suite, data.slice(0, 100))  # the context opened, the templates compiled
+    times: dict[str, list[float]] = {"every column": [], "columns read": []}
+    for _ in range(runs):
+        for kind in times:
+            patch = (mock.patch.object(runner, "frame_for_expectations", lambda suite, frame: frame)
+                     if kind == "every column" else mock.patch.object(runner, "frame_for_expectations",
+                                                                     runner.frame_for_expectations))
+            with patch:
+                began = time.perf_counter()
+                runner.gate(s, suite, data)
+                times[kind].append(time.perf_counter() - began)
+            print(f"  {kind}: {times[kind][-1]:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    (OUT / "gate_cost_frame.json").write_text(json.dumps({"table": table_id, "rows": data.num_rows, "runs": times,
+                                                          "median": med, "machine": platform.platform(),
+                                                          "cpus": os.cpu_count()}, indent=1))
+    print(f"\n| {table_id} gate, {data.num_rows:,} rows | every column (median s) | the columns read, 64-bit "
+          f"(median s) | ratio |\n|---|---|---|---|\n"
+          f"| runs: {' / '.join(f'{x:.2f}' for x in times['every column'])} vs "
+          f"{' / '.join(f'{x:.2f}' for x in times['columns read'])} | {med['every column']:.2f} "
+          f"| {med['columns read']:.2f} | {med['columns read'] / med['every column']:.2f} |")
 
 
 if __name__ == "__main__":
