@@ -24,6 +24,11 @@ LOCAL_DEFAULTS = {
     # (Arrow, then pandas for Great Expectations): at 10M events (1.87M step rows) 2g ran out of heap in the
     # heuristics job, 6g passes (bench/RESULTS.md). A heap limit, not an allocation: the JVM takes what it uses.
     "spark.driver.memory": "6g",
+    # the jobs cache what they read twice (the heuristics' step signals and episode scores, the scorecards' gold
+    # rows and day sums) for one job only: encoding the columns on the way in cost more than the memory saved.
+    # The heuristics job at 10M events took 0.89x the time without it (bench/spark_conf_ab.py, bench/RESULTS.md);
+    # a cache that outgrows memory spills to disk either way.
+    "spark.sql.inMemoryColumnarStorage.compressed": "false",
     # delta-rs writers and readers share these tables; keep the protocol both speak
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
