@@ -156,3 +156,19 @@ def test_a_negative_int32_is_caught_on_the_widened_column(lake_settings):
         gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0), step(1, tool_calls=-1)]))
     [failure] = [f for f in exc.value.report.failures if f.column == "tool_calls"]
     assert failure.unexpected == 1 and failure.examples == ({"step_id": "s1", "revision": 0},)
+
+
+@pytest.mark.unit
+def test_a_suite_with_a_row_condition_gives_expectations_every_column():
+    import dataclasses
+
+    import great_expectations.expectations as E
+
+    from quality.runner import frame_for_expectations
+    from quality.suites import suite_for
+
+    suite = suite_for("silver/steps", SPEC)
+    conditional = dataclasses.replace(suite, expectations=(*suite.expectations, E.ExpectColumnValuesToNotBeNull(
+        column="step_id", row_condition='agent_version=="a1"', condition_parser="pandas")))
+    full = table("silver/steps", [step(0)])
+    assert frame_for_expectations(conditional, full).column_names == full.column_names
