@@ -99,9 +99,12 @@ def test_outside_grade_gates_too_and_opt_out_counts_after_poor_outcomes(spark):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("credit", ["uniform", "discounted", "last"])
-def test_step_credit_shares_sum_to_the_episode_composite(spark, credit):
-    spec = SPEC.model_copy(update={"step": SPEC.step.model_copy(update={"credit": credit})})
+@pytest.mark.parametrize("credit,gamma", [("uniform", None), ("discounted", None), ("discounted", 1.0),
+                                         ("last", None)])
+def test_step_credit_shares_sum_to_the_episode_composite(spark, credit, gamma):
+    """Shares against the weights summed by hand: the job sums them in closed form (γ = 1 is uniform)."""
+    step_spec = {"credit": credit} | ({"gamma": gamma} if gamma else {})
+    spec = SPEC.model_copy(update={"step": SPEC.step.model_copy(update=step_spec)})
     steps, episodes = frames(spark, [step("t", i, "accepted") for i in range(4)], [episode("t", "completed", n_steps=4)])
     signals = step_signals(steps, spec)
     scores = episode_scores(episodes, signals, spec)
