@@ -49,10 +49,7 @@ def main() -> None:
     from jobs.spark import build_spark
     from schemas.reward import load_reward_spec
 
-    s = js.settings_for(args.size)
-    if not (s.lake / "silver").exists():
-        sys.exit(f"no lake of {args.size:,} events: run `.venv/bin/python bench/jobs_speed.py --sizes {args.size} "
-                 "--runs 1` first")
+    s = js.built_lake(args.size)
     start, end = js.window(s)
     spec = load_reward_spec()
     logs = OUT / "jobs_profile"

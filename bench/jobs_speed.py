@@ -45,6 +45,14 @@ def settings_for(n: int) -> Settings:
     return Settings(state_dir=root / "state", lake_root=root / "lake", spark_ui=False)
 
 
+def built_lake(n: int) -> Settings:
+    """`settings_for(n)` when its lake is built; otherwise exit naming the command that builds it."""
+    s = settings_for(n)
+    if not (s.lake / "silver").exists():
+        sys.exit(f"no lake of {n:,} events: run `.venv/bin/python bench/jobs_speed.py --sizes {n} --runs 1` first")
+    return s
+
+
 def prepare(n: int) -> dict:
     """Silver tables from n synthetic events (once; a marker file records the counts)."""
     from streams.recompute import write_silver

@@ -1,6 +1,5 @@
 """The local broker: idempotent start/stop, topics from settings, clear errors when something is in the way."""
 import socket
-import time
 
 import pytest
 
@@ -48,9 +47,7 @@ def test_the_workers_output_topics_take_records_larger_than_the_raw_ones(kafka):
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, kafka.topic("deadletter"),
                                             configs={"max.message.bytes": "1048588"})])
         # the controller acknowledges a change before the broker applies it: wait for the broker to serve it
-        deadline = time.monotonic() + 30
-        while limits()[kafka.topic("deadletter")] != "1048588" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        broker._wait_for_topic_config(admin, [kafka.topic("deadletter")], {"max.message.bytes": "1048588"})
         assert limits()[kafka.topic("deadletter")] == "1048588"
         broker.ensure_topics(kafka)
         assert limits() == before  # at once: ensure_topics returns only when the broker serves the new limit
