@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     def uses_local_broker(self) -> bool:
         return self.kafka_bootstrap is None
 
+    @property
+    def sink_group(self) -> str:
+        """The Kafka consumer group of the worker's Delta sinks (their own consumer, beside Faust's group)."""
+        return f"{self.worker_id}-sinks"
+
     def topic(self, name: str) -> str:
         """Full topic name for a logical one: frontend.raw, agent.raw, events.clean, deadletter, steps, episodes."""
         return f"{self.topic_prefix}{name}"

@@ -1,4 +1,5 @@
-"""The Faust app: ingest (parse ▸ validate ▸ scrub → clean | dead letter), join (→ steps, episodes), Delta sinks."""
+"""The Faust app: ingest (parse ▸ validate ▸ scrub → clean | dead letter), join (→ steps, episodes); the worker
+that runs it beside the Delta sinks' process (streams/sink_process.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +23,7 @@ from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, 
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
                           refusal_detail, stage, tick)
 from streams.scrubbing import ScrubPool
-from streams.sink import SINK_TARGETS, DeltaSinkWriter, Record, by_bytes
+from streams.sink import SINK_TARGETS
 
 log = logging.getLogger("trajlake.worker")
 
@@ -36,6 +37,8 @@ SCAN_SLICE_SECONDS = 0.02
 PRODUCER_BATCH_BYTES, PRODUCER_LINGER_SECONDS = 512 * 1024, 0.005
 # The worker's exit status when an agent, a stage or the timer fails (EX_SOFTWARE): see _fail_fast.
 WORKER_FAILED = 70
+# how often the worker looks whether its sink process is still running
+SINKS_CHECK_SECONDS = 0.5
 
 
 def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int = 1) -> faust.App:
@@ -74,7 +77,6 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     dead = app.topic(settings.topic("deadletter"), key_serializer="raw", value_serializer="raw")
     steps = app.topic(settings.topic("steps"), key_serializer="raw", value_serializer="raw")
     episodes = app.topic(settings.topic("episodes"), key_serializer="raw", value_serializer="raw")
-    topics = {"events.clean": clean, "deadletter": dead, "steps": steps, "episodes": episodes}
     # per-session join state (RocksDB, changelog-backed). Keys are raw session_id bytes (key_type=bytes) and
     # use_partitioner=True, so a
     # session's state lives in the same partition number as its events (the producer's murmur2 of the same key).
@@ -100,6 +102,20 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     # the dictionaries'; taking another stage's records would leave that stage to ack without them
     state_sends = ChangelogSends(app.conf.producer_request_timeout, join_state)
     dictionary_sends = ChangelogSends(app.conf.producer_request_timeout, dictionaries)
+    known: list[bool] = [False]
+
+    async def changelogs_known() -> None:
+        """Have the producer fetch the tables' changelog topics' metadata before their first write.
+
+        Faust sends a table's changelog record with `send_soon`, which picks the partition (`use_partitioner`)
+        from the producer's metadata without waiting for it: a table written before the producer had sent
+        anything to its changelog topic raised a TypeError (no partitions known), and the stage failed."""
+        if not known[0]:
+            producer = app.producer._ensure_producer()  # aiokafka's: its `partitions_for` waits for the metadata
+            for table in (join_state, dictionaries):
+                await producer.partitions_for(table.changelog_topic.get_topic_name())
+            known[0] = True
+
     timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
@@ -200,6 +216,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 for e in events:
                     await stream.ack(e)
 
+        await changelogs_known()
         stages = [asyncio.ensure_future(scrubbing()), asyncio.ensure_future(delivering())]
         for task in stages:  # said at once: with no new batch, the agent would only notice at the next one
             task.add_done_callback(_on_stage_failure)
@@ -304,6 +321,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     async def join(stream: faust.StreamT) -> None:
         max_bytes = settings.join_state_max_bytes
         refusals = {Folded.state_full: Reason.session_state_full, Folded.forgotten: Reason.task_forgotten}
+        await changelogs_known()
         async for events in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
             async with state_lock:
                 touched: dict[bytes, tuple[int, dict]] = {}
@@ -379,6 +397,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         if settling():
             return
         active = active_partitions()
+        await changelogs_known()
         if index.needs_scan(active, time.time()):
             if not await scan_join_table(active):
                 return
@@ -408,23 +427,6 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
 
     app.timer(interval=settings.join_tick_seconds)(close_timed_out)
     app.join_timer_tick = close_timed_out  # one tick, for tests
-
-    def sink_agent(topic_name: str) -> None:
-        target = SINK_TARGETS[topic_name]
-
-        @app.agent(topics[topic_name], name=f"sink_{target.spec.layer}_{target.spec.name}")
-        @_exits_on_failure(f"the {target.spec.id} sink")
-        async def sink(stream: faust.StreamT) -> None:
-            loop = asyncio.get_running_loop()
-            writer = await loop.run_in_executor(None, DeltaSinkWriter, settings, target, settings.worker_id)
-            async for events in stream.take_events(settings.sink_max_records, within=settings.sink_max_seconds):
-                batch = [Record(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
-                for part in by_bytes(batch, settings.sink_max_bytes):
-                    written, skipped = await loop.run_in_executor(None, writer.commit, part)
-                    log.info("sink %s: %d rows written, %d skipped", target.spec.id, written, skipped)
-
-    for name in SINK_TARGETS:
-        sink_agent(name)
 
     if settings.compact_interval_seconds > 0:
         @app.timer(interval=settings.compact_interval_seconds)
@@ -638,15 +640,35 @@ def _source(event: faust.EventT) -> SourceRecord:
 
 
 def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True) -> None:
-    """Run the worker in the foreground until SIGTERM/SIGINT."""
+    """Run the worker in the foreground until SIGTERM/SIGINT: the Faust app, and the sink process beside it."""
     from faust.worker import Worker
 
     from streams.offsets import pin_start_offsets
+    from streams.sink_process import exit_status, start_sinks, stop_sinks
 
     pin_start_offsets(settings)
     app = build_app(settings, use_ner=use_ner)
     level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
              "debug": logging.DEBUG}[loglevel]
+    sinks, stop = start_sinks(settings, level)
+    stopping = [False]
+
+    @app.timer(interval=SINKS_CHECK_SECONDS)
+    async def _exit_with_the_sinks() -> None:
+        """The worker ends as soon as its sink process does, with its status: a worker whose sinks are gone would
+        go on filling topics that nothing writes to Delta, and the restart resumes both."""
+        if sinks.exitcode is not None and not stopping[0]:
+            status = exit_status(sinks.exitcode)
+            log.critical("the sink process exited (status %d); the worker exits with it and resumes from its last "
+                         "commits when restarted", status)
+            for handler in logging.getLogger().handlers + log.handlers:
+                handler.flush()
+            _exit(status)
+
+    @app.on_before_shutdown.connect  # type: ignore[misc]
+    async def _stop_sinks(*_: Any, **__: Any) -> None:
+        stopping[0] = True
+        await asyncio.get_running_loop().run_in_executor(None, stop_sinks, sinks, stop)
 
     @app.task
     async def _set_library_log_levels() -> None:

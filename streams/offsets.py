@@ -12,7 +12,8 @@ from schemas.settings import Settings
 
 log = logging.getLogger("trajlake.worker")
 
-SOURCE_TOPICS = ("frontend.raw", "agent.raw", "events.clean", "deadletter", "steps", "episodes")
+# the topics the worker's Faust group reads (the sinks read theirs in a group of their own: streams/sink_process.py)
+SOURCE_TOPICS = ("frontend.raw", "agent.raw", "events.clean")
 
 
 def pin_start_offsets(settings: Settings, group: str | None = None) -> dict[TopicPartition, int]:

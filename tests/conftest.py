@@ -132,6 +132,13 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def sink_pids(self) -> list[int]:
+        """The pids of the sink processes this log shows started (streams/sink_process.py logs its start)."""
+        import re
+
+        return [int(m) for m in re.findall(r"\[(\d+)\] \[INFO\] \[sinks\] sink process started",
+                                            self.log.read_text(errors="replace"))]
+
     def wait_for(self, predicate, timeout: float, message: str):
         """Wait for `predicate`, failing at once (with the worker's log) if the worker dies first."""
         def check():
@@ -146,6 +153,15 @@ class WorkerProcess:
                 raise
             tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-60:])
             raise AssertionError(f"{e}; the worker's log ends:\n{tail}") from None
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (an orphan's exit, not yet reaped by the container's init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition"):

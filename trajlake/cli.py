@@ -681,11 +681,12 @@ def status(
     console.print(f"Kafka {b['bootstrap']}: " + ("[green]up[/]" if b["up"] else "[red]down[/]") +
                   (f" (pid {b['pid']})" if b["pid"] else ""))
     if b["up"]:
-        t = Table("topic", "partitions", "messages", f"lag of group {report['group']!r} per partition")
+        t = Table("topic", "partitions", "messages", "lag per partition, by the group that reads it")
         for topic in report["topics"]:
-            t.add_row(topic["topic"], str(topic["partitions"]), str(topic["messages"]),
-                      " ".join(f"p{p}:{lag}{'' if p in topic['committed'] else ' (none read)'}"
-                               for p, lag in sorted(topic["lag"].items())) or "-")
+            t.add_row(topic["topic"], str(topic["partitions"]), str(topic["messages"]), "\n".join(
+                f"{group}: " + (" ".join(f"p{p}:{n}{'' if p in topic['committed'][group] else ' (none read)'}"
+                                         for p, n in sorted(lags.items())) or "-")
+                for group, lags in topic["lag"].items()) or "-")
         console.print(t)
         g = report["workers"]
         t = Table(f"worker of group {report['group']!r} ({g['state']})", "host", "raw partitions it reads")
@@ -707,9 +708,10 @@ def status(
 def status_report(s) -> dict:
     """What `trajlake status` shows, as data.
 
-    Lag is per partition of every topic: the end offset minus the group's committed offset, or minus the
-    partition's first retained offset when that is later (the group has read none of it yet: the worker starts
-    from the earliest). For
+    Lag is per partition of every topic and per group that reads it (`topic_readers`: the worker's Faust group,
+    its sinks' group): the end offset minus the group's committed offset, or minus the partition's first
+    retained offset when that is later (the group has read none of it yet: the worker starts from the
+    earliest). For
     the tables the worker's sinks write, `behind_in_delta` counts the records of the source topic that are past
     the offset recorded in the table's Delta commits (its app transactions): what exactly-once has not yet
     written, whatever Kafka's committed offsets say. `workers` are the group's members (one per running worker)
@@ -747,6 +749,7 @@ def status_report(s) -> dict:
                 for p, end in ends[topic].items()}
         tables.append(row)
     return {"broker": {"bootstrap": s.bootstrap, "up": up_, "pid": pid}, "group": s.worker_id,
+            "sink_group": s.sink_group,
             "workers": group_members(s) if up_ else None,
             "topics": [{k: v for k, v in t.items() if k not in ("ends", "begins")} for t in topics],
             "tables": tables}
@@ -802,31 +805,50 @@ def _assigned_partitions(raw: bytes) -> dict[str, list[int]]:
     return out
 
 
+def topic_readers(s) -> dict[str, list[str]]:
+    """Topic → the consumer groups that read it: the worker's Faust group (raw topics and events.clean, for the
+    join) and its sinks' group (every topic a Delta sink writes from)."""
+    from streams.offsets import SOURCE_TOPICS
+    from streams.sink import SINK_TARGETS
+
+    readers: dict[str, list[str]] = {topic: [] for topic in s.topics}
+    for name in SOURCE_TOPICS:
+        readers[s.topic(name)].append(s.worker_id)
+    for name in SINK_TARGETS:
+        readers[s.topic(name)].append(s.sink_group)
+    return readers
+
+
 def _topic_sizes(s) -> list[dict]:
-    """Per topic of DESIGN: partitions, messages, per partition the end offset, the worker group's committed
-    offset (if any) and its lag."""
+    """Per topic of DESIGN: partitions, messages, per partition the end offset, and per group that reads it the
+    committed offsets (if any) and the lag."""
     from kafka import KafkaConsumer, TopicPartition
 
-    # a consumer with the worker's group id reads the group's committed offsets without joining the group
-    c = KafkaConsumer(bootstrap_servers=s.bootstrap, client_id="trajlake-status", group_id=s.worker_id,
-                      enable_auto_commit=False)
+    readers = topic_readers(s)
+    # a consumer with a group's id reads the group's committed offsets without joining the group
+    consumers = {g: KafkaConsumer(bootstrap_servers=s.bootstrap, client_id="trajlake-status", group_id=g,
+                                  enable_auto_commit=False) for g in (s.worker_id, s.sink_group)}
+    c = consumers[s.worker_id]
     try:
         out = []
         for topic in s.topics:
             tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
             ends, begins = c.end_offsets(tps), c.beginning_offsets(tps)
-            committed = {tp.partition: c.committed(tp) for tp in tps}
-            committed = {p: o for p, o in committed.items() if o is not None}
+            committed, lag = {}, {}
+            for group in readers[topic]:
+                done = {tp.partition: consumers[group].committed(tp) for tp in tps}
+                committed[group] = {p: o for p, o in done.items() if o is not None}
+                # from the first offset the topic still holds: the group has not read any of it yet, or
+                # retention deleted what it had not read
+                lag[group] = {tp.partition: ends[tp] - max(begins[tp], committed[group].get(tp.partition, 0))
+                              for tp in tps}
             out.append({"topic": topic, "partitions": len(tps), "messages": sum(ends[tp] - begins[tp] for tp in tps),
                         "ends": {tp.partition: ends[tp] for tp in tps},
-                        "begins": {tp.partition: begins[tp] for tp in tps}, "committed": committed,
-                        # from the first offset the topic still holds: the group has not read any of it yet, or
-                        # retention deleted what it had not read
-                        "lag": {tp.partition: ends[tp] - max(begins[tp], committed.get(tp.partition, 0))
-                                for tp in tps}})
+                        "begins": {tp.partition: begins[tp] for tp in tps}, "committed": committed, "lag": lag})
         return out
     finally:
-        c.close()
+        for consumer in consumers.values():
+            consumer.close()
 
 
 @app.command()

@@ -11,7 +11,7 @@ from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SI
 from streams.recompute import check_parity
 from streams.producer import build_producer, produce
 from streams.sources.tau_bench import load_trajectories, replay_events
-from tests.conftest import TAU, WorkerProcess, own_settings, wait_until
+from tests.conftest import TAU, WorkerProcess, own_settings, process_gone, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +108,10 @@ def test_exactly_once_across_worker_crashes(own, records, tmp_path, crash):
         w = WorkerProcess(slow, log, "--no-ner").start()
         w.wait_for(lambda: len(event_ids(own)) > 0, 120, message="the first commit")
         w.kill()
+        # the sink process dies with the worker: no orphan writes beside the restarted one
+        sinks = w.sink_pids()
+        assert len(sinks) == 1
+        wait_until(lambda: process_gone(sinks[0]), 10, message="the sink process to die with the worker")
     if crash == "between_join_state_and_delivery":
         assert read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows < 40
     else:
@@ -298,7 +302,8 @@ def test_a_dictionary_the_broker_refuses_stops_the_worker_before_the_ack(own, tm
         from trajlake.cli import _topic_sizes
 
         # nothing acked: the group's offsets on the raw topics are still where a fresh group starts
-        committed = {t["topic"]: t["committed"] for t in _topic_sizes(own)}
+        committed = {t["topic"]: t["committed"][own.worker_id] for t in _topic_sizes(own)
+                     if own.worker_id in t["committed"]}
         assert all(o == 0 for topic in ("frontend.raw", "agent.raw")
                    for o in committed[own.topic(topic)].values()), committed
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, changelog,

@@ -107,11 +107,14 @@ def test_status_reports_a_caught_up_worker_as_json(tau_lake):
     r = run(["status", "--json"], settings_env(s))
     assert r.returncode == 0, r.stderr
     report = orjson.loads(r.stdout)
-    assert report["broker"]["up"] and report["group"] == s.worker_id
+    assert report["broker"]["up"] and report["group"] == s.worker_id and report["sink_group"] == s.sink_group
     assert report["workers"]["members"] == []  # the worker has stopped: no member reads any partition
     topics = {t["topic"]: t for t in report["topics"]}
     assert sum(topics[s.topic(name)]["messages"] for name in ("frontend.raw", "agent.raw")) == len(events)
-    assert {lag for t in topics.values() for lag in t["lag"].values()} == {0}, topics
+    assert {lag for t in topics.values() for lags in t["lag"].values() for lag in lags.values()} == {0}, topics
+    readers = {name: set(topics[s.topic(name)]["lag"]) for name in ("frontend.raw", "events.clean", "steps")}
+    assert readers == {"frontend.raw": {s.worker_id}, "events.clean": {s.worker_id, s.sink_group},
+                       "steps": {s.sink_group}}
     tables = {t["table"]: t for t in report["tables"]}
     for tid, spec in TABLES.items():
         dt = open_table(s, spec)
