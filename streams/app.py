@@ -658,7 +658,9 @@ def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True)
         """The worker ends as soon as its sink process does, with its status: a worker whose sinks are gone would
         go on filling topics that nothing writes to Delta, and the restart resumes both."""
         if sinks.exitcode is not None and not stopping[0]:
-            status = exit_status(sinks.exitcode)
+            # a sink process that stopped cleanly on its own (someone sent it SIGTERM) is still a failure here: a
+            # supervisor restarts a worker only on a non-zero status
+            status = exit_status(sinks.exitcode) or WORKER_FAILED
             log.critical("the sink process exited (status %d); the worker exits with it and resumes from its last "
                          "commits when restarted", status)
             for handler in logging.getLogger().handlers + log.handlers:
