@@ -53,7 +53,8 @@ def main() -> int:
                 runs[kind][name].append(res)
                 print(f"round {r + 1} {kind:10} {name:5} {res['events_per_s']:8.1f} events/s  p50 {res['p50_s']:.2f} s"
                       f"  p99 {res['p99_s']:.2f} s  Faust drain {res['faust_drain_per_s']:8.1f}/s  "
-                      f"not visible {res['not_visible']}", flush=True)
+                      f"not visible {res['not_visible']}"
+                      + (f"  drain {res['drain_per_s']:8.1f}/s" if "drain_per_s" in res else ""), flush=True)
     summary: dict = {"against": against, "args": vars(a), "workloads": {}}
     print(f"\n| workload | {summary['against']} events/s | median | this | median | ratio | p99 medians (s) |")
     print("|---|---|---|---|---|---|---|")
