@@ -161,3 +161,24 @@ def test_each_table_waits_for_its_own_changelog_records_and_a_refused_one_raises
             await state_sends.confirmed(state_sends.take())
 
     asyncio.run(scenario())
+
+
+def test_key_partitions_are_the_producers_default_partitioners():
+    """A clean record's partition is passed to the send: it must be the one aiokafka's partitioner would pick, or a
+    session's events and its join state (placed by the partitioner) would part."""
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.app import KeyPartitions
+
+    rng = random.Random(5)
+    keys = [f"s-{rng.getrandbits(64):x}".encode() for _ in range(2000)] + [b"", b"\xff" * 40]
+    kp = KeyPartitions(max_keys=500)
+    for n in (1, 3, 4, 12):
+        parts = set(range(n))
+        for key in keys + keys[:100]:  # the repeats come from memory
+            assert kp.of(key, parts) == DefaultPartitioner()(key, sorted(parts), sorted(parts))
+    assert len(kp.known) <= 500
+    kp.known[b"k"] = (3, 2)  # remembered for three partitions: the topic now has four
+    assert kp.of(b"k", set(range(4))) == DefaultPartitioner()(b"k", [0, 1, 2, 3], [])
