@@ -686,7 +686,7 @@ def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True)
     app = build_app(settings, use_ner=use_ner)
     level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
              "debug": logging.DEBUG}[loglevel]
-    sinks, stop = start_sinks(settings, level)
+    sinks = start_sinks(settings, level)
     stopping = [False]
 
     @app.timer(interval=SINKS_CHECK_SECONDS)
@@ -706,7 +706,7 @@ def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True)
     @app.on_before_shutdown.connect  # type: ignore[misc]
     async def _stop_sinks(*_: Any, **__: Any) -> None:
         stopping[0] = True
-        await asyncio.get_running_loop().run_in_executor(None, stop_sinks, sinks, stop)
+        await asyncio.get_running_loop().run_in_executor(None, stop_sinks, sinks)
 
     @app.task
     async def _set_library_log_levels() -> None:

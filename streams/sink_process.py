@@ -104,21 +104,21 @@ def write_batch(writer: DeltaSinkWriter, records: list[Record], max_bytes: int) 
     return last_offsets(records)
 
 
-def start_sinks(settings: Settings, loglevel: int) -> tuple[multiprocessing.process.BaseProcess, Any]:
-    """Start the sink process (a fresh interpreter: nothing of the worker's threads or Faust state is copied);
-    returns it with the event that asks it to stop."""
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    proc = ctx.Process(target=run_sinks, args=(settings, os.getpid(), stop, loglevel), name="trajlake-sinks",
-                       daemon=False)
+def start_sinks(settings: Settings, loglevel: int) -> multiprocessing.process.BaseProcess:
+    """Start the sink process (a fresh interpreter: nothing of the worker's threads or Faust state is copied)."""
+    proc = multiprocessing.get_context("spawn").Process(target=run_sinks, args=(settings, os.getpid(), loglevel),
+                                                        name="trajlake-sinks", daemon=False)
     proc.start()
-    return proc, stop
+    return proc
 
 
-def stop_sinks(proc: multiprocessing.process.BaseProcess, stop: Any, timeout_s: float = 30.0) -> None:
-    """Ask the sink process to stop after the write under way, and wait; killed if it does not stop in time
-    (nothing is lost: what it had not written to Delta is read again from Delta's offsets)."""
-    stop.set()
+def stop_sinks(proc: multiprocessing.process.BaseProcess, timeout_s: float = 30.0) -> None:
+    """Ask the sink process to stop after the write under way (SIGTERM), and wait; killed if it does not stop in
+    time (nothing is lost: what it had not written to Delta is read again from Delta's offsets).
+
+    A signal rather than a multiprocessing Event: the Event's semaphores outlive a worker that ends with
+    `os._exit` (every fail-fast path), and the resource tracker then warned about them in every such log."""
+    proc.terminate()
     proc.join(timeout_s)
     if proc.exitcode is None:
         log.warning("the sink process did not stop within %.0f s; killed", timeout_s)
@@ -141,12 +141,26 @@ def _die_with(parent_pid: int) -> None:
         os._exit(SINKS_FAILED)
 
 
-def run_sinks(settings: Settings, parent_pid: int, stop: Any, loglevel: int) -> None:
-    """The sink process's body: consume, batch, write to Delta, commit offsets; until `stop` is set."""
+class Stop:
+    """Set by SIGTERM; the consume loop looks at it after every poll."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def is_set(self) -> bool:
+        return self.requested
+
+    def set(self, *_: Any) -> None:
+        self.requested = True
+
+
+def run_sinks(settings: Settings, parent_pid: int, loglevel: int) -> None:
+    """The sink process's body: consume, batch, write to Delta, commit offsets; until SIGTERM."""
     _die_with(parent_pid)
+    stop = Stop()
     # Ctrl-C reaches the whole process group: the worker stops this process itself, after its own shutdown began
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, stop.set)
     logging.basicConfig(level=loglevel, stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] [sinks] %(message)s")
     for name in ("aiokafka", "deltalake"):  # their INFO is per request
@@ -160,7 +174,7 @@ def run_sinks(settings: Settings, parent_pid: int, stop: Any, loglevel: int) -> 
         os._exit(SINKS_FAILED)
 
 
-async def _consume(settings: Settings, parent_pid: int, stop: Any) -> None:
+async def _consume(settings: Settings, parent_pid: int, stop: Stop) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.abc import ConsumerRebalanceListener
     from aiokafka.errors import CommitFailedError, KafkaError
