@@ -22,11 +22,11 @@ def test_a_topic_is_due_at_max_records_or_once_its_oldest_record_has_waited_max_
     assert b.due("a", 10.2)  # three records
 
 
-def test_take_gives_at_most_max_records_oldest_first_and_the_rest_wait_with_a_fresh_clock():
+def test_take_gives_at_most_max_records_oldest_first_and_the_rest_keep_their_oldest_records_clock():
     b = Batches(max_records=3, max_seconds=1.0)
     b.add(records("a", 0, range(5)), now=0.0)
     assert [r.offset for r in b.take("a")] == [0, 1, 2]
-    assert b.held("a") == 2 and not b.due("a", 0.5)
+    assert b.held("a") == 2 and not b.due("a", 0.5) and b.due("a", 1.0)  # a backlog's rest is due at once
     assert [r.offset for r in b.take("a")] == [3, 4] and b.held("a") == 0
     b.add(records("a", 0, range(5, 6)), now=7.0)
     assert not b.due("a", 7.5) and b.due("a", 8.0)
