@@ -229,8 +229,7 @@ def one_run(base: Settings, work: Path, kind: str, n: int, rate: float, seed: in
         wait_visible(vis, before + n, 900)
         times = sorted(vis.seen[eid] for eid in sent)
         eps = n / max(times[-1] - min(sent.values()), 1e-6)
-        backlog = [e for e in workload(kind, n, seed + 2000)]
-        dps = drain_backlog(s, w, vis, backlog)
+        dps = drain_backlog(s, w, vis, workload(kind, n, seed + 2000))
     finally:
         stop_worker(w)
     bare = asyncio.run(bare_consume(s, 2 * n + 300))

@@ -105,8 +105,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
     known: list[bool] = [False]
     partitions = KeyPartitions()
 
-    def producer_metadata() -> Any:
-        return app.producer._ensure_producer()._metadata  # aiokafka's cluster metadata
+    def aiokafka_producer() -> Any:
+        return app.producer._ensure_producer()  # under Faust's Producer: its metadata, `partitions_for`
 
     async def changelogs_known() -> None:
         """Have the producer fetch the tables' changelog topics' metadata before their first write.
@@ -115,9 +115,8 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         from the producer's metadata without waiting for it: a table written before the producer had sent
         anything to its changelog topic raised a TypeError (no partitions known), and the stage failed."""
         if not known[0]:
-            producer = app.producer._ensure_producer()  # aiokafka's: its `partitions_for` waits for the metadata
-            for table in (join_state, dictionaries):
-                await producer.partitions_for(table.changelog_topic.get_topic_name())
+            for table in (join_state, dictionaries):  # `partitions_for` waits for the metadata
+                await aiokafka_producer().partitions_for(table.changelog_topic.get_topic_name())
             known[0] = True
 
     timeouts = Timeouts(step_s=settings.step_timeout_seconds, episode_s=settings.episode_timeout_seconds,
@@ -183,7 +182,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 scrubbed = iter(results)
                 ingested_at = now_iso()
                 # the topic's partitions as the producer knows them (it fetched them for the first send)
-                clean_partitions = producer_metadata().partitions_for_topic(clean_topic)
+                clean_partitions = aiokafka_producer()._metadata.partitions_for_topic(clean_topic)
                 sent: list[Awaitable[Any]] = []
                 passed: list[tuple[bytes, Any]] = []
                 duplicates = 0

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -141,26 +142,13 @@ def _die_with(parent_pid: int) -> None:
         os._exit(SINKS_FAILED)
 
 
-class Stop:
-    """Set by SIGTERM; the consume loop looks at it after every poll."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def is_set(self) -> bool:
-        return self.requested
-
-    def set(self, *_: Any) -> None:
-        self.requested = True
-
-
 def run_sinks(settings: Settings, parent_pid: int, loglevel: int) -> None:
     """The sink process's body: consume, batch, write to Delta, commit offsets; until SIGTERM."""
     _die_with(parent_pid)
-    stop = Stop()
+    stop = threading.Event()
     # Ctrl-C reaches the whole process group: the worker stops this process itself, after its own shutdown began
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=loglevel, stream=sys.stderr,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] [sinks] %(message)s")
     for name in ("aiokafka", "deltalake"):  # their INFO is per request
@@ -174,7 +162,7 @@ def run_sinks(settings: Settings, parent_pid: int, loglevel: int) -> None:
         os._exit(SINKS_FAILED)
 
 
-async def _consume(settings: Settings, parent_pid: int, stop: Stop) -> None:
+async def _consume(settings: Settings, parent_pid: int, stop: threading.Event) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.abc import ConsumerRebalanceListener
     from aiokafka.errors import CommitFailedError, KafkaError
