@@ -19,6 +19,7 @@ from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.dedup import BronzeEventIds, Claims, Duplicate, SeenEvents, drop_seen, event_date
 from streams.faust_consumer import QuietMonitor, install_eager_dispatch
+from streams.stalls import STALL_CHECK_SECONDS, STALL_TICKS, StallWatch
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
                           refusal_detail, stage, tick)
@@ -536,6 +537,8 @@ def _seek_before_streaming(app: faust.App) -> None:
     resume, seek_to_committed, perform_seek = (consumer.resume_partitions, consumer.seek_to_committed,
                                                consumer.perform_seek)
     held: set = set()
+    dispatched: dict = getattr(consumer, "trajlake_dispatched", {})  # kept by the eager drain loop, if installed
+    watch = StallWatch()
 
     def resume_partitions(tps: Any) -> None:
         tps = set(tps)
@@ -549,6 +552,11 @@ def _seek_before_streaming(app: faust.App) -> None:
         for tp, offset in committed.items():
             if offset == 0:
                 consumer._thread.seek(tp, 0)
+            dispatched.pop(tp, None)  # read again from here: what was handed out before is the stall watch's past
+        watch.reset()
+        # where each stream partition resumes is what a lost or repeated event would be traced back to
+        log.info("streams resume at %s", " ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in
+                                                  sorted(committed.items()) if not tp.topic.endswith("-changelog")))
         return committed
 
     async def perform_seek_then_resume() -> None:
@@ -561,6 +569,43 @@ def _seek_before_streaming(app: faust.App) -> None:
     consumer.resume_partitions = resume_partitions
     consumer.seek_to_committed = seek_to_committed_really
     consumer.perform_seek = perform_seek_then_resume
+
+    if not hasattr(consumer, "trajlake_dispatched"):
+        return  # upstream's drain loop keeps no per-partition record of what it handed out: no stall watch
+
+    @app.timer(interval=STALL_CHECK_SECONDS)
+    async def seek_stalled_partitions() -> None:
+        """streams/stalls.py: a partition with records waiting that the consumer stopped handing out is sought
+        back to its committed offset."""
+        if app.rebalancing or not consumer.flow_active:
+            watch.reset()
+            return
+        streams = [tp for tp in consumer.assignment() if not tp.topic.endswith("-changelog")]
+        if not streams:
+            return
+        try:
+            ends = await consumer.highwaters(*streams)
+        except Exception as exc:  # noqa: BLE001 — a broker hiccup: the next tick asks again
+            log.info("stall watch: end offsets not read (%r)", exc)
+            return
+        if app.rebalancing or not consumer.flow_active:
+            watch.reset()
+            return
+        busy = any(agent.channel.queue.qsize() for agent in app.agents.values())
+        committed = consumer._committed_offset
+        for tp in watch.tick(dispatched, committed, ends, busy):
+            start = committed.get(tp)
+            start = start if start is not None else dispatched.get(tp, -1) + 1
+            log.warning("stream partition %s[%d] has records up to offset %d, but none was handed to the streams "
+                        "for %.0f s while the worker was idle (active %s, paused %s, buffered %s, last handed out "
+                        "%s): sought back to its committed offset %d", tp.topic, tp.partition, ends[tp] - 1,
+                        STALL_TICKS * STALL_CHECK_SECONDS, tp in consumer._get_active_partitions(),
+                        tp in consumer._paused_partitions, tp in consumer._buffered_partitions,
+                        dispatched.get(tp), start)
+            resume([tp])
+            consumer._thread.seek(tp, start)
+            consumer._read_offset[tp] = start
+            dispatched.pop(tp, None)
 
 
 class KeyPartitions:

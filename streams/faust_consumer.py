@@ -84,6 +84,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
     consumer_should_stop = cast(Service, self)._stopped.is_set
     fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
 
+    dispatched = self.trajlake_dispatched
     get_read_offset = self._read_offset.__getitem__
     set_read_offset = self._read_offset.__setitem__
     flag_consumer_fetching = CONSUMER_FETCHING
@@ -127,6 +128,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
                         if rest is not None:
                             await self.wait_first(rest, self.suspend_flow.wait())
                         set_read_offset(tp, offset)
+                        dispatched[tp] = offset  # for the stall watch (streams/stalls.py)
                     else:
                         self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
                 unset_flag(flag_consumer_fetching)
@@ -156,6 +158,7 @@ def install_eager_dispatch(app: faust.App) -> bool:
                     faust.__version__, PATCHED_FAUST_VERSION)
         return False
     consumer = app.consumer
+    consumer.trajlake_dispatched = {}  # partition → the last offset handed to the streams
     consumer._drain_messages = _drain_messages.__get__(consumer)
     return True
 

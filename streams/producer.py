@@ -20,6 +20,29 @@ def build_producer(settings: Settings, **overrides) -> KafkaProducer:
     return KafkaProducer(**conf)
 
 
+class SendFailed(RuntimeError):
+    """Some events did not reach the broker (each send's own result says so; `flush` does not)."""
+
+    def __init__(self, failed: int, sent: int, first: BaseException):
+        super().__init__(f"{failed} of {sent} events were not accepted by the broker (first error: {first!r}); "
+                         "the others were. Check the broker (`trajlake status`) and send again: the worker drops "
+                         "events whose ids it already has")
+        self.failed, self.sent, self.first = failed, sent, first
+
+
+class SendResults:
+    """Counts the sends that failed and keeps the first error, so a stream of millions of sends is checked
+    without holding a future per event."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first: BaseException | None = None
+
+    def failure(self, exc: BaseException) -> None:
+        self.failed += 1
+        self.first = self.first or exc
+
+
 def produce(settings: Settings, emitted: Iterable[Emitted], speed: float = 0.0,
             on_progress: Callable[[int], None] | None = None, producer: KafkaProducer | None = None,
             rate: float = 0.0) -> int:
@@ -27,12 +50,16 @@ def produce(settings: Settings, emitted: Iterable[Emitted], speed: float = 0.0,
 
     speed > 0 replays in event time, `speed` times faster; rate > 0 caps sending at `rate` events per second
     of wall time. Events are consumed from `emitted` one at a time, so a lazy source stays lazy.
+
+    Raises SendFailed, after the flush, if the broker did not accept some event: kafka-python's flush waits
+    for the sends but does not raise their errors, so an unchecked send could lose an event without a word.
     """
     own = producer is None
     producer = producer or build_producer(settings)
     sent = 0
     first_event: datetime | None = None
     started = time.monotonic()
+    results = SendResults()
     try:
         for item in emitted:
             if speed > 0:
@@ -46,7 +73,7 @@ def produce(settings: Settings, emitted: Iterable[Emitted], speed: float = 0.0,
                 if ahead > 0.005:
                     time.sleep(ahead)
             producer.send(settings.topic(item.topic), key=item.event["session_id"].encode(),
-                          value=orjson.dumps(item.event))
+                          value=orjson.dumps(item.event)).add_errback(results.failure)
             sent += 1
             if on_progress and sent % 1000 == 0:
                 on_progress(sent)
@@ -54,6 +81,8 @@ def produce(settings: Settings, emitted: Iterable[Emitted], speed: float = 0.0,
     finally:
         if own:
             producer.close()
+    if results.failed:
+        raise SendFailed(results.failed, sent, results.first)
     if on_progress:
         on_progress(sent)
     return sent

@@ -212,13 +212,16 @@ async def _consume(settings: Settings, parent_pid: int, stop: threading.Event) -
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
             paused.clear()  # a new assignment starts unpaused
+            starts = {}
             for tp in assigned:
                 table = writers[tp.topic].table
                 await loop.run_in_executor(pool, table.update_incremental)
                 done = committed_offset(table, app_id(settings.worker_id, tp.topic, tp.partition))
                 if done >= 0:
                     consumer.seek(tp, done + 1)
-            log.info("sinks read %s", " ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)) or "nothing")
+                starts[f"{tp.topic}[{tp.partition}]"] = done + 1 if done >= 0 else "group's offset"
+            # where each partition starts is what a lost or doubled row would be traced back to
+            log.info("sinks read %s", " ".join(f"{k}@{v}" for k, v in sorted(starts.items())) or "nothing")
 
     consumer.subscribe(topics=list(writers), listener=StartFromDelta())
     await consumer.start()

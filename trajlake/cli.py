@@ -1062,10 +1062,12 @@ def main() -> None:
     from lake.tables import SchemaMismatch, UnknownTable
     # not quality.runner or jobs.tables: Great Expectations and Spark take seconds to import
     from quality.errors import PublishRefused, QualityGateFailed
+    from streams.producer import SendFailed
 
     try:
         app()
-    except (UserError, BrokerError, UnknownTable, SchemaMismatch, QualityGateFailed, PublishRefused) as exc:
+    except (UserError, BrokerError, UnknownTable, SchemaMismatch, QualityGateFailed, PublishRefused,
+            SendFailed) as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:

@@ -1,10 +1,12 @@
-"""The producer loop: keyed by session, flushed, pacing by --rate, and lazy sources kept lazy."""
+"""The producer loop: keyed by session, flushed, pacing by --rate, lazy sources kept lazy, failed sends raised."""
 import time
 
 import pytest
+from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
 
 from schemas.settings import Settings
-from streams.producer import produce
+from streams.producer import SendFailed, produce
 from streams.sources.synthetic import synthetic_events
 
 pytestmark = pytest.mark.unit
@@ -16,9 +18,38 @@ class RecordingProducer:
 
     def send(self, topic, key, value):
         self.sent.append((time.monotonic(), topic, key))
+        return Future()
 
     def flush(self):
         self.flushed = True
+
+
+class FailingProducer(RecordingProducer):
+    """Every third send fails when the producer flushes (as kafka-python resolves its futures: in its I/O
+    thread, after `send` returned)."""
+
+    def __init__(self):
+        super().__init__()
+        self.futures = []
+
+    def send(self, topic, key, value):
+        super().send(topic, key, value)
+        self.futures.append(f := Future())
+        return f
+
+    def flush(self):
+        for i, f in enumerate(self.futures):
+            f.failure(KafkaTimeoutError(f"send {i}")) if i % 3 == 2 else f.success(None)
+        self.flushed = True
+
+
+def test_sends_the_broker_did_not_accept_are_raised_after_the_flush():
+    p = FailingProducer()
+    with pytest.raises(SendFailed) as failed:
+        produce(Settings(), synthetic_events(30, seed=1), producer=p)
+    assert p.flushed and len(p.sent) == 30  # every event was sent and waited for before the error
+    assert (failed.value.failed, failed.value.sent) == (10, 30)
+    assert "send 2" in str(failed.value.first) and "10 of 30 events" in str(failed.value)
 
 
 def test_rate_paces_sends_and_keys_are_sessions():

@@ -8,6 +8,8 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from lake.readers import read_table
+from lake.tables import ensure_table
+from lake.writer import app_id, committed_offset
 from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
 from streams.producer import produce
 from streams.recompute import check_parity
@@ -21,6 +23,48 @@ pytestmark = pytest.mark.integration
 def partition_of(key: str, partitions: int) -> int:
     """The partition kafka-python's default partitioner sends `key` to."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def where_missing(settings, emitted: list[Emitted]) -> str:
+    """Why events are not in bronze: for each one missing, where it is on the raw topic and on events.clean,
+    beside each partition's end offset, the worker group's committed offset and the sink's Delta offset (a
+    failure's diagnosis: the handover this test drives is where an event could be lost)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    in_bronze = set(read_table(settings, BRONZE_EVENTS, columns=["event_id"]).column("event_id").to_pylist())
+    missing = {e.event["event_id"]: e.topic for e in emitted if e.event["event_id"] not in in_bronze}
+    if not missing:
+        return "nothing missing"
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    group = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=settings.worker_id, enable_auto_commit=False)
+    lines = []
+    try:
+        delta = ensure_table(settings, BRONZE_EVENTS)
+        for name in ("agent.raw", "frontend.raw", "events.clean"):
+            topic = settings.topic(name)
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            end = consumer.end_offsets(tps)
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            found = {}
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                for tp, msgs in consumer.poll(timeout_ms=1000).items():
+                    for m in msgs:
+                        v = orjson.loads(m.value)
+                        eid = (v.get("event") or {}).get("event_id") if name == "events.clean" else v.get("event_id")
+                        if eid in missing:
+                            found[eid] = (tp.partition, m.offset)
+            for tp in tps:
+                sink = committed_offset(delta, app_id(settings.worker_id, topic, tp.partition)) \
+                    if name == "events.clean" else None
+                lines.append(f"{topic}[{tp.partition}] end {end[tp]} group committed {group.committed(tp)}"
+                             + (f" sink's Delta offset {sink}" if sink is not None else ""))
+            lines += [f"  missing {eid} ({missing[eid]}) at {topic}[{p}]@{o}" for eid, (p, o) in found.items()]
+            lines += [f"  missing {eid} ({missing[eid]}) not on {topic}" for eid in missing if eid not in found]
+    finally:
+        consumer.close()
+        group.close()
+    return "\n".join(lines)
 
 
 def companion_sessions(partitions: int, per_partition: int = 2):
@@ -111,7 +155,10 @@ def test_two_workers_hand_partitions_over_and_back_with_nothing_lost_doubled_or_
         wb.kill()
         wa.wait_for(lambda: owners() == [set(range(n))], 120, message="A to take every partition back")
         produce(own, phases[2])
-        wa.wait_for(lambda: in_bronze() >= total, 120, message="phase 3 in bronze")
+        try:
+            wa.wait_for(lambda: in_bronze() >= total, 120, message="phase 3 in bronze")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{where_missing(own, [x for p in phases for x in p])}") from None
         wa.wait_for(lambda: read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows >= episodes and
                     check_parity(own).ok, 180, message="silver to match bronze")
     finally:

@@ -1,0 +1,42 @@
+"""The stall watch's decision: which stream partitions to seek back, and which to leave alone."""
+import pytest
+
+from streams.stalls import StallWatch
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_partition_with_records_waiting_that_stops_moving_is_stalled_after_the_ticks():
+    w = StallWatch(ticks=2)
+    committed = {"a": 10, "b": 25}
+    ends = {"a": 20, "b": 48}
+    # a moves (offsets handed out), b was handed nothing since it was sought and has records waiting
+    assert w.tick({"a": 12}, committed, ends, busy=False) == []  # first sight: nothing to compare with
+    assert w.tick({"a": 15}, committed, ends, busy=False) == []  # b still: one tick
+    assert w.tick({"a": 19}, committed, ends, busy=False) == ["b"]  # two ticks in a row
+    assert w.tick({"a": 19}, committed, ends, busy=False) == []  # counted again from zero after it is reported
+
+
+def test_caught_up_moving_and_busy_partitions_are_left_alone():
+    w = StallWatch(ticks=2)
+    committed = {"a": 10, "b": 25}
+    for _ in range(5):  # caught up: the last offset handed out is the end's predecessor, or nothing waits
+        assert w.tick({"a": 19}, committed, {"a": 20, "b": 25}, busy=False) == []
+    w.reset()
+    for _ in range(5):  # records wait but the stream buffers hold events: the worker is busy, not stuck
+        assert w.tick({}, committed, {"a": 20, "b": 48}, busy=True) == []
+    w.reset()
+    seen = {"b": 30}
+    for k in range(5):  # b moves every tick
+        seen = {"b": 30 + k}
+        assert w.tick(seen, committed, {"b": 48}, busy=False) == []
+
+
+def test_a_busy_tick_restarts_the_count():
+    w = StallWatch(ticks=2)
+    committed, ends = {"b": 25}, {"b": 48}
+    w.tick({}, committed, ends, busy=False)
+    assert w.tick({}, committed, ends, busy=False) == []  # one
+    assert w.tick({}, committed, ends, busy=True) == []  # busy: back to zero
+    assert w.tick({}, committed, ends, busy=False) == []  # one
+    assert w.tick({}, committed, ends, busy=False) == ["b"]
