@@ -1,13 +1,14 @@
 """The stall watch: a stream partition with records waiting that the consumer stopped handing to the streams is
 sought back to its committed offset, with a warning.
 
-Why: after a rebalance, faust-streaming 0.15.3 can leave a partition it owns fetched no more. Our handover test
-(tests/streams/test_worker_group.py) caught it under load: after the group went back to one worker, two raw
-partitions with records waiting were never read again while every other partition flowed, so their events
-never reached Delta and the group's committed offset stayed behind. The cause inside Faust's pause, resume and
-seek bookkeeping is not pinned down (docs/design.md, "A stalled partition is sought back"); the watch does not
-depend on it. Seeking to the committed offset is at least once: the events read again are dropped by ingest's
-dedup and the join's idempotent fold, as after any restart.
+Why: after a rebalance, faust-streaming 0.15.3 (on aiokafka 0.14.0) can leave a partition it owns fetched no
+more. Our handover test (tests/streams/test_worker_group.py) caught it under load: after the group went back to
+one worker, raw partitions with records waiting were never read again while every other partition flowed, so
+their events never reached Delta and the group's committed offset stayed behind. Faust's own bookkeeping had the
+partition active, not paused, not held back by a full buffer; the records did not come out of aiokafka's fetcher.
+The cause is not pinned down (docs/design.md, "A stalled partition is sought back"), and the watch does not
+depend on it: a seek restarts the partition's fetch. Seeking to the committed offset is at least once: the
+events read again are dropped by ingest's dedup and the join's idempotent fold, as after any restart.
 
 A partition counts as stalled only while the worker's stream buffers are empty: a worker busy with a backlog,
 or blocked downstream, holds events in them, and is left alone.
