@@ -523,7 +523,8 @@ async def _put_unless_failed(queue: asyncio.Queue, item: Any, stages: list[async
 
 
 def _seek_before_streaming(app: faust.App) -> None:
-    """Resume stream partitions only after Faust has sought them to their committed offsets.
+    """Resume stream partitions only after Faust has sought them to their committed offsets and cleared its
+    stream buffers.
 
     faust-streaming (0.15.3, tables/recovery.py) resumes the stream partitions and *then* awaits the seek to
     committed offsets, with flow already running. Records fetched in between reach the streams' queues, which
@@ -532,18 +533,30 @@ def _seek_before_streaming(app: faust.App) -> None:
     drops the re-fetched ones as "already read". Either way a restarted worker silently lost events (our crash
     tests caught it), and Faust then never commits past the hole. Holding the stream partitions paused until
     the seek is done, and seeking offset 0 explicitly, closes both paths.
+
+    And the resume waits for the clearing too. Faust's `flow_control.resume()`, called right after that seek,
+    empties every stream buffer, whatever it holds. Resumed at the end of the seek (as this did at first),
+    a partition's first records could be fetched and handed out in the moment before that call, and be
+    cleared with the buffers: offsets the drain loop had passed, so never read again. A one-offset hole Faust's
+    commit then stepped over; a longer tail was lost until the next rebalance. The group handover test caught
+    it under load (docs/design.md, "Five faust-streaming traps", 1).
     """
     consumer = app.consumer
     resume, seek_to_committed, perform_seek = (consumer.resume_partitions, consumer.seek_to_committed,
                                                consumer.perform_seek)
+    flow_control = app.flow_control
+    resume_flow_control = flow_control.resume
     held: set = set()
+    sought = [False]  # a seek to committed offsets has run since the partitions held were asked to resume
     dispatched: dict = getattr(consumer, "trajlake_dispatched", {})  # kept by the eager drain loop, if installed
     watch = StallWatch()
 
     def resume_partitions(tps: Any) -> None:
         tps = set(tps)
         streams = {tp for tp in tps if not tp.topic.endswith("-changelog")}
-        held.update(streams)
+        if streams:
+            held.update(streams)
+            sought[0] = False
         if tps - streams:
             resume(tps - streams)
 
@@ -551,7 +564,8 @@ def _seek_before_streaming(app: faust.App) -> None:
         committed = await seek_to_committed()
         for tp, offset in committed.items():
             if offset == 0:
-                consumer._thread.seek(tp, 0)
+                # in the consumer's own thread: aiokafka's seek wakes its fetcher through that thread's loop
+                await consumer._thread.call_thread(consumer._thread.seek, tp, 0)
             dispatched.pop(tp, None)  # read again from here: what was handed out before is the stall watch's past
         watch.reset()
         # where each stream partition resumes is what a lost or repeated event would be traced back to
@@ -559,16 +573,21 @@ def _seek_before_streaming(app: faust.App) -> None:
                                                   sorted(committed.items()) if not tp.topic.endswith("-changelog")))
         return committed
 
-    async def perform_seek_then_resume() -> None:
+    async def perform_seek_noting_it() -> None:
         await perform_seek()
-        if held:
+        sought[0] = True
+
+    def resume_flow_control_then_streams() -> None:
+        resume_flow_control()  # empties the stream buffers
+        if held and sought[0]:
             tps = set(held) & consumer.assignment()
             held.clear()
             resume(tps)
 
     consumer.resume_partitions = resume_partitions
     consumer.seek_to_committed = seek_to_committed_really
-    consumer.perform_seek = perform_seek_then_resume
+    consumer.perform_seek = perform_seek_noting_it
+    flow_control.resume = resume_flow_control_then_streams
 
     if not hasattr(consumer, "trajlake_dispatched"):
         return  # upstream's drain loop keeps no per-partition record of what it handed out: no stall watch
@@ -603,7 +622,7 @@ def _seek_before_streaming(app: faust.App) -> None:
                         tp in consumer._paused_partitions, tp in consumer._buffered_partitions,
                         dispatched.get(tp), start)
             resume([tp])
-            consumer._thread.seek(tp, start)
+            await consumer._thread.call_thread(consumer._thread.seek, tp, start)
             consumer._read_offset[tp] = start
             dispatched.pop(tp, None)
 
