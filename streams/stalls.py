@@ -1,13 +1,12 @@
 """The stall watch: a stream partition with records waiting that the consumer stopped handing to the streams is
 sought back to its committed offset, with a warning.
 
-Why: after a rebalance, faust-streaming 0.15.3 (on aiokafka 0.14.0) can leave a partition it owns fetched no
-more. Our handover test (tests/streams/test_worker_group.py) caught it under load: after the group went back to
-one worker, raw partitions with records waiting were never read again while every other partition flowed, so
-their events never reached Delta and the group's committed offset stayed behind. Faust's own bookkeeping had the
-partition active, not paused, not held back by a full buffer; the records did not come out of aiokafka's fetcher.
-The cause is not pinned down (docs/design.md, "A stalled partition is sought back"), and the watch does not
-depend on it: a seek restarts the partition's fetch. Seeking to the committed offset is at least once: the
+Why: the group handover test (tests/streams/test_worker_group.py) once showed, after a rebalance, a partition
+that Faust had resumed at its committed offset, with records waiting, of which nothing was handed to the streams
+while every other partition flowed; Faust's own bookkeeping had it active, not paused, not held back by a full
+buffer. Whether it was the late buffer clearing that streams/app.py::_seek_before_streaming now avoids is not
+established (docs/design.md, "Five faust-streaming traps", 5), so this stays as a backstop that does not depend
+on the cause: a seek restarts the partition's fetch. Seeking to the committed offset is at least once: the
 events read again are dropped by ingest's dedup and the join's idempotent fold, as after any restart.
 
 A partition counts as stalled only while the worker's stream buffers are empty: a worker busy with a backlog,
