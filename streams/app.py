@@ -621,8 +621,13 @@ def _seek_before_streaming(app: faust.App) -> None:
                         STALL_TICKS * STALL_CHECK_SECONDS, tp in consumer._get_active_partitions(),
                         tp in consumer._paused_partitions, tp in consumer._buffered_partitions,
                         dispatched.get(tp), start)
-            resume([tp])
-            await consumer._thread.call_thread(consumer._thread.seek, tp, start)
+            try:
+                resume([tp])
+                await consumer._thread.call_thread(consumer._thread.seek, tp, start)
+            except Exception as exc:  # noqa: BLE001 — e.g. a rebalance took it meanwhile (and seeks it)
+                log.info("stall watch: %s[%d] not sought (%r)", tp.topic, tp.partition, exc)
+                watch.reset()
+                return
             consumer._read_offset[tp] = start
             dispatched.pop(tp, None)
 
