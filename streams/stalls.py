@@ -1,13 +1,13 @@
 """The stall watch: a stream partition with records waiting that the consumer stopped handing to the streams is
 sought back to its committed offset, with a warning.
 
-Why: the group handover test (tests/streams/test_worker_group.py) once showed, after a rebalance, a partition
-that Faust had resumed at its committed offset, with records waiting, of which nothing was handed to the streams
-while every other partition flowed; Faust's own bookkeeping had it active, not paused, not held back by a full
-buffer. Whether it was the late buffer clearing that streams/app.py::_seek_before_streaming now avoids is not
-established (docs/design.md, "Five faust-streaming traps", 5), so this stays as a backstop that does not depend
-on the cause: a seek restarts the partition's fetch. Seeking to the committed offset is at least once: the
-events read again are dropped by ingest's dedup and the join's idempotent fold, as after any restart.
+Why: under load, the group handover test (tests/streams/test_worker_group.py) shows about once in ten runs a
+partition that Faust resumed at its committed offset after a rebalance, with records waiting, of which nothing is
+handed to the streams while every other partition flows. Faust's own bookkeeping has it active, not paused, not
+held back by a full buffer: the records do not come out of aiokafka's fetcher. The cause is not found
+(docs/design.md, "Five faust-streaming traps", 5); a seek restarts the partition's fetch. Seeking to the
+committed offset is at least once: the events read again are dropped by ingest's dedup and the join's idempotent
+fold, as after any restart.
 
 A partition counts as stalled only while the worker's stream buffers are empty: a worker busy with a backlog,
 or blocked downstream, holds events in them, and is left alone.
