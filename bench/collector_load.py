@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from stream_throughput import (REPO, Visibility, run_settings, start_worker, stop_worker, wait_visible,  # noqa: E402
+from stream_throughput import (REPO, Visibility, private_broker, run_settings, start_worker, stop_worker, wait_visible,  # noqa: E402
                                workload)
 
 import orjson  # noqa: E402
@@ -149,13 +148,7 @@ def main() -> None:
     ap.add_argument("--kind", default="structural", choices=["structural", "mix"])
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args()
-    work = OUT / "collector"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    port = broker.free_port()
-    base = Settings(state_dir=work / "state", kafka_port=port, kafka_controller_port=broker.free_port((port,)),
-                    topic_partitions=4, sink_max_seconds=1.0)
-    broker.start(base)
+    work, base = private_broker("collector")
     results = []
     try:
         for r in range(a.runs):

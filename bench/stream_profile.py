@@ -69,15 +69,8 @@ def main() -> None:
     import stream_throughput as st
 
     from infra.kafka import broker
-    from schemas.settings import Settings
 
-    work = OUT / "stream_profile"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    port = broker.free_port()
-    base = Settings(state_dir=work / "state", kafka_port=port, kafka_controller_port=broker.free_port((port,)),
-                    topic_partitions=4, sink_max_seconds=1.0)
-    broker.start(base)
+    work, base = st.private_broker("stream_profile")
     raw = OUT / "stream_profile.raw"
     try:
         s = st.run_settings(base, work)

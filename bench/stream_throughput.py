@@ -83,6 +83,19 @@ class Visibility:
         return len(self.seen)
 
 
+def private_broker(name: str) -> tuple[Path, Settings]:
+    """A fresh work directory bench/out/<name> and a broker of its own started on free ports; returns the
+    directory and the broker's settings (the caller stops it with `broker.stop`)."""
+    work = OUT / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    port = broker.free_port()
+    base = Settings(state_dir=work / "state", kafka_port=port, kafka_controller_port=broker.free_port((port,)),
+                    topic_partitions=4, sink_max_seconds=1.0)
+    broker.start(base)
+    return work, base
+
+
 def run_settings(base: Settings, work: Path) -> Settings:
     tag = uuid.uuid4().hex[:6]
     s = base.model_copy(update={"topic_prefix": f"b{tag}.", "worker_id": f"bench{tag}", "lake_root": work / tag / "lake",
@@ -280,13 +293,7 @@ def main() -> None:
                     help="worker processes in the group, e.g. 1,2: each count once per round, alternating")
     a = ap.parse_args()
     counts = [int(w) for w in a.workers.split(",")]
-    work = OUT / "stream"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    port = broker.free_port()
-    base = Settings(state_dir=work / "state", kafka_port=port, kafka_controller_port=broker.free_port((port,)),
-                    topic_partitions=4, sink_max_seconds=1.0)
-    broker.start(base)
+    work, base = private_broker("stream")
     results: list[dict] = []
     try:
         for kind in a.kinds.split(","):
