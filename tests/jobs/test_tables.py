@@ -3,7 +3,7 @@ the window they replace) and the order the rows are written in."""
 import pyarrow as pa
 import pytest
 
-from jobs.tables import check_before_publish, rows_outside, rows_to_publish
+from jobs.tables import check_before_publish, repeated_keys_and_rows_outside, rows_to_publish
 from quality.errors import PublishRefused
 from schemas.tables import TableSpec
 
@@ -55,8 +55,15 @@ def test_a_row_outside_the_replaced_window_refuses_the_publish():
 @pytest.mark.unit
 def test_a_null_where_the_window_is_decided_counts_as_outside():
     data = rows(("a", 0, 0.5, None), ("b", 1, 1.0, "x"))
-    assert rows_outside(data, "note = 'x'") == 1
-    assert rows_outside(data, "true") == 0
+    assert repeated_keys_and_rows_outside(data, ("id",), "note = 'x'") == (0, 1)
+    assert repeated_keys_and_rows_outside(data, ("id",), "true") == (0, 0)
+
+
+@pytest.mark.unit
+def test_a_null_key_repeats_like_any_other_key():
+    data = rows(("a", 0, 0.5, None), ("b", 1, 1.0, None), ("c", 2, 1.0, None))
+    assert repeated_keys_and_rows_outside(data, ("note",), "true") == (2, 0)
+    assert repeated_keys_and_rows_outside(data, ("id", "note"), "true") == (0, 0)
 
 
 @pytest.mark.unit
