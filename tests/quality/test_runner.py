@@ -172,3 +172,17 @@ def test_a_suite_with_a_row_condition_gives_expectations_every_column():
         column="step_id", row_condition='agent_version=="a1"', condition_parser="pandas")))
     full = table("silver/steps", [step(0)])
     assert frame_for_expectations(conditional, full).column_names == full.column_names
+
+
+def test_string_checks_hold_on_the_categorical_frame(lake_settings):
+    """Strings reach GE as categoricals (cheap row takes): nulls, values outside a set and a repeated key are
+    still each caught, and the failing rows' keys come back as plain strings."""
+    from quality.runner import validate
+    from quality.suites import suite_for
+
+    rows = [step(0), step(1, session_id=None), step(2, outcome="exploded"), step(2, outcome="exploded")]
+    report, _ = validate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", rows))
+    got = {f.column: f for f in report.failures}
+    assert got["session_id"].unexpected == 1 and got["session_id"].examples == ({"step_id": "s1", "revision": 0},)
+    assert got["outcome"].unexpected == 2 and got["step_id,revision"].unexpected == 2
+    assert all(type(v) is str for e in got["outcome"].examples for v in [e["step_id"]])
