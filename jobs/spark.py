@@ -24,6 +24,11 @@ LOCAL_DEFAULTS = {
     # (Arrow, then pandas for Great Expectations): at 10M events (1.87M step rows) 2g ran out of heap in the
     # heuristics job, 6g passes (bench/RESULTS.md). A heap limit, not an allocation: the JVM takes what it uses.
     "spark.driver.memory": "6g",
+    # the throughput collector: batch jobs want work done, not short pauses, and G1's write barriers tax the row
+    # copies the windows and the cache are made of. A jobs round at 10M events, four warm runs each: 63.2-67.3 s
+    # against 66.7-71.5 s with G1 (bench/RESULTS.md). A JVM option, so it applies when build_spark starts the
+    # JVM; under spark-submit pass it on the command line.
+    "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     # the jobs cache what they read twice (the heuristics' step signals and episode scores, the scorecards' gold
     # rows and day sums) for one job only: encoding the columns on the way in cost more than the memory saved.
     # The heuristics job at 10M events took 0.89x the time without it (bench/spark_conf_ab.py, bench/RESULTS.md);
