@@ -89,8 +89,9 @@ def repeated_keys_and_rows_outside(data: pa.Table, keys: tuple[str, ...], where:
     a null counts as not holding.
 
     The window is checked before any table of a job is written: the Delta write refuses such rows too, but only
-    when it comes to that table, after its partners may already be written. An Arrow group-by of the keys took 0.4-1.5 s on 1.87M step rows, this query ~0.3 s for both (bench/RESULTS.md,
-    "Spark jobs"). The keys are counted as one struct, which is never null, so a null key is a key like any other.
+    when it comes to that table, after its partners may already be written. An Arrow group-by of the keys took
+    0.4-1.5 s on 1.87M step rows, this query ~0.3 s for both (bench/RESULTS.md, "Spark jobs"). The keys are
+    counted as one struct, which is never null, so a null key is a key like any other.
     """
     key = ", ".join(f'"{k}"' for k in keys)
     con = duckdb.connect()
