@@ -45,7 +45,7 @@ def main() -> int:
             started = time.monotonic()
             proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", TEST,
                                    f"--basetemp={base}"], cwd=REPO, capture_output=True, text=True)
-            logs = [p for p in base.glob("test_*0/*.log")]
+            logs = list(base.glob("test_*0/*.log"))
             fired = sum(p.read_text(errors="replace").count(STALL) for p in logs)
             failed += proc.returncode != 0
             stalls += fired
