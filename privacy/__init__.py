@@ -1,6 +1,7 @@
 """PII protection: field rules, Presidio free-text scrubbing, HMAC pseudonyms, and the erase procedure."""
 
 # privacy-2 (2026-12-05): the worker keeps each session's dictionary across restarts and rebalances (docs/privacy.md)
-POLICY_VERSION = "privacy-2"
+# privacy-3 (2026-12-06): international phone numbers by pattern; Presidio on spaCy's NER alone (docs/privacy.md)
+POLICY_VERSION = "privacy-3"
 # what a clean record without a version was scrubbed with: privacy-1 was the only policy before versions were recorded
 LEGACY_POLICY_VERSION = "privacy-1"

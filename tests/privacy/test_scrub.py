@@ -122,6 +122,9 @@ def test_sessions_not_held_in_memory_are_loaded_then_started_afresh():
     ("AWS AKIAABCDEFGHIJKLMNOP here", "AKIAABCDEFGHIJKLMNOP"),
     ("db at postgres://admin:hunter2@db.local/x", "hunter2"),
     ("call me at (512) 555-0199", "555-0199"),
+    ("Call Mr. Juan Perez on +44 20 7946 0958", "7946 0958"),
+    ("reach her at +49 (0)30 12345678 tomorrow", "12345678"),
+    ("my number is +33 1 23 45 67 89", "45 67 89"),
 ])
 def test_patterns_catch_what_presidio_misses(patterns_only, text, leak):
     assert leak not in patterns_only.scrub_text(text, SessionDictionary())
@@ -131,6 +134,7 @@ def test_patterns_catch_what_presidio_misses(patterns_only, text, leak):
 @pytest.mark.parametrize("text", [
     "Flight HAT136 from JFK to SEA on 2024-05-20",
     "Reservation OI5L9G was paid with certificate_7504069",
+    "The fare went up by +15 USD, +3 bags",
 ])
 def test_domain_tokens_survive(patterns_only, text):
     assert patterns_only.scrub_text(text, SessionDictionary()) == text
