@@ -1,9 +1,9 @@
-"""Benchmark: Presidio on spaCy's NER alone (what build_analyzer runs) against en_core_web_sm's whole pipeline.
+"""Benchmark: Presidio on spaCy's NER alone (what build_analyzer runs) against the pipelines it replaced.
 
 Texts: every distinct string of every event body of the 200 τ-bench trajectories and of a seeded synthetic
 stream (the worker's two sources). For each pipeline, Presidio's analyze over spaCy's batched `process_batch`
 (as `EventScrubber.prepare_ner` calls it), --runs times over the first --sample texts, interleaved; ms per text
-is the median. Then both pipelines' findings (entity, start, end, score) over all texts, compared.
+is the median. Then each pipeline's findings (entity, start, end, score) over all texts, compared with NER alone.
 
   ner-only  build_analyzer as committed: the ner pipe, lowercase text as lemmas
   before    what build_analyzer ran before: every pipe but the parser (tok2vec, tagger, attribute_ruler,
