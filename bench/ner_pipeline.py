@@ -5,10 +5,13 @@ stream (the worker's two sources). For each pipeline, Presidio's analyze over sp
 (as `EventScrubber.prepare_ner` calls it), --runs times over the first --sample texts, interleaved; ms per text
 is the median. Then each pipeline's findings (entity, start, end, score) over all texts, compared with NER alone.
 
-  ner-only  build_analyzer as committed: the ner pipe, lowercase text as lemmas
+  ner-only  build_analyzer as committed: the ner pipe, lowercase text as lemmas, matrices multiplied by numpy's
+            OpenBLAS (one thread, as in the worker's scrub process)
+  blis      the same, but multiplied by thinc's default, cython-blis
   before    what build_analyzer ran before: every pipe but the parser (tok2vec, tagger, attribute_ruler,
             lemmatizer, ner), spaCy's lemmas
   whole     the full model, the parser on too
+(before and whole multiply with numpy's OpenBLAS too: they differ from ner-only in their pipes alone)
 
 Usage: .venv/bin/python bench/ner_pipeline.py [--synthetic-events 20000] [--sample 3000] [--runs 3]
 """
@@ -26,6 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+import numpy  # noqa: E402,F401 — loaded before the BLAS limit below, so threadpoolctl finds its OpenBLAS
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from privacy import policy  # noqa: E402
 from privacy.leakage import strings_of  # noqa: E402
@@ -50,16 +56,19 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
 
+    threadpool_limits(limits=1, user_api="blas")  # as privacy/worker.py's init does in the scrub process
     texts = corpus(args.synthetic_events)
     analyzer = build_analyzer()
     nlp = analyzer.nlp_engine.nlp["en"]
+    ops = nlp.get_pipe("ner").model.ops  # one ops object, shared by every layer (privacy/scrub.py::_gemm_by_numpy)
     entities = list(policy.PRESIDIO_LABELS)
 
     def use(variant: str) -> None:
+        ops.use_blis = variant == "blis"
         for name in NON_NER_PIPES:
             on = variant == "whole" or (variant == "before" and name != "parser")
             (nlp.enable_pipe if on else nlp.disable_pipe)(name)
-        (nlp.enable_pipe if variant == "ner-only" else nlp.disable_pipe)(LEMMA_COMPONENT)
+        (nlp.enable_pipe if variant in ("ner-only", "blis") else nlp.disable_pipe)(LEMMA_COMPONENT)
 
     def findings(ts: list[str]) -> list[list[tuple]]:
         return [sorted((r.entity_type, r.start, r.end, round(r.score, 6))
@@ -67,13 +76,13 @@ def main() -> None:
                 for text, artifacts in analyzer.nlp_engine.process_batch(ts, language="en", batch_size=64)]
 
     sample = texts[:args.sample]
-    variants = ("ner-only", "before", "whole")
+    variants = ("ner-only", "blis", "before", "whole")
     for name in variants:
         use(name)
         findings(sample[:200])  # warm each
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.runs):
-        for name in variants[r % 3:] + variants[:r % 3]:  # the order rotates per run
+        for name in variants[r % 4:] + variants[:r % 4]:  # the order rotates per run
             use(name)
             t = time.perf_counter()
             findings(sample)
@@ -84,10 +93,11 @@ def main() -> None:
         found[name] = findings(texts)
     use("ner-only")
     lite = found["ner-only"]
-    differ = {name: [i for i in range(len(texts)) if lite[i] != found[name][i]] for name in ("before", "whole")}
+    differ = {name: [i for i in range(len(texts)) if lite[i] != found[name][i]] for name in variants[1:]}
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {"texts": len(texts), "sample": len(sample), "ms_per_text": times, "median": med,
-              "ratio_to_before": med["ner-only"] / med["before"], "ratio_to_whole": med["ner-only"] / med["whole"],
+              "ratio_to_blis": med["ner-only"] / med["blis"], "ratio_to_before": med["ner-only"] / med["before"],
+              "ratio_to_whole": med["ner-only"] / med["whole"],
               "findings": sum(map(len, lite)), "texts_differing": {k: len(v) for k, v in differ.items()},
               "differing_examples": {k: [(texts[i][:200], lite[i], found[k][i]) for i in v[:10]]
                                      for k, v in differ.items()},
@@ -98,9 +108,9 @@ def main() -> None:
     print(f"| pipeline | ms/text runs | median |\n|---|---|---|")
     for k, v in times.items():
         print(f"| {k} | {' / '.join(f'{x:.2f}' for x in v)} | **{med[k]:.2f}** |")
-    print(f"ratio ner-only/before {result['ratio_to_before']:.2f}, ner-only/whole {result['ratio_to_whole']:.2f}; "
-          f"findings {result['findings']:,} on {len(texts):,} texts; texts whose findings differ from before: "
-          f"{len(differ['before'])}, from whole: {len(differ['whole'])}")
+    print(f"ratio ner-only/blis {result['ratio_to_blis']:.2f}, ner-only/before {result['ratio_to_before']:.2f}, "
+          f"ner-only/whole {result['ratio_to_whole']:.2f}; findings {result['findings']:,} on {len(texts):,} texts; "
+          "texts whose findings differ from ner-only: " + ", ".join(f"{k} {len(v)}" for k, v in differ.items()))
 
 
 if __name__ == "__main__":

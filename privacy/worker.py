@@ -28,9 +28,16 @@ def _die_with_parent() -> None:
 
 
 def init(settings: Settings, use_ner: bool) -> None:
-    """Process-pool initializer: die with the parent, then load Presidio and spaCy once and open the key store."""
+    """Process-pool initializer: die with the parent, one BLAS thread, then load Presidio and spaCy once and open the
+    key store."""
     global _scrubber, _keys
     _die_with_parent()
+    import numpy  # noqa: F401 — loaded before the limit, so threadpoolctl finds its OpenBLAS
+    from threadpoolctl import threadpool_limits
+
+    # NER multiplies its matrices with numpy's OpenBLAS (privacy/scrub.py::_gemm_by_numpy), which would start a
+    # thread per core; the pool's processes are the scrubber's parallelism, and the other core is the event loop's
+    threadpool_limits(limits=1, user_api="blas")
     _scrubber = EventScrubber(settings.pseudonym_key.get_secret_value().encode(), use_ner=use_ner,
                               deny_terms=settings.scrub_deny_terms)
     _keys = KeyStore(settings.key_store_path, settings.key_cache_seconds)

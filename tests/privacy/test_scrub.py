@@ -249,3 +249,41 @@ def test_only_ner_runs_and_presidio_finds_the_same_as_with_the_full_pipeline(pre
         assert lite
         assert all(kept(lite).get(span, 0) >= score for span, score in kept(whole).items()), (lite, whole)
     assert ner_only[-10] != full[-10]  # the 'calling' case: boosted to 0.75 here, 0.4 (not kept) before
+
+
+@pytest.mark.component
+def test_ner_multiplies_with_numpy_and_finds_the_same_as_with_blis(presidio):
+    """Every layer of the model multiplies with numpy's BLAS, not cython-blis (whose generic kernel is what BLIS
+    runs on CPUs it does not know), and the findings, scores included, are the same as with cython-blis."""
+    from privacy import policy
+    from privacy.leakage import strings_of
+    from streams.sources.synthetic import synthetic_events
+    from streams.sources.tau_bench import load_trajectories, replay_events
+    from tests.conftest import TAU
+
+    tau = [e.event for e in replay_events(load_trajectories(TAU / "gpt-4o-airline.json"), limit=12)]
+    texts = [t for e in tau for t in strings_of(e["body"]) if t.strip()]
+    texts += [t for e in synthetic_events(3_000, seed=12) for t in strings_of(e.event.get("body"))
+              if isinstance(t, str) and len(t) > 3]
+    texts = list(dict.fromkeys(texts))[:600]
+    analyzer = presidio.analyzer
+    nlp = analyzer.nlp_engine.nlp["en"]
+    layers = [node for _, pipe in nlp.components if hasattr(getattr(pipe, "model", None), "walk")
+              for node in pipe.model.walk()]
+    assert len(layers) > 50 and all(node.ops.use_blis is False for node in layers)
+
+    def findings():
+        return [sorted((r.entity_type, r.start, r.end, round(r.score, 6))
+                       for r in analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS),
+                                                 nlp_artifacts=artifacts))
+                for text, artifacts in analyzer.nlp_engine.process_batch(texts, language="en", batch_size=64)]
+
+    by_numpy = findings()
+    ops = layers[0].ops
+    ops.use_blis = True
+    try:
+        by_blis = findings()
+    finally:
+        ops.use_blis = False
+    assert sum(map(len, by_numpy)) > 50
+    assert by_numpy == by_blis

@@ -78,3 +78,22 @@ def test_an_event_scrubbed_without_a_user_is_the_only_one_lost(tmp_path):
     out, _ = scrub_batch(Dropping(KEY, use_ner=False), KeyStore(tmp_path / "keys.sqlite3"), events, {})
     assert isinstance(out[7], str) and "user_id" in out[7]
     assert all(isinstance(o, dict) for i, o in enumerate(out) if i != 7)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_the_scrub_process_multiplies_on_one_blas_thread(tmp_path):
+    """NER's matrices go through numpy's OpenBLAS (privacy/scrub.py::_gemm_by_numpy), which starts a thread per
+    core unless told otherwise; in the scrub process it must keep to one, so the event loop keeps its core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from privacy.worker import init
+    from schemas.settings import Settings
+
+    with ProcessPoolExecutor(1, initializer=init, initargs=(Settings(state_dir=tmp_path), False)) as pool:
+        threads = pool.submit(_blas_threads).result(timeout=120)
+    assert threads and set(threads) == {1}
