@@ -5,9 +5,9 @@ vanilla   Presidio as its README shows it: AnalyzerEngine (default recognizers; 
           time, on every string of every event body.
 trajlake  EventScrubber over the same events: field rules, the session dictionary, patterns, Presidio NER
           only where needed, cached (what the worker's scrub process runs).
-Both single process. texts/s = the number of body strings / wall time. Recall per PII kind = 1 − (distinct
-ground-truth values still present after scrubbing / distinct values present before), with the ground truth
-from airline-users.json (privacy/leakage.py).
+Both single process, on one BLAS thread. texts/s = the number of body strings / wall time. Recall per PII
+kind = 1 − (distinct ground-truth values still present after scrubbing / distinct values present before), with
+the ground truth from airline-users.json (privacy/leakage.py).
 
 Usage: .venv/bin/python bench/scrub_speed.py [--trajectories 40] [--runs 3]
 """
@@ -25,6 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+import numpy  # noqa: E402,F401 — loaded before the BLAS limit in main, so threadpoolctl finds its OpenBLAS
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from privacy.leakage import GroundTruth, LeakScanner, strings_of  # noqa: E402
 from privacy.scrub import SPACY_MODEL, EventScrubber  # noqa: E402
@@ -56,6 +59,7 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=40)
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
+    threadpool_limits(limits=1, user_api="blas")  # one core each, as privacy/worker.py's init does in the worker
     events = [e.event for e in replay_events(load_trajectories(TAU / "gpt-4o-airline.json"), limit=a.trajectories)]
     texts = [t for e in events for t in strings_of(e["body"]) if t.strip()]
     scanner = LeakScanner(GroundTruth.load(TAU / "airline-users.json"))
