@@ -18,7 +18,7 @@ from privacy.scrub import SessionDictionaries, SessionDictionary
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.dedup import BronzeEventIds, Claims, Duplicate, SeenEvents, drop_seen, event_date
-from streams.faust_consumer import QuietMonitor, install_eager_dispatch
+from streams.faust_consumer import QuietMonitor, head_unacked, install_commit_guard, install_eager_dispatch
 from streams.stalls import STALL_CHECK_SECONDS, STALL_TICKS, StallWatch
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
@@ -72,6 +72,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         monitor=QuietMonitor(),  # the per-event statistics serve Faust's web views, which are off
     )
     install_eager_dispatch(app)  # ~half the cost of Faust's consumer loop per message (streams/faust_consumer.py)
+    install_commit_guard(app.consumer)  # no commit past an unacked message at the head (faust-streaming #606)
     raw = app.topic(settings.topic("frontend.raw"), settings.topic("agent.raw"),
                     key_serializer="raw", value_serializer="raw")
     clean = app.topic(settings.topic("events.clean"), key_serializer="raw", value_serializer="raw")
@@ -539,7 +540,7 @@ def _seek_before_streaming(app: faust.App) -> None:
     a partition's first records could be fetched and handed out in the moment before that call, and be
     cleared with the buffers: offsets the drain loop had passed, so never read again. A one-offset hole Faust's
     commit then stepped over; a longer tail was lost until the next rebalance. The group handover test caught
-    it under load (docs/design.md, "Five faust-streaming traps", 1).
+    it under load (docs/design.md, "Six faust-streaming traps", 1).
     """
     consumer = app.consumer
     resume, seek_to_committed, perform_seek = (consumer.resume_partitions, consumer.seek_to_committed,
@@ -594,8 +595,8 @@ def _seek_before_streaming(app: faust.App) -> None:
 
     @app.timer(interval=STALL_CHECK_SECONDS)
     async def seek_stalled_partitions() -> None:
-        """streams/stalls.py: a partition with records waiting that the consumer stopped handing out is sought
-        back to its committed offset."""
+        """streams/stalls.py: a partition with records waiting that the consumer stopped handing out, or whose
+        commit waits on a record that never reached the streams, is sought back to its committed offset."""
         if app.rebalancing or not consumer.flow_active:
             watch.reset()
             return
@@ -629,6 +630,25 @@ def _seek_before_streaming(app: faust.App) -> None:
                 watch.reset()
                 return
             consumer._read_offset[tp] = start
+            dispatched.pop(tp, None)
+
+        heads = {tp: offset for tp in streams if (offset := head_unacked(consumer, tp)) is not None}
+        seek, gaps = watch.holes(heads, dispatched)
+        for tp in gaps:
+            log.warning("stream partition %s[%d]: offset %d holds no record (sought back to it, the fetch passed it "
+                        "again); marked as a gap so the commit can pass it", tp.topic, tp.partition, heads[tp])
+            consumer._gap[tp].addi(heads[tp], heads[tp] + 1)
+        for tp in seek:
+            log.warning("stream partition %s[%d]: the record at offset %d never reached the streams while later "
+                        "ones were processed (Faust would have committed over it: faust-streaming #606); sought "
+                        "back to it", tp.topic, tp.partition, heads[tp])
+            try:
+                await consumer._thread.call_thread(consumer._thread.seek, tp, heads[tp])
+            except Exception as exc:  # noqa: BLE001 — e.g. a rebalance took it meanwhile (and seeks it)
+                log.info("stall watch: %s[%d] not sought (%r)", tp.topic, tp.partition, exc)
+                watch.reset()
+                return
+            consumer._read_offset[tp] = heads[tp]
             dispatched.pop(tp, None)
 
 

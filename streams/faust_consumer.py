@@ -19,6 +19,9 @@ Faust's Monitor sensor also runs on every message, stream event, table access an
 for Faust's web views, which the worker does not serve (`web_enabled=False`; `trajlake status` reads lag from
 the broker). `QuietMonitor` keeps the per-commit and per-rebalance ones and drops the per-event ones.
 
+`install_commit_guard` mends an off-by-one in Faust's commit that let a single unacked message at a partition's
+committed offset be committed over (faust-streaming #606); `head_unacked` says which.
+
 The dispatch patch is installed only on the faust-streaming version whose loop it reproduces
 (`tests/streams/test_faust_consumer.py` pins the upstream source's hash, so an upgrade fails a test instead of
 silently running a stale copy).
@@ -161,6 +164,39 @@ def install_eager_dispatch(app: faust.App) -> bool:
     consumer.trajlake_dispatched = {}  # partition → the last offset handed to the streams
     consumer._drain_messages = _drain_messages.__get__(consumer)
     return True
+
+
+def head_unacked(consumer: Any, tp: Any) -> Optional[int]:
+    """The committed offset of `tp` if the message there is not acked while later ones are, else None.
+
+    Faust's `_committed_offset` is the next offset to read (what it committed). Its `_new_offset` withholds a
+    commit only when `min(acked) - committed > 1`, so a single message missing at exactly that offset is
+    committed over: lost, though never processed (faust-streaming issue #606, open for 0.15.3). The group
+    handover test saw it: the first event of a partition after a rebalance, dropped with Faust's stream buffers
+    as they were cleared, and the commit stepped past it (docs/design.md, "Six faust-streaming traps", 1).
+    An offset in Faust's gap tree (an offset the drain loop found absent from the topic) is not missing."""
+    committed = consumer._committed_offset.get(tp)
+    if committed is None or not consumer._acked.get(tp):
+        return None
+    if committed in consumer._acked_index.get(tp, ()):
+        return None
+    gap = consumer._gap.get(tp)
+    if gap is not None and gap.overlaps(committed):
+        return None
+    return committed
+
+
+def install_commit_guard(consumer: Any) -> None:
+    """Never commit a partition past an unacked message at its committed offset (`head_unacked`): the commit
+    waits, and the worker's stall watch seeks the partition back so the message is read again."""
+    new_offset = consumer._new_offset
+
+    def _new_offset_not_past_the_head(tp: Any) -> Optional[int]:
+        if head_unacked(consumer, tp) is not None:
+            return None
+        return new_offset(tp)
+
+    consumer._new_offset = _new_offset_not_past_the_head
 
 
 class QuietMonitor(Monitor):

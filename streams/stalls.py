@@ -5,12 +5,19 @@ Why: under load, the group handover test (tests/streams/test_worker_group.py) sh
 partition that Faust resumed at its committed offset after a rebalance, with records waiting, of which nothing is
 handed to the streams while every other partition flows. Faust's own bookkeeping has it active, not paused, not
 held back by a full buffer: the records do not come out of aiokafka's fetcher. The cause is not found
-(docs/design.md, "Five faust-streaming traps", 5); a seek restarts the partition's fetch. Seeking to the
+(docs/design.md, "Six faust-streaming traps", 5); a seek restarts the partition's fetch. Seeking to the
 committed offset is at least once: the events read again are dropped by ingest's dedup and the join's idempotent
 fold, as after any restart.
 
 A partition counts as stalled only while the worker's stream buffers are empty: a worker busy with a backlog,
 or blocked downstream, holds events in them, and is left alone.
+
+The watch also finds partitions whose commit waits on a hole at the head: the message at the committed offset
+never acked while later ones are (`streams.faust_consumer.head_unacked`; the worker acks each partition's
+events in order, so such a hole is a message lost on the way to the streams, not one still being processed).
+Such a partition is sought back to that offset too. If, after that seek, later offsets are handed out again
+but that one still is not, it holds no record (a transaction marker, a compacted offset) and the caller marks it
+as a gap, so the commit can pass it.
 """
 from __future__ import annotations
 
@@ -30,11 +37,44 @@ class StallWatch:
     ticks: int = STALL_TICKS
     seen: dict[Hashable, int | None] = field(default_factory=dict)
     stalled_for: dict[Hashable, int] = field(default_factory=dict)
+    # partition → (the committed offset whose message is missing, ticks in a row it has been)
+    held: dict[Hashable, tuple[int, int]] = field(default_factory=dict)
+    # partition → the offset it was last sought back to for a hole at the head
+    resought: dict[Hashable, int] = field(default_factory=dict)
 
     def reset(self) -> None:
         """A rebalance: every partition starts again from its committed offset."""
         self.seen.clear()
         self.stalled_for.clear()
+        self.held.clear()
+        self.resought.clear()
+
+    def holes(self, heads: Mapping[Hashable, int], dispatched: Mapping[Hashable, int]
+              ) -> tuple[list[Hashable], list[Hashable]]:
+        """(partitions to seek back to their committed offset, partitions whose committed offset is no record).
+
+        `heads`: the partitions whose commit waits on an unacked message at the committed offset, and that offset;
+        `dispatched`: the last offset handed to the streams since the partition was last sought. A hole counts
+        once it has stayed at the same offset for `ticks` ticks in a row."""
+        seek, gaps = [], []
+        for tp in list(self.held):
+            if tp not in heads:
+                del self.held[tp]
+        for tp, offset in heads.items():
+            before, n = self.held.get(tp, (offset, 0))
+            n = n + 1 if before == offset else 1
+            if n < self.ticks:
+                self.held[tp] = (offset, n)
+                continue
+            self.held.pop(tp, None)
+            last = dispatched.get(tp)
+            if self.resought.get(tp) == offset and last is not None and last > offset:
+                gaps.append(tp)  # sought back to it, and the fetch went past it: no record there
+                del self.resought[tp]
+            else:
+                seek.append(tp)
+                self.resought[tp] = offset
+        return seek, gaps
 
     def tick(self, dispatched: Mapping[Hashable, int], committed: Mapping[Hashable, int | None],
              ends: Mapping[Hashable, int], busy: bool) -> list[Hashable]:

@@ -170,3 +170,54 @@ def test_the_quiet_monitor_keeps_no_per_event_state():
     m.on_table_set(None, b"k", b"v")
     m.on_send_completed(None, None, None)
     assert m.messages_received_total == 0 and m.events_total == 0 and not m.tables
+
+
+# sha256 of faust-streaming 0.15.3's Consumer._new_offset source, whose head-gap check install_commit_guard mends
+UPSTREAM_NEW_OFFSET_SHA256 = "1d2c7ea89a7ad4f1a216c1d51936e569162cd66bd56f889e13fd29c910b58eb0"
+
+
+class _Offsets:
+    """The consumer state `_new_offset` reads, with upstream's own `_new_offset` bound to it."""
+
+    def __init__(self, committed, acked, gaps=()):
+        from collections import defaultdict
+        from functools import partial
+
+        from intervaltree import IntervalTree
+
+        self._committed_offset = defaultdict(lambda: None, {"tp": committed})
+        self._acked = defaultdict(list, {"tp": list(acked)})
+        self._acked_index = defaultdict(set, {"tp": set(acked)})
+        self._gap = defaultdict(IntervalTree)
+        for begin, end in gaps:
+            self._gap["tp"].addi(begin, end)
+        self._new_offset = partial(upstream.Consumer._new_offset, self)
+
+
+def test_the_commit_guard_is_pinned_to_the_upstream_check_it_mends():
+    source = inspect.getsource(upstream.Consumer._new_offset)
+    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_NEW_OFFSET_SHA256
+    assert "if min(acked) - committed_offset > 1:" in source
+    # the flaw itself: committed 25 (the next offset to read), 25 never acked, 26 and 27 acked → commits 28
+    assert _Offsets(25, [26, 27])._new_offset("tp") == 28
+
+
+def test_no_commit_past_an_unacked_message_at_the_committed_offset():
+    from streams.faust_consumer import head_unacked, install_commit_guard
+
+    hole = _Offsets(25, [26, 27])
+    install_commit_guard(hole)
+    assert head_unacked(hole, "tp") == 25
+    assert hole._new_offset("tp") is None
+    hole._acked["tp"].append(25)  # read again and acked
+    hole._acked_index["tp"].add(25)
+    assert head_unacked(hole, "tp") is None
+    assert hole._new_offset("tp") == 28
+
+    for offsets, expected in ((_Offsets(25, [25, 26]), 27),  # no hole
+                              (_Offsets(25, [26, 27], gaps=[(25, 26)]), 28),  # 25 is a known gap in the topic
+                              (_Offsets(None, [3, 4]), 5),  # nothing committed yet: upstream's rule
+                              (_Offsets(25, []), None)):  # nothing acked
+        install_commit_guard(offsets)
+        assert head_unacked(offsets, "tp") is None
+        assert offsets._new_offset("tp") == expected

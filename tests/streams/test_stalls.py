@@ -40,3 +40,22 @@ def test_a_busy_tick_restarts_the_count():
     assert w.tick({}, committed, ends, busy=True) == []  # busy: back to zero
     assert w.tick({}, committed, ends, busy=False) == []  # one
     assert w.tick({}, committed, ends, busy=False) == ["b"]
+
+
+def test_a_hole_at_the_head_is_sought_back_once_it_has_lasted_the_ticks():
+    w = StallWatch(ticks=2)
+    assert w.holes({"a": 25}, {"a": 47}) == ([], [])  # one tick: could be a moment's state
+    assert w.holes({"a": 25}, {"a": 47}) == (["a"], [])  # two in a row, at the same offset: seek back to 25
+    assert w.holes({}, {"a": 47}) == ([], [])  # read again and acked: no hole any more
+    assert w.holes({"b": 3}, {}) == ([], [])
+    assert w.holes({"b": 4}, {}) == ([], [])  # the head moved: counted from one again
+    assert w.holes({"b": 4}, {}) == (["b"], [])
+
+
+def test_a_head_offset_the_fetch_passes_again_after_a_seek_back_is_no_record():
+    w = StallWatch(ticks=1)
+    assert w.holes({"a": 25}, {"a": 47}) == (["a"], [])  # sought back to 25 (the caller forgets dispatched)
+    assert w.holes({"a": 25}, {}) == (["a"], [])  # nothing handed out since: seek again, not a gap
+    assert w.holes({"a": 25}, {"a": 30}) == ([], ["a"])  # 26..30 came again, 25 did not: a gap, not a loss
+    w.reset()
+    assert w.holes({"a": 25}, {"a": 30}) == (["a"], [])  # after a rebalance, nothing is assumed
