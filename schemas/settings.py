@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     crash_after_commits: int | None = None
     # fault injection: the join exits hard after its Nth state save, before the staged rows are delivered
     crash_after_join_saves: int | None = None
+    # fault injection: "<raw topic>:<partition>:<offset>" (e.g. "agent.raw:1:2"): the consumer passes that record
+    # once without handing it to the streams, as Faust's buffer clearing did (docs/design.md, trap 6)
+    lose_record_once: str | None = Field(default=None, pattern=r"^(agent|frontend)\.raw:\d+:\d+$")
     step_timeout_seconds: float = Field(default=600, gt=0)
     episode_timeout_seconds: float = Field(default=1800, gt=0)
     # after a user's terminal task event, wait this long for the agent's task_ended before closing the episode

@@ -71,7 +71,12 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         producer_linger=PRODUCER_LINGER_SECONDS,
         monitor=QuietMonitor(),  # the per-event statistics serve Faust's web views, which are off
     )
-    install_eager_dispatch(app)  # ~half the cost of Faust's consumer loop per message (streams/faust_consumer.py)
+    lose_once = None
+    if settings.lose_record_once:  # fault injection (schemas/settings.py)
+        name, partition, offset = settings.lose_record_once.split(":")
+        lose_once = (settings.topic(name), int(partition), int(offset))
+    # ~half the cost of Faust's consumer loop per message (streams/faust_consumer.py)
+    install_eager_dispatch(app, lose_once=lose_once)
     install_commit_guard(app.consumer)  # no commit past an unacked message at the head (faust-streaming #606)
     raw = app.topic(settings.topic("frontend.raw"), settings.topic("agent.raw"),
                     key_serializer="raw", value_serializer="raw")

@@ -88,6 +88,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
     fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
 
     dispatched = self.trajlake_dispatched
+    lose = self.trajlake_lose_once  # fault injection: (topic, partition, offset) passed once, never handed out
     get_read_offset = self._read_offset.__getitem__
     set_read_offset = self._read_offset.__setitem__
     flag_consumer_fetching = CONSUMER_FETCHING
@@ -115,6 +116,11 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
 
                     offset = message.offset
                     r_offset = get_read_offset(tp)
+                    if lose is not None and offset == lose[2] and tp.partition == lose[1] and tp.topic == lose[0]:
+                        lose = self.trajlake_lose_once = None
+                        set_read_offset(tp, offset)
+                        dispatched[tp] = offset
+                        continue
                     if r_offset is None or offset >= r_offset:
                         gap = offset - (r_offset or 0)
                         if gap > 1 and r_offset:
@@ -153,15 +159,17 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
         unset_flag(flag_consumer_fetching)
 
 
-def install_eager_dispatch(app: faust.App) -> bool:
+def install_eager_dispatch(app: faust.App, lose_once: tuple[str, int, int] | None = None) -> bool:
     """Give `app`'s consumer the eager-dispatch drain loop; False (and upstream's loop) on another faust-streaming
-    version than the one it reproduces."""
+    version than the one it reproduces. `lose_once` is fault injection for tests: the record at (topic,
+    partition, offset) is passed once as if handed out, and lost."""
     if faust.__version__ != PATCHED_FAUST_VERSION:
         log.warning("faust-streaming %s is not %s: keeping its own consumer loop (slower dispatch)",
                     faust.__version__, PATCHED_FAUST_VERSION)
         return False
     consumer = app.consumer
     consumer.trajlake_dispatched = {}  # partition → the last offset handed to the streams
+    consumer.trajlake_lose_once = lose_once
     consumer._drain_messages = _drain_messages.__get__(consumer)
     return True
 

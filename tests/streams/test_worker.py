@@ -318,3 +318,31 @@ def test_a_dictionary_the_broker_refuses_stops_the_worker_before_the_ack(own, tm
     bodies = {r["event_type"]: orjson.loads(r["body"])
               for r in read_table(own, BRONZE_EVENTS, columns=["event_type", "body"]).to_pylist()}
     assert bodies["user_message"]["text"].startswith("please move <PERSON_1> to an aisle seat"), bodies
+
+
+def test_a_record_lost_on_its_way_to_the_streams_is_read_again_not_committed_over(own, records, tmp_path):
+    """The consumer passes one record without handing it to the streams (fault injection: what Faust's buffer
+    clearing did in the handover test). Later records of its partition are processed and acked; Faust's own
+    commit would step over the hole (faust-streaming #606). The worker's commit waits instead, the stall watch
+    seeks the partition back to the hole, and every event lands in bronze exactly once (docs/design.md, trap 6)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    events = list(replay_events(records, limit=12))
+    produce(own, events)
+    consumer = KafkaConsumer(bootstrap_servers=own.bootstrap)
+    try:
+        topic = own.topic("agent.raw")
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    finally:
+        consumer.close()
+    # offset 2 of a partition with records after it: not the first record (a fresh group's commit of offset 0
+    # is Faust's None, upstream's rule), and later ones to be acked past the hole
+    partition = max(ends, key=ends.get).partition
+    assert ends[TopicPartition(topic, partition)] > 5
+    log = tmp_path / "worker.log"
+    losing = own.model_copy(update={"lose_record_once": f"agent.raw:{partition}:2"})
+    run_worker_until(losing, log, lambda: len(event_ids(own)) >= len(events), "every event in bronze", 180)
+    ids = event_ids(own)
+    assert len(ids) == len(set(ids)) == len(events)
+    text = log.read_text()
+    assert f"stream partition {topic}[{partition}]: the record at offset 2 never reached the streams" in text
