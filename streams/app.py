@@ -18,7 +18,8 @@ from privacy.scrub import SessionDictionaries, SessionDictionary
 from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.dedup import BronzeEventIds, Claims, Duplicate, SeenEvents, drop_seen, event_date
-from streams.faust_consumer import QuietMonitor, head_unacked, install_commit_guard, install_eager_dispatch
+from streams.faust_consumer import (QuietMonitor, head_unacked, install_commit_guard, install_eager_dispatch,
+                                    request_seek_back)
 from streams.stalls import STALL_CHECK_SECONDS, STALL_TICKS, StallWatch
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
@@ -76,8 +77,10 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
         name, partition, offset = settings.lose_record_once.split(":")
         lose_once = (settings.topic(name), int(partition), int(offset))
     # ~half the cost of Faust's consumer loop per message (streams/faust_consumer.py)
-    install_eager_dispatch(app, lose_once=lose_once)
-    install_commit_guard(app.consumer)  # no commit past an unacked message at the head (faust-streaming #606)
+    if install_eager_dispatch(app, lose_once=lose_once):
+        # no commit past an unacked record at the head (faust-streaming #606); the stall watch, which comes with
+        # the eager drain loop, seeks such a hole back
+        install_commit_guard(app.consumer)
     raw = app.topic(settings.topic("frontend.raw"), settings.topic("agent.raw"),
                     key_serializer="raw", value_serializer="raw")
     clean = app.topic(settings.topic("events.clean"), key_serializer="raw", value_serializer="raw")
@@ -573,6 +576,8 @@ def _seek_before_streaming(app: faust.App) -> None:
                 # in the consumer's own thread: aiokafka's seek wakes its fetcher through that thread's loop
                 await consumer._thread.call_thread(consumer._thread.seek, tp, 0)
             dispatched.pop(tp, None)  # read again from here: what was handed out before is the stall watch's past
+        consumer.trajlake_resumed_at = dict(committed)  # before a partition's first commit (head_unacked)
+        getattr(consumer, "trajlake_seek_back", {}).clear()  # asked for before the rebalance: moot now
         watch.reset()
         # where each stream partition resumes is what a lost or repeated event would be traced back to
         log.info("streams resume at %s", " ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in
@@ -637,24 +642,19 @@ def _seek_before_streaming(app: faust.App) -> None:
             consumer._read_offset[tp] = start
             dispatched.pop(tp, None)
 
+        if getattr(consumer, "_commit_fut", None) is not None:
+            return  # a commit under way has trimmed the acked offsets but not yet moved the committed one
         heads = {tp: offset for tp in streams if (offset := head_unacked(consumer, tp)) is not None}
-        seek, gaps = watch.holes(heads, dispatched)
+        seek, gaps = watch.holes(heads, consumer.trajlake_first_after_seek, busy)
         for tp in gaps:
-            log.warning("stream partition %s[%d]: offset %d holds no record (sought back to it, the fetch passed it "
-                        "again); marked as a gap so the commit can pass it", tp.topic, tp.partition, heads[tp])
+            log.warning("stream partition %s[%d]: offset %d holds no record (sought back to it, the fetch started "
+                        "past it); marked as a gap so the commit can pass it", tp.topic, tp.partition, heads[tp])
             consumer._gap[tp].addi(heads[tp], heads[tp] + 1)
         for tp in seek:
             log.warning("stream partition %s[%d]: the record at offset %d never reached the streams while later "
-                        "ones were processed (Faust would have committed over it: faust-streaming #606); sought "
+                        "ones were processed (Faust would have committed over it: faust-streaming #606); seeking "
                         "back to it", tp.topic, tp.partition, heads[tp])
-            try:
-                await consumer._thread.call_thread(consumer._thread.seek, tp, heads[tp])
-            except Exception as exc:  # noqa: BLE001 — e.g. a rebalance took it meanwhile (and seeks it)
-                log.info("stall watch: %s[%d] not sought (%r)", tp.topic, tp.partition, exc)
-                watch.reset()
-                return
-            consumer._read_offset[tp] = heads[tp]
-            dispatched.pop(tp, None)
+            request_seek_back(consumer, tp, heads[tp])
 
 
 class KeyPartitions:

@@ -80,7 +80,7 @@ async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
             return stop.value
 
 
-async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover — the consumer's thread runs it
+async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover — the Fetcher's task runs it
     # faust-streaming 0.15.3, transport/consumer.py, Consumer._drain_messages; the one change is marked
     callback = self.callback
     getmany = self.getmany
@@ -89,6 +89,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
 
     dispatched = self.trajlake_dispatched
     lose = self.trajlake_lose_once  # fault injection: (topic, partition, offset) passed once, never handed out
+    seek_back = self.trajlake_seek_back  # partition → offset: seek-backs asked for by the stall watch
+    first_after_seek = self.trajlake_first_after_seek  # partition → the first offset handed out after one
     get_read_offset = self._read_offset.__getitem__
     set_read_offset = self._read_offset.__setitem__
     flag_consumer_fetching = CONSUMER_FETCHING
@@ -103,6 +105,19 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
 
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
+            if seek_back:
+                # between fetched batches, so no record fetched before the seek is handed out after it
+                # (`request_seek_back`)
+                for tp, offset in list(seek_back.items()):
+                    del seek_back[tp]
+                    try:
+                        await self._thread.call_thread(self._thread.seek, tp, offset)
+                    except Exception as exc:  # noqa: BLE001 — e.g. a rebalance took it meanwhile (and seeks it)
+                        self.log.info("%s[%d] not sought back (%r)", tp.topic, tp.partition, exc)
+                        continue
+                    set_read_offset(tp, offset)
+                    dispatched.pop(tp, None)
+                    first_after_seek[tp] = None
             set_flag(flag_consumer_fetching)
             ait = cast(AsyncIterator, getmany(timeout=1.0))
 
@@ -138,6 +153,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover 
                             await self.wait_first(rest, self.suspend_flow.wait())
                         set_read_offset(tp, offset)
                         dispatched[tp] = offset  # for the stall watch (streams/stalls.py)
+                        if first_after_seek and first_after_seek.get(tp, -1) is None:
+                            first_after_seek[tp] = offset
                     else:
                         self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
                 unset_flag(flag_consumer_fetching)
@@ -170,23 +187,29 @@ def install_eager_dispatch(app: faust.App, lose_once: tuple[str, int, int] | Non
     consumer = app.consumer
     consumer.trajlake_dispatched = {}  # partition → the last offset handed to the streams
     consumer.trajlake_lose_once = lose_once
+    consumer.trajlake_seek_back = {}
+    consumer.trajlake_first_after_seek = {}
     consumer._drain_messages = _drain_messages.__get__(consumer)
     return True
 
 
 def head_unacked(consumer: Any, tp: Any) -> Optional[int]:
-    """The committed offset of `tp` if the message there is not acked while later ones are, else None.
+    """The committed offset of `tp` if the record there is not acked while later ones are, else None.
 
     Faust's `_committed_offset` is the next offset to read (what it committed). Its `_new_offset` withholds a
-    commit only when `min(acked) - committed > 1`, so a single message missing at exactly that offset is
-    committed over: lost, though never processed (faust-streaming issue #606, open for 0.15.3). The group
-    handover test saw it: the first event of a partition after a rebalance, dropped with Faust's stream buffers
-    as they were cleared, and the commit stepped past it (docs/design.md, "Six faust-streaming traps", 1).
-    An offset in Faust's gap tree (an offset the drain loop found absent from the topic) is not missing."""
+    commit only when `min(acked) - committed > 1`, so a single record missing at exactly that offset is
+    committed over: lost, though never processed (faust-streaming issue #606, open for 0.15.3; docs/design.md,
+    "Six faust-streaming traps", 6). Before a partition's first commit Faust holds None (it keeps a committed 0
+    as None); the offset the worker resumed the partition at stands in (`trajlake_resumed_at`). An offset in
+    Faust's gap tree (absent from the topic, as the drain loop found) is not missing; acked offsets below the
+    committed one (a gap's leftovers in Faust's bookkeeping) do not count."""
     committed = consumer._committed_offset.get(tp)
-    if committed is None or not consumer._acked.get(tp):
+    if committed is None:
+        committed = getattr(consumer, "trajlake_resumed_at", {}).get(tp)
+    acked = consumer._acked.get(tp)
+    if committed is None or not acked or committed in consumer._acked_index.get(tp, ()):
         return None
-    if committed in consumer._acked_index.get(tp, ()):
+    if not any(offset > committed for offset in acked):
         return None
     gap = consumer._gap.get(tp)
     if gap is not None and gap.overlaps(committed):
@@ -194,9 +217,17 @@ def head_unacked(consumer: Any, tp: Any) -> Optional[int]:
     return committed
 
 
+def request_seek_back(consumer: Any, tp: Any, offset: int) -> None:
+    """Have the drain loop seek `tp` back to `offset` before it fetches again, and note the first offset it then
+    hands out (`consumer.trajlake_first_after_seek[tp]`, None until then). Seeking from elsewhere would let
+    records already fetched, still being handed out, run the partition's read offset past the seek."""
+    consumer.trajlake_seek_back[tp] = offset
+
+
 def install_commit_guard(consumer: Any) -> None:
-    """Never commit a partition past an unacked message at its committed offset (`head_unacked`): the commit
-    waits, and the worker's stall watch seeks the partition back so the message is read again."""
+    """Never commit a partition past an unacked record at its committed offset (`head_unacked`): the commit
+    waits, and the worker's stall watch has the partition sought back (`request_seek_back`), so the record is
+    read again."""
     new_offset = consumer._new_offset
 
     def _new_offset_not_past_the_head(tp: Any) -> Optional[int]:

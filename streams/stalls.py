@@ -15,9 +15,9 @@ or blocked downstream, holds events in them, and is left alone.
 The watch also finds partitions whose commit waits on a hole at the head: the message at the committed offset
 never acked while later ones are (`streams.faust_consumer.head_unacked`; the worker acks each partition's
 events in order, so such a hole is a message lost on the way to the streams, not one still being processed).
-Such a partition is sought back to that offset too. If, after that seek, later offsets are handed out again
-but that one still is not, it holds no record (a transaction marker, a compacted offset) and the caller marks it
-as a gap, so the commit can pass it.
+Such a partition is sought back to that offset too (by the drain loop, between fetched batches). If, after that
+seek, the first offset handed out is a later one while the worker is idle, that offset holds no record (a
+transaction marker, a compacted offset) and the caller marks it as a gap, so the commit can pass it.
 """
 from __future__ import annotations
 
@@ -49,13 +49,16 @@ class StallWatch:
         self.held.clear()
         self.resought.clear()
 
-    def holes(self, heads: Mapping[Hashable, int], dispatched: Mapping[Hashable, int]
+    def holes(self, heads: Mapping[Hashable, int], first_after_seek: Mapping[Hashable, int | None], busy: bool
               ) -> tuple[list[Hashable], list[Hashable]]:
         """(partitions to seek back to their committed offset, partitions whose committed offset is no record).
 
-        `heads`: the partitions whose commit waits on an unacked message at the committed offset, and that offset;
-        `dispatched`: the last offset handed to the streams since the partition was last sought. A hole counts
-        once it has stayed at the same offset for `ticks` ticks in a row."""
+        `heads`: the partitions whose commit waits on an unacked record at the committed offset, and that offset;
+        `first_after_seek`: the first offset handed to the streams after the partition's last seek-back (None
+        while nothing has been); `busy`: events wait in the stream buffers. A hole counts once it has stayed at
+        the same offset for `ticks` ticks in a row. It is no record only if, after a seek back to it, the first
+        offset handed out was a later one, and only while the worker is idle (a busy one may still be working
+        through it)."""
         seek, gaps = [], []
         for tp in list(self.held):
             if tp not in heads:
@@ -67,13 +70,16 @@ class StallWatch:
                 self.held[tp] = (offset, n)
                 continue
             self.held.pop(tp, None)
-            last = dispatched.get(tp)
-            if self.resought.get(tp) == offset and last is not None and last > offset:
-                gaps.append(tp)  # sought back to it, and the fetch went past it: no record there
-                del self.resought[tp]
-            else:
-                seek.append(tp)
-                self.resought[tp] = offset
+            if self.resought.get(tp) == offset:
+                first = first_after_seek.get(tp)
+                if first is None or busy:
+                    continue  # the seek-back has not been read from yet, or the worker is still on it
+                if first > offset:
+                    gaps.append(tp)  # sought back to it, and the fetch started past it: no record there
+                    del self.resought[tp]
+                    continue
+            seek.append(tp)
+            self.resought[tp] = offset
         return seek, gaps
 
     def tick(self, dispatched: Mapping[Hashable, int], committed: Mapping[Hashable, int | None],

@@ -214,9 +214,18 @@ def test_no_commit_past_an_unacked_message_at_the_committed_offset():
     assert head_unacked(hole, "tp") is None
     assert hole._new_offset("tp") == 28
 
+    stale = _Offsets(15, [14])  # an offset below the committed one, left over from a gap: no hole
+    install_commit_guard(stale)
+    assert head_unacked(stale, "tp") is None
+
+    fresh = _Offsets(None, [1, 2])  # before the first commit (Faust keeps a committed 0 as None)
+    fresh.trajlake_resumed_at = {"tp": 0}  # resumed at 0, and 0 never acked
+    install_commit_guard(fresh)
+    assert head_unacked(fresh, "tp") == 0 and fresh._new_offset("tp") is None
+
     for offsets, expected in ((_Offsets(25, [25, 26]), 27),  # no hole
                               (_Offsets(25, [26, 27], gaps=[(25, 26)]), 28),  # 25 is a known gap in the topic
-                              (_Offsets(None, [3, 4]), 5),  # nothing committed yet: upstream's rule
+                              (_Offsets(None, [3, 4]), 5),  # nothing committed, no resume offset: upstream's
                               (_Offsets(25, []), None)):  # nothing acked
         install_commit_guard(offsets)
         assert head_unacked(offsets, "tp") is None

@@ -44,18 +44,20 @@ def test_a_busy_tick_restarts_the_count():
 
 def test_a_hole_at_the_head_is_sought_back_once_it_has_lasted_the_ticks():
     w = StallWatch(ticks=2)
-    assert w.holes({"a": 25}, {"a": 47}) == ([], [])  # one tick: could be a moment's state
-    assert w.holes({"a": 25}, {"a": 47}) == (["a"], [])  # two in a row, at the same offset: seek back to 25
-    assert w.holes({}, {"a": 47}) == ([], [])  # read again and acked: no hole any more
-    assert w.holes({"b": 3}, {}) == ([], [])
-    assert w.holes({"b": 4}, {}) == ([], [])  # the head moved: counted from one again
-    assert w.holes({"b": 4}, {}) == (["b"], [])
+    assert w.holes({"a": 25}, {}, busy=False) == ([], [])  # one tick: could be a moment's state
+    assert w.holes({"a": 25}, {}, busy=True) == (["a"], [])  # two in a row at the same offset, busy or not
+    assert w.holes({}, {"a": 25}, busy=False) == ([], [])  # read again and acked: no hole any more
+    assert w.holes({"b": 3}, {}, busy=False) == ([], [])
+    assert w.holes({"b": 4}, {}, busy=False) == ([], [])  # the head moved: counted from one again
+    assert w.holes({"b": 4}, {}, busy=False) == (["b"], [])
 
 
-def test_a_head_offset_the_fetch_passes_again_after_a_seek_back_is_no_record():
+def test_a_head_offset_is_no_record_only_if_the_fetch_started_past_it_after_a_seek_back():
     w = StallWatch(ticks=1)
-    assert w.holes({"a": 25}, {"a": 47}) == (["a"], [])  # sought back to 25 (the caller forgets dispatched)
-    assert w.holes({"a": 25}, {}) == (["a"], [])  # nothing handed out since: seek again, not a gap
-    assert w.holes({"a": 25}, {"a": 30}) == ([], ["a"])  # 26..30 came again, 25 did not: a gap, not a loss
+    assert w.holes({"a": 25}, {}, busy=False) == (["a"], [])  # sought back to 25
+    assert w.holes({"a": 25}, {"a": None}, busy=False) == ([], [])  # nothing handed out since: wait
+    assert w.holes({"a": 25}, {"a": 25}, busy=False) == (["a"], [])  # 25 came, and is still not acked: again
+    assert w.holes({"a": 25}, {"a": 26}, busy=True) == ([], [])  # started past it, but the worker is busy: wait
+    assert w.holes({"a": 25}, {"a": 26}, busy=False) == ([], ["a"])  # started past it, idle: a gap, not a loss
     w.reset()
-    assert w.holes({"a": 25}, {"a": 30}) == (["a"], [])  # after a rebalance, nothing is assumed
+    assert w.holes({"a": 25}, {"a": 26}, busy=False) == (["a"], [])  # after a rebalance, nothing is assumed

@@ -346,3 +346,4 @@ def test_a_record_lost_on_its_way_to_the_streams_is_read_again_not_committed_ove
     assert len(ids) == len(set(ids)) == len(events)
     text = log.read_text()
     assert f"stream partition {topic}[{partition}]: the record at offset 2 never reached the streams" in text
+    assert "holds no record" not in text  # read again, not written off as a gap
