@@ -8,12 +8,13 @@ for every message. Profiling a Faust app that only drains the raw topics (bench/
 about half of its event loop's time there. Nearly always the callback never suspends: the conductor decodes
 the message and puts it on each stream's queue without waiting.
 
-`_drain_messages` below is faust-streaming 0.15.3's loop with one change: the callback is started inline, in a
+`_drain_messages` below is faust-streaming 0.15.3's loop with one change to dispatch: the callback is started inline, in a
 copy of the context as a task would have, and runs to its first suspension. If it finishes there (the common
 case) no task is made. If it suspends (a full stream buffer, flow control during a rebalance, a busy
 producer), the rest of it becomes a task that resumes it exactly as asyncio's Task would, and the loop waits
 on it through `wait_first` with the suspend-flow event as before — so rebalances interrupt it as they always
-did. Python 3.12's eager task factory does the same; this worker runs on 3.11.
+did. Python 3.12's eager task factory does the same; this worker runs on 3.11. (The loop also records what it
+hands out and makes the stall watch's seek-backs, for streams/stalls.py.)
 
 Faust's Monitor sensor also runs on every message, stream event, table access and send, keeping statistics
 for Faust's web views, which the worker does not serve (`web_enabled=False`; `trajlake status` reads lag from
@@ -81,7 +82,9 @@ async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
 
 
 async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover — the Fetcher's task runs it
-    # faust-streaming 0.15.3, transport/consumer.py, Consumer._drain_messages; the one change is marked
+    # faust-streaming 0.15.3, transport/consumer.py, Consumer._drain_messages. Changed: the eager dispatch (marked
+    # below); the record of what was handed out (the stall watch); the stall watch's seek-backs, made between
+    # fetched batches; the fault injection `lose`
     callback = self.callback
     getmany = self.getmany
     consumer_should_stop = cast(Service, self)._stopped.is_set
