@@ -30,12 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
-import numpy  # noqa: E402,F401 — loaded before the BLAS limit below, so threadpoolctl finds its OpenBLAS
-from threadpoolctl import threadpool_limits  # noqa: E402
-
 from privacy import policy  # noqa: E402
 from privacy.leakage import strings_of  # noqa: E402
-from privacy.scrub import LEMMA_COMPONENT, NON_NER_PIPES, build_analyzer  # noqa: E402
+from privacy.scrub import LEMMA_COMPONENT, NON_NER_PIPES, build_analyzer, one_blas_thread  # noqa: E402
 from streams.sources.synthetic import synthetic_events  # noqa: E402
 from streams.sources.tau_bench import load_trajectories, replay_events  # noqa: E402
 
@@ -56,7 +53,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
 
-    threadpool_limits(limits=1, user_api="blas")  # as privacy/worker.py's init does in the scrub process
+    one_blas_thread()  # as privacy/worker.py's init does in the scrub process
     texts = corpus(args.synthetic_events)
     analyzer = build_analyzer()
     nlp = analyzer.nlp_engine.nlp["en"]

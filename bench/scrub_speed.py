@@ -26,11 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
-import numpy  # noqa: E402,F401 — loaded before the BLAS limit in main, so threadpoolctl finds its OpenBLAS
-from threadpoolctl import threadpool_limits  # noqa: E402
-
 from privacy.leakage import GroundTruth, LeakScanner, strings_of  # noqa: E402
-from privacy.scrub import SPACY_MODEL, EventScrubber  # noqa: E402
+from privacy.scrub import SPACY_MODEL, EventScrubber, one_blas_thread  # noqa: E402
 from streams.sources.tau_bench import load_trajectories, replay_events  # noqa: E402
 
 TAU = REPO.parent / "shared" / "data" / "tau-bench"
@@ -59,7 +56,7 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=40)
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
-    threadpool_limits(limits=1, user_api="blas")  # one core each, as privacy/worker.py's init does in the worker
+    one_blas_thread()  # one core each, as privacy/worker.py's init does in the worker
     events = [e.event for e in replay_events(load_trajectories(TAU / "gpt-4o-airline.json"), limit=a.trajectories)]
     texts = [t for e in events for t in strings_of(e["body"]) if t.strip()]
     scanner = LeakScanner(GroundTruth.load(TAU / "airline-users.json"))

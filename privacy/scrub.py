@@ -338,6 +338,18 @@ def _gemm_by_numpy(nlp) -> None:
                 node.ops = ops
 
 
+def one_blas_thread() -> None:
+    """Keep numpy's OpenBLAS, which NER multiplies with (`_gemm_by_numpy`), to one thread in this process.
+
+    OpenBLAS starts a thread per core. A scrub process is one unit of the scrubber's parallelism, and on two cores
+    a second BLAS thread spins on the core the event loop needs. numpy is imported first, so threadpoolctl finds
+    its OpenBLAS loaded."""
+    import numpy  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 LEMMA_COMPONENT = "trajlake_lowercase_lemma"
 # the pipes en_core_web_sm runs besides NER, none of which NER reads: its own tok2vec is inside the ner pipe
 NON_NER_PIPES = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer")

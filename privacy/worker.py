@@ -6,7 +6,7 @@ from typing import Any
 
 from privacy import POLICY_VERSION
 from privacy.keystore import KeyStore
-from privacy.scrub import EventScrubber, SessionDictionary
+from privacy.scrub import EventScrubber, SessionDictionary, one_blas_thread
 from privacy.tokens import seal
 from schemas.settings import Settings
 
@@ -32,12 +32,7 @@ def init(settings: Settings, use_ner: bool) -> None:
     key store."""
     global _scrubber, _keys
     _die_with_parent()
-    import numpy  # noqa: F401 — loaded before the limit, so threadpoolctl finds its OpenBLAS
-    from threadpoolctl import threadpool_limits
-
-    # NER multiplies its matrices with numpy's OpenBLAS (privacy/scrub.py::_gemm_by_numpy), which would start a
-    # thread per core; the pool's processes are the scrubber's parallelism, and the other core is the event loop's
-    threadpool_limits(limits=1, user_api="blas")
+    one_blas_thread()
     _scrubber = EventScrubber(settings.pseudonym_key.get_secret_value().encode(), use_ner=use_ner,
                               deny_terms=settings.scrub_deny_terms)
     _keys = KeyStore(settings.key_store_path, settings.key_cache_seconds)

@@ -199,6 +199,30 @@ def test_batched_ner_scrubs_exactly_as_text_by_text(presidio):
     assert calls == []
 
 
+def _corpus(seed: int) -> list[str]:
+    """600 distinct texts: the bodies of 12 τ-bench trajectories, then of a seeded synthetic stream."""
+    from privacy.leakage import strings_of
+    from streams.sources.synthetic import synthetic_events
+    from streams.sources.tau_bench import load_trajectories, replay_events
+    from tests.conftest import TAU
+
+    tau = [e.event for e in replay_events(load_trajectories(TAU / "gpt-4o-airline.json"), limit=12)]
+    texts = [t for e in tau for t in strings_of(e["body"]) if t.strip()]
+    texts += [t for e in synthetic_events(3_000, seed=seed) for t in strings_of(e.event.get("body"))
+              if isinstance(t, str) and len(t) > 3]
+    return list(dict.fromkeys(texts))[:600]
+
+
+def _findings(analyzer, texts: list[str]) -> list[list[tuple]]:
+    """Presidio's findings per text, scores included, over spaCy's batched pipe (as prepare_ner runs it)."""
+    from privacy import policy
+
+    return [sorted((r.entity_type, r.start, r.end, round(r.score, 6))
+                   for r in analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS),
+                                             nlp_artifacts=artifacts))
+            for text, artifacts in analyzer.nlp_engine.process_batch(texts, language="en", batch_size=64)]
+
+
 @pytest.mark.component
 def test_only_ner_runs_and_presidio_finds_the_same_as_with_the_full_pipeline(presidio):
     """build_analyzer runs spaCy's NER alone, with lowercase text for lemmas. Its findings, scores included, on
@@ -206,17 +230,9 @@ def test_only_ner_runs_and_presidio_finds_the_same_as_with_the_full_pipeline(pre
     parser). On texts whose findings need a context word it finds at least as much: 'calling' lemmatizes to the
     stop word 'call', which Presidio drops from the context, while 'calling' itself holds 'call'."""
     from privacy import policy
-    from privacy.leakage import strings_of
     from privacy.scrub import LEMMA_COMPONENT, NON_NER_PIPES
-    from streams.sources.synthetic import synthetic_events
-    from streams.sources.tau_bench import load_trajectories, replay_events
-    from tests.conftest import TAU
 
-    tau = [e.event for e in replay_events(load_trajectories(TAU / "gpt-4o-airline.json"), limit=12)]
-    texts = [t for e in tau for t in strings_of(e["body"]) if t.strip()]
-    texts += [t for e in synthetic_events(3_000, seed=11) for t in strings_of(e.event.get("body"))
-              if isinstance(t, str) and len(t) > 3]
-    texts = list(dict.fromkeys(texts))[:600] + [
+    texts = _corpus(seed=11) + [
         "You can reach me by calling 212-555-0143 after six.", "Phones: 415 555 2671 or (415) 555-2672",
         "my passport number is 912803456", "Passports 340020013 and 340020014 were scanned",
         "the cards ending 4111 1111 1111 1111 were declined", "Social security numbers: 078-05-1120",
@@ -226,18 +242,12 @@ def test_only_ner_runs_and_presidio_finds_the_same_as_with_the_full_pipeline(pre
     nlp = analyzer.nlp_engine.nlp["en"]
     assert set(nlp.pipe_names) == {"ner", LEMMA_COMPONENT}
 
-    def findings():
-        return [sorted((r.entity_type, r.start, r.end, round(r.score, 6))
-                       for r in analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS),
-                                                 nlp_artifacts=artifacts))
-                for text, artifacts in analyzer.nlp_engine.process_batch(texts, language="en", batch_size=64)]
-
-    ner_only = findings()
+    ner_only = _findings(analyzer, texts)
     nlp.disable_pipe(LEMMA_COMPONENT)
     for name in NON_NER_PIPES:
         nlp.enable_pipe(name)
     try:
-        full = findings()
+        full = _findings(analyzer, texts)
     finally:
         for name in NON_NER_PIPES:
             nlp.disable_pipe(name)
@@ -255,34 +265,18 @@ def test_only_ner_runs_and_presidio_finds_the_same_as_with_the_full_pipeline(pre
 def test_ner_multiplies_with_numpy_and_finds_the_same_as_with_blis(presidio):
     """Every layer of the model multiplies with numpy's BLAS, not cython-blis (whose generic kernel is what BLIS
     runs on CPUs it does not know), and the findings, scores included, are the same as with cython-blis."""
-    from privacy import policy
-    from privacy.leakage import strings_of
-    from streams.sources.synthetic import synthetic_events
-    from streams.sources.tau_bench import load_trajectories, replay_events
-    from tests.conftest import TAU
-
-    tau = [e.event for e in replay_events(load_trajectories(TAU / "gpt-4o-airline.json"), limit=12)]
-    texts = [t for e in tau for t in strings_of(e["body"]) if t.strip()]
-    texts += [t for e in synthetic_events(3_000, seed=12) for t in strings_of(e.event.get("body"))
-              if isinstance(t, str) and len(t) > 3]
-    texts = list(dict.fromkeys(texts))[:600]
+    texts = _corpus(seed=12)
     analyzer = presidio.analyzer
     nlp = analyzer.nlp_engine.nlp["en"]
     layers = [node for _, pipe in nlp.components if hasattr(getattr(pipe, "model", None), "walk")
               for node in pipe.model.walk()]
     assert len(layers) > 50 and all(node.ops.use_blis is False for node in layers)
 
-    def findings():
-        return [sorted((r.entity_type, r.start, r.end, round(r.score, 6))
-                       for r in analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS),
-                                                 nlp_artifacts=artifacts))
-                for text, artifacts in analyzer.nlp_engine.process_batch(texts, language="en", batch_size=64)]
-
-    by_numpy = findings()
+    by_numpy = _findings(analyzer, texts)
     ops = layers[0].ops
     ops.use_blis = True
     try:
-        by_blis = findings()
+        by_blis = _findings(analyzer, texts)
     finally:
         ops.use_blis = False
     assert sum(map(len, by_numpy)) > 50
