@@ -56,7 +56,7 @@ def shares(raw: Path, rate: int, seconds: float, top: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kind", default="structural", choices=["structural", "mix"])
+    ap.add_argument("--kind", default="structural", choices=["structural", "mix", "mix20"])
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")

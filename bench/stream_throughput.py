@@ -1,7 +1,11 @@
 """Benchmark: the stream worker's sustained events/s and produce→visible-in-Delta latency, next to a bare consumer.
 
-Two workloads from the seeded synthetic generator:
-  mix         the product mix: action outputs, edits, user messages and reopen reasons carry free text
+Three workloads from the seeded synthetic generator:
+  mix         the product mix: action outputs, edits, user messages and reopen reasons carry free text (~32% of
+              events: every agent action is a free-text output)
+  mix20       the issue's mix, ~20% of events with free text: the same interleaved sessions, of which a fixed
+              half (by a hash of the session id) keep their free-text events and the other half lose them, as
+              sessions of clicks on structured actions would
   structural  the same sessions without the free-text event types (nothing for Presidio to read)
 
 Per run, each on fresh topics, consumer group and lake on a broker of the benchmark's own:
@@ -38,6 +42,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,9 +63,22 @@ OUT = REPO / "bench" / "out"
 TEXT_TYPES = {"action_proposed", "action_edited", "user_message", "task_reopened"}
 
 
+# the share of mix20's sessions that keep their free text: 0.325·f / (f + 0.675·(1 − f)) = 0.20 at f ≈ 0.52,
+# with 0.325 the mix's own share of free-text events
+MIX20_TEXT_SESSIONS = 52
+
+
 def workload(kind: str, n: int, seed: int) -> list:
-    source = synthetic_events(n * 2 if kind == "structural" else n, seed=seed)
-    events = [e for e in source if kind == "mix" or e.event["event_type"] not in TEXT_TYPES]
+    if kind not in ("mix", "mix20", "structural"):
+        raise SystemExit(f"unknown workload {kind!r}: use mix, mix20 or structural")
+    source = synthetic_events({"mix": n, "mix20": n * 3 // 2, "structural": n * 2}[kind], seed=seed)
+
+    def kept(e) -> bool:
+        if kind == "mix" or e.event["event_type"] not in TEXT_TYPES:
+            return True
+        return kind == "mix20" and zlib.crc32(e.event["session_id"].encode()) % 100 < MIX20_TEXT_SESSIONS
+
+    events = [e for e in source if kept(e)]
     return events[:n]
 
 
