@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # a scrub batch that takes longer is retried event by event; an event that alone takes longer (or kills the
     # scrubbing process) is dead-lettered as scrub_failed, and the pool restarted (streams/scrubbing.py)
     scrub_timeout_seconds: float = Field(default=120, gt=0)
+    # processes scrubbing at once, each with its own copy of the NER model (~250 MB): a batch is split between
+    # them by session. Two use a 2-core machine's second core, which one left partly idle (bench/RESULTS.md)
+    scrub_processes: int = Field(default=2, ge=1)
     # the worker compacts the sink tables' closed date partitions this often (0 = never; `trajlake compact`)
     compact_interval_seconds: float = Field(default=900, ge=0)
     compact_min_files: int = Field(default=16, ge=2)

@@ -43,7 +43,7 @@ WORKER_FAILED = 70
 SINKS_CHECK_SECONDS = 0.5
 
 
-def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int = 1) -> faust.App:
+def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
     """The worker's Faust app. Agents only iterate, call the pure core, and send."""
     datadir = (settings.state_dir / "faust").resolve()
     datadir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                         grace_s=settings.episode_grace_seconds, retention_s=settings.join_retention_seconds)
     families = {settings.topic("frontend.raw"): "frontend", settings.topic("agent.raw"): "agent"}
     contexts = SessionDictionaries()
-    scrubbers = ScrubPool(scrub_worker.scrub, scrub_worker.init, (settings, use_ner), scrub_processes,
+    scrubbers = ScrubPool(scrub_worker.scrub, scrub_worker.init, (settings, use_ner), settings.scrub_processes,
                           settings.scrub_timeout_seconds)
 
     clean_topic = settings.topic("events.clean")
@@ -174,13 +174,16 @@ def build_app(settings: Settings, *, use_ner: bool = True, scrub_processes: int 
                 events, records, checked, keys = await to_scrub.get()
                 # duplicates too, in their places: if the first copy's dictionary was lost with a crash before its
                 # save was confirmed, the copy teaches it again (and numbers placeholders as the first did)
-                valid = [c.event if isinstance(c, Duplicate) else c for c in checked if not isinstance(c, DeadLetter)]
+                passing = [(rec, c.event if isinstance(c, Duplicate) else c) for rec, c in zip(records, checked)
+                           if not isinstance(c, DeadLetter)]
+                valid = [c for _, c in passing]
                 results: list[Any] = []
                 if valid:
                     homes = dictionary_homes(records, checked)
                     sessions = contexts.take((c["session_id"] for c in valid), partial(load_dictionary, homes))
                     before = {sid: d.changes for sid, d in sessions.items()}
-                    results, sessions = await scrubbers.scrub(valid, sessions)
+                    # an event's size stands for its scrubbing cost when the batch is split between processes
+                    results, sessions = await scrubbers.scrub(valid, sessions, [len(rec.value) for rec, _ in passing])
                     contexts.put(sessions)
                     # before the batch's acks: `delivering` flushes the producer, changelog records included
                     save_dictionaries(sessions, before, homes)

@@ -1,5 +1,5 @@
-"""The scrub process pool with a deadline: a batch that hangs or kills its process is retried one event at a time,
-and only the event at fault becomes a dead letter."""
+"""The scrub process pool with a deadline: a batch is split by session across its processes; a part that hangs or
+kills its process has its batch retried one event at a time, and only the event at fault becomes a dead letter."""
 from __future__ import annotations
 
 import asyncio
@@ -22,10 +22,34 @@ class ScrubPoolFailed(RuntimeError):
     """The scrub pool cannot be started: a fault of the set-up, not of any event."""
 
 
+def split_by_session(events: list[dict[str, Any]], weights: list[int], parts: int) -> list[list[int]]:
+    """The positions of `events` in at most `parts` groups of about equal weight, each session's events in one group
+    and in their order (a session's dictionary learns from its events in order, in one process).
+
+    Sessions go heaviest first to the lightest group so far; a weight is what scrubbing an event costs, roughly
+    (its size in bytes: NER's time grows with the text). Groups left empty are dropped.
+    """
+    sessions: dict[str, list[int]] = {}
+    for i, e in enumerate(events):
+        sessions.setdefault(e["session_id"], []).append(i)
+    if parts <= 1 or len(sessions) <= 1:
+        return [list(range(len(events)))] if events else []
+    load = [0] * parts
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    for positions in sorted(sessions.values(), key=lambda ps: -sum(weights[i] for i in ps)):
+        g = load.index(min(load))
+        groups[g].extend(positions)
+        load[g] += sum(weights[i] for i in positions)
+    return [sorted(g) for g in groups if g]
+
+
 class ScrubPool:
     """Scrubbing off the event loop, in processes that can be killed.
 
     Presidio and spaCy run in a process pool so that the worker's event loop keeps heartbeating and committing.
+    With more than one process, each batch is split by session (`split_by_session`) and its parts scrubbed at
+    once: spaCy's NER is single-threaded, and one process left the machine's second core partly idle while the
+    event loop waited for it (bench/RESULTS.md, "Stream worker").
     Without a deadline, one input that makes them hang (a pathological regex case, a huge text) stalls ingest
     for good, and one that kills the process (out of memory, a crash in native code) fails the ingest stage, so
     the worker exits and, restarted, meets the same batch again. Here a batch that passes `timeout_s`, or whose
@@ -53,7 +77,11 @@ class ScrubPool:
     async def _restart_and_warm(self) -> None:
         self._restart()
         try:
-            await self._call([], {})
+            # as many calls as processes: the pool forks them all at its first call, and each loads the models
+            done = await asyncio.gather(*(self._call([], {}) for _ in range(self.processes)), return_exceptions=True)
+            failed = next((r for r in done if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
         except (TimeoutError, BrokenProcessPool) as exc:
             self._restart()
             raise ScrubPoolFailed(f"the scrub pool did not start within {self.timeout_s:g} s or its process died "
@@ -78,16 +106,41 @@ class ScrubPool:
         loop = asyncio.get_running_loop()
         return await asyncio.wait_for(loop.run_in_executor(self._pool(), self.fn, events, sessions), self.timeout_s)
 
-    async def scrub(self, events: list[dict[str, Any]], sessions: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """`fn(events, sessions)` in the pool; per event, its result or an error text, in order."""
-        try:
+    async def _call_in_parts(self, events: list[dict[str, Any]], sessions: dict[str, Any],
+                             weights: list[int] | None) -> tuple[list[Any], dict[str, Any]]:
+        groups = split_by_session(events, weights or [1] * len(events), self.processes)
+        if len(groups) <= 1:
             return await self._call(events, sessions)
+        calls = []
+        for group in groups:
+            part = [events[i] for i in group]
+            ids = {e["session_id"] for e in part}
+            calls.append(self._call(part, {sid: d for sid, d in sessions.items() if sid in ids}))
+        # every part settled before any failure is acted on: the restart that follows kills all the processes
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [r for r in done if isinstance(r, BaseException)]
+        if failed:
+            raise next((f for f in failed if not isinstance(f, (TimeoutError, BrokenProcessPool))), failed[0])
+        results: list[Any] = [None] * len(events)
+        back = dict(sessions)
+        for group, (part_results, part_sessions) in zip(groups, done):
+            for i, r in zip(group, part_results):
+                results[i] = r
+            back.update(part_sessions)
+        return results, back
+
+    async def scrub(self, events: list[dict[str, Any]], sessions: dict[str, Any],
+                    weights: list[int] | None = None) -> tuple[list[Any], dict[str, Any]]:
+        """`fn(events, sessions)` in the pool, split by session across its processes (`weights`: each event's
+        rough cost, for the split); per event, its result or an error text, in order."""
+        try:
+            return await self._call_in_parts(events, sessions, weights)
         except (TimeoutError, BrokenProcessPool) as exc:
             what = "took longer than %g s" % self.timeout_s if isinstance(exc, TimeoutError) else "killed its process"
             log.warning("scrubbing a batch of %d events %s; restarting the pool and retrying them one at a time",
                         len(events), what)
             await self._restart_and_warm()
-        # `sessions` is as it was: the pool worked on a copy, which is lost with the batch
+        # `sessions` is as it was: the pool worked on copies, which are lost with the batch
         results: list[Any] = []
         failed_in_a_row = 0
         for event in events:

@@ -1,14 +1,13 @@
-"""The scrub pool's deadline with real processes: an event that hangs or kills its process is the only one lost to
-a dead letter, the rest of its batch is scrubbed, and the pool works afterwards."""
+"""The scrub pool with real processes: a batch split by session across processes comes back whole and in order;
+an event that hangs or kills its process is the only one lost to a dead letter, the rest of its batch is scrubbed,
+and the pool works afterwards."""
 import asyncio
 import os
 import time
 
 import pytest
 
-from streams.scrubbing import ScrubPool, ScrubPoolFailed
-
-pytestmark = pytest.mark.component
+from streams.scrubbing import ScrubPool, ScrubPoolFailed, split_by_session
 
 
 def _init() -> None:
@@ -32,18 +31,19 @@ def fake_scrub(events, sessions):
         if e["text"] == "die":
             os._exit(3)
         sessions[e["session_id"]] = sessions.get(e["session_id"], 0) + 1
-        out.append({"event": {**e, "text": e["text"].upper()}})
+        out.append({"event": {**e, "text": e["text"].upper()}, "pid": os.getpid()})
     return out, sessions
 
 
-def _events(*texts):
-    return [{"event_id": f"e{i}", "session_id": f"s{i % 2}", "text": t} for i, t in enumerate(texts)]
+def _events(*texts, sessions=2):
+    return [{"event_id": f"e{i}", "session_id": f"s{i % sessions}", "text": t} for i, t in enumerate(texts)]
 
 
 def _run(pool, events, sessions):
     return asyncio.run(pool.scrub(events, sessions))
 
 
+@pytest.mark.component
 def test_a_batch_that_behaves_is_one_call():
     pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
     try:
@@ -54,6 +54,7 @@ def test_a_batch_that_behaves_is_one_call():
         pool.shutdown()
 
 
+@pytest.mark.component
 def test_only_the_event_that_hangs_or_kills_the_process_is_lost():
     pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=3)
     try:
@@ -66,11 +67,13 @@ def test_only_the_event_that_hangs_or_kills_the_process_is_lost():
         # the dictionaries carry on from the caller's, through the events that were scrubbed (s1's two failed)
         assert sessions == {"s0": 13}
         assert pool.restarts == 3  # after the batch, after the hang, after the death
-        assert _run(pool, _events("d"), {})[0] == [{"event": {"event_id": "e0", "session_id": "s0", "text": "D"}}]
+        assert [r["event"] for r in _run(pool, _events("d"), {})[0]] == [{"event_id": "e0", "session_id": "s0",
+                                                                          "text": "D"}]
     finally:
         pool.shutdown()
 
 
+@pytest.mark.component
 def test_a_process_that_dies_on_a_whole_batch_is_retried_event_by_event():
     pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
     try:
@@ -80,6 +83,7 @@ def test_a_process_that_dies_on_a_whole_batch_is_retried_event_by_event():
         pool.shutdown()
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("init", [_init_fails, _init_slow])
 def test_a_pool_that_cannot_start_fails_the_worker_instead_of_dead_lettering_every_event(init):
     """A fault of the set-up (a missing model, a start slower than the deadline) is no event's fault: after the
@@ -92,6 +96,7 @@ def test_a_pool_that_cannot_start_fails_the_worker_instead_of_dead_lettering_eve
         pool.shutdown()
 
 
+@pytest.mark.component
 def test_a_scrubber_that_fails_on_every_event_fails_the_worker():
     """Five events in a row that each kill the process on their own: not the events' fault, and each failure
     costs a deadline, so the pool raises rather than dead-letter a whole batch one deadline at a time."""
@@ -99,5 +104,58 @@ def test_a_scrubber_that_fails_on_every_event_fails_the_worker():
     try:
         with pytest.raises(ScrubPoolFailed, match="5 events in a row"):
             _run(pool, _events("die", "die", "die", "die", "die", "die", "x"), {})
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.unit
+def test_a_batch_splits_by_session_keeping_each_sessions_events_together_and_in_order():
+    events = _events(*"abcdefghij", sessions=4)  # s0: 0 4 8, s1: 1 5 9, s2: 2 6, s3: 3 7
+    groups = split_by_session(events, [1] * 10, 2)
+    assert sorted(i for g in groups for i in g) == list(range(10))
+    for g in groups:
+        assert g == sorted(g)
+        assert len({events[i]["session_id"] for i in g}) == 2  # whole sessions: 3+3 and 2+2 can only pair up so
+    assert sorted(len(g) for g in groups) == [5, 5]
+
+
+@pytest.mark.unit
+def test_the_split_balances_the_weights_not_the_counts():
+    events = _events(*"abcdef", sessions=3)  # s0: 0 3, s1: 1 4, s2: 2 5
+    groups = split_by_session(events, [100, 1, 1, 100, 1, 1], 2)
+    assert [0, 3] in groups and [1, 2, 4, 5] in groups
+
+
+@pytest.mark.unit
+def test_one_process_or_one_session_is_one_group_and_nothing_is_no_group():
+    assert split_by_session(_events("a", "b", "c"), [1, 1, 1], 1) == [[0, 1, 2]]
+    assert split_by_session(_events("a", "b", sessions=1), [1, 1], 4) == [[0, 1]]
+    assert split_by_session(_events("a", "b", "c"), [1, 1, 1], 8) == [[0, 2], [1]]
+    assert split_by_session([], [], 2) == []
+
+
+@pytest.mark.component
+def test_two_processes_scrub_a_batchs_sessions_at_once_and_return_it_whole_in_order():
+    pool = ScrubPool(fake_scrub, _init, (), 2, timeout_s=30)
+    try:
+        events = _events(*"abcdefgh", sessions=4)
+        results, sessions = _run(pool, events, {"s0": 10, "other": 5})
+        assert [r["event"] for r in results] == [{**e, "text": e["text"].upper()} for e in events]
+        assert len({r["pid"] for r in results}) == 2  # both processes took part
+        assert sessions == {"s0": 12, "s1": 2, "s2": 2, "s3": 2, "other": 5}  # the caller's untouched one kept
+        assert pool.restarts == 0
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.component
+def test_with_two_processes_an_event_that_kills_its_process_is_still_the_only_one_lost():
+    pool = ScrubPool(fake_scrub, _init, (), 2, timeout_s=30)
+    try:
+        results, sessions = _run(pool, _events("a", "b", "die", "c", "d", "e", sessions=3), {})
+        assert [r["event"]["text"] if isinstance(r, dict) else r.split(":")[0] for r in results] == [
+            "A", "B", "ScrubProcessDied", "C", "D", "E"]
+        assert sessions == {"s0": 2, "s1": 2, "s2": 1}  # s2's "die" left no count
+        assert _run(pool, _events("f", "g"), {})[0][1]["event"]["text"] == "G"
     finally:
         pool.shutdown()
