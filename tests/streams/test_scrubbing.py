@@ -30,6 +30,8 @@ def fake_scrub(events, sessions):
             time.sleep(120)
         if e["text"] == "die":
             os._exit(3)
+        if e["text"] == "nap":  # keeps this process busy, so the pool's other process takes the next call
+            time.sleep(1)
         sessions[e["session_id"]] = sessions.get(e["session_id"], 0) + 1
         out.append({"event": {**e, "text": e["text"].upper()}, "pid": os.getpid()})
     return out, sessions
@@ -138,7 +140,8 @@ def test_one_process_or_one_session_is_one_group_and_nothing_is_no_group():
 def test_two_processes_scrub_a_batchs_sessions_at_once_and_return_it_whole_in_order():
     pool = ScrubPool(fake_scrub, _init, (), 2, timeout_s=30)
     try:
-        events = _events(*"abcdefgh", sessions=4)
+        # s0 and s2 go to one part, s1 and s3 to the other; each part starts with a nap
+        events = _events("nap", "nap", *"cdefgh", sessions=4)
         results, sessions = _run(pool, events, {"s0": 10, "other": 5})
         assert [r["event"] for r in results] == [{**e, "text": e["text"].upper()} for e in events]
         assert len({r["pid"] for r in results}) == 2  # both processes took part
