@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
@@ -47,18 +48,18 @@ class ScrubPool:
     """Scrubbing off the event loop, in processes that can be killed.
 
     Presidio and spaCy run in a process pool so that the worker's event loop keeps heartbeating and committing.
-    With more than one process, each batch is split by session (`split_by_session`) and its parts scrubbed at
-    once: spaCy's NER is single-threaded, and one process left the machine's second core partly idle while the
+    With more than one process, a batch of several sessions is split by session (`split_by_session`) and its
+    parts scrubbed at once: spaCy's NER is single-threaded, and one process left the machine's second core partly idle while the
     event loop waited for it (bench/RESULTS.md, "Stream worker").
     Without a deadline, one input that makes them hang (a pathological regex case, a huge text) stalls ingest
     for good, and one that kills the process (out of memory, a crash in native code) fails the ingest stage, so
     the worker exits and, restarted, meets the same batch again. Here a batch that passes `timeout_s`, or whose
     process dies, costs a pool restart and a retry of its events one at a time: each event that hangs or kills
     the process on its own comes back as an error text (the worker dead-letters it, reason `scrub_failed`), and
-    the others are scrubbed as usual. Each restarted pool must first answer an empty call within the deadline
-    (which covers starting the process and loading the models): a pool that cannot start, or starts too slowly,
-    raises (`ScrubPoolFailed`) and the worker fails fast, rather than dead-lettering every event as a failure
-    that is not theirs.
+    the others are scrubbed as usual. Each process of a restarted pool must first answer within the deadline
+    (which covers starting it and loading the models): a pool that cannot start, or starts too slowly, raises
+    (`ScrubPoolFailed`) and the worker fails fast, rather than dead-lettering every event as a failure that is
+    not theirs.
     """
 
     def __init__(self, fn: ScrubFn, initializer: Callable[..., None], initargs: tuple, processes: int,
@@ -77,16 +78,33 @@ class ScrubPool:
     async def _restart_and_warm(self) -> None:
         self._restart()
         try:
-            # as many calls as processes: the pool forks them all at its first call, and each loads the models
-            done = await asyncio.gather(*(self._call([], {}) for _ in range(self.processes)), return_exceptions=True)
-            failed = next((r for r in done if isinstance(r, BaseException)), None)
-            if failed is not None:
-                raise failed
+            await self._every_process_answers()
         except (TimeoutError, BrokenProcessPool) as exc:
             self._restart()
             raise ScrubPoolFailed(f"the scrub pool did not start within {self.timeout_s:g} s or its process died "
                                   f"while starting ({type(exc).__name__}); check the scrubber's models and "
                                   "memory, or raise TRAJLAKE_SCRUB_TIMEOUT_SECONDS") from exc
+
+    async def _every_process_answers(self) -> None:
+        """Each of the pool's processes answers within the deadline: each has started and loaded the models.
+
+        An empty call is not enough with two processes: the first to finish loading takes every instant call
+        while the second is still loading, so a second process that could not start would go unnoticed until
+        it broke a batch of events that are not at fault."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        answered: set[int] = set()
+        while True:
+            calls = [loop.run_in_executor(self._pool(), os.getpid) for _ in range(self.processes)]
+            done = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True),
+                                          max(deadline - loop.time(), 0.001))
+            failed = next((r for r in done if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+            answered.update(done)
+            if len(answered) >= self.processes:
+                return
+            await asyncio.sleep(0.05)
 
     def _restart(self) -> None:
         """Kill the pool's processes (a hung one would never return) and start afresh at the next call."""
@@ -124,7 +142,7 @@ class ScrubPool:
         results: list[Any] = [None] * len(events)
         back = dict(sessions)
         for group, (part_results, part_sessions) in zip(groups, done):
-            for i, r in zip(group, part_results):
+            for i, r in zip(group, part_results, strict=True):
                 results[i] = r
             back.update(part_sessions)
         return results, back

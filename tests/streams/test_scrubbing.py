@@ -22,6 +22,21 @@ def _init_slow() -> None:
     time.sleep(30)
 
 
+def _init_every_second_dies_late(claims):
+    """The pool's processes take numbers in turn: an even one starts at once, an odd one dies a second into its
+    start (after the other has answered)."""
+    n = 0
+    while True:
+        try:
+            os.close(os.open(os.path.join(claims, str(n)), os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            n += 1
+    if n % 2:
+        time.sleep(1)
+        raise OSError("no memory for a second model")
+
+
 def fake_scrub(events, sessions):
     """Stands in for privacy.worker.scrub: upper-cases the text, counts events per session, and misbehaves on cue."""
     out = []
@@ -160,5 +175,17 @@ def test_with_two_processes_an_event_that_kills_its_process_is_still_the_only_on
             "A", "B", "ScrubProcessDied", "C", "D", "E"]
         assert sessions == {"s0": 2, "s1": 2, "s2": 1}  # s2's "die" left no count
         assert _run(pool, _events("f", "g"), {})[0][1]["event"]["text"] == "G"
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.component
+def test_a_second_process_that_cannot_start_fails_the_pool_though_the_first_answers(tmp_path):
+    """Starting means every process answers: the first to load would take every instant call while the second is
+    still loading, and a second that then died would break a batch of events not at fault."""
+    pool = ScrubPool(fake_scrub, _init_every_second_dies_late, (str(tmp_path),), 2, timeout_s=10)
+    try:
+        with pytest.raises(ScrubPoolFailed, match="did not start"):
+            asyncio.run(pool._restart_and_warm())
     finally:
         pool.shutdown()
