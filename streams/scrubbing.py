@@ -49,8 +49,8 @@ class ScrubPool:
 
     Presidio and spaCy run in a process pool so that the worker's event loop keeps heartbeating and committing.
     With more than one process, a batch of several sessions is split by session (`split_by_session`) and its
-    parts scrubbed at once: spaCy's NER is single-threaded, and one process left the machine's second core partly idle while the
-    event loop waited for it (bench/RESULTS.md, "Stream worker").
+    parts scrubbed at once: spaCy's NER is single-threaded, and with one process the event loop waited for it
+    while part of the machine sat idle (bench/RESULTS.md, "Stream worker").
     Without a deadline, one input that makes them hang (a pathological regex case, a huge text) stalls ingest
     for good, and one that kills the process (out of memory, a crash in native code) fails the ingest stage, so
     the worker exits and, restarted, meets the same batch again. Here a batch that passes `timeout_s`, or whose
