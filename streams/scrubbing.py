@@ -30,17 +30,21 @@ def split_by_session(events: list[dict[str, Any]], weights: list[int], parts: in
     Sessions go heaviest first to the lightest group so far; a weight is what scrubbing an event costs, roughly
     (its size in bytes: NER's time grows with the text). Groups left empty are dropped.
     """
+    if not events:
+        return []
     sessions: dict[str, list[int]] = {}
-    for i, e in enumerate(events):
-        sessions.setdefault(e["session_id"], []).append(i)
-    if parts <= 1 or len(sessions) <= 1:
-        return [list(range(len(events)))] if events else []
+    if parts > 1:
+        for i, e in enumerate(events):
+            sessions.setdefault(e["session_id"], []).append(i)
+    if len(sessions) <= 1:
+        return [list(range(len(events)))]
     load = [0] * parts
     groups: list[list[int]] = [[] for _ in range(parts)]
-    for positions in sorted(sessions.values(), key=lambda ps: -sum(weights[i] for i in ps)):
+    weighed = sorted(((sum(weights[i] for i in ps), ps) for ps in sessions.values()), key=lambda wp: -wp[0])
+    for weight, positions in weighed:
         g = load.index(min(load))
         groups[g].extend(positions)
-        load[g] += sum(weights[i] for i in positions)
+        load[g] += weight
     return [sorted(g) for g in groups if g]
 
 

@@ -4,6 +4,7 @@ and the pool works afterwards."""
 import asyncio
 import os
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -60,44 +61,48 @@ def _run(pool, events, sessions):
     return asyncio.run(pool.scrub(events, sessions))
 
 
-@pytest.mark.component
-def test_a_batch_that_behaves_is_one_call():
-    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
+@contextmanager
+def _pool(processes=1, timeout_s=30, init=_init, initargs=()):
+    pool = ScrubPool(fake_scrub, init, initargs, processes, timeout_s=timeout_s)
     try:
-        results, sessions = _run(pool, _events("a", "b", "c"), {})
-        assert [r["event"]["text"] for r in results] == ["A", "B", "C"]
-        assert sessions == {"s0": 2, "s1": 1} and pool.restarts == 0
+        yield pool
     finally:
         pool.shutdown()
 
 
+def _outcomes(results):
+    """Each result's scrubbed text, or the kind of its error."""
+    return [r["event"]["text"] if isinstance(r, dict) else r.split(":")[0] for r in results]
+
+
+@pytest.mark.component
+def test_a_batch_that_behaves_is_one_call():
+    with _pool() as pool:
+        results, sessions = _run(pool, _events("a", "b", "c"), {})
+        assert [r["event"]["text"] for r in results] == ["A", "B", "C"]
+        assert sessions == {"s0": 2, "s1": 1} and pool.restarts == 0
+
+
 @pytest.mark.component
 def test_only_the_event_that_hangs_or_kills_the_process_is_lost():
-    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=3)
-    try:
+    with _pool(timeout_s=3) as pool:
         started = time.monotonic()
         results, sessions = _run(pool, _events("a", "hang", "b", "die", "c"), {"s0": 10})
         assert time.monotonic() - started < 60  # the deadline, not the 120 s sleep
-        assert [r["event"]["text"] if isinstance(r, dict) else r.split(":")[0] for r in results] == [
-            "A", "ScrubTimeout", "B", "ScrubProcessDied", "C"]
+        assert _outcomes(results) == ["A", "ScrubTimeout", "B", "ScrubProcessDied", "C"]
         assert "TRAJLAKE_SCRUB_TIMEOUT_SECONDS" in results[1]
         # the dictionaries carry on from the caller's, through the events that were scrubbed (s1's two failed)
         assert sessions == {"s0": 13}
         assert pool.restarts == 3  # after the batch, after the hang, after the death
         assert [r["event"] for r in _run(pool, _events("d"), {})[0]] == [{"event_id": "e0", "session_id": "s0",
                                                                           "text": "D"}]
-    finally:
-        pool.shutdown()
 
 
 @pytest.mark.component
 def test_a_process_that_dies_on_a_whole_batch_is_retried_event_by_event():
-    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
-    try:
+    with _pool() as pool:
         results, _ = _run(pool, _events("die", "x"), {})
         assert results[0].startswith("ScrubProcessDied") and results[1]["event"]["text"] == "X"
-    finally:
-        pool.shutdown()
 
 
 @pytest.mark.component
@@ -105,24 +110,18 @@ def test_a_process_that_dies_on_a_whole_batch_is_retried_event_by_event():
 def test_a_pool_that_cannot_start_fails_the_worker_instead_of_dead_lettering_every_event(init):
     """A fault of the set-up (a missing model, a start slower than the deadline) is no event's fault: after the
     restart, the empty warm-up call fails too, and the pool raises for the worker to fail fast."""
-    pool = ScrubPool(fake_scrub, init, (), 1, timeout_s=3)
-    try:
+    with _pool(timeout_s=3, init=init) as pool:
         with pytest.raises(ScrubPoolFailed, match="did not start"):
             _run(pool, _events("a", "b"), {})
-    finally:
-        pool.shutdown()
 
 
 @pytest.mark.component
 def test_a_scrubber_that_fails_on_every_event_fails_the_worker():
     """Five events in a row that each kill the process on their own: not the events' fault, and each failure
     costs a deadline, so the pool raises rather than dead-letter a whole batch one deadline at a time."""
-    pool = ScrubPool(fake_scrub, _init, (), 1, timeout_s=30)
-    try:
+    with _pool() as pool:
         with pytest.raises(ScrubPoolFailed, match="5 events in a row"):
             _run(pool, _events("die", "die", "die", "die", "die", "die", "x"), {})
-    finally:
-        pool.shutdown()
 
 
 @pytest.mark.unit
@@ -153,8 +152,7 @@ def test_one_process_or_one_session_is_one_group_and_nothing_is_no_group():
 
 @pytest.mark.component
 def test_two_processes_scrub_a_batchs_sessions_at_once_and_return_it_whole_in_order():
-    pool = ScrubPool(fake_scrub, _init, (), 2, timeout_s=30)
-    try:
+    with _pool(2) as pool:
         # s0 and s2 go to one part, s1 and s3 to the other; each part starts with a nap
         events = _events("nap", "nap", *"cdefgh", sessions=4)
         results, sessions = _run(pool, events, {"s0": 10, "other": 5})
@@ -162,30 +160,21 @@ def test_two_processes_scrub_a_batchs_sessions_at_once_and_return_it_whole_in_or
         assert len({r["pid"] for r in results}) == 2  # both processes took part
         assert sessions == {"s0": 12, "s1": 2, "s2": 2, "s3": 2, "other": 5}  # the caller's untouched one kept
         assert pool.restarts == 0
-    finally:
-        pool.shutdown()
 
 
 @pytest.mark.component
 def test_with_two_processes_an_event_that_kills_its_process_is_still_the_only_one_lost():
-    pool = ScrubPool(fake_scrub, _init, (), 2, timeout_s=30)
-    try:
+    with _pool(2) as pool:
         results, sessions = _run(pool, _events("a", "b", "die", "c", "d", "e", sessions=3), {})
-        assert [r["event"]["text"] if isinstance(r, dict) else r.split(":")[0] for r in results] == [
-            "A", "B", "ScrubProcessDied", "C", "D", "E"]
+        assert _outcomes(results) == ["A", "B", "ScrubProcessDied", "C", "D", "E"]
         assert sessions == {"s0": 2, "s1": 2, "s2": 1}  # s2's "die" left no count
         assert _run(pool, _events("f", "g"), {})[0][1]["event"]["text"] == "G"
-    finally:
-        pool.shutdown()
 
 
 @pytest.mark.component
 def test_a_second_process_that_cannot_start_fails_the_pool_though_the_first_answers(tmp_path):
     """Starting means every process answers: the first to load would take every instant call while the second is
     still loading, and a second that then died would break a batch of events not at fault."""
-    pool = ScrubPool(fake_scrub, _init_every_second_dies_late, (str(tmp_path),), 2, timeout_s=10)
-    try:
+    with _pool(2, timeout_s=10, init=_init_every_second_dies_late, initargs=(str(tmp_path),)) as pool:
         with pytest.raises(ScrubPoolFailed, match="did not start"):
             asyncio.run(pool._restart_and_warm())
-    finally:
-        pool.shutdown()
