@@ -77,9 +77,8 @@ class Settings(BaseSettings):
     # scrubbing process) is dead-lettered as scrub_failed, and the pool restarted (streams/scrubbing.py)
     scrub_timeout_seconds: float = Field(default=120, gt=0)
     # processes scrubbing at once, each with its own copy of the NER model (~250 MB): a batch is split between
-    # them by session. On 2 cores three drain the mix faster than two, and four no faster than three: the third
-    # fills the moments when two wait on the event loop (bench/RESULTS.md, "Stream worker")
-    scrub_processes: int = Field(default=3, ge=1)
+    # them by session. On 2 cores two drained 1.02-1.18x faster than one (bench/RESULTS.md); more cores, more use
+    scrub_processes: int = Field(default=2, ge=1)
     # the worker compacts the sink tables' closed date partitions this often (0 = never; `trajlake compact`)
     compact_interval_seconds: float = Field(default=900, ge=0)
     compact_min_files: int = Field(default=16, ge=2)
