@@ -196,6 +196,7 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
                 ingested_at = now_iso()
                 # the topic's partitions as the producer knows them (it fetched them for the first send)
                 clean_partitions = aiokafka_producer()._metadata.partitions_for_topic(clean_topic)
+                batches = PartitionBatches(aiokafka_producer(), clean_topic) if clean_partitions else None
                 sent: list[Awaitable[Any]] = []
                 passed: list[tuple[bytes, Any]] = []
                 duplicates = 0
@@ -213,13 +214,16 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
                     else:
                         c, key = goes
                         passed.append((key, event_date(c)))
-                        # straight to the producer: Faust's Topic.send costs ~10x more per record, and this is
-                        # the hottest send in the worker (every valid event)
+                        # the hottest send in the worker (every valid event): in a batch per partition, not
+                        # through Faust's Topic.send (~10x the cost per record) or a future per record
                         session = s["event"]["session_id"].encode()
-                        sent.append(await producer.send(
-                            clean_topic, session,
-                            clean_record(s["event"], rec, ingested_at, s["policy_version"], s["user_ref"]),
-                            None if not clean_partitions else partitions.of(session, clean_partitions), None, None))
+                        value = clean_record(s["event"], rec, ingested_at, s["policy_version"], s["user_ref"])
+                        if batches is None:  # the topic's partitions not known yet: the producer finds them
+                            sent.append(await producer.send(clean_topic, session, value, None, None, None))
+                        else:
+                            await batches.add(partitions.of(session, clean_partitions), session, value)
+                if batches is not None:
+                    sent += await batches.send()
                 saved = dictionary_sends.take()  # this batch's dictionaries among them (saved in `scrubbing`)
                 await producer.flush()
                 # flush() returns when the sends are done, failed ones included: each send's own result says
@@ -687,6 +691,37 @@ class KeyPartitions:
             self.known.clear()
         self.known[key] = (n, partition)
         return partition
+
+
+class PartitionBatches:
+    """Records for one topic gathered into an aiokafka batch per partition, each batch sent with one future.
+
+    A send per record costs the event loop a future, a done-callback and an accumulator append per record; the
+    clean topic gets one record per valid event. Records keep their order within a partition, as with sends one
+    by one. A full batch is sent and another started (aiokafka's batch takes its first record whatever its size).
+    """
+
+    def __init__(self, producer: Any, topic: str):
+        self.producer, self.topic = producer, topic
+        self.open: dict[int, Any] = {}
+        self.sent: list[asyncio.Future] = []
+
+    async def add(self, partition: int, key: bytes, value: bytes) -> None:
+        batch = self.open.get(partition)
+        if batch is not None:
+            if batch.append(key=key, value=value, timestamp=None) is not None:
+                return
+            self.sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))  # full
+        batch = self.open[partition] = self.producer.create_batch()
+        batch.append(key=key, value=value, timestamp=None)  # an empty batch takes a record of any size
+
+    async def send(self) -> list[asyncio.Future]:
+        """Send the batches still open; every batch's future (done when the broker has it, or failed)."""
+        for partition, batch in self.open.items():
+            if batch.record_count():
+                self.sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))
+        sent, self.open, self.sent = self.sent, {}, []
+        return sent
 
 
 class ChangelogSends:

@@ -182,3 +182,50 @@ def test_key_partitions_are_the_producers_default_partitioners():
     assert len(kp.known) <= 500
     kp.known[b"k"] = (3, 2)  # remembered for three partitions: the topic now has four
     assert kp.of(b"k", set(range(4))) == DefaultPartitioner()(b"k", [0, 1, 2, 3], [])
+
+
+def test_partition_batches_keep_each_partitions_order_and_split_full_batches():
+    """The clean records go out in a batch per partition: every record once, in its partition's order, a full
+    batch sent and another started, and a record larger than a batch on its own."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from streams.app import PartitionBatches
+
+    class Recording:
+        """aiokafka's own batches, and a send that keeps what each batch holds instead of sending it."""
+
+        def __init__(self, producer):
+            self.producer, self.batches = producer, []
+
+        def create_batch(self):
+            return self.producer.create_batch()
+
+        async def send_batch(self, batch, topic, *, partition):
+            records = DefaultRecordBatch(bytes(batch._builder.build()))
+            self.batches.append((topic, partition, [(r.key, r.value) for r in records]))
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+
+    async def scenario():
+        # never started: building batches needs no broker
+        producer = AIOKafkaProducer(bootstrap_servers="localhost:1", max_batch_size=2_000)
+        rec = Recording(producer)
+        batches = PartitionBatches(rec, "tl.events.clean")
+        sent = [(i % 3, f"s{i % 5}".encode(), f"v{i:03d}".encode() * (1_000 if i == 40 else 20)) for i in range(90)]
+        for partition, key, value in sent:
+            await batches.add(partition, key, value)
+        futures = await batches.send()
+        assert await batches.send() == []  # nothing left open
+        return rec.batches, futures, sent
+
+    got, futures, sent = asyncio.run(scenario())
+    assert len(futures) == len(got)
+    assert {topic for topic, _, _ in got} == {"tl.events.clean"}
+    for partition in range(3):
+        mine = [b for _, p, b in got if p == partition]
+        assert len(mine) > 1  # ~30 records of ~80 bytes each do not fit one 2,000-byte batch
+        assert [r for b in mine for r in b] == [(k, v) for p, k, v in sent if p == partition]
+    big = next(b for _, _, b in got if any(len(v) > 2_000 for _, v in b))
+    assert len(big) == 1  # alone in its batch
