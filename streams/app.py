@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 import weakref
 from functools import partial, wraps
@@ -39,6 +40,8 @@ SCAN_SLICE_SECONDS = 0.02
 PRODUCER_BATCH_BYTES, PRODUCER_LINGER_SECONDS = 512 * 1024, 0.005
 # The worker's exit status when an agent, a stage or the timer fails (EX_SOFTWARE): see _fail_fast.
 WORKER_FAILED = 70
+# how long a thread holds the interpreter lock before another may take it (Python's default is 5 ms): run_worker
+GIL_SWITCH_SECONDS = 0.001
 # how often the worker looks whether its sink process is still running
 SINKS_CHECK_SECONDS = 0.5
 
@@ -167,7 +170,8 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         """
         producer = app.producer
         to_scrub: asyncio.Queue = asyncio.Queue(maxsize=1)
-        to_deliver: asyncio.Queue = asyncio.Queue(maxsize=1)
+        # two: scrubbing, the serial stage, goes on to the next batch while delivery still waits for a flush
+        to_deliver: asyncio.Queue = asyncio.Queue(maxsize=2)
 
         async def scrubbing() -> None:
             while True:
@@ -814,6 +818,9 @@ def run_worker(settings: Settings, loglevel: str = "warn", use_ner: bool = True)
     from streams.sink_process import exit_status, start_sinks, stop_sinks
 
     pin_start_offsets(settings)
+    # The scrub pool's results reach the event loop through threads (the executor's, the queue feeder) that must
+    # win the interpreter lock from the busy loop; at the default 5 ms each hand-off waited out the interval
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     app = build_app(settings, use_ner=use_ner)
     level = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
              "debug": logging.DEBUG}[loglevel]
