@@ -84,7 +84,7 @@ def role(pid: int, ppid: int, cmd: str, worker: int) -> str:
         return "worker (event loop and its threads)"
     if ppid == worker and "multiprocessing.spawn" in cmd:
         return "sink process"
-    if ppid == worker:
+    if ppid == worker and "trajlake.cli worker" in cmd:  # forked from the worker: its command line
         return "scrub process"
     if "kafka" in cmd and "java" in cmd:
         return "Kafka broker (JVM)"

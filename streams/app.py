@@ -721,9 +721,8 @@ class PartitionBatches:
 
     async def send(self) -> list[asyncio.Future]:
         """Send the batches still open; every batch's future (done when the broker has it, or failed)."""
-        for partition, batch in self.open.items():
-            if batch.record_count():
-                self.sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))
+        for partition, batch in self.open.items():  # each holds a record at least: `add` opens it with one
+            self.sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))
         sent, self.open, self.sent = self.sent, {}, []
         return sent
 
