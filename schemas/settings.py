@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     # a scrub batch that takes longer is retried event by event; an event that alone takes longer (or kills the
     # scrubbing process) is dead-lettered as scrub_failed, and the pool restarted (streams/scrubbing.py)
     scrub_timeout_seconds: float = Field(default=120, gt=0)
-    # processes scrubbing at once, each with its own copy of the NER model (~250 MB): a batch is split between
-    # them by session. On 2 cores two drained 1.02-1.18x faster than one (bench/RESULTS.md); more cores, more use
+    # processes scrubbing at once, each with its own copy of the NER model (~250 MB); each owns a share of the
+    # sessions (streams/scrubbing.py). On 2 cores two drained 1.02-1.18x faster than one (bench/RESULTS.md)
     scrub_processes: int = Field(default=2, ge=1)
     # the worker compacts the sink tables' closed date partitions this often (0 = never; `trajlake compact`)
     compact_interval_seconds: float = Field(default=900, ge=0)

@@ -31,6 +31,8 @@ from streams.sink import SINK_TARGETS
 log = logging.getLogger("trajlake.worker")
 
 INGEST_BATCH, INGEST_WITHIN = 500, 0.25
+# ingest batches waiting in the scrub processes behind the one being collected (streams/scrubbing.py::ScrubPool)
+SCRUB_AHEAD = 2
 # The timer re-reads the whole join table after a rebalance and, as a backstop for its index, this often.
 FULL_SCAN_SECONDS = 600.0
 # ... this long at a time, letting the event loop serve the join in between
@@ -163,34 +165,34 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         """Parse and validate here, scrub in the pool, deliver in order; the three overlap.
 
         Awaiting the scrub process inside the batch loop left the event loop idle while the process worked and
-        the process idle while the loop parsed and sent. Now this loop parses batch k+1 while the pool scrubs
-        batch k and `delivering` sends batch k-1. Batches pass through one scrubbing task in order, so a
-        session's dictionary always comes back from one batch before it goes out with the next. An event is
-        acked only once its clean record or dead letter is flushed to the broker: at least once, as before.
+        the process idle while the loop parsed and sent. Now this loop parses batch k+1 and sends it to the scrub
+        processes while they still work on batch k and earlier (each process keeps the dictionaries of the
+        sessions it owns, so batch k+1 need not wait for batch k's), `scrubbing` collects the batches in order and
+        saves their dictionaries, and `delivering` sends them. An event is acked only once its clean record or
+        dead letter is flushed to the broker: at least once, as before.
         """
         producer = app.producer
-        to_scrub: asyncio.Queue = asyncio.Queue(maxsize=1)
+        # batches sent to the scrub processes and not collected yet, besides the one being collected: the
+        # processes take each batch behind the last without waiting for it to come back
+        to_scrub: asyncio.Queue = asyncio.Queue(maxsize=SCRUB_AHEAD)
         # two: scrubbing, the serial stage, goes on to the next batch while delivery still waits for a flush
         to_deliver: asyncio.Queue = asyncio.Queue(maxsize=2)
 
         async def scrubbing() -> None:
             while True:
-                events, records, checked, keys = await to_scrub.get()
-                # duplicates too, in their places: if the first copy's dictionary was lost with a crash before its
-                # save was confirmed, the copy teaches it again (and numbers placeholders as the first did)
-                passing = [(rec, c.event if isinstance(c, Duplicate) else c) for rec, c in zip(records, checked)
-                           if not isinstance(c, DeadLetter)]
-                valid = [c for _, c in passing]
-                results: list[Any] = []
-                if valid:
-                    homes = dictionary_homes(records, checked)
-                    sessions = contexts.take((c["session_id"] for c in valid), partial(load_dictionary, homes))
-                    before = {sid: d.changes for sid, d in sessions.items()}
-                    # an event's size stands for its scrubbing cost when the batch is split between processes
-                    results, sessions = await scrubbers.scrub(valid, sessions, [len(rec.value) for rec, _ in passing])
-                    contexts.put(sessions)
+                events, records, checked, keys, homes, pending = await to_scrub.get()
+                results, back = await scrubbers.collect(pending)
+                if back:
+                    # the caller's copies (`contexts`) are the ones saved: they carry when each was saved last
+                    before: dict[str, int] = {}
+                    for sid, d in back.items():
+                        held = contexts.get(sid)
+                        if held is not None:
+                            before[sid] = held.changes
+                            d.saved_at = max(d.saved_at, held.saved_at)
+                    contexts.put(back)
                     # before the batch's acks: `delivering` flushes the producer, changelog records included
-                    save_dictionaries(sessions, before, homes)
+                    save_dictionaries(back, before, homes)
                 await to_deliver.put((events, records, checked, keys, results))
 
         async def delivering() -> None:
@@ -254,7 +256,12 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
                 dates = [None if isinstance(c, DeadLetter) else event_date(c) for c in checked]
                 await load_seen({d for d in dates if d is not None})
                 checked, keys = drop_seen(checked, dates, seen, claims)
-                await _put_unless_failed(to_scrub, (events, records, checked, keys), stages)
+                # duplicates too, in their places: if the first copy's dictionary was lost with a crash before its
+                # save was confirmed, the copy teaches it again (and numbers placeholders as the first did)
+                valid = [c.event if isinstance(c, Duplicate) else c for c in checked if not isinstance(c, DeadLetter)]
+                homes = dictionary_homes(records, checked)
+                pending = await scrubbers.submit(valid, partial(supply_dictionaries, homes))
+                await _put_unless_failed(to_scrub, (events, records, checked, keys, homes, pending), stages)
         finally:
             for task in stages:
                 task.cancel()
@@ -266,6 +273,13 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         events = ((rec, c.event if isinstance(c, Duplicate) else c) for rec, c in zip(records, checked)
                   if not isinstance(c, DeadLetter))
         return {c["session_id"]: rec.partition for rec, c in events if rec.key == c["session_id"].encode()}
+
+    def supply_dictionaries(homes: dict[str, int], ids: list[str]) -> dict[str, SessionDictionary]:
+        """The dictionaries a scrub process does not hold: the worker's copies, else the saved ones, else new ones;
+        held from now on, so the collected copy can tell what the batch changed."""
+        got = contexts.take(ids, partial(load_dictionary, homes))
+        contexts.put(got)
+        return got
 
     def load_dictionary(homes: dict[str, int], sid: str) -> SessionDictionary | None:
         partition = homes.get(sid)
@@ -294,6 +308,7 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
             if saved["d"]["saved_at"] < horizon:
                 _table_set(dictionaries, key, None, saved["p"], delete=True)
                 contexts.pop(key.decode(), None)  # or the session's next event would save it again
+                scrubbers.forget([key.decode()])
 
         await visit_table(dictionaries, active, sweep)
 
@@ -485,6 +500,7 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         # in-memory copies would win over the table and miss what that worker learnt. The table is the truth;
         # after a rebalance every session is loaded from it again.
         contexts.clear()
+        scrubbers.forget_all()
 
     return app
 

@@ -1,6 +1,7 @@
-"""The scrub pool with real processes: a batch split by session across processes comes back whole and in order;
-an event that hangs or kills its process is the only one lost to a dead letter, the rest of its batch is scrubbed,
-and the pool works afterwards."""
+"""The scrub pool with real processes: each process owns a share of the sessions and keeps their dictionaries, so
+a batch goes out before the one ahead of it is back and still starts from its dictionaries; a batch comes back whole
+and in order; an event that hangs or kills its process is the only one lost to a dead letter, the rest of its batch
+(and the batches behind it) are scrubbed, and the pool works afterwards."""
 import asyncio
 import os
 import time
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from streams.scrubbing import ScrubPool, ScrubPoolFailed, split_by_session
+from streams.scrubbing import ScrubPool, ScrubPoolFailed, owner
 
 
 def _init() -> None:
@@ -62,8 +63,8 @@ def _run(pool, events, sessions):
 
 
 @contextmanager
-def _pool(processes=1, timeout_s=30, init=_init, initargs=()):
-    pool = ScrubPool(fake_scrub, init, initargs, processes, timeout_s=timeout_s)
+def _pool(processes=1, timeout_s=30, init=_init, initargs=(), held_per_process=1000):
+    pool = ScrubPool(fake_scrub, init, initargs, processes, timeout_s=timeout_s, held_per_process=held_per_process)
     try:
         yield pool
     finally:
@@ -125,35 +126,19 @@ def test_a_scrubber_that_fails_on_every_event_fails_the_worker():
 
 
 @pytest.mark.unit
-def test_a_batch_splits_by_session_keeping_each_sessions_events_together_and_in_order():
-    events = _events(*"abcdefghij", sessions=4)  # s0: 0 4 8, s1: 1 5 9, s2: 2 6, s3: 3 7
-    groups = split_by_session(events, [1] * 10, 2)
-    assert sorted(i for g in groups for i in g) == list(range(10))
-    for g in groups:
-        assert g == sorted(g)
-        assert len({events[i]["session_id"] for i in g}) == 2  # whole sessions: 3+3 and 2+2 can only pair up so
-    assert sorted(len(g) for g in groups) == [5, 5]
-
-
-@pytest.mark.unit
-def test_the_split_balances_the_weights_not_the_counts():
-    events = _events(*"abcdef", sessions=3)  # s0: 0 3, s1: 1 4, s2: 2 5
-    groups = split_by_session(events, [100, 1, 1, 100, 1, 1], 2)
-    assert [0, 3] in groups and [1, 2, 4, 5] in groups
-
-
-@pytest.mark.unit
-def test_one_process_or_one_session_is_one_group_and_nothing_is_no_group():
-    assert split_by_session(_events("a", "b", "c"), [1, 1, 1], 1) == [[0, 1, 2]]
-    assert split_by_session(_events("a", "b", sessions=1), [1, 1], 4) == [[0, 1]]
-    assert split_by_session(_events("a", "b", "c"), [1, 1, 1], 8) == [[0, 2], [1]]
-    assert split_by_session([], [], 2) == []
+def test_a_session_has_one_owner_and_the_sessions_spread_over_the_processes():
+    ids = [f"sess-{i:06d}" for i in range(4000)]  # ids that differ in a digit or two, as generators make them
+    owners = [owner(sid, 2) for sid in ids]
+    assert owners == [owner(sid, 2) for sid in ids] and set(owners) == {0, 1}
+    assert 1800 < owners.count(0) < 2200
+    assert {owner(sid, 3) for sid in ids} == {0, 1, 2} and {owner(sid, 1) for sid in ids} == {0}
 
 
 @pytest.mark.component
 def test_two_processes_scrub_a_batchs_sessions_at_once_and_return_it_whole_in_order():
     with _pool(2) as pool:
-        # s0 and s2 go to one part, s1 and s3 to the other; each part starts with a nap
+        # s0, s2 and s3 are one process's, s1 the other's; each part starts with a nap
+        assert [owner(f"s{i}", 2) for i in range(4)] == [1, 0, 1, 1]
         events = _events("nap", "nap", *"cdefgh", sessions=4)
         results, sessions = _run(pool, events, {"s0": 10, "other": 5})
         assert [r["event"] for r in results] == [{**e, "text": e["text"].upper()} for e in events]
@@ -178,3 +163,88 @@ def test_a_second_process_that_cannot_start_fails_the_pool_though_the_first_answ
     with _pool(2, timeout_s=10, init=_init_every_second_dies_late, initargs=(str(tmp_path),)) as pool:
         with pytest.raises(ScrubPoolFailed, match="did not start"):
             asyncio.run(pool._restart_and_warm())
+
+
+def _supplied(sessions, asked):
+    """A caller's supply of dictionaries that notes which sessions the pool asked for."""
+    def supply(ids):
+        asked.append(sorted(ids))
+        return {sid: sessions[sid] for sid in ids if sid in sessions}
+    return supply
+
+
+@pytest.mark.component
+def test_a_batch_goes_out_before_the_one_ahead_is_back_and_starts_from_its_dictionaries():
+    async def scenario(pool):
+        asked = []
+        first = await pool.submit(_events("nap", "a", "b", sessions=3), _supplied({"s0": 10}, asked))
+        second = await pool.submit(_events("c", "d", "e", "f", sessions=4), _supplied({"s0": 99, "s3": 7}, asked))
+        assert not any(call.done() for call in first.calls)  # the second went out with the first still napping
+        one, two = await pool.collect(first), await pool.collect(second)
+        return asked, one, two
+
+    with _pool(2) as pool:
+        asked, (results1, back1), (results2, back2) = asyncio.run(scenario(pool))
+        assert [r["event"]["text"] for r in results1 + results2] == ["NAP", "A", "B", "C", "D", "E", "F"]
+        assert back1 == {"s0": 11, "s1": 1, "s2": 1}
+        # s0 to s2 are held where the first batch left them (the second caller's s0 copy is not asked for); s3 is new
+        assert back2 == {"s0": 12, "s1": 2, "s2": 2, "s3": 8}
+        assert sorted(sum(asked, [])) == ["s0", "s1", "s2", "s3"]
+        assert pool.restarts == 0
+
+
+@pytest.mark.component
+def test_a_failed_batch_sends_the_ones_behind_it_again_from_its_retried_dictionaries():
+    async def scenario(pool):
+        first = await pool.submit(_events("a", "die", "b"), _supplied({"s0": 10}, []))
+        second = await pool.submit(_events("c", "d"), _supplied({}, []))  # lost with the process, sent again
+        return await pool.collect(first), await pool.collect(second)
+
+    with _pool(2) as pool:
+        (results1, back1), (results2, back2) = asyncio.run(scenario(pool))
+        assert _outcomes(results1) == ["A", "ScrubProcessDied", "B"] and _outcomes(results2) == ["C", "D"]
+        assert back1 == {"s0": 12} and back2 == {"s0": 13, "s1": 1}  # s1's "die" left no count
+        assert pool.restarts == 2  # after the batch, after the death
+
+
+@pytest.mark.component
+def test_forgotten_dictionaries_are_supplied_again_by_the_caller():
+    async def scenario(pool, sessions):
+        p = await pool.submit(_events("a", "b", sessions=2), _supplied(sessions, []))
+        return (await pool.collect(p))[1]
+
+    with _pool(2, held_per_process=1) as pool:
+        assert asyncio.run(scenario(pool, {})) == {"s0": 1, "s1": 1}
+        assert asyncio.run(scenario(pool, {"s0": 50})) == {"s0": 2, "s1": 2}  # held: the caller's copy unused
+        pool.forget(["s0"])
+        assert asyncio.run(scenario(pool, {"s0": 50, "s1": 70})) == {"s0": 51, "s1": 3}
+        pool.forget_all()  # a rebalance: every process drops what it holds
+        assert asyncio.run(scenario(pool, {"s0": 50, "s1": 70})) == {"s0": 51, "s1": 71}
+        # more sessions than a process may hold: the least recent is dropped, and supplied again next time
+        s4_s1_owner = owner("s4", 2)
+        assert s4_s1_owner == owner("s1", 2)
+        p_events = [{"event_id": "x", "session_id": "s4", "text": "x"}]
+
+        async def s4_then_s1():
+            p = await pool.submit(p_events, _supplied({}, []))
+            await pool.collect(p)
+            p = await pool.submit(_events("a", "b", sessions=2), _supplied({"s0": 0, "s1": 0}, []))
+            return (await pool.collect(p))[1]
+
+        assert asyncio.run(s4_then_s1()) == {"s0": 52, "s1": 1}
+
+
+@pytest.mark.component
+def test_after_forget_all_a_batch_waits_for_the_ones_in_flight():
+    async def scenario(pool):
+        first = await pool.submit(_events("nap", sessions=1), _supplied({}, []))
+        pool.forget_all()
+        second = asyncio.ensure_future(pool.submit(_events("a", sessions=1), _supplied({"s0": 40}, [])))
+        await asyncio.sleep(0.3)
+        assert not second.done()  # its copy would miss what the first batch is learning
+        one = await pool.collect(first)
+        two = await pool.collect(await second)
+        return one[1], two[1]
+
+    with _pool(1) as pool:
+        assert asyncio.run(scenario(pool)) == ({"s0": 1}, {"s0": 41})
