@@ -31,7 +31,7 @@ DRAINED = re.compile(r"drained in [\d.]+ s \(([\d,]+)/s\)")
 SHARE = re.compile(r"^\s*([\d.]+)%\s+(.*)$")
 
 
-def _run(checkout: Path, kind: str, events: int, seconds: float) -> dict:
+def _run(checkout: Path, kind: str, events: int, seconds: int) -> dict:
     proc = subprocess.run([sys.executable, str(checkout / "bench" / "stream_profile.py"), "--kind", kind,
                            "--events", str(events), "--seconds", str(seconds), "--no-py-spy"], cwd=checkout,
                           capture_output=True, text=True)
@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--against", required=True, help="the commit whose worker is the baseline")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--events", type=int, default=60_000)
-    ap.add_argument("--seconds", type=float, default=10.0, help="the /proc window inside each drain")
+    ap.add_argument("--seconds", type=int, default=10, help="the /proc window inside each drain")
     ap.add_argument("--kinds", default="mix20,structural")
     a = ap.parse_args()
     against, other = worktree(a.against, OUT / "ab")
