@@ -7,7 +7,8 @@ and left until bronze/events holds all N and silver/steps and silver/episodes ha
   - bronze: its last commit (the ingest drain alone, what bench/stream_profile.py's drain rate sees);
   - silver first: the first commit of steps or episodes (how long the join waited for its first records);
   - whole: the last commit of steps or episodes (the backlog through ingest and the join).
-The events/s figures divide the events after bronze's first commit by those spans.
+The events/s figures divide the events after bronze's first commit by those spans. A join that made no commit for
+--quiet seconds after bronze is complete ends the run: with a join starved for longer than that, raise --quiet.
 
 The other commit is checked out once as a git worktree (bench/out/ab/<rev>); this script is copied into it (an
 untracked file) and run there, so its worker is that commit's. Per round the order alternates.
@@ -130,7 +131,7 @@ def main() -> int:
     for kind in kinds:
         summary["workloads"][kind] = runs[kind]
         for key, label in (("bronze_per_s", "bronze drain, events/s"), ("whole_per_s", "whole drain, events/s"),
-                           ("silver_first_s", "first silver commit, s")):
+                           ("silver_first_s", "first silver commit, s (lower is better)")):
             med = {n: statistics.median(x[key] for x in runs[kind][n]) for n in ("other", "this")}
             fmt = {n: " / ".join(f"{x[key]:,}" for x in runs[kind][n]) for n in ("other", "this")}
             print(f"| {kind} | {label} | {fmt['other']} | **{med['other']:,}** | {fmt['this']} | "

@@ -93,14 +93,15 @@ def role(pid: int, ppid: int, cmd: str, worker: int) -> str:
     return cmd[:50] or "?"
 
 
-def process_shares(before: dict, after: dict, idle: tuple, seconds: float, worker: int) -> None:
-    """Each process's CPU over the window as a share of one core, busiest first, then the machine's idle share."""
+def process_shares(before: dict, after: dict, idle: tuple, idle_after: tuple, seconds: float, worker: int) -> None:
+    """Each process's CPU over the window as a share of one core, busiest first, then the machine's idle share over
+    the same window (`idle` and `idle_after`: the machine's counters at its start and end)."""
     rows = []
     for pid, (t, ppid, cmd) in after.items():
         used = t - before[pid][0] if pid in before else t
         if used > 0.01 * seconds:
             rows.append((used / seconds, role(pid, ppid, cmd, worker)))
-    total, idle_now = machine_idle()
+    total, idle_now = idle_after
     cores = os.cpu_count() or 1
     print(f"\nCPU per process over {seconds:.1f} s (/proc; share of one core, {cores} cores):")
     for share, name in sorted(rows, reverse=True):
@@ -142,8 +143,8 @@ def drain(a: argparse.Namespace, spy_path: str | None, raw: Path) -> None:
             print(f"{a.kind}{' under py-spy' if spy else ''}: {len(vis.seen) - first:,} events drained in "
                   f"{drained:.1f} s ({(len(vis.seen) - first) / drained:,.0f}/s)")
             if spy is None:
-                after, _, seconds = window
-                process_shares(before, after, idle, seconds, w.pid)
+                after, idle_after, seconds = window
+                process_shares(before, after, idle, idle_after, seconds, w.pid)
             else:
                 spy.wait()
         finally:

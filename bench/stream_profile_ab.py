@@ -5,7 +5,7 @@ process's CPU from /proc, with the machine's idle share).
 The backlog is produced before the worker starts, so the drain is not shared with a producer, and the /proc table
 says where the CPU went and how much of the machine sat idle. The other commit is checked out once as a git
 worktree (bench/out/ab/<rev>) and runs its own profile script and worker with this venv; per round the order
-alternates (other first in even rounds), so a machine whose speed drifts affects both alike.
+alternates (this checkout first in odd rounds), so a machine whose speed drifts affects both alike.
 
 Usage: .venv/bin/python bench/stream_profile_ab.py --against REV [--rounds 3] [--events 60000] [--seconds 10]
        [--kinds mix20,structural]

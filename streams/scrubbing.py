@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
@@ -21,7 +21,7 @@ Supply = Callable[[list[str]], dict[str, Any]]
 
 # this many events in a row that hang or kill the process on their own: the scrubber is at fault (ScrubPoolFailed)
 FAILURES_IN_A_ROW = 5
-# the dictionaries a process holds, at most; more batches than this many sessions are never in flight at once
+# the dictionaries a process holds, at most, beyond the sessions of the batches in flight
 HELD_PER_PROCESS = 20_000
 
 _held: OrderedDict[str, Any] = OrderedDict()  # in a scrub process: the dictionaries of the sessions it owns
@@ -106,6 +106,7 @@ class ScrubPool:
         self._recovering = False
         self._draining = False  # after `forget_all`: no batch goes out until those in flight are collected
         self._settled: asyncio.Event | None = None
+        self._flying: Counter[str] = Counter()  # session → the batches in flight with events of it
         self.restarts = 0
 
     # -- the processes
@@ -178,8 +179,8 @@ class ScrubPool:
                 sent = p.supply(missing)
                 if prefer:
                     sent.update((sid, prefer[sid]) for sid in missing if sid in prefer)
-            while len(held) > self.held_per_process:  # the least recently sent: never one in flight (see HELD_…)
-                self._forget[proc].append(held.popitem(last=False)[0])
+            if len(held) > self.held_per_process:
+                self._evict(proc, held, p)
             forget, self._forget[proc] = self._forget[proc], []
             reset, self._reset[proc] = self._reset[proc], False
             try:
@@ -191,6 +192,22 @@ class ScrubPool:
             # a later batch's calls fail with the processes a restart kills, and are sent again, never awaited
             call.add_done_callback(_retrieved)
             p.calls.append(call)
+
+    def _evict(self, proc: int, held: OrderedDict[str, None], p: Pending) -> None:
+        """Drop the least recently sent sessions beyond `held_per_process`, never one in flight (in a batch not
+        collected yet, `p` included): its next batch would be sent the caller's copy, which lacks what the batch in
+        flight is learning."""
+        mine = {e["session_id"] for e in p.events}
+        for sid in list(held):
+            if len(held) <= self.held_per_process:
+                break
+            if sid not in self._flying and sid not in mine:
+                del held[sid]
+                self._forget[proc].append(sid)
+
+    def in_flight(self, session_id: str) -> bool:
+        """Whether a batch sent and not collected yet has events of this session."""
+        return session_id in self._flying
 
     def _changed(self) -> None:
         if self._settled is not None:
@@ -210,6 +227,7 @@ class ScrubPool:
         if events:
             self._send(p)
         self._outstanding.append(p)
+        self._flying.update({e["session_id"] for e in events})
         return p
 
     async def collect(self, p: Pending) -> tuple[list[Any], dict[str, Any]]:
@@ -238,6 +256,11 @@ class ScrubPool:
                 self._recovering = False
         finally:
             self._outstanding.popleft()
+            ids = {e["session_id"] for e in p.events}
+            self._flying.subtract(ids)
+            for sid in ids:
+                if self._flying[sid] <= 0:
+                    del self._flying[sid]
             self._changed()
 
     async def _settle(self, p: Pending) -> tuple[list[Any], dict[str, Any]]:
@@ -290,13 +313,19 @@ class ScrubPool:
 
     # -- what the caller tells the processes
 
-    def forget(self, session_ids: Iterable[str]) -> None:
-        """The processes drop these sessions' dictionaries (with their next part); the caller's copy goes next time."""
+    def forget(self, session_ids: Iterable[str]) -> list[str]:
+        """The processes drop these sessions' dictionaries (with their next part); the caller's copy goes next time.
+        A session in a batch in flight is kept (its next batch must start from what that one learns): returns those
+        not forgotten."""
+        kept = []
         for sid in session_ids:
             proc = owner(sid, self.processes)
-            if sid in self._held[proc]:
+            if sid in self._flying:
+                kept.append(sid)
+            elif sid in self._held[proc]:
                 del self._held[proc][sid]
                 self._forget[proc].append(sid)
+        return kept
 
     def forget_all(self) -> None:
         """The processes drop every dictionary they hold, once the batches in flight are collected (a rebalance:

@@ -248,3 +248,23 @@ def test_after_forget_all_a_batch_waits_for_the_ones_in_flight():
 
     with _pool(1) as pool:
         assert asyncio.run(scenario(pool)) == ({"s0": 1}, {"s0": 41})
+
+
+@pytest.mark.component
+def test_a_session_in_flight_is_neither_forgotten_nor_evicted():
+    """Its next batch must start from what the batch in flight learns, not from the caller's older copy (the sweep
+    of a worker restarted after a long stop finds every saved copy old, while the backlog's batches are in
+    flight)."""
+    async def scenario(pool):
+        first = await pool.submit(_events("nap", sessions=1), _supplied({}, []))  # s0, in flight for a second
+        kept = pool.forget(["s0"])
+        second = await pool.submit([{"event_id": "x", "session_id": "s1", "text": "x"}], _supplied({}, []))
+        third = await pool.submit(_events("a", sessions=1), _supplied({"s0": 50}, []))  # would evict s0 (LRU)
+        backs = [(await pool.collect(p))[1] for p in (first, second, third)]
+        assert not pool.in_flight("s0")
+        return kept, backs
+
+    with _pool(1, held_per_process=1) as pool:
+        kept, backs = asyncio.run(scenario(pool))
+        assert kept == ["s0"]
+        assert backs == [{"s0": 1}, {"s1": 1}, {"s0": 2}]  # not 51: the caller's copy was not sent
