@@ -2,6 +2,7 @@
 other commits checked out beside this one for the A/B benchmarks."""
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import time
@@ -51,3 +52,40 @@ def report(times: dict[str, list[float]], unit: str = "s", scale: float = 1.0, d
     first, *_, last = med.values()
     print(f"median ratio ({next(iter(med))} / {list(med)[-1]}): {first / last:.4f}")
     return med
+
+
+def last_json_line(cmd: list[str], checkout: Path, what: str) -> dict[str, Any]:
+    """Run a checkout's own benchmark script (`cmd`, in `checkout`) and return the JSON object on its last line that
+    holds one; exits naming `what` and showing the script's stderr when it fails or prints none."""
+    proc = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"the {what} of {checkout} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+Runs = dict[str, dict[str, list[dict[str, Any]]]]
+
+
+def alternate(this: Path, other: Path, kinds: list[str], rounds: int,
+              run: Callable[[Path, str, int], dict[str, Any]], show: Callable[[int, str, str, dict[str, Any]], None],
+              first: str = "this") -> Runs:
+    """Every workload in `kinds` run by both checkouts each round (`run(checkout, kind, round)`), `first` first in
+    odd rounds and last in even ones, so a machine whose speed drifts affects both alike; `show(round, kind, name,
+    result)` prints each run as it ends. Returns {kind: {"other": [results], "this": [results]}}."""
+    runs: Runs = {k: {"other": [], "this": []} for k in kinds}
+    order = [("this", this), ("other", other)]
+    if first == "other":
+        order.reverse()
+    for r in range(rounds):
+        for kind in kinds:
+            for name, checkout in (order if r % 2 == 0 else order[::-1]):
+                res = run(checkout, kind, r)
+                runs[kind][name].append(res)
+                show(r + 1, kind, name, res)
+    return runs
+
+
+def medians(by: dict[str, list[dict[str, Any]]], key: str) -> dict[str, float]:
+    """The median of `key` over each checkout's runs of one workload."""
+    return {name: statistics.median(x[key] for x in rs) for name, rs in by.items()}

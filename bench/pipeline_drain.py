@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,15 +84,19 @@ def one(kind: str, events: int, quiet: float) -> dict:
 
 
 def _run(checkout: Path, kind: str, events: int, quiet: float) -> dict:
+    from interleaved import last_json_line
+
     script = checkout / "bench" / "pipeline_drain.py"
     if checkout != REPO:
         shutil.copyfile(Path(__file__), script)
-    proc = subprocess.run([sys.executable, str(script), "--one", "--kinds", kind, "--events", str(events),
-                           "--quiet", str(quiet)], cwd=checkout, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        sys.exit(f"the pipeline drain of {checkout} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return last_json_line([sys.executable, str(script), "--one", "--kinds", kind, "--events", str(events),
+                           "--quiet", str(quiet)], checkout, "pipeline drain")
+
+
+def _show(r: int, kind: str, name: str, res: dict) -> None:
+    print(f"round {r} {kind:10} {name:5} bronze {res['bronze_s']:6.1f} s ({res['bronze_per_s']:,}/s)  "
+          f"silver first {res['silver_first_s']:5.1f} s  whole {res['whole_s']:6.1f} s ({res['whole_per_s']:,}/s)",
+          flush=True)
 
 
 def main() -> int:
@@ -111,20 +113,11 @@ def main() -> int:
         return 0
     if not a.against:
         ap.error("--against REV is required: the commit whose worker is the baseline")
-    from interleaved import worktree
+    from interleaved import alternate, medians, worktree
 
     against, other = worktree(a.against, OUT / "ab")
     kinds = a.kinds.split(",")
-    runs: dict[str, dict[str, list[dict]]] = {k: {"other": [], "this": []} for k in kinds}
-    for r in range(a.rounds):
-        for kind in kinds:
-            order = [("this", REPO), ("other", other)]
-            for name, checkout in (order if r % 2 == 0 else order[::-1]):
-                res = _run(checkout, kind, a.events, a.quiet)
-                runs[kind][name].append(res)
-                print(f"round {r + 1} {kind:10} {name:5} bronze {res['bronze_s']:6.1f} s ({res['bronze_per_s']:,}/s)  "
-                      f"silver first {res['silver_first_s']:5.1f} s  whole {res['whole_s']:6.1f} s "
-                      f"({res['whole_per_s']:,}/s)", flush=True)
+    runs = alternate(REPO, other, kinds, a.rounds, lambda c, kind, r: _run(c, kind, a.events, a.quiet), _show)
     summary: dict = {"against": against, "args": vars(a), "workloads": {}}
     print(f"\n| workload | measure | {against} | median | this | median | ratio |")
     print("|---|---|---|---|---|---|---|")
@@ -132,7 +125,7 @@ def main() -> int:
         summary["workloads"][kind] = runs[kind]
         for key, label in (("bronze_per_s", "bronze drain, events/s"), ("whole_per_s", "whole drain, events/s"),
                            ("silver_first_s", "first silver commit, s (lower is better)")):
-            med = {n: statistics.median(x[key] for x in runs[kind][n]) for n in ("other", "this")}
+            med = medians(runs[kind], key)
             fmt = {n: " / ".join(f"{x[key]:,}" for x in runs[kind][n]) for n in ("other", "this")}
             print(f"| {kind} | {label} | {fmt['other']} | **{med['other']:,}** | {fmt['this']} | "
                   f"**{med['this']:,}** | **{med['this'] / max(med['other'], 1e-6):.2f}** |")

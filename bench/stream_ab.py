@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,17 +20,18 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 sys.path.insert(0, str(REPO / "bench"))
 
-from interleaved import worktree  # noqa: E402
+from interleaved import alternate, last_json_line, medians, worktree  # noqa: E402
 
 
 def _run(checkout: Path, kind: str, events: int, seed: int) -> dict:
-    proc = subprocess.run([sys.executable, str(checkout / "bench" / "stream_throughput.py"), "--events", str(events),
-                           "--runs", "1", "--seed", str(seed), "--kinds", kind], cwd=checkout,
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        sys.exit(f"the stream benchmark of {checkout} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return last_json_line([sys.executable, str(checkout / "bench" / "stream_throughput.py"), "--events", str(events),
+                           "--runs", "1", "--seed", str(seed), "--kinds", kind], checkout, "stream benchmark")
+
+
+def _show(r: int, kind: str, name: str, res: dict) -> None:
+    print(f"round {r} {kind:10} {name:5} {res['events_per_s']:8.1f} events/s  p50 {res['p50_s']:.2f} s"
+          f"  p99 {res['p99_s']:.2f} s  Faust drain {res['faust_drain_per_s']:8.1f}/s  not visible {res['not_visible']}"
+          + (f"  drain {res['drain_per_s']:8.1f}/s" if "drain_per_s" in res else ""), flush=True)
 
 
 def main() -> int:
@@ -44,23 +43,13 @@ def main() -> int:
     a = ap.parse_args()
     against, other = worktree(a.against, OUT / "ab")
     kinds = a.kinds.split(",")
-    runs: dict[str, dict[str, list[dict]]] = {k: {"other": [], "this": []} for k in kinds}
-    for r in range(a.rounds):
-        for kind in kinds:
-            order = [("other", other), ("this", REPO)]
-            for name, checkout in (order if r % 2 == 0 else order[::-1]):
-                res = _run(checkout, kind, a.events, 7 + r)
-                runs[kind][name].append(res)
-                print(f"round {r + 1} {kind:10} {name:5} {res['events_per_s']:8.1f} events/s  p50 {res['p50_s']:.2f} s"
-                      f"  p99 {res['p99_s']:.2f} s  Faust drain {res['faust_drain_per_s']:8.1f}/s  "
-                      f"not visible {res['not_visible']}"
-                      + (f"  drain {res['drain_per_s']:8.1f}/s" if "drain_per_s" in res else ""), flush=True)
+    runs = alternate(REPO, other, kinds, a.rounds, lambda c, kind, r: _run(c, kind, a.events, 7 + r), _show,
+                     first="other")
     summary: dict = {"against": against, "args": vars(a), "workloads": {}}
     print(f"\n| workload | {summary['against']} events/s | median | this | median | ratio | p99 medians (s) |")
     print("|---|---|---|---|---|---|---|")
     for kind, by in runs.items():
-        med = {n: statistics.median(x["events_per_s"] for x in rs) for n, rs in by.items()}
-        p99 = {n: statistics.median(x["p99_s"] for x in rs) for n, rs in by.items()}
+        med, p99 = medians(by, "events_per_s"), medians(by, "p99_s")
         summary["workloads"][kind] = {"medians": med, "p99_medians": p99, "ratio": round(med["this"] / med["other"], 3),
                                       "runs": by}
         fmt = lambda rs: " / ".join(f"{x['events_per_s']:,.0f}" for x in rs)  # noqa: E731

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 sys.path.insert(0, str(REPO / "bench"))
 
-from interleaved import worktree  # noqa: E402
+from interleaved import alternate, medians, worktree  # noqa: E402
 
 DRAINED = re.compile(r"drained in [\d.]+ s \(([\d,]+)/s\)")
 SHARE = re.compile(r"^\s*([\d.]+)%\s+(.*)$")
@@ -50,6 +49,12 @@ def _run(checkout: Path, kind: str, events: int, seconds: int) -> dict:
             "idle_pct": sum(shares.get("idle", [0.0]))}
 
 
+def _show(r: int, kind: str, name: str, res: dict) -> None:
+    scrub = " / ".join(f"{s:.0f}%" for s in res["scrub_pct"])
+    print(f"round {r} {kind:10} {name:5} drain {res['drain_per_s']:8.0f}/s  worker {res['worker_pct']:.0f}%  "
+          f"scrub {scrub}  idle {res['idle_pct']:.0f}% of 200%", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", required=True, help="the commit whose worker is the baseline")
@@ -60,22 +65,12 @@ def main() -> int:
     a = ap.parse_args()
     against, other = worktree(a.against, OUT / "ab")
     kinds = a.kinds.split(",")
-    runs: dict[str, dict[str, list[dict]]] = {k: {"other": [], "this": []} for k in kinds}
-    for r in range(a.rounds):
-        for kind in kinds:
-            order = [("this", REPO), ("other", other)]
-            for name, checkout in (order if r % 2 == 0 else order[::-1]):
-                res = _run(checkout, kind, a.events, a.seconds)
-                runs[kind][name].append(res)
-                scrub = " / ".join(f"{s:.0f}%" for s in res["scrub_pct"])
-                print(f"round {r + 1} {kind:10} {name:5} drain {res['drain_per_s']:8.0f}/s  worker "
-                      f"{res['worker_pct']:.0f}%  scrub {scrub}  idle {res['idle_pct']:.0f}% of 200%", flush=True)
+    runs = alternate(REPO, other, kinds, a.rounds, lambda c, kind, r: _run(c, kind, a.events, a.seconds), _show)
     summary: dict = {"against": against, "args": vars(a), "workloads": {}}
     print(f"\n| workload | {against} drains (events/s) | median | this | median | ratio | idle medians (of 200%) |")
     print("|---|---|---|---|---|---|---|")
     for kind in kinds:
-        med = {n: statistics.median(x["drain_per_s"] for x in runs[kind][n]) for n in ("other", "this")}
-        idle = {n: statistics.median(x["idle_pct"] for x in runs[kind][n]) for n in ("other", "this")}
+        med, idle = medians(runs[kind], "drain_per_s"), medians(runs[kind], "idle_pct")
         summary["workloads"][kind] = {"runs": runs[kind], "median_drain": med, "median_idle": idle}
         fmt = {n: " / ".join(f"{x['drain_per_s']:,.0f}" for x in runs[kind][n]) for n in ("other", "this")}
         print(f"| {kind} | {fmt['other']} | **{med['other']:,.0f}** | {fmt['this']} | **{med['this']:,.0f}** | "
