@@ -20,7 +20,7 @@ from schemas.contract import ContractError, Reason
 from schemas.settings import OUTPUT_MESSAGE_MAX_BYTES, Settings
 from streams.dedup import BronzeEventIds, Claims, Duplicate, SeenEvents, drop_seen, event_date
 from streams.faust_consumer import (QuietMonitor, head_unacked, install_commit_guard, install_eager_dispatch,
-                                    request_seek_back)
+                                    install_fair_fetch, request_seek_back)
 from streams.stalls import STALL_CHECK_SECONDS, STALL_TICKS, StallWatch
 from streams.ingest import DeadLetter, SourceRecord, check_record, clean_event, clean_record, dead_letter, now_iso
 from streams.join import (DueIndex, Folded, Timeouts, delivered, evaluate, expired, fold_event, new_session, next_due, outbox,
@@ -31,6 +31,8 @@ from streams.sink import SINK_TARGETS
 log = logging.getLogger("trajlake.worker")
 
 INGEST_BATCH, INGEST_WITHIN = 500, 0.25
+# the most records one poll of the worker's consumer hands out (Faust's default: every record buffered)
+POLL_RECORDS = 1000
 # ingest batches waiting in the scrub processes behind the one being collected (streams/scrubbing.py::ScrubPool)
 SCRUB_AHEAD = 2
 # The timer re-reads the whole join table after a rebalance and, as a backstop for its index, this often.
@@ -71,6 +73,9 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         # a dead letter of a ~1 MiB raw record is ~1.4 MB: sends of that size must not fail (schemas/settings.py)
         producer_max_request_size=OUTPUT_MESSAGE_MAX_BYTES,
         consumer_max_fetch_size=OUTPUT_MESSAGE_MAX_BYTES,
+        # records per poll: with no cap one poll held a raw backlog of 16 MiB fetches, and the join's records
+        # waited behind all of it (with `install_fair_fetch`, polls take partitions in turn)
+        broker_max_poll_records=POLL_RECORDS,
         # every valid event is one send: with Faust's 16 KiB batches and no linger, a batch of 500 clean records
         # went out as dozens of produce requests (socket writes were ~9% of the event loop's time)
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
@@ -86,6 +91,8 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         # no commit past an unacked record at the head (faust-streaming #606); the stall watch, which comes with
         # the eager drain loop, seeks such a hole back
         install_commit_guard(app.consumer)
+    # a backlog on the raw topics must not starve the join of the clean topic's records (streams/faust_consumer.py)
+    install_fair_fetch()
     raw = app.topic(settings.topic("frontend.raw"), settings.topic("agent.raw"),
                     key_serializer="raw", value_serializer="raw")
     clean = app.topic(settings.topic("events.clean"), key_serializer="raw", value_serializer="raw")

@@ -20,6 +20,12 @@ Faust's Monitor sensor also runs on every message, stream event, table access an
 for Faust's web views, which the worker does not serve (`web_enabled=False`; `trajlake status` reads lag from
 the broker). `QuietMonitor` keeps the per-commit and per-rebalance ones and drops the per-event ones.
 
+`install_fair_fetch` makes aiokafka serve the partitions it has records for in turn: its fetcher hands out a
+partition's buffered records from the front of an ordered dict and keeps a partly served partition at the front,
+so with a record cap per poll one big partition (a raw topic's backlog, fetched 16 MiB at a time) was served
+until empty while the clean topic's records waited behind it, and the join agent sat idle for the whole drain
+(bench/RESULTS.md, "A drain of a backlog starves the join").
+
 `install_commit_guard` mends an off-by-one in Faust's commit that let a single unacked message at a partition's
 committed offset be committed over (faust-streaming #606); `head_unacked` says which.
 
@@ -42,6 +48,8 @@ from mode import Service
 log = logging.getLogger("trajlake.worker")
 
 PATCHED_FAUST_VERSION = "0.15.3"
+# the aiokafka whose fetcher keeps its buffered records in `Fetcher._records`, an OrderedDict by partition
+PATCHED_AIOKAFKA_VERSION = "0.14.0"
 
 
 def start_eagerly(coro: Coroutine[Any, Any, Any]) -> Optional[asyncio.Task]:
@@ -193,6 +201,39 @@ def install_eager_dispatch(app: faust.App, lose_once: tuple[str, int, int] | Non
     consumer.trajlake_seek_back = {}
     consumer.trajlake_first_after_seek = {}
     consumer._drain_messages = _drain_messages.__get__(consumer)
+    return True
+
+
+def served_to_the_back(records: Any, served: Any) -> None:
+    """Move the partitions a poll took records from behind those it did not, keeping each group's order."""
+    for tp in served:
+        if tp in records:
+            records.move_to_end(tp)
+
+
+def install_fair_fetch() -> bool:
+    """aiokafka's `Fetcher.fetched_records` serves partitions in turn: after each poll the partitions it took
+    records from go to the back of the fetcher's buffer (`served_to_the_back`). False (and aiokafka's own order)
+    on another aiokafka version than the one whose fetcher this reorders. Process-wide, once."""
+    import aiokafka
+    from aiokafka.consumer.fetcher import Fetcher
+
+    if aiokafka.__version__ != PATCHED_AIOKAFKA_VERSION:
+        log.warning("aiokafka %s is not %s: keeping its fetcher's order (a backlog on one topic can starve "
+                    "another's agent)", aiokafka.__version__, PATCHED_AIOKAFKA_VERSION)
+        return False
+    if getattr(Fetcher.fetched_records, "trajlake_fair", False):
+        return True
+    upstream = Fetcher.fetched_records
+
+    async def fetched_records(self: Any, partitions: Any, timeout: float = 0, max_records: Any = None) -> dict:
+        drained = await upstream(self, partitions, timeout, max_records)
+        served_to_the_back(self._records, drained)
+        return drained
+
+    fetched_records.trajlake_fair = True  # type: ignore[attr-defined]
+    fetched_records.__wrapped__ = upstream  # type: ignore[attr-defined]
+    Fetcher.fetched_records = fetched_records  # type: ignore[method-assign]
     return True
 
 

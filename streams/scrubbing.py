@@ -164,8 +164,13 @@ class ScrubPool:
         loop = asyncio.get_running_loop()
         executors = self._pool()
         by_process: dict[int, list[int]] = {}
+        owners: dict[str, int] = {}  # a batch has far fewer sessions than events: hash each once
         for i, e in enumerate(p.events):
-            by_process.setdefault(owner(e["session_id"], self.processes), []).append(i)
+            sid = e["session_id"]
+            proc = owners.get(sid)
+            if proc is None:
+                proc = owners[sid] = owner(sid, self.processes)
+            by_process.setdefault(proc, []).append(i)
         p.parts, p.calls = sorted(by_process.items()), []
         for proc, positions in p.parts:
             held = self._held[proc]

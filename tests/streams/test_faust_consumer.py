@@ -230,3 +230,31 @@ def test_no_commit_past_an_unacked_message_at_the_committed_offset():
         install_commit_guard(offsets)
         assert head_unacked(offsets, "tp") is None
         assert offsets._new_offset("tp") == expected
+
+
+def test_the_fair_fetch_is_pinned_to_the_fetcher_whose_buffer_it_reorders():
+    """aiokafka's fetcher serves the partitions in its `_records` in order and keeps a partly served one in front;
+    the reordering relies on exactly that, so an upgrade must fail here, not run on with a changed fetcher."""
+    import aiokafka
+    from aiokafka.consumer.fetcher import Fetcher
+
+    from streams.faust_consumer import PATCHED_AIOKAFKA_VERSION, install_fair_fetch
+
+    assert aiokafka.__version__ == PATCHED_AIOKAFKA_VERSION
+    assert install_fair_fetch() and install_fair_fetch()  # once, however often the app is built
+    assert Fetcher.fetched_records.trajlake_fair
+    source = inspect.getsource(Fetcher.fetched_records.__wrapped__)
+    assert "for tp in list(self._records.keys()):" in source and "del self._records[tp]" in source
+    assert "self._records = collections.OrderedDict()" in inspect.getsource(Fetcher.__init__)
+
+
+def test_partitions_a_poll_served_go_behind_those_it_did_not():
+    from collections import OrderedDict
+
+    from streams.faust_consumer import served_to_the_back
+
+    records = OrderedDict((tp, None) for tp in ("raw-0", "raw-1", "clean-0", "clean-1"))
+    served_to_the_back(records, {"raw-0": [1, 2]})  # raw-0 still has records: it waits its turn
+    assert list(records) == ["raw-1", "clean-0", "clean-1", "raw-0"]
+    served_to_the_back(records, {"raw-1": [3], "clean-0": [4], "gone": [5]})  # a drained partition is not there
+    assert list(records) == ["clean-1", "raw-0", "raw-1", "clean-0"]
