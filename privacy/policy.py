@@ -76,4 +76,8 @@ ALLOW_PATTERNS = [
     re.compile(r"^call_[A-Za-z0-9]+$"),     # tool-call ids
 ]
 ALLOW_WORDS = {"suite", "user", "thank", "thanks", "hi", "hello", "yes", "no", "sure", "please", "economy", "business",
-               "basic", "gold", "silver", "regular"}
+               "basic", "gold", "silver", "regular",
+               # the airline domain's words spaCy takes for a PERSON (privacy-4): "## Modify flight" in every
+               # τ-bench system prompt, payment methods and baggage in the agents' Markdown lists
+               "modify", "arrival", "gift card", "gift cards", "certificate", "certificates", "travel certificate",
+               "visa", "mastercard", "baggage", "checked bag", "checked bags", "user_id"}

@@ -128,7 +128,7 @@ class EventScrubber:
         entities = list(policy.PRESIDIO_LABELS)
         for text, artifacts in analyzer.nlp_engine.process_batch(texts, language="en", batch_size=64):
             results = analyzer.analyze(text, language="en", entities=entities, nlp_artifacts=artifacts)
-            self._ner.put(text, _findings(results))
+            self._ner.put(text, _findings(results, text))
 
     # ---- structure ------------------------------------------------------------------------------
     def _walk(self, value: Any, ctx: SessionDictionary, learn_only: bool) -> Any:
@@ -233,7 +233,7 @@ class EventScrubber:
         return "".join(out)
 
     def _ner_uncached(self, text: str) -> tuple[tuple[int, int, str], ...]:
-        return _findings(self.analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS)))
+        return _findings(self.analyzer.analyze(text, language="en", entities=list(policy.PRESIDIO_LABELS)), text)
 
     @property
     def analyzer(self):
@@ -242,9 +242,22 @@ class EventScrubber:
         return self._analyzer
 
 
-def _findings(results) -> tuple[tuple[int, int, str], ...]:
-    return tuple((r.start, r.end, policy.PRESIDIO_LABELS[r.entity_type]) for r in results
-                 if r.score >= policy.PRESIDIO_MIN_SCORE)
+def _findings(results, text: str) -> tuple[tuple[int, int, str], ...]:
+    """Presidio's results above the bar, each span trimmed to its first and last letter or digit: spaCy's PERSON
+    spans can take in the Markdown around a name ("Ivan Smith\n- *"), and replacing that too would drop the
+    newline and the list marker from the text (and hide an allowed word behind its punctuation)."""
+    out = []
+    for r in results:
+        if r.score < policy.PRESIDIO_MIN_SCORE:
+            continue
+        start, end = r.start, r.end
+        while start < end and not text[start].isalnum():
+            start += 1
+        while end > start and not text[end - 1].isalnum():
+            end -= 1
+        if start < end:
+            out.append((start, end, policy.PRESIDIO_LABELS[r.entity_type]))
+    return tuple(out)
 
 
 class _LruCache:

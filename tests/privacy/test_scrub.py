@@ -155,6 +155,34 @@ def test_a_false_positive_does_not_spread_through_the_session(presidio):
     assert "katherine" not in ctx.values  # recognizer findings are numbered, never matched session-wide
 
 
+@pytest.mark.component
+def test_the_tau_bench_policy_keeps_its_headings(presidio):
+    """spaCy tags "Modify" in "## Modify flight" as a PERSON; every τ-bench system prompt has that heading."""
+    from tests.conftest import TAU
+
+    system = json.loads((TAU / "gpt-4o-airline.json").read_text())[0]["traj"][0]["content"]
+    assert "## Modify flight" in system
+    out = presidio.scrub_text(system, SessionDictionary())
+    assert "## Modify flight" in out and "<PERSON" not in out
+
+
+@pytest.mark.unit
+def test_a_name_finding_is_trimmed_to_its_letters_and_digits():
+    from presidio_analyzer import RecognizerResult
+
+    from privacy.scrub import _findings
+
+    text = "Passengers:\n- Ivan Smith\n- *Mia Li*"
+    results = [RecognizerResult("PERSON", text.index("Ivan"), text.index("Mia") - 1, 0.85),  # "Ivan Smith\n- *"
+               RecognizerResult("PERSON", text.index("*Mia"), len(text), 0.85),  # "*Mia Li*"
+               RecognizerResult("PERSON", 0, 1, 0.3),  # under the bar
+               RecognizerResult("PERSON", len(text) - 1, len(text), 0.85)]  # nothing but punctuation
+    assert [text[s:e] for s, e, _ in _findings(results, text)] == ["Ivan Smith", "Mia Li"]
+    out = EventScrubber(KEY, use_ner=False)._replace(
+        text, [(s, e, None, label) for s, e, label in _findings(results, text)], SessionDictionary())
+    assert out == "Passengers:\n- <PERSON_1>\n- *<PERSON_2>*"
+
+
 @pytest.mark.unit
 def test_an_id_built_from_a_cards_last_four_is_not_structural(patterns_only):
     """GPT-4o in τ-bench calls tools with payment_id "credit_card_7334": the card's last four inside an id."""
