@@ -121,9 +121,9 @@ def test_tau_bench_export_carries_no_pii_and_counts_match(tau_export, tau_lake):
     m = tau_export[1].manifest
     assert m["pii_scan"]["hits"] == {} and "ground_truth" in m["pii_scan"]["detectors"]
     # every episode with an outside grade becomes one RFT prompt unless dropped as a near duplicate, or as an exact
-    # duplicate of another's prompt: two trials of one task can open with the same words, and whether their scrubbed
-    # system prompts match depends on the order the worker saw each session's events across the two raw topics
-    # (placeholders are numbered in that order, and NER takes the heading "Modify" for a name)
+    # duplicate of another's prompt: two trials of one task can open with the same words (and under privacy-3,
+    # whether their scrubbed system prompts matched depended on the order the worker saw each session's events
+    # across the two raw topics: placeholders are numbered in that order, and NER took the heading "Modify" for a name)
     rft = sum(m["counts"]["rows"]["rft"].values()) + m["counts"]["exact_duplicates_removed"].get("rft", 0)
     assert rft == m["counts"]["episodes"]["exported"] == len(records) - m["counts"]["episodes"]["near_duplicates_removed"]
     assert m["sources"]["bronze/events"] is not None and m["reward_version"] == "reward-v2"
