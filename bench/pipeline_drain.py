@@ -10,8 +10,9 @@ and left until bronze/events holds all N and silver/steps and silver/episodes ha
 The events/s figures divide the events after bronze's first commit by those spans. A join that made no commit for
 --quiet seconds after bronze is complete ends the run: with a join starved for longer than that, raise --quiet.
 
-The other commit is checked out once as a git worktree (bench/out/ab/<rev>); this script is copied into it (an
-untracked file) and run there, so its worker is that commit's. Per round the order alternates.
+The other commit is checked out once as a git worktree (bench/out/ab/<rev>); this script is copied into it (over
+the checkout's own copy, where it has one: that worktree is then left changed) and run there, so its worker is
+that commit's. Per round the order alternates.
 
 Usage: .venv/bin/python bench/pipeline_drain.py --against REV [--rounds 3] [--events 60000]
        [--kinds structural,mix20] [--quiet 8]

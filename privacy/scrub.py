@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -198,7 +199,8 @@ class EventScrubber:
             if self.use_ner and any(c.isupper() for c in text):
                 self._collect.append(text)
             return text
-        spans: list[tuple[int, int, str | None, str]] = []  # start, end, fixed replacement, label
+        # start, end, fixed replacement (None: none, the allow-list not yet asked; "": none, asked), label
+        spans: list[tuple[int, int, str | None, str]] = []
         rx = ctx.regex()
         if rx is not None:
             spans += [(m.start(), m.end(), ctx.values[m.group(0).casefold()], "DICT") for m in rx.finditer(text)]
@@ -209,7 +211,8 @@ class EventScrubber:
         for term in self.deny:
             spans += [(m.start(), m.end(), None, "DENY") for m in re.finditer(re.escape(term), text, re.IGNORECASE)]
         if self.use_ner and any(c.isupper() for c in text):
-            spans += [(s, e, None, label) for s, e, label in self._ner(text)]
+            # "" (no fixed replacement, like None) marks findings the allow-list has already passed on as found
+            spans += [(s, e, "", label) for s, e, label in self._ner(text)]
         if not spans:
             return text
         return self._replace(text, spans, ctx)
@@ -217,7 +220,7 @@ class EventScrubber:
     def _replace(self, text: str, spans: list[tuple[int, int, str | None, str]], ctx: SessionDictionary) -> str:
         chosen: list[tuple[int, int, str]] = []
         # longest first, then earliest; dictionary hits win ties because they carry a known replacement
-        for start, end, fixed, label in sorted(spans, key=lambda s: (-(s[1] - s[0]), s[2] is None, s[0])):
+        for start, end, fixed, label in sorted(spans, key=lambda s: (-(s[1] - s[0]), not s[2], s[0])):
             piece = text[start:end]
             if fixed is None and _allowed(piece):
                 continue
@@ -243,21 +246,27 @@ class EventScrubber:
 
 
 def _findings(results, text: str) -> tuple[tuple[int, int, str], ...]:
-    """Presidio's results above the bar, each span trimmed to its first and last letter or digit: spaCy's PERSON
-    spans can take in the Markdown around a name ("Ivan Smith\n- *"), and replacing that too would drop the
-    newline and the list marker from the text (and hide an allowed word behind its punctuation)."""
+    """Presidio's results above the bar and not allow-listed as found, each span then trimmed to its first and last
+    letter, digit or combining mark: spaCy's PERSON spans can take in the Markdown around a name ("Ivan Smith\n-
+    *"), and replacing that too would drop the newline and the list marker from the text. The allow-list decides on
+    the span as found, not trimmed: "Silver." is a name, though "silver" (the tier) is allowed."""
     out = []
     for r in results:
-        if r.score < policy.PRESIDIO_MIN_SCORE:
+        if r.score < policy.PRESIDIO_MIN_SCORE or _allowed(text[r.start:r.end]):
             continue
         start, end = r.start, r.end
-        while start < end and not text[start].isalnum():
+        while start < end and not _word_char(text[start]):
             start += 1
-        while end > start and not text[end - 1].isalnum():
+        while end > start and not _word_char(text[end - 1]):
             end -= 1
         if start < end:
             out.append((start, end, policy.PRESIDIO_LABELS[r.entity_type]))
     return tuple(out)
+
+
+def _word_char(c: str) -> bool:
+    # a combining mark ends "José" written decomposed, or a Devanagari name: it belongs to the name
+    return c.isalnum() or unicodedata.category(c)[0] == "M"
 
 
 class _LruCache:

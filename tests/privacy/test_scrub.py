@@ -167,20 +167,25 @@ def test_the_tau_bench_policy_keeps_its_headings(presidio):
 
 
 @pytest.mark.unit
-def test_a_name_finding_is_trimmed_to_its_letters_and_digits():
+def test_a_name_finding_is_trimmed_to_its_letters_and_digits_and_allowed_only_as_found():
     from presidio_analyzer import RecognizerResult
 
     from privacy.scrub import _findings
 
-    text = "Passengers:\n- Ivan Smith\n- *Mia Li*"
-    results = [RecognizerResult("PERSON", text.index("Ivan"), text.index("Mia") - 1, 0.85),  # "Ivan Smith\n- *"
-               RecognizerResult("PERSON", text.index("*Mia"), len(text), 0.85),  # "*Mia Li*"
+    text = "Passengers:\n- Ivan Smith\n- *Mia Li*\nThanks, Silver.\nJose\u0301 wants to Modify it"
+    at = text.index
+    results = [RecognizerResult("PERSON", at("Ivan"), at("- *Mia"), 0.85),  # "Ivan Smith\n"
+               RecognizerResult("PERSON", at("*Mia"), at("\nThanks"), 0.85),  # "*Mia Li*"
+               RecognizerResult("PERSON", at("Silver"), at("\nJose"), 0.85),  # "Silver.": a name, not the tier
+               RecognizerResult("PERSON", at("Jose"), at(" wants"), 0.85),  # "José", its accent a combining mark
+               RecognizerResult("PERSON", at("Modify"), at(" it"), 0.85),  # an allowed word as found
                RecognizerResult("PERSON", 0, 1, 0.3),  # under the bar
-               RecognizerResult("PERSON", len(text) - 1, len(text), 0.85)]  # nothing but punctuation
-    assert [text[s:e] for s, e, _ in _findings(results, text)] == ["Ivan Smith", "Mia Li"]
-    out = EventScrubber(KEY, use_ner=False)._replace(
-        text, [(s, e, None, label) for s, e, label in _findings(results, text)], SessionDictionary())
-    assert out == "Passengers:\n- <PERSON_1>\n- *<PERSON_2>*"
+               RecognizerResult("PERSON", at("\n- *Mia"), at("\n- *Mia") + 4, 0.85)]  # punctuation alone
+    assert [text[s:e] for s, e, _ in _findings(results, text)] == ["Ivan Smith", "Mia Li", "Silver", "Jose\u0301"]
+    scrubber = EventScrubber(KEY, use_ner=True)
+    scrubber._ner = lambda t: _findings(results, t)  # spaCy's findings, as above, without loading spaCy
+    assert scrubber.scrub_text(text, SessionDictionary()) == (
+        "Passengers:\n- <PERSON_1>\n- *<PERSON_2>*\nThanks, <PERSON_3>.\n<PERSON_4> wants to Modify it")
 
 
 @pytest.mark.unit
