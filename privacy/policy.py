@@ -76,8 +76,11 @@ ALLOW_PATTERNS = [
     re.compile(r"^call_[A-Za-z0-9]+$"),     # tool-call ids
 ]
 ALLOW_WORDS = {"suite", "user", "thank", "thanks", "hi", "hello", "yes", "no", "sure", "please", "economy", "business",
-               "basic", "gold", "silver", "regular",
+               "basic", "regular",
                # the airline domain's words spaCy takes for a PERSON (privacy-4): "## Modify flight" in every
                # τ-bench system prompt, payment methods and baggage in the agents' Markdown lists
                "modify", "arrival", "gift card", "gift cards", "certificate", "certificates", "travel certificate",
                "visa", "mastercard", "baggage", "checked bag", "checked bags", "user_id"}
+# membership tiers that are also surnames ("Thanks, Silver."): allowed only where a tier word follows (privacy-4)
+TIER_WORDS = {"gold", "silver"}
+TIER_FOLLOWS = re.compile(r"[\s*_]*(?:member|membership|tier|status|level|card|elite|customer)", re.IGNORECASE)

