@@ -53,8 +53,8 @@ def _start(s, log: Path) -> subprocess.Popen:
                             env=settings_env(s, os.environ), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
-def _changelog_records(s) -> int:
-    """The summed end offsets of the worker's changelog topics (the records a restore reads at most)."""
+def _changelog_records(s) -> dict[str, int]:
+    """The end offsets of the worker's changelog topics, summed per table (the records a restore reads at most)."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=s.bootstrap)
@@ -62,7 +62,11 @@ def _changelog_records(s) -> int:
         # the broker is this run's own: every changelog topic on it is the worker's
         tps = [TopicPartition(t, p) for t in c.topics() if t.endswith("-changelog")
                for p in (c.partitions_for_topic(t) or ())]
-        return sum(c.end_offsets(tps).values()) if tps else 0
+        out: dict[str, int] = {}
+        for tp, end in (c.end_offsets(tps) if tps else {}).items():
+            table = tp.topic.removeprefix(f"{s.worker_id}-").removesuffix("-changelog")
+            out[table] = out.get(table, 0) + end
+        return out
     finally:
         c.close()
 
@@ -120,8 +124,8 @@ def one(kind: str, events: int, quiet: float) -> dict:
             st.stop_worker([w])
     finally:
         broker.stop(base)
-    return {"changelog_records": records, "restore_s": round(done - (first or done), 2),
-            "ready_s": round(done - restarted, 2)}
+    return {"changelog_records": sum(records.values()), "per_table": records,
+            "restore_s": round(done - (first or done), 2), "ready_s": round(done - restarted, 2)}
 
 
 def _run(checkout: Path, kind: str, events: int, quiet: float) -> dict:
@@ -136,7 +140,8 @@ def _run(checkout: Path, kind: str, events: int, quiet: float) -> dict:
 
 def _show(r: int, kind: str, name: str, res: dict) -> None:
     print(f"round {r} {kind:10} {name:5} restore {res['restore_s']:6.2f} s  ready {res['ready_s']:6.2f} s  "
-          f"changelog records {res['changelog_records']:,}", flush=True)
+          f"changelog records {res['changelog_records']:,} "
+          f"({', '.join(f'{t} {n:,}' for t, n in sorted(res.get('per_table', {}).items()))})", flush=True)
 
 
 def main() -> int:
