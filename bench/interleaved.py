@@ -3,8 +3,10 @@ other commits checked out beside this one for the A/B benchmarks."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -62,6 +64,16 @@ def last_json_line(cmd: list[str], checkout: Path, what: str) -> dict[str, Any]:
     if proc.returncode or not lines:
         raise SystemExit(f"the {what} of {checkout} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def run_own_copy(checkout: Path, scripts: list[str], args: list[str], what: str) -> dict[str, Any]:
+    """Run this checkout's bench/`scripts[0]` in `checkout` with `args`, after copying `scripts` (it and the bench
+    modules it imports) over that checkout's own (a baseline worktree is left changed), so the benchmark is the
+    same and the worker is that checkout's; its last JSON line (`last_json_line`)."""
+    if checkout != REPO:
+        for name in scripts:
+            shutil.copyfile(REPO / "bench" / name, checkout / "bench" / name)
+    return last_json_line([sys.executable, str(checkout / "bench" / scripts[0]), *args], checkout, what)
 
 
 Runs = dict[str, dict[str, list[dict[str, Any]]]]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,24 @@ def _commits(settings, spec) -> list[tuple[float, int]]:
     return sorted(out)
 
 
+def drained(s, events: int, quiet: float) -> None:
+    """Wait until bronze/events holds `events` rows and silver/steps and silver/episodes have had no new commit for
+    `quiet` seconds (at most 900 s)."""
+    from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
+
+    started, last_silver, seen = time.time(), None, (0, 0)
+    while True:
+        time.sleep(1.0)
+        bronze = sum(r for _, r in _commits(s, BRONZE_EVENTS))
+        silver = (len(_commits(s, SILVER_STEPS)), len(_commits(s, SILVER_EPISODES)))
+        if silver != seen:
+            seen, last_silver = silver, time.time()
+        if bronze >= events and last_silver is not None and time.time() - last_silver >= quiet:
+            return
+        if time.time() - started > 900:
+            raise RuntimeError(f"only {bronze} of {events} events in bronze after 900 s")
+
+
 def one(kind: str, events: int, quiet: float) -> dict:
     import stream_throughput as st
 
@@ -60,17 +77,7 @@ def one(kind: str, events: int, quiet: float) -> dict:
         st.send(s, st.workload(kind, events, 7))
         w = st.start_worker(s, work / "worker.log")
         try:
-            started, last_silver, seen = time.time(), None, (0, 0)
-            while True:
-                time.sleep(1.0)
-                bronze = sum(r for _, r in _commits(s, BRONZE_EVENTS))
-                silver = (len(_commits(s, SILVER_STEPS)), len(_commits(s, SILVER_EPISODES)))
-                if silver != seen:
-                    seen, last_silver = silver, time.time()
-                if bronze >= events and last_silver is not None and time.time() - last_silver >= quiet:
-                    break
-                if time.time() - started > 900:
-                    raise RuntimeError(f"only {bronze} of {events} events in bronze after 900 s")
+            drained(s, events, quiet)
             b = _commits(s, BRONZE_EVENTS)
             silver_commits = sorted(_commits(s, SILVER_STEPS) + _commits(s, SILVER_EPISODES))
         finally:
@@ -85,13 +92,10 @@ def one(kind: str, events: int, quiet: float) -> dict:
 
 
 def _run(checkout: Path, kind: str, events: int, quiet: float) -> dict:
-    from interleaved import last_json_line
+    from interleaved import run_own_copy
 
-    script = checkout / "bench" / "pipeline_drain.py"
-    if checkout != REPO:
-        shutil.copyfile(Path(__file__), script)
-    return last_json_line([sys.executable, str(script), "--one", "--kinds", kind, "--events", str(events),
-                           "--quiet", str(quiet)], checkout, "pipeline drain")
+    return run_own_copy(checkout, ["pipeline_drain.py"], ["--one", "--kinds", kind, "--events", str(events),
+                                                          "--quiet", str(quiet)], "pipeline drain")
 
 
 def _show(r: int, kind: str, name: str, res: dict) -> None:

@@ -13,8 +13,8 @@ The changelog records read are the changelog topics' end offsets at the restart 
 Why: the worker's consumer hands out at most 1,000 records per poll (streams/app.py, POLL_RECORDS), and Faust
 reads changelogs through the same consumer, so a restore takes more polls than with no cap.
 
-The other commit is checked out once as a git worktree (bench/out/ab/<rev>); this script is copied into it and run
-there, as bench/pipeline_drain.py does. Per round the order alternates.
+The other commit is checked out once as a git worktree (bench/out/ab/<rev>); this script is copied into it with
+bench/pipeline_drain.py (whose drain it waits for) and run there. Per round the order alternates.
 
 Usage: .venv/bin/python bench/recovery_time.py --against REV [--rounds 3] [--events 60000] [--kinds mix20]
        [--quiet 8]
@@ -73,10 +73,9 @@ def _changelog_records(s) -> dict[str, int]:
 
 def one(kind: str, events: int, quiet: float) -> dict:
     import stream_throughput as st
-    from pipeline_drain import _commits
+    from pipeline_drain import drained
 
     from infra.kafka import broker
-    from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
 
     work, base = st.private_broker("recovery_time")
     try:
@@ -85,17 +84,7 @@ def one(kind: str, events: int, quiet: float) -> dict:
         st.send(s, st.workload(kind, events, 7))
         w = _start(s, work / "worker.log")
         try:
-            started, last_silver, seen = time.time(), None, (0, 0)
-            while True:
-                time.sleep(1.0)
-                bronze = sum(r for _, r in _commits(s, BRONZE_EVENTS))
-                silver = (len(_commits(s, SILVER_STEPS)), len(_commits(s, SILVER_EPISODES)))
-                if silver != seen:
-                    seen, last_silver = silver, time.time()
-                if bronze >= events and last_silver is not None and time.time() - last_silver >= quiet:
-                    break
-                if time.time() - started > 900:
-                    raise RuntimeError(f"only {bronze} of {events} events in bronze after 900 s")
+            drained(s, events, quiet)
         finally:
             st.stop_worker([w])
         records = _changelog_records(s)
@@ -129,13 +118,12 @@ def one(kind: str, events: int, quiet: float) -> dict:
 
 
 def _run(checkout: Path, kind: str, events: int, quiet: float) -> dict:
-    from interleaved import last_json_line
+    from interleaved import run_own_copy
 
-    script = checkout / "bench" / "recovery_time.py"
-    if checkout != REPO:
-        shutil.copyfile(Path(__file__), script)
-    return last_json_line([sys.executable, str(script), "--one", "--kinds", kind, "--events", str(events),
-                           "--quiet", str(quiet)], checkout, "recovery benchmark")
+    # with pipeline_drain.py, whose drain it waits for: a baseline's own copy may predate it
+    return run_own_copy(checkout, ["recovery_time.py", "pipeline_drain.py"],
+                        ["--one", "--kinds", kind, "--events", str(events), "--quiet", str(quiet)],
+                        "recovery benchmark")
 
 
 def _show(r: int, kind: str, name: str, res: dict) -> None:
