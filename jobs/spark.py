@@ -34,6 +34,11 @@ LOCAL_DEFAULTS = {
     # The heuristics job at 10M events took 0.89x the time without it (bench/spark_conf_ab.py, bench/RESULTS.md);
     # a cache that outgrows memory spills to disk either way.
     "spark.sql.inMemoryColumnarStorage.compressed": "false",
+    # the classes whole-stage codegen compiles, kept for reuse: a scorecards run alone compiles ~185 and a
+    # heuristics run ~100, so at Spark's default of 100 each run evicted the other's (and its own) and compiled
+    # them again, and the JIT compiled the new classes again too: ~13 s of C2 compiler CPU per scorecards run, and
+    # heuristics after scorecards ~10 s slower (bench/RESULTS.md, "Spark jobs"). A static conf: set at start.
+    "spark.sql.codegen.cache.maxEntries": "1000",
     # delta-rs writers and readers share these tables; keep the protocol both speak
     "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",

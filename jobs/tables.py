@@ -127,17 +127,18 @@ def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple
     job per table (bench/RESULTS.md, "Spark jobs").
     """
     def collect(spec: TableSpec, df: DataFrame) -> pa.Table:
-        return rows_to_publish(conform(df, spec).toArrow(), spec)
+        return conform(df, spec).toArrow()
 
     checked = []
-    # one thread collects the tables in order, so Spark computes the next table while this one is gated (Great
-    # Expectations runs in Python on the driver): the JVM and the gate overlap instead of taking turns
+    # one thread collects the tables in order, so Spark computes the next table while this one is sorted and
+    # gated (Great Expectations runs in Python on the driver): the JVM and the driver's work overlap instead of
+    # taking turns. The sort is the driver's too: done on the collecting thread, it held back the next collection.
     with ThreadPoolExecutor(1, thread_name_prefix="trajlake-collect") as pool, data_docs_once(settings):
         collected = [pool.submit(collect, spec, df) for spec, df, _ in tables]
         try:
             for (spec, _, where), rows in zip(tables, collected):
                 progress(f"checking {spec.id}")
-                data = rows.result()
+                data = rows_to_publish(rows.result(), spec)
                 n = check_before_publish(data, spec, where)
                 checked.append((spec, where, data, n, gate(settings, suite_for(spec.id, reward), data)))
         except BaseException:

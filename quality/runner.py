@@ -226,10 +226,16 @@ def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
         except duckdb.Error:  # inside Jupyter DuckDB refuses to touch the setting without ipywidgets
             pass
         con.register("t", data)
+        # only the check columns come back, appended to `data` as they are: selecting `t.*` with them copied every
+        # column of the table through DuckDB (0.66 s of 1.87M step rows, against 0.02 s; bench/RESULTS.md). A
+        # projection keeps the rows in their order and count.
         cols = ", ".join(f"({sql}) AS {name}" for name, sql in suite.derived.items())
-        return con.sql(f"SELECT t.*, {cols} FROM t").to_arrow_table()
+        checks = con.sql(f"SELECT {cols} FROM t").to_arrow_table()
     finally:
         con.close()
+    for name in checks.column_names:
+        data = data.append_column(name, checks.column(name))
+    return data
 
 
 def expectation_columns(suite: Suite) -> list[str]:
@@ -254,8 +260,46 @@ def frame_for_expectations(suite: Suite, frame: pa.Table) -> pa.Table:
     narrow = frame if conditional else frame.select(wanted)
     wide = {pa.int8(): pa.int64(), pa.int16(): pa.int64(), pa.int32(): pa.int64(), pa.uint8(): pa.int64(),
             pa.uint16(): pa.int64(), pa.uint32(): pa.int64(), pa.float16(): pa.float64(), pa.float32(): pa.float64()}
-    schema = pa.schema([f.with_type(wide.get(f.type, f.type)) for f in narrow.schema])
+    # nullable: a declared NOT NULL column holding a null is for the suite to find, not for the cast to refuse
+    schema = pa.schema([f.with_type(wide.get(f.type, f.type)).with_nullable(True) for f in narrow.schema])
     return narrow.cast(schema) if schema != narrow.schema else narrow
+
+
+# a string column whose sample is mostly distinct values is an identifier (a step's or an episode's id): see
+# pandas_for_expectations
+IDENTIFIER_SAMPLE = 10_000
+IDENTIFIER_SHARE = 0.5
+
+
+def pandas_for_expectations(frame: pa.Table) -> Any:
+    """`frame` as the pandas frame Great Expectations checks: repeating strings as categoricals, identifiers as
+    Arrow-backed strings.
+
+    GE's pandas engine filters the whole frame by a row mask for each expectation's domain (its null filter, even
+    when nothing is null). Taking rows of integer codes is cheap where taking Python strings is not, and the
+    duplicate-key check factorizes codes: as categoricals the step signals' gate at 10M events went from ~9.3 to
+    ~5.5 s. But a column of ids has as many categories as rows: encoding it hashed every id twice (Arrow's
+    dictionary, then pandas checking the categories are unique), 2.3 s of the 2.35 s conversion of 1.87M step
+    rows. Arrow-backed strings convert without a copy and are taken by Arrow (bench/RESULTS.md, "Spark jobs").
+    Which columns are identifiers is read off a sample of the rows, so no naming rule is needed.
+    """
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    arrays, strings = [], []
+    for field, column in zip(frame.schema, frame.columns):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            # spread over the rows: the rows of one episode sit together, so its first rows repeat its id
+            sample = column.take(pa.array(range(0, len(column), max(1, len(column) // IDENTIFIER_SAMPLE)), pa.int64()))
+            if len(sample) and pc.count_distinct(sample).as_py() > IDENTIFIER_SHARE * len(sample):
+                strings.append(field.type)
+            else:
+                column = pc.dictionary_encode(column)  # to pandas as a categorical
+        arrays.append(column)
+    # NaN for a missing value, as in a categorical or an object column (pd.NA broke the column-pair expectations
+    # and the failing rows' keys, docs/quality.md)
+    ids = pd.StringDtype("pyarrow", na_value=float("nan"))
+    return pa.table(arrays, names=frame.column_names).to_pandas(types_mapper={t: ids for t in strings}.get)
 
 
 def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | None = None) -> tuple[QualityReport, pa.Table]:
@@ -265,11 +309,7 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
 
     run_id = run_id or uuid.uuid4().hex[:12]
     frame = with_derived(suite, data)
-    # strings as categoricals: GE's pandas engine filters the whole frame by a row mask for each expectation's
-    # domain (its null filter, even when nothing is null), and taking rows of integer codes is cheap where taking
-    # Python strings or Arrow strings is not; the unique key's duplicate check factorizes codes, not strings. The
-    # step signals' gate at 10M events went from ~9.3 to ~5.5 s (bench/RESULTS.md, "Spark jobs").
-    df = frame_for_expectations(suite, frame).to_pandas(strings_to_categorical=True)
+    df = pandas_for_expectations(frame_for_expectations(suite, frame))
     with _locked(settings):
         ctx = _context(str(quality_dir(settings)), settings.quality_docs_runs)
         source = ctx.data_sources.add_or_update_pandas("trajlake")

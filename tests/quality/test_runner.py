@@ -186,3 +186,27 @@ def test_string_checks_hold_on_the_categorical_frame(lake_settings):
     assert got["session_id"].unexpected == 1 and got["session_id"].examples == ({"step_id": "s1", "revision": 0},)
     assert got["outcome"].unexpected == 2 and got["step_id,revision"].unexpected == 2
     assert all(type(e["step_id"]) is str for e in got["outcome"].examples)
+
+
+@pytest.mark.unit
+def test_identifiers_reach_ge_as_arrow_strings_and_repeating_strings_as_categoricals():
+    """Ids (mostly distinct in a sample spread over the rows, also when each repeats on neighbouring rows) are
+    not dictionary-encoded; a missing id is NaN, as in the other columns, not pd.NA."""
+    import math
+
+    import pandas as pd
+
+    from quality.runner import pandas_for_expectations
+
+    n = 30_000
+    frame = pa.table({"step_id": [None if i == 7 else f"s{i}" for i in range(n)],
+                      "episode_id": [f"e{i // 3}" for i in range(n)],
+                      "outcome": [("accepted", "edited", None)[i % 3] for i in range(n)],
+                      "step_reward": [0.5] * n})
+    df = pandas_for_expectations(frame)
+    assert df["step_id"].dtype == pd.StringDtype("pyarrow", na_value=float("nan"))
+    assert df["episode_id"].dtype == df["step_id"].dtype
+    assert isinstance(df["outcome"].dtype, pd.CategoricalDtype) and df["outcome"].isna().sum() == n // 3
+    assert math.isnan(df["step_id"][7]) and df["step_id"].isna().sum() == 1 and df["step_id"][8] == "s8"
+    assert df["step_reward"].dtype == "float64" and list(df.columns) == frame.column_names
+    assert pandas_for_expectations(frame.slice(0, 0)).empty
