@@ -33,15 +33,8 @@ def floor_rows(spark, s, start, end, spec) -> int:
     """The scorecard rows of [start, end) from silver, by the jobs' transforms, collected; returns their count."""
     from jobs import heuristics as h
     from jobs import scorecards as sc
-    from jobs.tables import latest_revisions, read_window
-    from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS
 
-    steps = latest_revisions(h.with_episode_id(read_window(spark, s, SILVER_STEPS, start, end)
-                                               .select(*h.silver_inputs(SILVER_STEPS, GOLD_STEP_SIGNALS, h.STEP_INPUTS)))
-                             .repartition("episode_id"), "step_id", within="episode_id")
-    episodes = latest_revisions(read_window(spark, s, SILVER_EPISODES, start, end)
-                                .select(*h.silver_inputs(SILVER_EPISODES, GOLD_EPISODE_SCORES, h.EPISODE_INPUTS))
-                                .repartition("episode_id"), "episode_id")
+    steps, episodes = h.latest_silver(spark, s, start, end)  # as the heuristics job reads them
     signals = h.step_signals(steps, spec).cache()
     scores = h.episode_scores(episodes, signals, spec).cache()
     try:

@@ -162,21 +162,29 @@ def silver_inputs(silver: TableSpec, gold: TableSpec, formula_inputs: tuple[str,
     return [c for c in silver.schema.names if c in gold.schema.names or c in formula_inputs]
 
 
+def latest_silver(spark: SparkSession, settings: Settings, start: date, end: date) -> tuple[DataFrame, DataFrame]:
+    """The latest revisions of silver steps and episodes dated in [start, end), with the columns the job reads,
+    both hash-partitioned by episode.
+
+    Partitioned once: every window and join after this one (a step's intent, its episode's aggregates, the credit
+    share) is by episode too and reuses it. Without it each of them shuffled all steps again: the step rewards'
+    plan had eight exchanges, now four (bench/RESULTS.md)."""
+    steps = latest_revisions(with_episode_id(read_window(spark, settings, SILVER_STEPS, start, end)
+                                             .select(*silver_inputs(SILVER_STEPS, GOLD_STEP_SIGNALS, STEP_INPUTS)))
+                             .repartition("episode_id"), "step_id", within="episode_id")
+    episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start, end)
+                                .select(*silver_inputs(SILVER_EPISODES, GOLD_EPISODE_SCORES, EPISODE_INPUTS))
+                                .repartition("episode_id"), "episode_id")
+    return steps, episodes
+
+
 def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: RewardSpec | None = None,
         progress: Callable[[str], None] = lambda _: None) -> list[Published]:
     """Score the episodes started and the steps proposed in [start, end) and publish both gold tables."""
     spec = spec or load_reward_spec(settings.reward_version)
     margin = timedelta(days=settings.job_margin_days)
     progress(f"reading silver {start - margin} … {end + margin}")
-    # both sides hash-partitioned by episode once: every window and join after this one (a step's intent, its
-    # episode's aggregates, the credit share) is by episode too and reuses it. Without it each of them shuffled
-    # all steps again: the step rewards' plan had eight exchanges, now four (bench/RESULTS.md).
-    steps = latest_revisions(with_episode_id(read_window(spark, settings, SILVER_STEPS, start - margin, end + margin)
-                                             .select(*silver_inputs(SILVER_STEPS, GOLD_STEP_SIGNALS, STEP_INPUTS)))
-                             .repartition("episode_id"), "step_id", within="episode_id")
-    episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start - margin, end + margin)
-                                .select(*silver_inputs(SILVER_EPISODES, GOLD_EPISODE_SCORES, EPISODE_INPUTS))
-                                .repartition("episode_id"), "episode_id")
+    steps, episodes = latest_silver(spark, settings, start - margin, end + margin)
     signals = step_signals(steps, spec).cache()
     scores = episode_scores(episodes, signals, spec).cache()
     try:
