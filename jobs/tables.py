@@ -118,43 +118,60 @@ def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFr
 def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple[TableSpec, DataFrame, str]],
                      reward: RewardSpec, progress: Callable[[str], None] = lambda _: None) -> list[Published]:
     """`publish` for tables a job produces together: every table is checked and gated first, and only when all
-    pass is any written (one commit each, in order). A failing suite of the second table then leaves the first
-    as it was, not replaced by rows whose partners were refused.
+    pass is any written. A failing suite of the second table then leaves the first as it was, not replaced by
+    rows whose partners were refused.
+
+    The tables are then written at once, one commit each. A write that fails (a full disk, a lost store) leaves
+    the others committed, as a failure after the first of two commits in turn did; the job raises, and its rerun
+    over the window replaces all of them (publishes are idempotent).
 
     The rows are written from the Arrow table collected for the gate, with delta-rs, rather than by Spark from
     a cached copy of the frame: the gate needs every row on the driver anyway, and writing what was checked
-    means the bytes published are the bytes validated. Spark's write had cost a cache of each frame and a write
+    means the rows published are the rows validated. Spark's write had cost a cache of each frame and a write
     job per table (bench/RESULTS.md, "Spark jobs").
     """
     def collect(spec: TableSpec, df: DataFrame) -> pa.Table:
         return conform(df, spec).toArrow()
 
     checked = []
-    # one thread collects the tables in order, so Spark computes the next table while this one is sorted and
-    # gated (Great Expectations runs in Python on the driver): the JVM and the driver's work overlap instead of
-    # taking turns. The sort is the driver's too: done on the collecting thread, it held back the next collection.
-    with ThreadPoolExecutor(1, thread_name_prefix="trajlake-collect") as pool, data_docs_once(settings):
-        collected = [pool.submit(collect, spec, df) for spec, df, _ in tables]
-        try:
-            for (spec, _, where), rows in zip(tables, collected):
-                progress(f"checking {spec.id}")
-                data = rows_to_publish(rows.result(), spec)
-                n = check_before_publish(data, spec, where)
-                checked.append((spec, where, data, n, gate(settings, suite_for(spec.id, reward), data)))
-        except BaseException:
-            for rows in collected:
-                rows.cancel()  # the collection under way finishes; the ones not started never start
-            raise
-    out = []
-    for spec, where, data, n, report in checked:
-        progress(f"publishing {spec.id}")
-        table = ensure_table(settings, spec)
-        write_deltalake(table, data, mode="overwrite", predicate=where,
-                        partition_by=list(spec.partition_by) or None)  # moves `table` to the new version
-        if table.version() % CHECKPOINT_EVERY == 0:
-            table.create_checkpoint()
-        out.append(Published(spec.id, n, table.version(), report))
-    return out
+    # Three kinds of work overlap here, on threads, because each leaves a core idle while it runs: Spark computes
+    # and collects the tables in order (one thread, so it starts the next table while this one is checked);
+    # Arrow sorts a collected table for writing while the checks and the gate (Python, on this thread) read the
+    # same rows unsorted, since no check depends on their order; and delta-rs writes the tables while Great
+    # Expectations renders their Data Docs. Each of them ran after the other before (bench/RESULTS.md).
+    with (ThreadPoolExecutor(1, thread_name_prefix="trajlake-collect") as collector,
+          ThreadPoolExecutor(1, thread_name_prefix="trajlake-sort") as sorter,
+          ThreadPoolExecutor(max(1, len(tables)), thread_name_prefix="trajlake-write") as writer):
+        with data_docs_once(settings):
+            collected = [collector.submit(collect, spec, df) for spec, df, _ in tables]
+            try:
+                for (spec, _, where), rows in zip(tables, collected):
+                    progress(f"checking {spec.id}")
+                    data = rows.result().cast(spec.schema)
+                    ordered = sorter.submit(sorted_for_writing, data, spec)
+                    n = check_before_publish(data, spec, where)
+                    checked.append((spec, where, ordered, n, gate(settings, suite_for(spec.id, reward), data)))
+            except BaseException:
+                for rows in collected:
+                    rows.cancel()  # the collection under way finishes; the ones not started never start
+                raise
+            progress(f"publishing {', '.join(spec.id for spec, *_ in checked)}")
+            written = [writer.submit(write_checked, settings, spec, where, ordered.result())
+                       for spec, where, ordered, _, _ in checked]
+        # leaving data_docs_once built the Data Docs while the writes ran
+        versions = [w.result() for w in written]
+    return [Published(spec.id, n, version, report)
+            for (spec, _, _, n, report), version in zip(checked, versions)]
+
+
+def write_checked(settings: Settings, spec: TableSpec, where: str, data: pa.Table) -> int:
+    """Replace the rows matching `where` with `data` in one commit; the table's new version."""
+    table = ensure_table(settings, spec)
+    write_deltalake(table, data, mode="overwrite", predicate=where,
+                    partition_by=list(spec.partition_by) or None)  # moves `table` to the new version
+    if table.version() % CHECKPOINT_EVERY == 0:
+        table.create_checkpoint()
+    return table.version()
 
 
 # Spark's Delta writer checkpoints every 10 commits; delta-rs only every 100 (`delta.checkpointInterval`'s
@@ -165,9 +182,13 @@ CHECKPOINT_EVERY = 10
 
 
 def rows_to_publish(data: pa.Table, spec: TableSpec) -> pa.Table:
-    """`data` in the table's declared Arrow types, sorted by its partition columns and keys: the same rows give
-    the same files, whatever order Spark's partitions returned them in."""
-    data = data.cast(spec.schema)
+    """`data` in the table's declared Arrow types, sorted for writing (`sorted_for_writing`)."""
+    return sorted_for_writing(data.cast(spec.schema), spec)
+
+
+def sorted_for_writing(data: pa.Table, spec: TableSpec) -> pa.Table:
+    """`data` sorted by the table's partition columns and keys: the same rows give the same files, whatever
+    order Spark's partitions returned them in."""
     order = [*spec.partition_by, *(k for k in spec.keys if k not in spec.partition_by)]
     return data.sort_by([(c, "ascending") for c in order]) if data.num_rows else data
 
