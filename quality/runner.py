@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from quality.errors import QualityGateFailed  # noqa: F401  (raised by gate; importable from here as before)
-from quality.suites import Suite
+from quality.suites import KEY_HASH, Suite
 from schemas.settings import Settings
 
 log = logging.getLogger("trajlake.quality")
@@ -216,8 +217,9 @@ def data_docs_once(settings: Settings) -> Iterator[None]:
 
 
 def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
-    """`data` plus one boolean column per derived check of the suite."""
-    if not suite.derived:
+    """`data` plus the suite's derived columns (its boolean checks and its keys' hash), row for row."""
+    derived = suite.derived_columns
+    if not derived:
         return data
     con = duckdb.connect()
     try:
@@ -225,17 +227,20 @@ def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
             con.execute("SET enable_progress_bar = false").fetchall()
         except duckdb.Error:  # inside Jupyter DuckDB refuses to touch the setting without ipywidgets
             pass
-        con.register("t", data)
-        # only the check columns come back, appended to `data` as they are: selecting `t.*` with them copied every
-        # column of the table through DuckDB (0.66 s of 1.87M step rows, against 0.02 s; bench/RESULTS.md). A
-        # projection keeps the rows in their order and count.
-        cols = ", ".join(f"({sql}) AS {name}" for name, sql in suite.derived.items())
-        checks = con.sql(f"SELECT {cols} FROM t").to_arrow_table()
+        con.register("t", data.append_column(ROW, pa.array(np.arange(data.num_rows, dtype=np.int64))))
+        # only the derived columns come back, appended to `data`: selecting `t.*` with them copied every column of
+        # the table through DuckDB (0.66 s of 1.87M step rows, against 0.02 s; bench/RESULTS.md). Ordered by the row
+        # number, because a check with a window or a correlated subquery gives its rows back in another order.
+        cols = ", ".join(f"({sql}) AS {name}" for name, sql in derived.items())
+        checks = con.sql(f"SELECT {cols} FROM t ORDER BY {ROW}").to_arrow_table()
     finally:
         con.close()
     for name in checks.column_names:
         data = data.append_column(name, checks.column(name))
     return data
+
+
+ROW = "__trajlake_row"
 
 
 def expectation_columns(suite: Suite) -> list[str]:
@@ -346,6 +351,8 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
             kw = cfg.kwargs
             column = kw.get("column") or (",".join(kw["column_list"]) if "column_list" in kw else None) \
                 or (f"{kw.get('column_A')},{kw.get('column_B')}" if "column_A" in kw else None)
+            if column == KEY_HASH:
+                column = ",".join(suite.keys)
             res = r.result or {}
             keys = tuple({k: row.get(k) for k in suite.keys} for row in (res.get("unexpected_index_list") or [])
                          if isinstance(row, dict))

@@ -27,8 +27,8 @@ EPS = 1e-9
 class Suite:
     """One table's expectations. `derived` are checks GE has no expectation for (order within an episode, one split
     per group): each is a boolean SQL expression (DuckDB, window functions allowed; the rows are the table `t`)
-    added to the batch as a column the suite then expects to be true. `critical` columns block a publish even
-    under an explicit override."""
+    added to the batch as a column the suite then expects to be true. The keys' uniqueness is checked on one more
+    derived column, their hash (`KEY_HASH`). `critical` columns block a publish even under an explicit override."""
 
     name: str
     table: str
@@ -38,6 +38,24 @@ class Suite:
     critical: frozenset[str] = frozenset()
     # whether failing rows are copied whole into the quarantine table (exports keep content out of the lake)
     quarantine_rows: bool = True
+
+    @property
+    def derived_columns(self) -> dict[str, str]:
+        """{column: DuckDB SQL} of every column added to the rows before they are validated."""
+        keys = {KEY_HASH: key_hash_sql(self.keys)} if self.keys else {}
+        return {**self.derived, **keys}
+
+
+# the column the keys' uniqueness is checked on: one 64-bit hash of the row's keys, a number GE factorizes in a
+# tenth of the time it took to factorize the key columns themselves (a step id is ~80 characters): 1.3 of the 4.4 s
+# gate of 1.87M step rows. Two different keys share a hash with a probability of ~1e-7 at 2M rows; that refuses a
+# good publish (the exact key count of jobs.tables.check_before_publish runs first), and never lets a repeated key
+# through. Failures name the key columns, not this one (quality.runner).
+KEY_HASH = "key_hash"
+
+
+def key_hash_sql(keys: tuple[str, ...]) -> str:
+    return f"hash(row({', '.join(chr(34) + k + chr(34) for k in keys)}))"
 
 
 def _true(column: str, what: str) -> E.ExpectColumnValuesToBeInSet:
@@ -57,9 +75,7 @@ def _non_negative(*columns: str) -> list:
 
 
 def _unique(keys: tuple[str, ...]) -> list:
-    if len(keys) == 1:
-        return [E.ExpectColumnValuesToBeUnique(column=keys[0])]
-    return [E.ExpectCompoundColumnsToBeUnique(column_list=list(keys))]
+    return [E.ExpectColumnValuesToBeUnique(column=KEY_HASH, description=f"the keys ({', '.join(keys)}) are unique")]
 
 
 def _derived(checks: Mapping[str, tuple[str, str]]) -> tuple[dict[str, str], list]:

@@ -210,3 +210,31 @@ def test_identifiers_reach_ge_as_arrow_strings_and_repeating_strings_as_categori
     assert math.isnan(df["step_id"][7]) and df["step_id"].isna().sum() == 1 and df["step_id"][8] == "s8"
     assert df["step_reward"].dtype == "float64" and list(df.columns) == frame.column_names
     assert pandas_for_expectations(frame.slice(0, 0)).empty
+
+
+def test_derived_checks_stay_on_their_rows_when_duckdb_reorders_them():
+    """A derived check with a window (or a correlated subquery) comes back from DuckDB in another row order; the
+    check columns are appended row for row, so they are put back in the rows' order first."""
+    import numpy as np
+
+    from quality.suites import Suite
+    from quality.runner import with_derived
+
+    n = 200_000
+    rng = np.random.default_rng(7)
+    group = rng.integers(0, 5_000, n)
+    rows = pa.table({"id": np.arange(n), "g": group, "v": rng.integers(0, 1_000, n)})
+    suite = Suite("s", "t", ("id",), derived={
+        "check_not_first": "row_number() OVER (PARTITION BY g ORDER BY v, id) > 1",
+        "check_group_even": "(SELECT min(g) FROM t u WHERE u.g = t.g) % 2 = 0"})
+    out = with_derived(suite, rows)
+    assert out.column("id").to_pylist() == list(range(n))
+    firsts = {}
+    for i, g, v in zip(range(n), group.tolist(), rows.column("v").to_pylist()):
+        firsts[g] = min(firsts.get(g, (v, i)), (v, i))
+    expect_first = np.zeros(n, bool)
+    expect_first[[i for _, i in firsts.values()]] = True
+    assert np.array_equal(~out.column("check_not_first").to_numpy(), expect_first)
+    assert np.array_equal(out.column("check_group_even").to_numpy(), group % 2 == 0)
+    # the keys' hash rides along, one per row, equal for equal keys
+    assert out.column("key_hash").to_pylist() == with_derived(suite, rows).column("key_hash").to_pylist()

@@ -45,7 +45,7 @@ def test_every_table_the_pipeline_fills_has_a_suite():
     for tid in checked_tables():
         suite = suite_for(tid, SPEC)
         assert suite.table == tid and suite.keys == TABLES[tid].keys
-        names = set(TABLES[tid].schema.names) | set(suite.derived)
+        names = set(TABLES[tid].schema.names) | set(suite.derived_columns)
         for e in suite.expectations:  # every expectation names a real column: a typo would silently check nothing
             cols = [e.column] if hasattr(e, "column") else getattr(e, "column_list", None) or \
                 [getattr(e, "column_A", None), getattr(e, "column_B", None)]
