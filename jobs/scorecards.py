@@ -93,6 +93,12 @@ STEP_COLUMNS = tuple(dict.fromkeys([*SEGMENT, "date", "episode_id",
                                     *(m.column for m in METRICS if m.source == "step" and not m.column.startswith("_")),
                                     "accepted", "undone",  # _undo_after_accept
                                     *(name for name, source, _ in DRIFT_SIGNALS if source == "step")]))
+# the same for the gold episode columns: the metrics, the drift signals, the segment and the review sample's columns
+# (the ids of the session, task and user, the per-episode step means and the token counts stay unread)
+EPISODE_COLUMNS = tuple(dict.fromkeys([*SEGMENT, "date", "week", "episode_id", "outcome", "composite", "reward_version",
+                                       *(m.column for m in METRICS
+                                         if m.source == "episode" and not m.column.startswith("_")),
+                                       *(name for name, source, _ in DRIFT_SIGNALS if source == "episode")]))
 
 
 def _is_baseline(spec: RewardSpec) -> Column:
@@ -345,7 +351,8 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     version = F.col("reward_version") == spec.version
     steps = (read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version)
              .select(*STEP_COLUMNS).cache())
-    episodes = read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version).cache()
+    episodes = (read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version)
+                .select(*EPISODE_COLUMNS).cache())
     cards = sums = None
     try:
         where = periods_predicate(start, end, spec)  # filters the rows and bounds the replace alike
