@@ -29,3 +29,18 @@ def cached(marker: Path, fingerprint: str) -> dict | None:
         return None
     info = json.loads(marker.read_text())
     return info if info.get("recipe") == fingerprint else None
+
+
+def vacuum_gold(settings) -> None:
+    """Delete the files of a benchmark lake's gold tables that later versions removed.
+
+    Each jobs run replaces its window (~0.4 GB of gold files at 10M events) and nothing else vacuums a benchmark
+    lake: 56 GB of replaced files had built up under bench/out/jobs/10000000 by 2026-12-07, and the disk was 91%
+    full. Retention 0: the lake is the benchmark's own, and no reader holds an old version once its runs are over.
+    """
+    from lake.tables import open_table
+    from schemas.tables import TABLES
+
+    for spec in TABLES.values():
+        if spec.id.startswith("gold/") and (table := open_table(settings, spec)) is not None:
+            table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
