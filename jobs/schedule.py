@@ -14,7 +14,7 @@ from croniter import croniter
 
 # Only stdlib and croniter here: the Airflow DAG (infra/airflow/) imports this module in Airflow's own venv.
 
-JOBS = ("heuristics", "scorecards", "export", "compact", "quality")
+JOBS = ("heuristics", "scorecards", "export", "compact", "quality", "vacuum")
 SPARK_JOBS = ("heuristics", "scorecards")
 # what each job accepts in its `options` table, and which of them it cannot do without
 OPTIONS = {
@@ -24,6 +24,8 @@ OPTIONS = {
     "compact": {"table", "closed_after_days", "min_files"},
     # the Great Expectations suites over the window (the stream's bronze and silver are checked this way)
     "quality": {"tables", "reward_version"},
+    # deleting the files overwrites and compaction replaced, past the retention (TRAJLAKE_VACUUM_RETENTION_HOURS)
+    "vacuum": {"table", "retention_hours"},
 }
 REQUIRED = {"export": {"name"}}
 # entry names become Airflow ids, export names directories: one rule for both
@@ -48,6 +50,8 @@ OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
                           "a whole number of days ≥ 0, e.g. closed_after_days = 1"),
     "min_files": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                   "a whole number ≥ 1, e.g. min_files = 8"),
+    "retention_hours": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                        "a number of hours ≥ 0, e.g. retention_hours = 168"),
 }
 ENTRY_KEYS = {"name", "job", "cron", "window", "options", "enabled", "after"}
 CRON_ALIASES = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight")
@@ -339,7 +343,7 @@ def lock_verdict(holder: Holder | None, *, host: str, pid_alive: bool, now: date
 def command(entry: Entry, window: tuple[date, date] | None, *, python: str, repo: str,
             master: str = "local[*]") -> str:
     """The shell command that runs one entry outside this process: spark-submit for the Spark jobs (the packages
-    are asked of the trajlake venv at run time, as `trajlake jobs run` builds them), the CLI for export and compact.
+    are asked of the trajlake venv at run time, as `trajlake jobs run` builds them), the CLI for the others.
     Environment: the TRAJLAKE_* settings; TRAJLAKE_SPARK_MASTER is emptied so the submit's --master wins."""
     py, q = shlex.quote(python), shlex.quote
     opts = dict(entry.options)
@@ -361,6 +365,12 @@ def command(entry: Entry, window: tuple[date, date] | None, *, python: str, repo
         assert window is not None
         tables = " ".join(q(t) for t in opts.get("tables", ()))
         cmd = f"{py} -m trajlake.cli quality check {tables + ' ' if tables else ''}--start {window[0]} --end {window[1]}"
+        return f"{env} && {cmd}"
+    if entry.job == "vacuum":
+        cmd = f"{py} -m trajlake.cli vacuum"
+        for key in ("table", "retention_hours"):
+            if key in opts:
+                cmd += f" --{key.replace('_', '-')} {q(str(opts[key]))}"
         return f"{env} && {cmd}"
     cmd = f"{py} -m trajlake.cli compact"
     for key in ("table", "closed_after_days", "min_files"):

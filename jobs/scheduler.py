@@ -234,6 +234,16 @@ class Runner:
                                                  min_files=int(opts.get("min_files", 8)))
                 parts.append(f"{t.id} {len(done.partitions)} partitions {done.files_removed}→{done.files_added} files")
             return "; ".join(parts)
+        if entry.job == "vacuum":
+            from lake.tables import spec as table_spec
+            from lake.vacuum import vacuum_table
+            from schemas.tables import TABLES
+
+            specs = [table_spec(opts["table"])] if opts.get("table") else list(TABLES.values())
+            hours = float(opts.get("retention_hours", s.vacuum_retention_hours))
+            done = [vacuum_table(s, t, retention_hours=hours) for t in specs]
+            return (f"{sum(d.files for d in done)} files ({sum(d.bytes for d in done) / 2**20:,.1f} MiB) deleted "
+                    f"from {len(done)} tables, replaced over {hours:g} h ago")
         raise ValueError(f"no job {entry.job!r}")
 
 

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # the worker compacts the sink tables' closed date partitions this often (0 = never; `trajlake compact`)
     compact_interval_seconds: float = Field(default=900, ge=0)
     compact_min_files: int = Field(default=16, ge=2)
+    # `trajlake vacuum` deletes the files that versions older than this replaced (Delta's default, 7 days): a
+    # reader pinned to an older version (a rebuilt export, a notebook) can no longer read it
+    vacuum_retention_hours: float = Field(default=168, ge=0)
     # fault injection for crash tests: the sink exits hard right after its Nth Delta commit, before Kafka
     # offsets are committed (the window exactly-once must survive). Never set in production.
     crash_after_commits: int | None = None

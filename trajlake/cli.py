@@ -313,6 +313,37 @@ def compact(
 
 
 @app.command()
+def vacuum(
+    table: Optional[str] = typer.Option(None, help="one table, e.g. gold/step_signals (default: every lake table)"),
+    retention_hours: Optional[float] = typer.Option(
+        None, min=0, help="delete files replaced by versions older than this (default: TRAJLAKE_VACUUM_RETENTION_HOURS, "
+                          "168)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="count what would be deleted, delete nothing"),
+) -> None:
+    """Delete the files that overwrites and compaction replaced, once older than the retention.
+
+    Readers pinned to a version older than the retention (a rebuilt export, a notebook) can no longer read it.
+    """
+    from lake.tables import UnknownTable, spec
+    from lake.vacuum import vacuum_table
+    from schemas.tables import TABLES
+
+    s = settings()
+    try:
+        specs = [spec(table)] if table else list(TABLES.values())
+    except UnknownTable as exc:
+        raise UserError(f"{exc}: pass --table as layer/name, e.g. gold/step_signals") from None
+    hours = s.vacuum_retention_hours if retention_hours is None else retention_hours
+    verb = "would delete" if dry_run else "deleted"
+    with console.status("vacuuming…") as st:
+        for t in specs:
+            st.update(f"vacuuming {t.id}…")
+            done = vacuum_table(s, t, retention_hours=hours, dry_run=dry_run)
+            console.print(f"{t.id}: {verb} {done.files} files ({done.bytes / 2**20:,.1f} MiB) replaced over "
+                          f"{hours:g} h ago")
+
+
+@app.command()
 def scrub(
     in_: Path = typer.Option(..., "--in", help="a JSON Lines file of contract events"),
     out: Path = typer.Option(..., "--out", help="where the scrubbed events go (JSON Lines)"),

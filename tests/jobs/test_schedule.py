@@ -25,7 +25,7 @@ HEUR = {"name": "h", "job": "heuristics", "cron": "30 1 * * *", "window": "previ
 
 def test_the_committed_schedule_file_is_valid():
     s = load_schedule(REPO / "infra" / "schedule.toml")
-    assert {e.job for e in s.entries} == {"heuristics", "scorecards", "export", "compact", "quality"}
+    assert {e.job for e in s.entries} == {"heuristics", "scorecards", "export", "compact", "quality", "vacuum"}
     assert len({e.name for e in s.entries}) == len(s.entries)
 
 
@@ -190,3 +190,6 @@ def test_commands_match_what_trajlake_jobs_run_and_the_cli_take():
     compact = command(Entry("c", "compact", "@daily", "none", {"min_files": 4}), None, python="/v/bin/python",
                       repo="/r")
     assert compact.endswith("-m trajlake.cli compact --min-files 4")
+    vacuum = command(Entry("v", "vacuum", "@weekly", "none", {"retention_hours": 24}), None, python="/v/bin/python",
+                     repo="/r")
+    assert vacuum.endswith("-m trajlake.cli vacuum --retention-hours 24")

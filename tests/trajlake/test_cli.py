@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import REPO, free_port, settings_env
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["schedule"], ["replay"], ["replay", "tau-bench"],
-            ["replay", "synthetic"], ["compact"], ["scrub"], ["erase"], ["export"],
+            ["replay", "synthetic"], ["compact"], ["vacuum"], ["scrub"], ["erase"], ["export"],
             ["quality"], ["quality", "check"], ["collect"]]
 
 
@@ -156,6 +156,14 @@ def test_compact_names_an_unknown_table(base_settings, tmp_path):
     assert_clean_error(run(["compact", "--table", "gold/nope"], env), "--table")
     r = run(["compact"], env)  # an empty lake: nothing to do, no error
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.unit
+def test_vacuum_names_an_unknown_table(base_settings, tmp_path):
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    assert_clean_error(run(["vacuum", "--table", "gold/nope"], env), "--table")
+    r = run(["vacuum", "--dry-run"], env)  # an empty lake: nothing to do, no error
+    assert r.returncode == 0 and "gold/step_signals: would delete 0 files" in r.stdout, r.stderr
 
 
 @pytest.mark.unit
