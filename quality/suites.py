@@ -55,7 +55,8 @@ KEY_HASH = "key_hash"
 
 
 def key_hash_sql(keys: tuple[str, ...]) -> str:
-    return f"hash(row({', '.join(chr(34) + k + chr(34) for k in keys)}))"
+    quoted = ", ".join(f'"{k}"' for k in keys)
+    return f"hash(row({quoted}))"
 
 
 def _true(column: str, what: str) -> E.ExpectColumnValuesToBeInSet:
