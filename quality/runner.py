@@ -230,7 +230,7 @@ def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
         con.register("t", data.append_column(ROW, pa.array(np.arange(data.num_rows, dtype=np.int64))))
         # only the derived columns come back, appended to `data`: selecting `t.*` with them copied every column of
         # the table through DuckDB (0.66 s of 1.87M step rows, against 0.02 s; bench/RESULTS.md). Ordered by the row
-        # number, because a check with a window or a correlated subquery gives its rows back in another order.
+        # number, because a check with a window or a correlated subquery can give its rows back in another order.
         cols = ", ".join(f"({sql}) AS {name}" for name, sql in derived.items())
         checks = con.sql(f"SELECT {cols} FROM t ORDER BY {ROW}").to_arrow_table()
     finally:
