@@ -38,9 +38,9 @@ def vacuum_gold(settings) -> None:
     lake: 56 GB of replaced files had built up under bench/out/jobs/10000000 by 2026-12-07, and the disk was 91%
     full. Retention 0: the lake is the benchmark's own, and no reader holds an old version once its runs are over.
     """
-    from lake.tables import open_table
+    from lake.vacuum import vacuum_table
     from schemas.tables import TABLES
 
     for spec in TABLES.values():
-        if spec.id.startswith("gold/") and (table := open_table(settings, spec)) is not None:
-            table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+        if spec.id.startswith("gold/"):
+            vacuum_table(settings, spec, retention_hours=0)

@@ -281,9 +281,8 @@ def pandas_for_expectations(frame: pa.Table) -> Any:
     Arrow-backed strings.
 
     GE's pandas engine filters the whole frame by a row mask for each expectation's domain (its null filter, even
-    when nothing is null). Taking rows of integer codes is cheap where taking Python strings is not, and the
-    duplicate-key check factorizes codes: as categoricals the step signals' gate at 10M events went from ~9.3 to
-    ~5.5 s. But a column of ids has as many categories as rows: encoding it hashed every id twice (Arrow's
+    when nothing is null). Taking rows of integer codes is cheap where taking Python strings is not: as
+    categoricals the step signals' gate at 10M events went from ~9.3 to ~5.5 s. But a column of ids has as many categories as rows: encoding it hashed every id twice (Arrow's
     dictionary, then pandas checking the categories are unique), 2.3 s of the 2.35 s conversion of 1.87M step
     rows. Arrow-backed strings convert without a copy and are taken by Arrow (bench/RESULTS.md, "Spark jobs").
     Which columns are identifiers is read off a sample of the rows, so no naming rule is needed.
