@@ -244,30 +244,77 @@ ROW = "__trajlake_row"
 
 
 def expectation_columns(suite: Suite) -> list[str]:
-    """The columns the suite's expectations read, and its keys (named in every failure's row examples)."""
-    named: list[str] = list(suite.keys)
+    """The columns the suite's expectations read."""
+    named: list[str] = []
     for e in suite.expectations:
         kw = e.configuration.kwargs
         named += [kw[k] for k in ("column", "column_A", "column_B") if kw.get(k)] + list(kw.get("column_list") or [])
     return list(dict.fromkeys(named))
 
 
-def frame_for_expectations(suite: Suite, frame: pa.Table) -> pa.Table:
-    """The part of `frame` Great Expectations is given: the columns it reads, numbers widened to 64 bits.
+def nullness_only_columns(suite: Suite) -> set[str]:
+    """The columns the suite only checks for nulls: Great Expectations needs to see where their nulls are, not
+    their values."""
+    if any(e.configuration.kwargs.get("row_condition") for e in suite.expectations):
+        return set()  # a row condition is a query over any column, values included
+    kinds: dict[str, set[str]] = {}
+    for e in suite.expectations:
+        kw = e.configuration.kwargs
+        for c in [kw[k] for k in ("column", "column_A", "column_B") if kw.get(k)] + list(kw.get("column_list") or []):
+            kinds.setdefault(c, set()).add(e.expectation_type)
+    return {c for c, k in kinds.items() if k == {"expect_column_values_to_not_be_null"}}
 
-    GE's pandas engine copies the whole frame (every column) for each expectation's domain, so the columns no
-    expectation reads cost a copy per expectation; and its range check is vectorised only for int64 and float64
-    columns (an int32 column is compared value by value in Python). Both measured on 1.87M step rows:
+
+def frame_for_expectations(suite: Suite, frame: pa.Table) -> pa.Table:
+    """The part of `frame` Great Expectations is given: the columns it reads, numbers widened to 64 bits, a
+    column only checked for nulls as its nullness, and the row number (ROW) that the failing rows come back by.
+
+    GE's pandas engine copies the whole frame (every column) for each expectation's domain with a null in its
+    column, so each column it is given costs a copy per such expectation; and its range check is vectorised only
+    for int64 and float64 columns (an int32 column is compared value by value in Python). The ids cost most:
+    1.87M step ids taken row by row, once per copy. So the keys are not given (a failing row's keys are looked
+    up from `frame` by its row number), and a column checked only for nulls (the ids, again) is given as a float
+    that is null where it is and 0 elsewhere: the same rows pass and fail. Measured on 1.87M step rows:
     bench/RESULTS.md, "Spark jobs". The quarantine still copies whole rows from `frame`."""
-    # a row condition is a query over any column: an expectation with one sees them all
     conditional = any(e.configuration.kwargs.get("row_condition") for e in suite.expectations)
-    wanted = [c for c in expectation_columns(suite) if c in frame.column_names]
-    narrow = frame if conditional else frame.select(wanted)
+    # a row condition is a query over any column: an expectation with one sees them all, as they are
+    wanted = frame.column_names if conditional else [c for c in expectation_columns(suite) if c in frame.column_names]
+    nullness = nullness_only_columns(suite)
     wide = {pa.int8(): pa.int64(), pa.int16(): pa.int64(), pa.int32(): pa.int64(), pa.uint8(): pa.int64(),
             pa.uint16(): pa.int64(), pa.uint32(): pa.int64(), pa.float16(): pa.float64(), pa.float32(): pa.float64()}
-    # nullable: a declared NOT NULL column holding a null is for the suite to find, not for the cast to refuse
-    schema = pa.schema([f.with_type(wide.get(f.type, f.type)).with_nullable(True) for f in narrow.schema])
-    return narrow.cast(schema) if schema != narrow.schema else narrow
+    columns = []
+    for name in wanted:
+        column = frame.column(name)
+        if name in nullness:
+            column = pa.array(np.zeros(len(column)), pa.float64(), mask=column.is_null().to_numpy(zero_copy_only=False))
+        elif column.type in wide:
+            column = column.cast(wide[column.type])
+        columns.append(column)
+    # nullable fields: a declared NOT NULL column holding a null is for the suite to find, not for a cast to refuse
+    return pa.table(columns + [pa.array(np.arange(frame.num_rows, dtype=np.int64))], names=[*wanted, ROW])
+
+
+@lru_cache(maxsize=1)
+def _expectation_frame_class() -> type:
+    """A pandas DataFrame whose filter by a row mask that keeps every row shares its columns instead of copying.
+
+    GE's pandas engine filters the whole frame by the non-null rows of an expectation's column before it checks
+    the column (`df[df[column].notnull()]`), also when nothing is null: one copy of every column per expectation.
+    A shallow copy holds the same rows, so the check is the same; a mask that drops rows copies as before."""
+    import pandas as pd
+
+    class _Frame(pd.DataFrame):
+        @property
+        def _constructor(self) -> type:
+            return _Frame
+
+        def __getitem__(self, key: Any) -> Any:
+            if (isinstance(key, pd.Series) and key.dtype == bool and key.index is self.index
+                    and len(key) == len(self) and key.all()):
+                return self.copy(deep=False)
+            return super().__getitem__(key)
+
+    return _Frame
 
 
 # a string column whose sample is mostly distinct values is an identifier (a step's or an episode's id): see
@@ -278,14 +325,15 @@ IDENTIFIER_SHARE = 0.5
 
 def pandas_for_expectations(frame: pa.Table) -> Any:
     """`frame` as the pandas frame Great Expectations checks: repeating strings as categoricals, identifiers as
-    Arrow-backed strings.
+    Arrow-backed strings, in a frame that a filter keeping every row does not copy (`_expectation_frame_class`).
 
-    GE's pandas engine filters the whole frame by a row mask for each expectation's domain (its null filter, even
-    when nothing is null). Taking rows of integer codes is cheap where taking Python strings is not: as
-    categoricals the step signals' gate at 10M events went from ~9.3 to ~5.5 s. But a column of ids has as many categories as rows: encoding it hashed every id twice (Arrow's
-    dictionary, then pandas checking the categories are unique), 2.3 s of the 2.35 s conversion of 1.87M step
-    rows. Arrow-backed strings convert without a copy and are taken by Arrow (bench/RESULTS.md, "Spark jobs").
-    Which columns are identifiers is read off a sample of the rows, so no naming rule is needed.
+    GE's pandas engine filters the whole frame by a row mask for an expectation whose column has nulls. Taking
+    rows of integer codes is cheap where taking Python strings is not: as categoricals the step signals' gate at
+    10M events went from ~9.3 to ~5.5 s. But a column of ids has as many categories as rows: encoding it hashed
+    every id twice (Arrow's dictionary, then pandas checking the categories are unique), 2.3 s of the 2.35 s
+    conversion of 1.87M step rows. Arrow-backed strings convert without a copy and are taken by Arrow
+    (bench/RESULTS.md, "Spark jobs"). Which columns are identifiers is read off a sample of the rows, so no
+    naming rule is needed.
     """
     import pandas as pd
     import pyarrow.compute as pc
@@ -303,7 +351,8 @@ def pandas_for_expectations(frame: pa.Table) -> Any:
     # NaN for a missing value, as in a categorical or an object column (pd.NA broke the column-pair expectations
     # and the failing rows' keys, docs/quality.md)
     ids = pd.StringDtype("pyarrow", na_value=float("nan"))
-    return pa.table(arrays, names=frame.column_names).to_pandas(types_mapper={t: ids for t in strings}.get)
+    df = pa.table(arrays, names=frame.column_names).to_pandas(types_mapper={t: ids for t in strings}.get)
+    return _expectation_frame_class()(df, copy=False)
 
 
 def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | None = None) -> tuple[QualityReport, pa.Table]:
@@ -329,7 +378,7 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
         checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
             name=suite.name, validation_definitions=[definition],
             actions=[] if pending is not None else [gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": list(suite.keys),
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW],
                            "partial_unexpected_count": EXAMPLES,
                            # the failing rows' keys come back in the index list; the query form of the same
                            # list filtered the whole frame once more per expectation
@@ -353,8 +402,8 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
             if column == KEY_HASH:
                 column = ",".join(suite.keys)
             res = r.result or {}
-            keys = tuple({k: row.get(k) for k in suite.keys} for row in (res.get("unexpected_index_list") or [])
-                         if isinstance(row, dict))
+            keys = failing_keys(suite, frame, [row[ROW] for row in (res.get("unexpected_index_list") or [])
+                                               if isinstance(row, dict) and ROW in row][:QUARANTINE_CAP])
             if r.exception_info and r.exception_info.get("raised_exception"):
                 desc = f"{cfg.type}({column}) raised: {r.exception_info.get('exception_message')}"
                 count = len(df)
@@ -366,6 +415,13 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
     report = QualityReport(run_id, suite.name, suite.table, frame.num_rows, evaluated, tuple(failures),
                            docs.resolve().as_uri() if pending is not None or docs.exists() else None)
     return report, frame
+
+
+def failing_keys(suite: Suite, frame: pa.Table, rows: list[int]) -> tuple[dict[str, Any], ...]:
+    """The keys of `frame`'s rows at positions `rows`, in that order."""
+    if not rows or not suite.keys:
+        return tuple({} for _ in rows)
+    return tuple(frame.select(list(suite.keys)).take(pa.array(rows, pa.int64())).to_pylist())
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -133,20 +133,44 @@ def test_data_docs_templates_are_compiled_once_per_process(lake_settings, monkey
 
 
 @pytest.mark.unit
-def test_expectations_see_only_the_columns_they_read_with_numbers_widened():
-    """GE copies its whole frame per expectation and compares int32 values one by one in Python: it is given the
-    suite's columns and keys only, int32 as int64 (the derived checks are computed before, on every column)."""
-    from quality.runner import expectation_columns, frame_for_expectations, with_derived
+def test_expectations_see_only_the_columns_they_read_numbers_widened_and_nullness_for_null_checks():
+    """GE copies its whole frame per expectation whose column has nulls, and compares int32 values one by one in
+    Python: it is given the columns the suite reads, int32 as int64, a column only checked for nulls as a float
+    null on the same rows, and the row number its failures come back by (the derived checks are computed before,
+    on every column)."""
+    from quality.runner import ROW, expectation_columns, frame_for_expectations, nullness_only_columns, with_derived
     from quality.suites import suite_for
 
     suite = suite_for("silver/steps", SPEC)
-    full = with_derived(suite, table("silver/steps", [step(0), step(1)]))
+    full = with_derived(suite, table("silver/steps", [step(0), step(1, session_id=None), step(2)]))
     seen = frame_for_expectations(suite, full)
-    assert seen.column_names == [c for c in expectation_columns(suite) if c in full.column_names]
-    assert {"step_id", "revision", "step_index", "check_ordered_in_episode"} <= set(seen.column_names)
+    assert seen.column_names == [*(c for c in expectation_columns(suite) if c in full.column_names), ROW]
+    assert {"step_id", "step_index", "check_ordered_in_episode", "key_hash"} <= set(seen.column_names)
     assert not {"output", "final_value", "agent_version"} & set(seen.column_names)
     assert seen.schema.field("step_index").type == pa.int64() and full.schema.field("step_index").type == pa.int32()
     assert seen.column("step_index").to_pylist() == full.column("step_index").to_pylist()
+    # the ids are only checked for nulls; `outcome` is also checked against a set, so it keeps its values
+    assert {"step_id", "session_id"} <= nullness_only_columns(suite) and "outcome" not in nullness_only_columns(suite)
+    assert seen.column("session_id").to_pylist() == [0.0, None, 0.0] and seen.column("step_id").null_count == 0
+    assert seen.column("outcome").to_pylist() == ["accepted"] * 3
+    assert seen.column(ROW).to_pylist() == [0, 1, 2]
+
+
+@pytest.mark.unit
+def test_a_filter_that_keeps_every_row_shares_the_columns_and_one_that_drops_rows_copies():
+    """GE filters its frame by an expectation column's non-null rows even when none is null; that filter is a
+    shallow copy of the frame, and any other filter behaves as pandas's own."""
+    import numpy as np
+
+    from quality.runner import pandas_for_expectations
+
+    df = pandas_for_expectations(pa.table({"a": [1.0, 2.0, None], "b": [1, 2, 3]}))
+    kept = df[df["b"].notna()]
+    assert np.shares_memory(kept["b"].to_numpy(), df["b"].to_numpy()) and kept.equals(df)
+    dropped = df[df["a"].notnull()]
+    assert dropped["b"].tolist() == [1, 2] and not np.shares_memory(dropped["b"].to_numpy(), df["b"].to_numpy())
+    assert df[["a"]].columns.tolist() == ["a"] and df["b"].tolist() == [1, 2, 3]
+    assert type(df[df["b"] > 1]) is type(df) and df[df["b"] > 1]["b"].tolist() == [2, 3]
 
 
 def test_a_negative_int32_is_caught_on_the_widened_column(lake_settings):
@@ -164,14 +188,16 @@ def test_a_suite_with_a_row_condition_gives_expectations_every_column():
 
     import great_expectations.expectations as E
 
-    from quality.runner import frame_for_expectations
+    from quality.runner import ROW, frame_for_expectations
     from quality.suites import suite_for
 
     suite = suite_for("silver/steps", SPEC)
     conditional = dataclasses.replace(suite, expectations=(*suite.expectations, E.ExpectColumnValuesToNotBeNull(
         column="step_id", row_condition='agent_version=="a1"', condition_parser="pandas")))
     full = table("silver/steps", [step(0)])
-    assert frame_for_expectations(conditional, full).column_names == full.column_names
+    seen = frame_for_expectations(conditional, full)
+    assert seen.column_names == [*full.column_names, ROW]
+    assert seen.column("step_id").to_pylist() == ["s0"]  # a condition may read values: none is reduced to nullness
 
 
 def test_string_checks_hold_on_the_categorical_frame(lake_settings):
@@ -186,6 +212,8 @@ def test_string_checks_hold_on_the_categorical_frame(lake_settings):
     assert got["session_id"].unexpected == 1 and got["session_id"].examples == ({"step_id": "s1", "revision": 0},)
     assert got["outcome"].unexpected == 2 and got["step_id,revision"].unexpected == 2
     assert all(type(e["step_id"]) is str for e in got["outcome"].examples)
+    # the failing rows come back by row number and are named by their keys, in the rows' order
+    assert got["outcome"].rows == ({"step_id": "s2", "revision": 0}, {"step_id": "s2", "revision": 0})
 
 
 @pytest.mark.unit
