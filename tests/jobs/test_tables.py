@@ -66,18 +66,49 @@ def test_a_null_key_repeats_like_any_other_key():
     assert repeated_keys_and_rows_outside(data, ("id", "note"), "true") == (0, 0)
 
 
+PARTED = TableSpec("gold", "parted", pa.schema([pa.field("day", pa.string(), nullable=False),
+                                                pa.field("id", pa.string(), nullable=False),
+                                                pa.field("n", pa.int32())]),
+                   ("day",), ("id", "day"), "a partitioned test table")
+
+
 @pytest.mark.unit
-def test_rows_are_written_sorted_by_partition_and_key_in_declared_types():
-    spec = TableSpec("gold", "parted", pa.schema([pa.field("day", pa.string(), nullable=False),
-                                                  pa.field("id", pa.string(), nullable=False),
-                                                  pa.field("n", pa.int32())]),
-                     ("day",), ("id",), "a partitioned test table")
+def test_rows_are_written_sorted_by_their_keys_outside_the_partition_columns_in_declared_types():
     spark_like = pa.table({"day": pa.array(["2", "1", "2", "1"], pa.large_string()),
                            "id": pa.array(["b", "z", "a", "c"], pa.large_string()), "n": pa.array([1, 2, 3, 4])})
-    out = rows_to_publish(spark_like, spec)
-    assert out.schema == spec.schema
-    assert out.to_pylist() == [{"day": "1", "id": "c", "n": 4}, {"day": "1", "id": "z", "n": 2},
-                               {"day": "2", "id": "a", "n": 3}, {"day": "2", "id": "b", "n": 1}]
+    out = rows_to_publish(spark_like, PARTED)
+    assert out.schema == PARTED.schema
+    assert out.to_pylist() == [{"day": "2", "id": "a", "n": 3}, {"day": "2", "id": "b", "n": 1},
+                               {"day": "1", "id": "c", "n": 4}, {"day": "1", "id": "z", "n": 2}]
+
+
+@pytest.mark.component
+def test_the_same_rows_in_any_order_give_the_same_files(tmp_path):
+    """Each partition's file holds its rows in key order, byte for byte the same whatever order they came in: the
+    writer keeps the rows' order within a partition."""
+    import hashlib
+    import random
+
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    rows = [{"day": f"2026-11-0{1 + i % 3}", "id": f"e{random.Random(i).randrange(10**9):09d}-{i}", "n": i}
+            for i in range(3_000)]
+    digests = []
+    for seed in (1, 2):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        target = tmp_path / f"t{seed}"
+        write_deltalake(str(target), rows_to_publish(pa.Table.from_pylist(shuffled, schema=PARTED.schema), PARTED),
+                        partition_by=["day"])
+        parts = sorted(p.parent.name for p in target.rglob("*.parquet"))
+        assert parts == ["day=2026-11-01", "day=2026-11-02", "day=2026-11-03"]
+        for p in sorted(target.rglob("*.parquet"), key=lambda p: p.parent.name):
+            ids = pq.read_table(p).column("id").to_pylist()
+            assert ids == sorted(ids)
+        digests.append([hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted(target.rglob("*.parquet"), key=lambda p: p.parent.name)])
+    assert digests[0] == digests[1]
 
 
 @pytest.mark.component
