@@ -380,8 +380,8 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
             actions=[] if pending is not None else [gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW],
                            "partial_unexpected_count": EXAMPLES,
-                           # the failing rows' keys come back in the index list; the query form of the same
-                           # list filtered the whole frame once more per expectation
+                           # the failing rows' numbers come back in the index list; the query form of the
+                           # same list filtered the whole frame once more per expectation
                            "return_unexpected_index_query": False}))
         result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=run_id))
         if pending is not None:  # what UpdateDataDocsAction would have built: the result's page and the suite's
