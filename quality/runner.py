@@ -383,7 +383,10 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
                            # the failing rows' numbers come back in the index list; the query form of the
                            # same list filtered the whole frame once more per expectation
                            "return_unexpected_index_query": False}))
-        result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=run_id))
+        # with no run_time, GE parses the run name as a date: a hex run id such as 6a2457826049 overflowed dateutil
+        # (~1 in 2,500 ids, seen in CI) and 1361ad041526 became a run of 1361-12-07
+        result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(
+            run_name=run_id, run_time=datetime.now(timezone.utc)))
         if pending is not None:  # what UpdateDataDocsAction would have built: the result's page and the suite's
             from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
             for identifier in result.run_results:

@@ -33,6 +33,22 @@ def test_a_failing_suite_refuses_quarantines_and_reports(lake_settings):
     assert (docs / "index.html").exists() and list((docs / "validations").rglob("*.html"))
 
 
+def test_a_run_id_that_reads_like_a_date_is_not_taken_for_one(lake_settings):
+    """GE parses a run name as its time when given none: these hex ids overflowed dateutil or became the year
+    1361."""
+    from datetime import datetime, timezone
+
+    from quality.runner import validate
+    from quality.suites import suite_for
+
+    began = datetime.now(timezone.utc)
+    for run_id in ("6a2457826049", "1361ad041526"):
+        report, _ = validate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0)]), run_id)
+        assert report.success and report.run_id == run_id
+        [stored] = [p for p in (lake_settings.state_dir / "quality").rglob("*.json") if run_id in str(p)]
+        assert str(began.year) in str(stored.relative_to(lake_settings.state_dir))
+
+
 def test_passing_rows_pass(lake_settings):
     from quality.suites import suite_for
 
