@@ -243,24 +243,29 @@ def with_derived(suite: Suite, data: pa.Table) -> pa.Table:
 ROW = "__trajlake_row"
 
 
+def _columns_read(expectation: Any) -> list[str]:
+    kw = expectation.configuration.kwargs
+    return [kw[k] for k in ("column", "column_A", "column_B") if kw.get(k)] + list(kw.get("column_list") or [])
+
+
+def _conditional(suite: Suite) -> bool:
+    """Whether an expectation has a row condition: a query over any column, values included."""
+    return any(e.configuration.kwargs.get("row_condition") for e in suite.expectations)
+
+
 def expectation_columns(suite: Suite) -> list[str]:
     """The columns the suite's expectations read."""
-    named: list[str] = []
-    for e in suite.expectations:
-        kw = e.configuration.kwargs
-        named += [kw[k] for k in ("column", "column_A", "column_B") if kw.get(k)] + list(kw.get("column_list") or [])
-    return list(dict.fromkeys(named))
+    return list(dict.fromkeys(c for e in suite.expectations for c in _columns_read(e)))
 
 
 def nullness_only_columns(suite: Suite) -> set[str]:
     """The columns the suite only checks for nulls: Great Expectations needs to see where their nulls are, not
     their values."""
-    if any(e.configuration.kwargs.get("row_condition") for e in suite.expectations):
-        return set()  # a row condition is a query over any column, values included
+    if _conditional(suite):
+        return set()
     kinds: dict[str, set[str]] = {}
     for e in suite.expectations:
-        kw = e.configuration.kwargs
-        for c in [kw[k] for k in ("column", "column_A", "column_B") if kw.get(k)] + list(kw.get("column_list") or []):
+        for c in _columns_read(e):
             kinds.setdefault(c, set()).add(e.expectation_type)
     return {c for c, k in kinds.items() if k == {"expect_column_values_to_not_be_null"}}
 
@@ -276,9 +281,9 @@ def frame_for_expectations(suite: Suite, frame: pa.Table) -> pa.Table:
     up from `frame` by its row number), and a column checked only for nulls (the ids, again) is given as a float
     that is null where it is and 0 elsewhere: the same rows pass and fail. Measured on 1.87M step rows:
     bench/RESULTS.md, "Spark jobs". The quarantine still copies whole rows from `frame`."""
-    conditional = any(e.configuration.kwargs.get("row_condition") for e in suite.expectations)
-    # a row condition is a query over any column: an expectation with one sees them all, as they are
-    wanted = frame.column_names if conditional else [c for c in expectation_columns(suite) if c in frame.column_names]
+    # an expectation with a row condition sees every column, as it is
+    wanted = frame.column_names if _conditional(suite) else [c for c in expectation_columns(suite)
+                                                              if c in frame.column_names]
     nullness = nullness_only_columns(suite)
     wide = {pa.int8(): pa.int64(), pa.int16(): pa.int64(), pa.int32(): pa.int64(), pa.uint8(): pa.int64(),
             pa.uint16(): pa.int64(), pa.uint32(): pa.int64(), pa.float16(): pa.float64(), pa.float32(): pa.float64()}
@@ -413,7 +418,7 @@ def validate(settings: Settings, suite: Suite, data: pa.Table, run_id: str | Non
             else:
                 desc, count = cfg.description, int(res.get("unexpected_count") or len(keys) or 0)
             failures.append(Failure(cfg.type, column, desc, count, tuple(_plain(k) for k in keys[:EXAMPLES]),
-                                    column in suite.critical, keys[:QUARANTINE_CAP]))
+                                    column in suite.critical, keys))
     docs = data_docs_index(settings)
     report = QualityReport(run_id, suite.name, suite.table, frame.num_rows, evaluated, tuple(failures),
                            docs.resolve().as_uri() if pending is not None or docs.exists() else None)
