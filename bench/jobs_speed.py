@@ -98,14 +98,15 @@ def duckdb_sql(spec: RewardSpec) -> str:
     t = (f"(CASE WHEN c = 2 THEN {t1} WHEN c = 3 THEN {t2} ELSE {z} + {g[0]} / (c - 1) + {g[1]} / pow(c - 1, 2) "
          f"+ {g[2]} / pow(c - 1, 3) + {g[3]} / pow(c - 1, 4) END)")   # Student's t with c - 1 df, as Spark's
     var_mean = "(CASE WHEN c > 1 THEN greatest(0.0, (cs2 - 2 * (s / n) * csn + (s / n) * (s / n) * cn2) / (n * n) * c / (c - 1.0)) END)"
-    n_eff = f"(CASE WHEN {var_mean} > 0 THEN least(n, (s / n) * (1 - s / n) / {var_mean}) ELSE n END)"
+    n_eff = f"(CASE WHEN {var_mean} > 0 THEN least(n, (s / n) * (1 - s / n) / {var_mean}) ELSE c END)"
     inlist = lambda xs: ", ".join(f"'{x}'" for x in xs)  # noqa: E731
     steps_after = "count(*) OVER (PARTITION BY episode_id) - row_number() OVER (PARTITION BY episode_id ORDER BY step_index)"
     weight = {"uniform": "1.0", "last": f"CASE WHEN ({steps_after}) = 0 THEN 1.0 ELSE 0.0 END",
               "discounted": f"pow({st.gamma}, ({steps_after}))"}[st.credit]
     step_obs = ", ".join(f"{{'metric': '{m.name}', 'x': {m.column if m.column != '_undo_after_accept' else 'CASE WHEN accepted THEN undone END'}::DOUBLE}}"
                          for m in METRICS if m.source == "step")
-    ep_cols = {"_abandoned": "outcome = 'abandoned'", "_timeout": "outcome = 'timeout'"}
+    ep_cols = {"_abandoned": "outcome = 'abandoned'", "_timeout": "outcome = 'timeout'",
+               "_reopened_when_done": "CASE WHEN outcome IN ('completed', 'reopened') THEN reopened END"}
     ep_obs = ", ".join(f"{{'metric': '{m.name}', 'x': ({ep_cols.get(m.column, m.column)})::DOUBLE}}"
                        for m in METRICS if m.source == "episode")
     kinds = ", ".join(f"('{m.name}', '{m.kind}')" for m in METRICS)

@@ -56,6 +56,10 @@ class CorrectionSpec(_Frozen):
     def _complete(self):
         if missing := set(STEP_OUTCOMES) - set(self.penalty):
             raise ValueError(f"correction.penalty lacks {sorted(missing)}")
+        # the correction score (1 - the mean penalty) is a bucket score in [0, 1]; the gate's promise (a failed
+        # episode never outscores a correct one) counts on every bucket score being at least 0
+        if any(not 0 <= v <= 1 for v in self.penalty.values()):
+            raise ValueError("correction.penalty values must lie in [0, 1]")
         return self
 
 

@@ -47,7 +47,8 @@ def expected_from_planted(b) -> dict[str, float]:
         "accept_rate": b.accept, "edit_rate": b.edit, "reject_rate": b.reject, "retry_rate": b.retry,
         "undo_after_accept": b.undo_after_accept,
         "completion_rate": b.complete, "abandon_rate": b.abandon, "escalation_rate": b.escalate,
-        "reopen_rate": b.reopen, "delegation_rate": b.delegate,
+        # of the tasks handed back as done (the generator reopens only completed ones)
+        "reopen_rate": b.reopen / (b.complete + b.reopen), "delegation_rate": b.delegate,
         "opt_out_after_poor": b.opt_out_after_failure * b.abandon / poor,
         # shown 30–200 ms after the proposal, then an exponential think time
         "reaction_s": b.think_s + 0.115,
@@ -248,7 +249,7 @@ def test_unchanged_variants_are_flagged_at_the_nominal_rate_despite_correlated_s
     # every other metric's column, unobserved (null: outside every denominator)
     for col in {m.column for m in METRICS if m.source == "step" and not m.column.startswith("_")} | {"undone"}:
         st = st if col in st.columns else st.withColumn(col, F.lit(None).cast("double"))
-    for col in {m.column for m in METRICS if m.source == "episode" and not m.column.startswith("_")}:
+    for col in {m.column for m in METRICS if m.source == "episode" and not m.column.startswith("_")} | {"reopened"}:
         ep = ep if col in ep.columns else ep.withColumn(col, F.lit(None).cast("double"))
     cards = scorecards(spark, daily_sums(st, ep), spec).where("grain = 'day' AND agent_version = 'agent-v2'")
     accept = cards.where("metric = 'accept_rate'").collect()
@@ -265,6 +266,80 @@ def test_unchanged_variants_are_flagged_at_the_nominal_rate_despite_correlated_s
         F.col("_flag_at").alias("threshold")).collect()} == {round(t_of(spec.guardrails.flag_level, 39), 3)}
 
 
+def _frames(spark, steps, episodes):
+    """Step and episode frames for `daily_sums` from (agent, task type, episode id, {column: value}) tuples; every
+    metric column not given is null (outside every denominator)."""
+    from jobs.scorecards import METRICS
+
+    day = date(2026, 11, 2)
+    rates = {m.column for m in METRICS if m.kind == "rate"} | {"undone", "reopened"}
+    step_cols = sorted({m.column for m in METRICS if m.source == "step" and not m.column.startswith("_")} | {"undone"})
+    ep_cols = sorted({m.column for m in METRICS if m.source == "episode" and not m.column.startswith("_")}
+                     | {"reopened"})
+    key = "agent_version STRING, prompt_variant STRING, task_type STRING, date DATE, episode_id STRING"
+    ddl = lambda cols: "".join(f", {c} {'BOOLEAN' if c in rates else 'DOUBLE'}" for c in cols)  # noqa: E731
+    st = spark.createDataFrame([(a, "control", t, day, e, *(v.get(c) for c in step_cols)) for a, t, e, v in steps],
+                               key + ddl(step_cols))
+    ep = spark.createDataFrame([(a, "control", t, day, e, v.get("outcome", "completed"), *(v.get(c) for c in ep_cols))
+                                for a, t, e, v in episodes], key + ", outcome STRING" + ddl(ep_cols))
+    return st, ep
+
+
+@pytest.mark.unit
+def test_a_rate_of_zero_is_tested_on_the_pooled_rate():
+    """0 of 40 against 16 of 200 is no regression (Fisher's exact p 0.08; with each side's own variance, 0 at a
+    rate of 0, it was z -4.2 and flagged); 0 of 200 against 40 of 200 is. Unchanged rare rates in unequal
+    segments are flagged at about the nominal 1% (10% before), and steps that agree within their episodes count
+    as their episodes."""
+    import random
+
+    from jobs.scorecards import pooled_rate_se, t_of
+
+    def episodes(n, k):  # an episode metric: one observation per episode, so c = n, cs2 = csn = s, cn2 = n
+        return (n, k, n, k, k, n, k / n)
+
+    def z(a, b):
+        return (a[-1] - b[-1]) / pooled_rate_se(*a, *b)
+
+    flag_at = t_of(0.99, 39)
+    assert abs(z(episodes(40, 0), episodes(200, 16))) < flag_at
+    assert abs(z(episodes(200, 0), episodes(200, 40))) > flag_at
+    rng = random.Random(5)
+    flagged, runs = 0, 3000
+    for _ in range(runs):
+        a, b = sum(rng.random() < 0.05 for _ in range(40)), sum(rng.random() < 0.05 for _ in range(200))
+        flagged += 0 < a + b and abs(z(episodes(40, a), episodes(200, b))) > flag_at
+    assert flagged / runs < 0.02
+    # 40 and 200 episodes of 10 steps each, every step of an episode alike: the design effect is the episode size
+    step_sums = lambda c, k: (10 * c, 10 * k, c, 100 * k, 100 * k, 100 * c, k / c)  # noqa: E731
+    assert pooled_rate_se(*step_sums(40, 4), *step_sums(200, 30)) == pytest.approx(
+        pooled_rate_se(*episodes(40, 4), *episodes(200, 30)))
+
+
+@pytest.mark.component
+def test_a_rate_of_zero_is_neither_flagged_on_one_side_nor_sure_of_itself(spark):
+    """In Spark: a variant with no escalation in 40 episodes against a baseline with 16 in 200 is not significant,
+    and a step rate of 0 in 400 steps of 40 episodes has the interval of 40 observations (upper bound ~9%), not of
+    400 independent ones (~1%, which missed a true 2% about half the time)."""
+    from jobs.scorecards import daily_sums, scorecards, t_of
+
+    steps, eps = [], []
+    for agent, n, escalated in (("agent-v1", 200, 16), ("agent-v2", 40, 0)):
+        for e in range(n):
+            eid = f"{agent}-{e}"
+            eps.append((agent, "t", eid, {"escalated": e < escalated, "reopened": False}))
+            steps += [(agent, "t", eid, {"undone": False, "accepted": True})] * 10
+    cards = {(r.agent_version, r.metric): r for r in scorecards(
+        spark, daily_sums(*_frames(spark, steps, eps)), load_reward_spec()).where("grain = 'day'").collect()}
+    escalation = cards[("agent-v2", "escalation_rate")]
+    assert escalation.value == 0 and escalation.baseline_value == pytest.approx(0.08)
+    assert escalation.z == pytest.approx(-1.85, abs=0.01) and not escalation.significant
+    undo = cards[("agent-v2", "undo_rate")]
+    t = t_of(0.95, 39)
+    assert undo.n == 400 and undo.ci_low == pytest.approx(0.0, abs=1e-12)
+    assert undo.ci_high == pytest.approx(t * t / (40 + t * t))
+
+
 @pytest.mark.component
 def test_daily_sums_equal_the_sums_computed_in_plain_python(spark):
     """n, Σx, Σx² and the cluster sums per day × segment × metric, nulls outside the denominator, an episode
@@ -277,6 +352,7 @@ def test_daily_sums_equal_the_sums_computed_in_plain_python(spark):
     rng = random.Random(3)
     step_metrics = [m for m in METRICS if m.source == "step" and not m.column.startswith("_")]
     episode_metrics = [m for m in METRICS if m.source == "episode" and not m.column.startswith("_")]
+    episode_columns = [*(m.column for m in episode_metrics), "reopened"]
     bools = {"accepted", "rejected", "edited", "overwritten", "undone", "retried", "dead_end", "completed",
              "reopened", "within_sla", "escalated", "delegated", "opted_out", "opted_out_after_poor", "gate_passed"}
 
@@ -294,8 +370,8 @@ def test_daily_sums_equal_the_sums_computed_in_plain_python(spark):
             row.update({m.column: value(m.column) for m in step_metrics})
             steps.append(row)
         row = dict(zip(SEGMENT, seg), date=first, episode_id=f"e{e}",
-                   outcome=rng.choice(["completed", "abandoned", "timeout"]))
-        row.update({m.column: value(m.column) for m in episode_metrics})
+                   outcome=rng.choice(["completed", "reopened", "abandoned", "timeout"]))
+        row.update({c: value(c) for c in episode_columns})
         episodes.append(row)
 
     def ddl(columns):
@@ -304,7 +380,7 @@ def test_daily_sums_equal_the_sums_computed_in_plain_python(spark):
                           *(f"{c} {t}" for c, t in kinds.items())])
 
     sdf = spark.createDataFrame(steps, ddl([m.column for m in step_metrics]))
-    edf = spark.createDataFrame(episodes, ddl(["outcome", *(m.column for m in episode_metrics)]))
+    edf = spark.createDataFrame(episodes, ddl(["outcome", *episode_columns]))
     got = {(*(r[c] for c in SEGMENT), r.date, r.metric): r for r in daily_sums(sdf, edf).collect()}
 
     def x_of(row, m):
@@ -312,6 +388,9 @@ def test_daily_sums_equal_the_sums_computed_in_plain_python(spark):
             return float(row["undone"]) if row["accepted"] and row["undone"] is not None else None
         if m.column in ("_abandoned", "_timeout"):
             return float(row["outcome"] == m.column[1:])
+        if m.column == "_reopened_when_done":
+            done = row["outcome"] in ("completed", "reopened") and row["reopened"] is not None
+            return float(row["reopened"]) if done else None
         v = row[m.column]
         return None if v is None else float(v)
 

@@ -30,6 +30,8 @@ def test_a_failed_outcome_can_never_outscore_a_correct_one():
     (("weights = { outcome = 0.5, correction = 0.25, friction = 0.15, trust = 0.10 }",
       "weights = { outcome = 0.6, correction = 0.25, friction = 0.15 }"), "composite weights lack ['trust']"),
     (('correct_outcomes = ["completed"]', "correct_outcomes = []"), "correct_outcomes is empty"),
+    # a penalty above 1 would take the correction score below 0, and a completed episode below a failed one
+    (("rejected = 1.0,", "rejected = 2.0,"), "correction.penalty values must lie in [0, 1]"),
     (('version = "reward-v1"', 'version = "v1"'), "version"),
     # a draft outside schemas/reward/ must not pass for a published version with other numbers
     (("base = 0.8", "base = 0.7"), "declares version 'reward-v1', which is published"),
