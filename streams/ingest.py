@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from privacy import LEGACY_POLICY_VERSION
 from schemas.contract import ContractError, Reason, parse_event
 
 
@@ -94,6 +95,10 @@ def clean_record(event: dict[str, Any], rec: SourceRecord, ingested_at: str, pol
 
 
 def clean_event(value: bytes) -> dict[str, Any]:
-    """A tl.events.clean value → the event as the join folds it: the scrubbed event with its policy version."""
+    """A tl.events.clean value → the event as the join folds it: the scrubbed event with its policy version.
+
+    A record without one was written before versions were recorded, and so scrubbed by privacy-1: the version
+    its bronze row gets too (`streams.sink.bronze_event_row`), or the stream's steps and episodes would say
+    "unrecorded" where a recomputation from bronze says privacy-1."""
     msg = orjson.loads(value)
-    return {**msg["event"], "policy_version": msg.get("policy_version")}
+    return {**msg["event"], "policy_version": msg.get("policy_version") or LEGACY_POLICY_VERSION}
