@@ -695,7 +695,9 @@ def build(settings: Settings, request: ExportRequest, out: Path,
 
     Raises ExportFailed when the leakage check or the PII scan fails."""
     request.check()
-    spec = _spec(request.reward_version)
+    # the request's version, else the one the settings pin (TRAJLAKE_REWARD_VERSION, as the jobs score with),
+    # else the newest: a scheduled export pinned by the setting alone must not move to a newer spec by itself
+    spec = _spec(request.reward_version or settings.reward_version)
     if settings.pii_ground_truth is not None:
         # up front, not in a formatting process minutes later (where a bad file would break the pool)
         try:

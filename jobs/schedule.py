@@ -48,8 +48,9 @@ OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "table": (lambda v: isinstance(v, str) and bool(v), 'a table id, e.g. table = "bronze.events"'),
     "closed_after_days": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                           "a whole number of days ≥ 0, e.g. closed_after_days = 1"),
-    "min_files": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                  "a whole number ≥ 1, e.g. min_files = 8"),
+    # as `trajlake compact --min-files` (its Airflow form): one file is already compact
+    "min_files": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
+                  "a whole number ≥ 2, e.g. min_files = 8"),
     "retention_hours": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                         "a number of hours ≥ 0, e.g. retention_hours = 168"),
 }

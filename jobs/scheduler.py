@@ -231,7 +231,7 @@ class Runner:
             parts = []
             for t in specs:
                 done = compact_closed_partitions(s, t, closed_after_days=int(opts.get("closed_after_days", 1)),
-                                                 min_files=int(opts.get("min_files", 8)))
+                                                 min_files=int(opts.get("min_files", s.compact_min_files)))
                 parts.append(f"{t.id} {len(done.partitions)} partitions {done.files_removed}→{done.files_added} files")
             return "; ".join(parts)
         if entry.job == "vacuum":

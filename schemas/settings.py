@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Literal, Mapping
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
 
     # where everything generated lives: broker jars, broker data, logs, the lake (git-ignored)
     state_dir: Path = Path(".trajlake")
-    # lake root; defaults to <state_dir>/lake. Any local path (object stores: see docs/scale.md)
+    # lake root; defaults to <state_dir>/lake. A local path: the sinks, jobs and readers are set up for local files
     lake_root: Path | None = None
 
     # Kafka
@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_bootstrap: str | None = None  # an external cluster; when set, `trajlake up` starts nothing
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_ports(cls, v: str | None) -> str | None:
+        for server in (v or "").split(",") if v is not None else ():
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server.strip()!r} is not HOST:PORT; write e.g. kafka-1:9092,kafka-2:9092")
+        return v
     kafka_heap: str = "512m"
     topic_partitions: int = Field(default=4, ge=1)
     topic_prefix: str = "tl."

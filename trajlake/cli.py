@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
@@ -32,16 +34,52 @@ class UserError(Exception):
 
 
 def settings():
+    from pydantic_settings import SettingsError
+
     from schemas.settings import Settings
 
+    _warn_unknown_settings(Settings)
     try:
         return Settings()
+    except SettingsError as exc:  # a JSON-valued setting that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"TRAJLAKE_{field.group(1).upper()}" if field else "a TRAJLAKE_* setting"
+        example = _JSON_EXAMPLES.get(name, '{"key": "value"}')
+        raise UserError(f"setting {name} is not valid JSON: write it as JSON, e.g. {name}='{example}', "
+                        "or unset it") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:  # a rule across settings (e.g. the key store inside the lake) names its variables
             raise UserError(f"settings are inconsistent: {first['msg'].removeprefix('Value error, ')}") from None
         name = "TRAJLAKE_" + str(first["loc"][0]).upper()
         raise UserError(f"setting {name} is invalid: {first['msg']} — fix or unset that environment variable") from None
+
+
+def _existing_lake(s):
+    """`s`, if its lake exists: a command that reads the lake must not report "passed" on nothing, or create a
+    mistyped lake's directories, when TRAJLAKE_LAKE_ROOT or TRAJLAKE_STATE_DIR names the wrong place."""
+    if not s.lake.is_dir():
+        raise UserError(f"no lake at {s.lake}: check TRAJLAKE_LAKE_ROOT / TRAJLAKE_STATE_DIR, or fill one first "
+                        "(`trajlake worker`, then `trajlake jobs run`)")
+    return s
+
+
+_JSON_EXAMPLES = {"TRAJLAKE_SPARK_CONF": '{"spark.driver.memory": "4g"}',
+                  "TRAJLAKE_COLLECTOR_WRITE_KEYS": '{"my-app": "<a long random key>"}',
+                  "TRAJLAKE_COLLECTOR_CORS_ORIGINS": '["https://app.example.com"]',
+                  "TRAJLAKE_SCRUB_DENY_TERMS": '["acme"]'}
+
+
+def _warn_unknown_settings(model) -> None:
+    """A TRAJLAKE_* variable that names no setting is a typo that would otherwise change nothing, silently."""
+    import difflib
+
+    known = {f"TRAJLAKE_{name.upper()}" for name in model.model_fields}
+    for name in sorted(n for n in os.environ if n.startswith("TRAJLAKE_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        err.print(f"[yellow]warning:[/] {name} is not a trajlake setting, so it changes nothing"
+                  + (f" — did you mean {close[0]}?" if close else " (the settings: schemas/settings.py)"),
+                  markup=True, highlight=False)
 
 
 # ---- broker ---------------------------------------------------------------------------------------
@@ -186,7 +224,8 @@ def export(
                                help="comma-separated: sft, dpo, openai_dpo, kto, rft, steps"),
     since: Optional[str] = typer.Option(None, help="first day of episodes to export, YYYY-MM-DD"),
     until: Optional[str] = typer.Option(None, help="the day after the last day, YYYY-MM-DD"),
-    reward_version: Optional[str] = typer.Option(None, help="scores and export policy of this spec (default: newest)"),
+    reward_version: Optional[str] = typer.Option(
+        None, help="scores and export policy of this spec (default: TRAJLAKE_REWARD_VERSION, else the newest)"),
     from_manifest: Optional[Path] = typer.Option(None, "--from-manifest",
                                                  help="rebuild the export a manifest describes and verify its checksums"),
     out: Optional[Path] = typer.Option(None, help="with --from-manifest: where the rebuilt files go"),
@@ -205,6 +244,7 @@ def export(
             if from_manifest is not None:
                 if not from_manifest.exists():
                     raise UserError(f"no manifest at {from_manifest}: pass an export's manifest.json or its directory")
+                _existing_lake(s)
                 target = out or from_manifest.resolve().parent.with_name(from_manifest.resolve().parent.name + "-rebuilt")
                 rebuilt = reproduce(s, from_manifest, target, progress=lambda m: st.update(f"{m}…"))
                 console.print(f"[green]✓[/] rebuilt {len(rebuilt['files'])} files into {target}: every sha256 "
@@ -219,7 +259,7 @@ def export(
                 raise UserError(f"unknown format(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
             request = ExportRequest(name, formats, _day(since, "--since"), _day(until, "--until"), reward_version,
                                     allow_failed_checks=allow_failed_checks)
-            result = run(s, request, progress=lambda m: st.update(f"{m}…"))
+            result = run(_existing_lake(s), request, progress=lambda m: st.update(f"{m}…"))
     except ExportFailed as exc:
         raise UserError(str(exc)) from None
     except RewardSpecError as exc:
@@ -244,7 +284,7 @@ def export(
     console.print(f"[green]✓[/] {result.path}  (manifest: {result.path / 'manifest.json'})")
 
 
-quality_app = typer.Typer(help="Great Expectations suites over the lake: check tables, open Data Docs.",
+quality_app = typer.Typer(help="Great Expectations suites over the lake: check tables; the report links Data Docs.",
                           no_args_is_help=True)
 app.add_typer(quality_app, name="quality")
 
@@ -269,7 +309,7 @@ def quality_check(
     last = _day(end, "--end") if end else None
     if first and last and last <= first:
         raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
-    s = settings()
+    s = _existing_lake(settings())
     try:
         spec = load_reward_spec(reward_version or s.reward_version)
     except RewardSpecError as exc:
@@ -283,7 +323,7 @@ def quality_check(
     console.print(t)
     for r in reports:
         if not r.success:
-            console.print(r.summary())
+            console.print(escape(r.summary()))
     console.print(f"Data Docs: {data_docs_index(s).resolve().as_uri()}")
     if not all(r.success for r in reports):
         raise typer.Exit(1)
@@ -293,7 +333,8 @@ def quality_check(
 def compact(
     table: Optional[str] = typer.Option(None, help="one table, e.g. bronze/events (default: every stream table)"),
     closed_after_days: int = typer.Option(1, min=0, help="a date partition is closed this many days after its date"),
-    min_files: int = typer.Option(8, min=2, help="compact a closed partition once it has this many files"),
+    min_files: Optional[int] = typer.Option(
+        None, min=2, help="compact a closed partition once it has this many files (default: TRAJLAKE_COMPACT_MIN_FILES)"),
 ) -> None:
     """Compact the small files of closed date partitions (the worker also does this on a timer)."""
     from lake.compaction import compact_closed_partitions
@@ -308,7 +349,8 @@ def compact(
     with console.status("compacting…") as st:
         for t in specs:
             st.update(f"compacting {t.id}…")
-            done = compact_closed_partitions(s, t, closed_after_days=closed_after_days, min_files=min_files)
+            done = compact_closed_partitions(s, t, closed_after_days=closed_after_days,
+                                             min_files=min_files or s.compact_min_files)
             console.print(f"{t.id}: {len(done.partitions)} partitions, {done.files_removed} files → {done.files_added}")
 
 
@@ -361,10 +403,17 @@ def scrub(
     from privacy.scrub import EventScrubber, SessionDictionaries
     from schemas.contract import ContractError, parse_event
 
+    if in_.is_dir():
+        raise UserError(f"{in_} is a directory: pass --in with a JSON Lines file of events")
     if not in_.is_file():
         raise UserError(f"{in_} does not exist: pass --in with a JSON Lines file of events")
     if out.resolve() == in_.resolve():
         raise UserError("--out is the same file as --in: write the scrubbed events somewhere else")
+    for flag, path in (("--out", out), ("--rejects", rejects)):
+        if path is not None and path.is_dir():
+            raise UserError(f"{flag} {path} is a directory: give a file name, e.g. {flag} {path / 'events.jsonl'}")
+        if path is not None and not path.resolve().parent.is_dir():
+            raise UserError(f"{flag} {path}: the directory {path.resolve().parent} does not exist; create it first")
     s = settings()
     rejects = rejects or out.with_name(out.name + ".rejects.jsonl")
     scrubber = EventScrubber(s.pseudonym_key.get_secret_value().encode(), use_ner=ner, deny_terms=s.scrub_deny_terms)
@@ -617,7 +666,9 @@ def _require_broker(s) -> None:
     try:
         broker.wait_until_ready(s, timeout=5)
     except broker.BrokerError:
-        raise UserError(f"Kafka at {s.bootstrap} is not answering: start it with `trajlake up`") from None
+        fix = ("check TRAJLAKE_KAFKA_BOOTSTRAP (an external cluster: `trajlake up` starts nothing for it)"
+               if s.kafka_bootstrap else "start it with `trajlake up`")
+        raise UserError(f"Kafka at {s.bootstrap} is not answering: {fix}") from None
 
 
 # ---- privacy --------------------------------------------------------------------------------------
@@ -665,8 +716,9 @@ def erase(
         console.print(f"key in the key store: {'yes' if has_key else 'no'}; earlier erasures: {before}")
         return
     if not any(t.rows_deleted for t in found) and not has_key and not before:
-        raise UserError(f"no rows, key or earlier erasure for {shown} in the lake at {s.lake}: check the id "
-                        "(raw ids are case-sensitive), or pass --pseudonym u_… if you have the pseudonym")
+        fix = ("check the id (raw ids are case-sensitive), or pass --pseudonym u_… if you have the pseudonym"
+               if user is not None else "check the pseudonym, or pass --user with the raw id")
+        raise UserError(f"no rows, key or earlier erasure for {shown} in the lake at {s.lake}: {fix}")
     from deltalake.exceptions import CommitFailedError
 
     with console.status("erasing…") as st:
@@ -884,7 +936,8 @@ def _topic_sizes(s) -> list[dict]:
 
 @app.command()
 def query(
-    sql: str = typer.Argument(..., help="SQL over the views bronze_events, bronze_deadletter, silver_steps, silver_episodes"),
+    sql: str = typer.Argument(..., help="SQL over one view per lake table, named like the table: bronze_events, "
+                              "silver_steps, gold_step_signals, gold_scorecards, … (docs/analysts.md lists them)"),
     as_of: list[str] = typer.Option([], "--as-of", help="pin a table: TABLE=VERSION, e.g. bronze/events=3"),
     format: str = typer.Option("table", "--format", help="table | csv | json | parquet (parquet needs --out)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the result to this file (csv, json, parquet)"),
@@ -908,29 +961,38 @@ def query(
         raise UserError("--out needs a file format: add --format csv, json or parquet")
     if out is not None and not out.resolve().parent.is_dir():
         raise UserError(f"--out {out}: the directory {out.resolve().parent} does not exist; create it first")
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a directory: give a file name, e.g. --out {out / ('result.' + format)}")
+    from deltalake.exceptions import DeltaError
+
     try:
         con = connect(settings(), as_of=pins)
         rel = con.sql(sql)
-        if rel is not None and format == "parquet":
+        if rel is None:
+            if out is not None:
+                raise UserError("the SQL returned no result to write: --out needs a query (SELECT …)")
+            return
+        if format == "parquet":
             # DuckDB writes the file itself (streaming, typed columns: timestamps, lists and structs survive)
             rel.write_parquet(str(out))
+            err.print(f"[green]✓[/] {escape(str(out))}")
+        elif out is not None:
+            try:
+                with out.open("w", newline="") as f:
+                    _print_relation(rel, format, f)
+            except BaseException:
+                out.unlink(missing_ok=True)  # not a file that looks like a result
+                raise
+            err.print(f"[green]✓[/] {escape(str(out))}")
+        else:
+            _print_relation(rel, format)
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
-    except duckdb.Error as exc:
+    except duckdb.Error as exc:  # raised by the query's plan, or by its rows as they are fetched
         raise UserError(f"DuckDB: {str(exc).splitlines()[0]}") from None
-    if rel is None:
-        if out is not None:
-            raise UserError("the SQL returned no result to write: --out needs a query (SELECT …)")
-        return
-    if format == "parquet":
-        err.print(f"[green]✓[/] {out}")
-        return
-    if out is not None:
-        with out.open("w", newline="") as f:
-            _print_relation(rel, format, f)
-        err.print(f"[green]✓[/] {out}")
-        return
-    _print_relation(rel, format)
+    except DeltaError as exc:  # a pinned version the table does not have
+        raise UserError(f"--as-of: {str(exc).splitlines()[0]}; `trajlake status` shows each table's latest "
+                        "version") from None
 
 
 def _print_relation(rel, format: str = "table", stream=None) -> None:
@@ -948,9 +1010,10 @@ def _print_relation(rel, format: str = "table", stream=None) -> None:
         for r in rows:
             stream.write(orjson.dumps(dict(zip(cols, r)), default=str).decode() + "\n")
     else:
-        t = Table(*cols)
+        # the lake's text is data, not Rich markup: "[b]" or "[/]" in a value printed as itself
+        t = Table(*(escape(c) for c in cols))
         for r in rows:
-            t.add_row(*("" if v is None else str(v) for v in r))
+            t.add_row(*("" if v is None else escape(str(v)) for v in r))
         console.print(t)
 
 
@@ -1054,7 +1117,7 @@ def demo(
         reports = check_lake(s, spec, start=first, end=last, progress=lambda m: st.update(f"{m}…"))
     bad = [r for r in reports if not r.success]
     for r in bad:
-        console.print(r.summary())
+        console.print(escape(r.summary()))
     console.print(f"[green]6.[/] quality: {len(reports) - len(bad)}/{len(reports)} table suites passed "
                   f"(Data Docs: {data_docs_index(s).resolve().as_uri()})")
 
@@ -1099,7 +1162,15 @@ def main() -> None:
         app()
     except (UserError, BrokerError, UnknownTable, SchemaMismatch, QualityGateFailed, PublishRefused,
             SendFailed) as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")  # a message quotes paths and data: brackets are text
+        sys.exit(2)
+    except OSError as exc:
+        # a path the machine refuses (missing, a directory, not writable, a full disk): the path and the reason,
+        # not a traceback; `TRAJLAKE_STATE_DIR=/proc/x trajlake quality check` ended in mkdir's FileNotFoundError
+        where = f": {exc.filename}" if exc.filename else ""
+        hint = (" — check the path and its permissions (the state and the lake live under TRAJLAKE_STATE_DIR and "
+                "TRAJLAKE_LAKE_ROOT)") if exc.filename else ""
+        err.print(f"[red]error:[/] {escape((exc.strerror or str(exc)) + where + hint)}")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -148,7 +148,10 @@ logger.started.level = INFO
 def _port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+        try:
+            return s.connect_ex((host, port)) == 0
+        except OSError:  # a name that does not resolve (socket.gaierror): nothing answers there either
+            return False
 
 
 def free_port(exclude: tuple[int, ...] = ()) -> int:

@@ -59,6 +59,71 @@ def test_query_errors_are_one_line(base_settings, tmp_path):
 
 
 @pytest.mark.unit
+def test_query_errors_while_fetching_and_a_directory_for_out_are_one_line(base_settings, tmp_path):
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    # raised as the rows are fetched, after the query was planned
+    assert_clean_error(run(["query", "SELECT cast('abc' AS INT)"], env), "DuckDB", "Conversion")
+    out = tmp_path / "x.csv"
+    assert_clean_error(run(["query", "SELECT cast('abc' AS INT)", "--format", "csv", "--out", str(out)], env), "DuckDB")
+    assert not out.exists()  # no empty file that looks like a result
+    assert_clean_error(run(["query", "SELECT 1", "--format", "json", "--out", str(tmp_path)], env), "is a directory")
+
+
+@pytest.mark.unit
+def test_text_with_brackets_prints_as_itself(base_settings, tmp_path):
+    """Values and messages are not Rich markup: "[/]" crashed the table, "[b]…[/b]" and "[x]" vanished."""
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    r = run(["query", "SELECT '[b]x[/b] [link](http://x) [x]' AS s, 'closing [/] here' AS t"], env)
+    assert r.returncode == 0, r.stderr
+    assert "[b]x[/b] [link](http://x) [x]" in r.stdout and "closing [/] here" in r.stdout
+    assert_clean_error(run(["query", "SELECT 1", "--as-of", "[/]=1"], env), "[/]")
+
+
+@pytest.mark.unit
+def test_settings_that_are_not_json_or_not_settings_are_named(base_settings, tmp_path):
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    assert_clean_error(run(["status"], env | {"TRAJLAKE_SPARK_CONF": "not json"}),
+                       "TRAJLAKE_SPARK_CONF is not valid JSON", "spark.driver.memory")
+    assert_clean_error(run(["status"], env | {"TRAJLAKE_KAFKA_BOOTSTRAP": "garbage"}),
+                       "TRAJLAKE_KAFKA_BOOTSTRAP", "HOST:PORT")
+    r = run(["query", "SELECT 1"], env | {"TRAJLAKE_PARTITIONS": "abc"})
+    assert r.returncode == 0 and "TRAJLAKE_PARTITIONS is not a trajlake setting" in " ".join(r.stderr.split())
+    assert "did you mean TRAJLAKE_TOPIC_PARTITIONS?" in " ".join(r.stderr.split())
+
+
+@pytest.mark.unit
+def test_an_external_broker_that_does_not_answer_is_not_told_to_start(base_settings, tmp_path):
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    r = run(["replay", "synthetic", "--events", "5"], env | {"TRAJLAKE_KAFKA_BOOTSTRAP": "nohost.invalid:9092"})
+    assert_clean_error(r, "nohost.invalid:9092", "check TRAJLAKE_KAFKA_BOOTSTRAP")
+
+
+@pytest.mark.unit
+def test_export_selects_by_the_pinned_reward_version(base_settings, tmp_path):
+    """TRAJLAKE_REWARD_VERSION pins the export's spec as --reward-version does (a scheduled export relies on it);
+    reward-v1 has no export policy, so both refuse it the same way."""
+    (tmp_path / "lake").mkdir()
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path, "lake_root": tmp_path / "lake"}))
+    args = ["export", "w", "--since", "2026-11-02", "--until", "2026-11-09"]
+    assert_clean_error(run([*args, "--reward-version", "reward-v1"], env), "reward-v1 has no [exports] policy")
+    assert_clean_error(run(args, env | {"TRAJLAKE_REWARD_VERSION": "reward-v1"}), "reward-v1 has no [exports] policy")
+
+
+@pytest.mark.unit
+def test_a_lake_that_does_not_exist_is_named_not_checked(base_settings, tmp_path):
+    """A mistyped TRAJLAKE_LAKE_ROOT made `quality check` pass every suite on 0 rows, and `export` create the
+    mistyped lake's directories; a path the machine refuses was a traceback."""
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path, "lake_root": tmp_path / "typo"}))
+    assert_clean_error(run(["quality", "check"], env), "no lake at", "TRAJLAKE_LAKE_ROOT")
+    assert_clean_error(run(["export", "w", "--since", "2026-11-02", "--until", "2026-11-09"], env), "no lake at")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    assert_clean_error(run(["scrub", "--in", str(tmp_path), "--out", str(tmp_path / "o.jsonl")], env), "is a directory")
+    assert_clean_error(run(["scrub", "--in", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "no" / "o.jsonl")],
+                           env), "does not exist; create it first")
+
+
+@pytest.mark.unit
 def test_typo_in_option_is_explained():
     r = run(["replay", "tau-bench", "--limt", "3"])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--limt" in r.stderr

@@ -26,6 +26,7 @@ def test_bad_split_ratios_name_the_variable(base_settings):
 
 @pytest.mark.component
 def test_export_before_scoring_says_which_job_to_run(base_settings, tmp_path):
+    (tmp_path / "lake").mkdir()  # a lake with nothing scored yet (one that does not exist is named as such)
     s = base_settings.model_copy(update={"lake_root": tmp_path / "lake", "state_dir": tmp_path})
     assert_clean_error(run(["export", "x", "--since", "2026-11-02", "--until", "2026-11-03"], settings_env(s)),
                         "no gold/episode_scores yet", "trajlake jobs run all")
