@@ -20,9 +20,14 @@ def table_dataset(settings: Settings, table: TableSpec | str, version: int | Non
     dt = open_table(settings, t, version)
     if dt is None:
         return ds.dataset(pa.table({f.name: pa.array([], f.type) for f in t.schema}, schema=t.schema))
+    return files_dataset(settings, t, dt.file_uris())
+
+
+def files_dataset(settings: Settings, t: TableSpec, uris: list[str]) -> ds.Dataset:
+    """A pyarrow Dataset of some of a table's files (URIs as delta-rs lists them), partition columns included."""
     part_schema = pa.schema([t.schema.field(c) for c in t.partition_by])
     return ds.dataset(
-        dt.file_uris(), schema=t.schema, format="parquet",
+        uris, schema=t.schema, format="parquet",
         partitioning=ds.partitioning(part_schema, flavor="hive") if t.partition_by else None,
         partition_base_dir=str(table_path(settings, t)),
     )

@@ -29,8 +29,8 @@ def append_exactly_once(table: DeltaTable, spec: TableSpec, batch: pa.Table,
 
     delta-rs records app transactions but does not enforce them, so the caller must already have dropped
     records at or below each committed offset (see `committed_offset`); this re-checks as a guard and
-    refuses a commit that would move an offset backwards. Returns the new table version, or None when
-    there was nothing to write.
+    refuses a commit that would move an offset backwards. Returns the version this commit made (others may
+    have committed since), or None when there was nothing to write.
     """
     for attempt in range(attempts):
         table.update_incremental()
@@ -46,6 +46,7 @@ def append_exactly_once(table: DeltaTable, spec: TableSpec, batch: pa.Table,
             write_deltalake(table, batch.cast(spec.schema), mode="append",
                             partition_by=list(spec.partition_by) or None,
                             commit_properties=CommitProperties(app_transactions=txns))
+            written = table.version()  # write_deltalake moved `table` to its own commit
             break
         except CommitFailedError:
             # delta-rs checks an append against deletes committed since it read the table; `trajlake erase`
@@ -55,4 +56,4 @@ def append_exactly_once(table: DeltaTable, spec: TableSpec, batch: pa.Table,
                 raise
             time.sleep(min(0.05 * 2 ** attempt, 2.0) * (0.5 + random.random()))
     table.update_incremental()
-    return table.version()
+    return written

@@ -6,14 +6,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
+from urllib.parse import unquote
 
 import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from lake.readers import table_dataset
+from lake.readers import files_dataset, table_dataset
 from privacy import LEGACY_POLICY_VERSION
-from lake.tables import ensure_table
+from lake.tables import ensure_table, table_path
 from lake.writer import app_id, append_exactly_once, committed_offset
 from schemas.contract import parse_timestamp
 from schemas.settings import Settings
@@ -120,7 +121,9 @@ class DeltaSinkWriter:
     Offsets: each commit records, per source partition, the last offset it covers (a Delta app transaction);
     records at or below the committed offset are skipped, so Kafka redelivery after a crash writes nothing twice.
     Keys: an upstream retry can put the same row on the topic twice at different offsets; rows whose declared
-    key was written within `dedup_window_seconds` (seeded from the table at start) are skipped too.
+    key was written within `dedup_window_seconds` are skipped too. The keys are seeded from the table at start,
+    and taken in from every file another writer commits after that: a worker that owned these partitions before
+    a handover, whose rows a restored join outbox may send again, to this writer now.
     """
 
     def __init__(self, settings: Settings, target: SinkTarget, group: str):
@@ -130,16 +133,39 @@ class DeltaSinkWriter:
         self.recent: dict[tuple, datetime] = {}
         self.prune_at = PRUNE_FROM
         self.commits = 0
-        self._seed_recent_keys()
+        # the table version whose rows `recent` has taken in: all of them at start (within the window)
+        self.version = self.table.version()
+        self._take_in_keys(self.table.file_uris())
 
-    def _seed_recent_keys(self) -> None:
+    def _take_in_commits(self, first: int, last: int) -> None:
+        """Take in the keys of the rows added by versions `first`…`last` (other writers' commits), read from the
+        Delta log's entries for them: the cost is in the new commits, not in the table's files."""
+        if first > last:
+            return
+        log_dir = table_path(self.settings, self.target.spec) / "_delta_log"
+        uris = []
+        for v in range(first, last + 1):
+            entry = log_dir / f"{v:020d}.json"
+            if not entry.exists():  # the log was cleaned up past a checkpoint: take in every live file
+                self._take_in_keys(self.table.file_uris())
+                return
+            for line in entry.read_bytes().splitlines():
+                add = orjson.loads(line).get("add")
+                if add is not None:
+                    uris.append(str(log_dir.parent / unquote(add["path"])))
+        self._take_in_keys(uris)
+
+    def _take_in_keys(self, uris: list[str]) -> None:
+        if not uris:
+            return
         keys = list(self.target.spec.keys)
         since = datetime.now(timezone.utc) - self.window
         col = self.target.recency_column
-        t = table_dataset(self.settings, self.target.spec).to_table(
+        # the recency filter skips a file's row groups by their statistics: an old compacted file costs no read
+        t = files_dataset(self.settings, self.target.spec, sorted(uris)).to_table(
             columns=keys + [col], filter=ds.field(col) >= pa.scalar(since, pa.timestamp("us", tz="UTC")))
         for row in zip(*(t.column(k).to_pylist() for k in keys), t.column(col).to_pylist()):
-            self.recent[tuple(row[:-1])] = row[-1]
+            self.recent.setdefault(tuple(row[:-1]), row[-1])
 
     def _expire(self, now: datetime) -> None:
         """Forget keys older than the dedup window, each time the set has doubled since the last pass (so a
@@ -152,6 +178,8 @@ class DeltaSinkWriter:
     def commit(self, records: list[Record]) -> tuple[int, int]:
         """Write what is new in `records`; returns (rows written, records skipped as already written)."""
         self.table.update_incremental()
+        self._take_in_commits(self.version + 1, self.table.version())
+        self.version = self.table.version()
         apps = {(r.topic, r.partition) for r in records}
         committed = {a: committed_offset(self.table, app_id(self.group, *a)) for a in apps}
         rows: list[dict[str, Any]] = []
@@ -175,7 +203,11 @@ class DeltaSinkWriter:
         if not last:
             return 0, skipped
         batch = pa.Table.from_pylist(rows, schema=self.target.spec.schema)
-        append_exactly_once(self.table, self.target.spec, batch, last)
+        mine = append_exactly_once(self.table, self.target.spec, batch, last)
+        if mine is not None:  # others' commits before and after this one's, if any
+            self._take_in_commits(self.version + 1, mine - 1)
+            self._take_in_commits(mine + 1, self.table.version())
+            self.version = self.table.version()
         self.commits += 1
         if self.settings.crash_after_commits and self.commits >= self.settings.crash_after_commits:
             os._exit(137)  # fault injection: die between the Delta commit and the Kafka offset commit
