@@ -131,13 +131,44 @@ def validate_event(event: Any) -> dict[str, Any] | ContractError:
     return event
 
 
+# How deep an event's JSON may nest. orjson reads up to 1,024 levels but writes only 255, and the worker writes
+# every event again (its clean record, its bronze body): a contract-valid event with 300 levels of `attributes`
+# stopped the ingest agent on every restart. JSON Schema cannot say this, so parse_event does.
+MAX_NESTING = 64
+
+
+def nesting(value: Any) -> int:
+    """How many levels of objects and arrays `value` has (0 for a scalar)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
 def parse_event(raw: bytes | str) -> dict[str, Any] | ContractError:
     """Decode one raw Kafka value and validate it against the contract."""
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return ContractError(Reason.invalid_json, f"not valid JSON: {exc}")
-    return validate_event(event)
+    return too_deep(raw, event) or validate_event(event)
+
+
+def too_deep(raw: bytes | str, event: Any) -> ContractError | None:
+    """The error for an event (decoded from `raw`) that nests deeper than MAX_NESTING, else None."""
+    # counting brackets is cheap; only a value with enough of them can nest too deep
+    opens = raw.count(b"{") + raw.count(b"[") if isinstance(raw, bytes) else raw.count("{") + raw.count("[")
+    if opens <= MAX_NESTING:
+        return None
+    depth = nesting(event)
+    if depth <= MAX_NESTING:
+        return None
+    return ContractError(Reason.schema_violation,
+                         f"event nests {depth} levels of objects and arrays; the contract allows at most {MAX_NESTING}")
 
 
 def parse_timestamp(ts: str) -> datetime:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import orjson
 from pydantic import SecretStr
 
-from schemas.contract import ContractError, Reason, validate_event
+from schemas.contract import ContractError, Reason, too_deep, validate_event
 from streams.ingest import DeadLetter, now_iso
 
 COLLECTOR_STAGE = "collect"
@@ -159,7 +160,10 @@ def check_batch(items: Iterable[Any], app: str, limits: Limits, path: str = "/v1
     what the door knows: the event's size and that it belongs to the app whose key sent it."""
     out = Checked()
     for i, item in enumerate(items):
-        value = orjson.dumps(item)
+        try:
+            value = orjson.dumps(item)
+        except TypeError:  # nested deeper than orjson writes (255 levels): too_deep refuses it below
+            value = json.dumps(item).encode()
         event_id = _peek(item, "event_id")
         key = _peek(item, "session_id")
         key_bytes = key.encode() if key else None
@@ -172,7 +176,7 @@ def check_batch(items: Iterable[Any], app: str, limits: Limits, path: str = "/v1
         if len(value) > limits.max_event_bytes:
             reject(Reason.event_too_large, f"the event is {len(value)} bytes; the limit is {limits.max_event_bytes}")
             continue
-        checked = validate_event(item)
+        checked = too_deep(value, item) or validate_event(item)
         if isinstance(checked, ContractError):
             reject(checked.reason, checked.detail)
             continue

@@ -103,3 +103,43 @@ def test_dispatched_validator_decides_exactly_as_the_full_contract():
             checked += 1
             rejected += want != "ok"
     assert checked > 2000 and rejected > checked // 2
+
+
+def _nested(depth: int):
+    from schemas.contract import CONTRACT_DIR
+
+    event = json.loads((CONTRACT_DIR / "examples/valid/feedback.json").read_text())
+    value = "x"
+    for _ in range(depth - 2):  # the event and its body are two levels; attributes is the first of these
+        value = {"a": value}
+    event["body"]["attributes"] = value
+    return event
+
+
+@pytest.mark.unit
+def test_an_event_nested_deeper_than_the_worker_can_write_is_refused():
+    """300 levels of attributes passed the contract, and orjson, which reads 1,024 levels but writes 255, raised
+    when the worker wrote the clean record: the ingest agent stopped on that batch at every restart."""
+    import orjson
+
+    from schemas.contract import MAX_NESTING, nesting
+    from streams.ingest import SourceRecord, clean_record
+
+    deep = json.dumps(_nested(300)).encode()
+    result = parse_event(deep)
+    assert isinstance(result, ContractError) and result.reason is Reason.schema_violation
+    assert f"at most {MAX_NESTING}" in result.detail and "300 levels" in result.detail
+    ok = parse_event(json.dumps(_nested(MAX_NESTING)).encode())
+    assert isinstance(ok, dict) and nesting(ok) == MAX_NESTING
+    # what the contract lets in, the worker can write: its clean record wraps the event in one more level
+    orjson.loads(clean_record(ok, SourceRecord("tl.frontend.raw", 0, 1, None, b""), "2026-11-02T08:00:00+00:00",
+                              "privacy-4"))
+    assert nesting({"a": [1, {"b": []}], "c": 2}) == 4 and nesting("x") == 0
+
+
+@pytest.mark.unit
+def test_the_collector_refuses_a_too_deep_event_at_the_door():
+    from streams.collector.core import Limits, check_batch
+
+    checked = check_batch([_nested(300), _nested(10)], "helpdesk-web", Limits(max_event_bytes=1_000_000, max_batch_events=500))
+    assert [r.reason for r in checked.rejected] == ["schema_violation"] and len(checked.accepted) == 1
