@@ -216,12 +216,12 @@ class Folded(str, Enum):
 # episode row (the dimensions again). Per kept event: its compact form and its `seen` entry; for a proposal also
 # a staged step row (the dimensions, its ids and its output again) and its revision record; for an edit its
 # final value again. Fixed sizes round measured ones up; everything that varies is counted in UTF-8 bytes.
-STATE_FORMAT = 2              # bumped when the count's unit changes: older states are recounted once
+STATE_FORMAT = 3              # bumped when the count's unit changes: older states are recounted once
 _SESSION_BYTES = 256          # the session's own fields
 _EVENT_OVERHEAD = 40          # per kept event: JSON punctuation, its `seen` entry's timestamp
 _ROW_BYTES = 1_280            # a staged step or episode row, without its dimensions, ids and texts
 _STEP_META_BYTES = 96         # a step's revision record, without its key
-_TASK_BYTES = 640             # a task's record, without its dimensions and id
+_TASK_BYTES = 768             # a task's record, without its dimensions and id (with where they came from)
 _MARKER_BYTES = 96            # what stays of a forgotten task, without its id
 
 
@@ -307,17 +307,16 @@ def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_by
     c = compact(event)
     sid = _b(event["session_id"])
     if task is None:
-        dims = dimensions(event)
+        dims, origin = task_dimensions(None, {}, event, c)
         db = _dims_bytes(dims)
         grow = _task_bytes(task_id, db, sid)
     else:
-        dims = task["dims"]
+        dims, origin = task_dimensions(task["dims"], task, event, c)
         grow = 0
-        if dims.get("task_type") is None and event.get("task_type"):
-            # the task's record, its episode row and every step row it has staged so far get the new dimension
+        if dims is not task["dims"]:
+            # the task's record, its episode row and every step row it has staged so far get the new dimensions
             rows = 2 + sum(1 for e in task["events"] if e["t"] == "action_proposed")
-            grow = rows * (len(orjson.dumps(event["task_type"])) - len(orjson.dumps(None)))
-            dims = {**dims, "task_type": event["task_type"]}
+            grow = rows * (_dims_bytes(dims) - _dims_bytes(task["dims"]))
         db = _dims_bytes(dims)
     grow += _event_bytes(c, db, sid)
     if max_bytes is not None and size + grow > max_bytes:
@@ -336,6 +335,7 @@ def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_by
         task = state["tasks"][task_id] = {"dims": dims, "events": [], "closed": False, "rev": -1, "hash": None,
                                           "steps": {}, "terminal_wall": None, "forgotten": False, "bytes": 0}
     task["dims"] = dims
+    task.update(origin)
     task["bytes"] = task.get("bytes", 0) + grow
     task["events"].append(c)
     task["wall"] = wall
@@ -343,6 +343,30 @@ def fold_event(state: dict[str, Any], event: dict[str, Any], wall: float, max_by
     if c["t"] in TERMINAL_TASK and task["terminal_wall"] is None:
         task["terminal_wall"] = wall
     return Folded.folded
+
+
+def task_dimensions(dims: dict[str, Any] | None, origin: dict[str, Any], event: dict[str, Any],
+                    c: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A task's dimensions after `event` (compacted: `c`), and where they now come from if that changed.
+
+    The dimensions are those of the task's earliest event in event time (ts, then id), and its type that of the
+    earliest event that has one: the same whatever order the events arrive in, on the stream's two raw topics
+    or in a batch recomputation. `origin` holds `first` and `type_at`, the (ts, id) they came from (a state saved
+    before they were kept has neither, and keeps the dimensions it has). Returns `dims` itself when unchanged."""
+    at = [c["ts"], c["id"]]
+    changed: dict[str, Any] = {}
+    new = dims
+    if dims is None:
+        new, changed["first"], changed["type_at"] = dimensions(event), at, None
+    elif origin.get("first") is not None and at < origin["first"]:
+        new, changed["first"] = {**dimensions(event), "task_type": dims.get("task_type")}, at
+    type_at = changed.get("type_at", origin.get("type_at"))
+    if event.get("task_type") and (
+            (type_at is None and (new.get("task_type") is None or dims is None)) or (type_at is not None and at < type_at)):
+        new, changed["type_at"] = {**new, "task_type": event["task_type"]}, at
+    if dims is not None and new == dims:
+        return dims, changed  # where they come from may still have moved earlier
+    return new, changed
 
 
 def _event_due(task: dict[str, Any], t: Timeouts) -> float:
@@ -581,10 +605,12 @@ def batch_join(events: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
             continue
         seen.add(e["event_id"])
         key = (e["session_id"], e["task_id"])
-        task = tasks.setdefault(key, {"dims": dimensions(e), "events": []})
-        if task["dims"].get("task_type") is None and e.get("task_type"):
-            task["dims"]["task_type"] = e["task_type"]
-        task["events"].append(compact(e))
+        task = tasks.setdefault(key, {"dims": None, "events": []})
+        c = compact(e)
+        dims, origin = task_dimensions(task["dims"], task, e, c)
+        task["dims"] = dims
+        task.update(origin)
+        task["events"].append(c)
     steps = [row for task in tasks.values() for row in step_rows(task["dims"], task["events"]).values()]
     episodes = [episode_row(task["dims"], task["events"]) for task in tasks.values()]
     return steps, episodes

@@ -199,6 +199,31 @@ def test_stream_and_batch_agree_on_any_arrival_order(seed):
     assert {k: strip(v) for k, v in latest(out, "episode").items()} == {r["episode_id"]: r for r in episodes}
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_dimensions_come_from_the_earliest_event_whatever_arrives_first(seed):
+    """Agent spans without the user (OTLP) beside the tracker's events with it: the rows took the dimensions of
+    whichever event arrived first, so the stream and a batch recomputation disagreed. Now each task takes those of
+    its earliest event in event time, and its type from the earliest that has one."""
+    rng = random.Random(seed)
+    agent = dict(user_id="otel-anonymous", agent_version="bot@1.2", task_type=None)
+    s = (Session().add(0, "task_started", {"sla_seconds": 120}, **agent)
+         .add(3, "action_proposed", {"output": "Refund $40"}, action_id="a1", intent_id="i1", **agent)
+         .add(4, "action_shown", {}, action_id="a1", intent_id="i1", task_type="refund")
+         .add(9, "action_accepted", {}, action_id="a1", intent_id="i1", task_type="refund")
+         .add(10, "task_ended", {"status": "success"}, **agent)
+         .add(12, "task_completed", {"kpi": 1.0}, task_type="billing"))
+    arrival = s.events[:]
+    rng.shuffle(arrival)
+    states, out = run(arrival)
+    out += tick(states["s1"], 10_000.0, TO)
+    steps, episodes = batch_join(arrival)
+    strip = lambda r: {c: v for c, v in r.items() if c not in CONTENT_EXCLUDE}  # noqa: E731
+    assert strip(latest(out, "episode")["s1/t1"]) == episodes[0]
+    assert strip(latest(out, "step")["s1/a1"]) == steps[0]
+    assert (episodes[0]["user_id"], episodes[0]["agent_version"], episodes[0]["task_type"]) == (
+        "otel-anonymous", "bot@1.2", "refund")
+
+
 def test_the_outbox_holds_rows_until_delivered_and_keeps_the_session_alive():
     from streams.join import Emit, delivered, outbox, stage
 
