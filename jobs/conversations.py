@@ -109,6 +109,29 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
             "function": {"name": fn.get("name"), "arguments": fn["arguments"]}}
 
 
+def replaced_positions(action_at: dict[str, int], before: list[dict[str, Any]],
+                       after: list[dict[str, Any]]) -> dict[str, int]:
+    """Where each placed action's message is once a full snapshot `after` replaced `before`.
+
+    Usually `after` restates `before` and goes on, and nothing moves. An agent that trims its context (a sliding
+    window) or changes its system prompt shifts them: an action is then re-placed at the same message (equal
+    role, content and tool calls), counted from the end, as a context is trimmed from its start; an action whose
+    message is gone is no longer placed. Keeping the old index had pointed an action at whatever message took
+    its place: an edit then overwrote a user's turn."""
+    if after[:len(before)] == before:
+        return dict(action_at)
+    out = {}
+    for action, i in action_at.items():
+        if i >= len(before):
+            continue
+        m = before[i]
+        later = sum(1 for x in before[i + 1:] if x == m)
+        same = [j for j, x in enumerate(after) if x == m]
+        if later < len(same):
+            out[action] = same[-1 - later]
+    return out
+
+
 def conversation(events: Iterable[tuple[str, str | None, dict[str, Any]]]) -> Conversation:
     """The conversation of one episode from its events `(event_type, action_id, body)` in event-time order.
 
@@ -132,9 +155,10 @@ def conversation(events: Iterable[tuple[str, str | None, dict[str, Any]]]) -> Co
             if event_type == "llm_call":
                 snapshot = [message(m) for m in body.get("context_snapshot") or () if isinstance(m, dict)]
                 if body.get("context_mode") == "full" and msgs:
-                    # a full snapshot restates the context: keep it, and the actions that still fall inside it
+                    # a full snapshot restates the context: keep it, and the actions whose messages are in it
+                    before = msgs[:]
                     msgs[:] = snapshot
-                    conv.action_at = {a: i for a, i in conv.action_at.items() if i < len(msgs)}
+                    conv.action_at = replaced_positions(conv.action_at, before, msgs)
                 else:
                     msgs.extend(snapshot)
                 out = body.get("output")

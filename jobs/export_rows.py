@@ -52,25 +52,55 @@ def _assistant(text: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": text}]
 
 
+def _lost(s: dict[str, Any]) -> bool:
+    """The user did not keep this action as the agent made it."""
+    return bool(s["rejected"] or s["undone"] or s["retried"])
+
+
 def kept_turns(ep: Episode, conv: Conversation) -> list[dict[str, Any]]:
     """The conversation as the user left it: an edited action's turn says what the user submitted instead, and
-    actions the user rejected, undid or retried are left out, so SFT imitates only what was kept."""
+    actions the user rejected, undid or retried are left out, so SFT imitates only what was kept.
+
+    A tool call the user rejected, undid, retried or edited is left out with its results: its corrected form is
+    the user's text, not a call, and keeping it taught the model the very call the user refused."""
     replace: dict[int, str | None] = {}
+    dropped_calls: set[str] = set()
     for s in ep.steps:
         at = conv.action_at.get(s["action_id"])
-        if at is None or conv.messages[at].get("tool_calls"):
+        if at is None:
             continue
-        if s["rejected"] or s["undone"] or s["retried"]:
+        calls = conv.messages[at].get("tool_calls")
+        if calls:
+            if _lost(s) or s["edited"]:
+                replace[at] = None
+                dropped_calls |= {c["id"] for c in calls if c.get("id")}
+        elif _lost(s):
             replace[at] = None
         elif s["edited"] and s["final_value"]:
             replace[at] = s["final_value"]
     out = []
     for i, m in enumerate(conv.messages):
+        if m.get("role") == "tool" and m.get("tool_call_id") in dropped_calls:
+            continue
         if i not in replace:
             out.append(m)
         elif replace[i] is not None:
             out.append({**m, "content": replace[i]})
     return out
+
+
+def agent_turn(conv: Conversation, s: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the agent produced for step `s`, as an assistant turn: the model's own message when the action is
+    placed at one with tool calls (the call, not its text rendering), else the action's output."""
+    at = conv.action_at.get(s["action_id"])
+    if at is not None and conv.messages[at].get("tool_calls"):
+        return [conv.messages[at]]
+    return _assistant(s["output"])
+
+
+def _is_call(conv: Conversation, s: dict[str, Any]) -> bool:
+    at = conv.action_at.get(s["action_id"])
+    return at is not None and bool(conv.messages[at].get("tool_calls"))
 
 
 def sft_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
@@ -103,37 +133,42 @@ def _prompt(conv: Conversation, action_id: str) -> list[dict[str, Any]] | None:
     return prompt if any(m["role"] == "user" for m in prompt) else None
 
 
-def preference_pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> Iterator[tuple[list, str, str, str]]:
-    """(prompt, chosen text, rejected text, source) from behaviour:
-    - edit: the user's final value over the agent's output, when the edit changed at least the spec's share;
-    - alternative: within one intent, the output the user kept over each output they rejected, undid or
-      retried; the prompt is the context before the first attempt."""
+def preference_pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> Iterator[tuple[list, list, list, str]]:
+    """(prompt, chosen turn, rejected turn, source) from behaviour:
+    - edit: the user's final value over the agent's output, when the edit changed at least the spec's share and
+      stayed (an edit the user then undid, or retried, is no preference); not for a tool call, whose corrected
+      form is text;
+    - alternative: within one intent, the output the user kept (accepted, never undone, retried, rejected or
+      overwritten) over each output they rejected, undid or retried; the prompt is the context before the first
+      attempt. Each side is the agent's own turn (`agent_turn`): a tool call stays a call."""
     for s in ep.steps:
         if s["edited"] and s["final_value"] and (s["edit_distance"] or 0) >= spec.pair_min_edit_distance \
-                and s["final_value"] != s["output"]:
+                and s["final_value"] != s["output"] and not _lost(s) and not _is_call(conv, s):
             prompt = _prompt(conv, s["action_id"])
             if prompt:
-                yield prompt, s["final_value"], s["output"], "edit"
+                yield prompt, _assistant(s["final_value"]), agent_turn(conv, s), "edit"
     by_intent: dict[str, list[dict[str, Any]]] = {}
     for s in ep.steps:
         by_intent.setdefault(s["intent_id"] or s["action_id"], []).append(s)
     for attempts in by_intent.values():
-        kept = [s for s in attempts if s["accepted"] and not s["undone"]]
-        lost = [s for s in attempts if s["rejected"] or s["undone"] or s["retried"]]
+        kept = [s for s in attempts if s["accepted"] and not _lost(s) and not s.get("overwritten")]
+        lost = [s for s in attempts if _lost(s)]
         if not kept or not lost:
             continue
         prompt = _prompt(conv, attempts[0]["action_id"])
         if not prompt:
             continue
+        chosen = agent_turn(conv, kept[0])
         for loser in lost:
-            if loser["output"] != kept[0]["output"]:
-                yield prompt, kept[0]["output"], loser["output"], "alternative"
+            rejected = agent_turn(conv, loser)
+            if rejected != chosen:
+                yield prompt, chosen, rejected, "alternative"
 
 
-_last_pairs: tuple[Episode, Conversation, ExportSpec, list[tuple[list, str, str, str]]] | None = None
+_last_pairs: tuple[Episode, Conversation, ExportSpec, list[tuple[list, list, list, str]]] | None = None
 
 
-def _pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> list[tuple[list, str, str, str]]:
+def _pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> list[tuple[list, list, list, str]]:
     """`preference_pairs` of the episode the builders are on, computed once for both pair formats."""
     global _last_pairs
     if _last_pairs is None or _last_pairs[0] is not ep or _last_pairs[1] is not conv or _last_pairs[2] is not spec:
@@ -144,7 +179,7 @@ def _pairs(ep: Episode, conv: Conversation, spec: ExportSpec) -> list[tuple[list
 def dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: str) -> Iterator[Row]:
     """TRL's conversational preference format."""
     for prompt, chosen, rejected, source in _pairs(ep, conv, spec):
-        yield ({"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected)},
+        yield ({"prompt": prompt, "chosen": chosen, "rejected": rejected},
                _meta(ep, reward_version, source=source))
 
 
@@ -155,7 +190,7 @@ def openai_dpo_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_ve
         inp: dict[str, Any] = {"messages": prompt}
         if tools:
             inp["tools"] = tools
-        yield ({"input": inp, "preferred_output": _assistant(chosen), "non_preferred_output": _assistant(rejected)},
+        yield ({"input": inp, "preferred_output": chosen, "non_preferred_output": rejected},
                _meta(ep, reward_version, source=source))
 
 
@@ -171,7 +206,7 @@ def kto_rows(ep: Episode, conv: Conversation, spec: ExportSpec, reward_version: 
             continue
         prompt = _prompt(conv, s["action_id"])
         if prompt:
-            yield ({"prompt": prompt, "completion": _assistant(s["output"]), "label": label},
+            yield ({"prompt": prompt, "completion": agent_turn(conv, s), "label": label},
                    _meta(ep, reward_version, step_id=s["step_id"]))
 
 

@@ -32,3 +32,24 @@ def test_agent_view_uses_the_snapshots_and_places_actions_at_their_message():
     ])
     assert [m["content"] for m in conv.messages] == ["sys", "hi", "hello"]
     assert conv.action_at == {"a1": 2} and conv.grader == {"actions": []} and conv.first_user_turn == 2
+
+
+def test_a_trimmed_full_snapshot_re_places_actions_at_their_own_message():
+    """A full snapshot that drops the context's start (a sliding window) shifts the messages: an action keeps its
+    own message, and one whose message is gone is no longer placed (the old index pointed x1 at the user's q3)."""
+    def call(snapshot, out):
+        return ("llm_call", None, {"context_mode": "full", "output": {"content": out},
+                                   "context_snapshot": [{"role": r, "content": c} for r, c in snapshot]})
+
+    conv = conversation([
+        call([("system", "S"), ("user", "q1")], "A1"), ("action_proposed", "x1", {}),
+        call([("system", "S"), ("user", "q1"), ("assistant", "A1"), ("user", "q2")], "A2"),
+        ("action_proposed", "x2", {}),
+        call([("system", "S"), ("assistant", "A2"), ("user", "q3")], "A3"), ("action_proposed", "x3", {}),
+    ])
+    assert [m["content"] for m in conv.messages] == ["S", "A2", "q3", "A3"]
+    assert conv.action_at == {"x2": 1, "x3": 3}
+    # a snapshot that restates the context and goes on moves nothing
+    conv = conversation([call([("system", "S"), ("user", "q1")], "A1"), ("action_proposed", "x1", {}),
+                         call([("system", "S"), ("user", "q1"), ("assistant", "A1"), ("user", "q2")], "A2")])
+    assert conv.action_at == {"x1": 2}
