@@ -884,6 +884,22 @@ def _register_holdout(settings: Settings, groups: Sequence[str], name: str, vers
      .when_not_matched_insert_all().execute())
 
 
+def _keep_only_the_report(failed_dir: Path, exc: ExportFailed) -> None:
+    """A run the PII scan refused holds personal data: its rows go, and what was refused and why stays.
+
+    The other refusals (leakage, a quality gate) keep their files for inspection; these files are the very data
+    that must not exist past the scrubber, and `trajlake erase` finds their rows only by an id they may not hold."""
+    for path in sorted(failed_dir.iterdir()):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    report = {"refused": str(exc).splitlines()[0], "pii_scan": exc.manifest["pii_scan"],
+              "quality": exc.manifest.get("quality"), "request": exc.manifest.get("request"),
+              "files_deleted": sorted(exc.manifest.get("files") or {})}
+    (failed_dir / "REFUSED.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+
+
 def run(settings: Settings, request: ExportRequest, progress: Progress = lambda _: None) -> ExportResult:
     """Export into <lake>/exports/<name>/<vNNNN>/ atomically (a new version per run), then freeze the holdout
     groups it introduced. A failed check publishes nothing; its files stay in a `.failed-…` directory."""
@@ -898,8 +914,10 @@ def run(settings: Settings, request: ExportRequest, progress: Progress = lambda 
 
     try:
         manifest, new_holdout = build(settings, request, tmp, progress)
-    except ExportFailed:
-        failed()
+    except ExportFailed as exc:
+        kept = failed()
+        if exc.manifest and exc.manifest.get("pii_scan", {}).get("hits"):
+            _keep_only_the_report(kept, exc)
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

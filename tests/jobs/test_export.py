@@ -279,6 +279,33 @@ def test_an_export_whose_holdout_cannot_be_frozen_publishes_nothing(synthetic_la
     assert run(s, ExportRequest("frozen", ("kto",), SYN_START, SYN_END, "reward-v2")).path.name == "v0001"
 
 
+def test_an_export_the_pii_scan_refuses_keeps_no_rows(synthetic_lake, tmp_path):
+    """Personal data that got past the scrubber (here written into silver by hand) refuses the export, and the
+    refused run's directory keeps the reason, not the rows: they are the data that must not exist."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from lake.readers import read_table
+    from lake.tables import table_path
+    from schemas.tables import SILVER_STEPS
+
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
+    steps = read_table(s, SILVER_STEPS)
+    outputs = steps.column("output").to_pylist()
+    outputs[0] = f"{outputs[0]} Reach me at jane.doe@example.com"
+    steps = steps.set_column(steps.schema.get_field_index("output"), "output",
+                             pa.array(outputs, steps.schema.field("output").type))
+    write_deltalake(str(table_path(s, SILVER_STEPS)), steps, mode="overwrite",
+                    partition_by=list(SILVER_STEPS.partition_by) or None)
+    with pytest.raises(ExportFailed, match="the PII scan found personal data"):
+        run(s, ExportRequest("leaky", ("kto", "steps"), SYN_START, SYN_END, "reward-v2"))
+    (failed,) = (s.lake / "exports" / "leaky").iterdir()
+    assert failed.name.startswith(".failed") and [p.name for p in failed.iterdir()] == ["REFUSED.json"]
+    report = orjson.loads((failed / "REFUSED.json").read_bytes())
+    assert report["pii_scan"]["hits"] and "jane.doe" not in (failed / "REFUSED.json").read_text()
+
+
 def test_the_cli_rebuilds_from_a_manifest(synthetic_lake, synthetic_export, tmp_path):
     from tests.conftest import settings_env
     from tests.trajlake.test_cli import run as cli
