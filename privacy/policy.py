@@ -41,7 +41,10 @@ TEXT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("ADDRESS", re.compile(r"\b(?:Suite|Apt|Apartment|Unit)\s+\d{1,5}\b")),
     ("DOB", re.compile(r"(?i)(?:born|birth(?:day|date)?|dob|date of birth)\D{0,25}"
                        r"(\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4}|[A-Z][a-z]+ \d{1,2},? \d{4})")),
-    ("CARD", re.compile(r"(?i)(?:card|visa|mastercard|amex|ending(?: in)?|last (?:four|4)(?: digits)?)\D{0,20}(\d{4})\b")),
+    ("CARD", re.compile(r"(?i)(?:card|visa|mastercard|amex|ending(?: in| with)?|ends(?: in| with)|"
+                        r"last (?:four|4)(?: digits)?|last digits)\D{0,20}(\d{4})\b")),
+    # a zip code after the words that name one (privacy-5): five digits alone are too often an amount or an id
+    ("ZIP", re.compile(r"(?i)\b(?:zip|postal)(?:[ _-]?code)?\D{0,15}(\d{5}(?:-\d{4})?)\b")),
     ("CARD", re.compile(r"\b(?:\d[ -]?){13,19}\b")),
     ("PHONE", re.compile(r"(?<![\w-])(?:\+?1[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")),
     # an international number (a + and 8-15 digits): Presidio's phone recognizer scores one 0.4, under the bar,
@@ -59,6 +62,9 @@ TEXT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("PERSON", re.compile(r"\b(?:[Uu]ser|[Cc]ustomer|[Pp]assenger|[Tt]raveler|[Cc]lient|[Mm]ember|[Nn]ame is|"
                           r"[Nn]amed|[Mm]rs?\.?|[Mm]s\.?|[Dd]r\.?|I'm|I am|[Tt]his is)\s+"
                           r"([A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+){1,2})\b")),
+    # the same after "my name is" in lower case (privacy-5): NER sees no name without capitals, and a chat
+    # message often has none ("hi, my name is mia li"); the words after it are taken as the name
+    ("PERSON", re.compile(r"(?i:\bmy name is|\bmy name's)\s+([a-z][a-z'-]+(?:\s+[a-z][a-z'-]+)?)\b")),
 ]
 
 # Presidio NER / pattern entities we act on, mapped to our labels. LOCATION is left out on purpose:

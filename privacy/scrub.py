@@ -33,6 +33,14 @@ class SessionDictionary:
         if len(key) < 2:
             return replacement or f"<{label}>"
         if key in self.values:
+            if replacement is not None and self.values[key] != replacement:
+                # a pseudonymized field (user_id, customer_id) always gets its pseudonym: an email first seen
+                # in a tool result, then sent as the user's id, became the shared <EMAIL_1> of every such user,
+                # merging them and leaving their key store entries and erasure without the user's pseudonym.
+                # The text keeps the pseudonym from now on.
+                self.values[key] = replacement
+                self._regex = None
+                self.changes += 1
             return self.values[key]
         if replacement is None:
             replacement = self.found.get(key)
@@ -132,15 +140,26 @@ class EventScrubber:
             self._ner.put(text, _findings(results, text))
 
     # ---- structure ------------------------------------------------------------------------------
+    def _key(self, k: Any, ctx: SessionDictionary, learn_only: bool) -> Any:
+        """An object key as it may pass: keys are data too (`{"mia.li@example.com": "vip"}` in attributes).
+        An identifier-shaped key that is no known personal value passes as it is; any other is free text."""
+        if learn_only or not isinstance(k, str):
+            return k
+        if _is_identifier(k) and k.strip().casefold() not in ctx.values:
+            return k
+        return self.scrub_text(k, ctx)
+
     def _walk(self, value: Any, ctx: SessionDictionary, learn_only: bool) -> Any:
         if isinstance(value, dict):
             out = {}
-            for k, v in value.items():
-                lk = str(k).lower()
-                if lk in policy.PSEUDONYM_FIELDS and isinstance(v, str):
-                    out[k] = ctx.learn(v, "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], v))
+            for key, v in value.items():
+                k = self._key(key, ctx, learn_only)
+                lk = str(key).lower()
+                if lk in policy.PSEUDONYM_FIELDS and _pseudonymizable(v):
+                    out[k] = ctx.learn(str(v), "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], str(v)))
                 elif lk in policy.STRUCTURAL_KEYS and (isinstance(v, (int, float, bool)) or (
-                        isinstance(v, str) and _is_identifier(v) and not policy.EMBEDDED_PII.search(v))):
+                        isinstance(v, str) and _is_identifier(v) and not policy.EMBEDDED_PII.search(v)
+                        and v.strip().casefold() not in ctx.values)):
                     out[k] = v
                 elif lk == "function" and isinstance(v, dict):
                     out[k] = {fk: (fv if fk == "name" else self._walk(fv, ctx, learn_only)) for fk, fv in v.items()}
@@ -151,6 +170,8 @@ class EventScrubber:
                 else:
                     out[k] = self._walk(v, ctx, learn_only)
             return out
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1000 and str(value) in ctx.values:
+            return value if learn_only else ctx.values[str(value)]  # a known id as a number elsewhere (48213)
         if isinstance(value, list):
             return [self._walk(v, ctx, learn_only) for v in value]
         if isinstance(value, str):
@@ -176,8 +197,8 @@ class EventScrubber:
                 lk = str(k).lower()
                 if lk in policy.CONTAINER_KEEP and not isinstance(v, (dict, list)):
                     out[k] = v
-                elif lk in policy.PSEUDONYM_FIELDS and isinstance(v, str):
-                    out[k] = ctx.learn(v, "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], v))
+                elif lk in policy.PSEUDONYM_FIELDS and _pseudonymizable(v):
+                    out[k] = ctx.learn(str(v), "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], str(v)))
                 elif isinstance(v, (dict, list)):
                     out[k] = self._redact_container(v, policy.CONTAINER_LABELS.get(lk, label), ctx)
                 elif v is None or isinstance(v, bool):
@@ -297,6 +318,11 @@ class _LruCache:
 
 
 _IDENTIFIER = re.compile(r"^[\w.:/-]{1,128}$")
+
+
+def _pseudonymizable(v: Any) -> bool:
+    """A value an id field pseudonymizes: a string, or a whole number (`{"customer_id": 99887766}` passed raw)."""
+    return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
 
 
 def _is_identifier(value: str) -> bool:

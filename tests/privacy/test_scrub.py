@@ -332,3 +332,47 @@ def test_ner_multiplies_with_numpy_and_finds_the_same_as_with_blis(presidio):
         ops.use_blis = False
     assert sum(map(len, by_numpy)) > 50
     assert by_numpy == by_blis
+
+
+@pytest.mark.unit
+def test_a_known_value_sent_as_the_users_id_gets_the_users_pseudonym(patterns_only):
+    """An email first seen in a tool result, then sent as the user's id (a tracker with userId: me.email), came
+    out as the shared <EMAIL_1>: every such user merged under one id, and erasure could not find them."""
+    tool = event("tool_call", {"tool": "lookup", "call_id": "call_1", "arguments": {},
+                               "result": {"email": "mia.li3818@example.com"}, "status": "ok"},
+                 schema="agent/1", user_id="mia_li_3668")
+    later = event("user_message", {"text": "write to mia.li3818@example.com"}, user_id="mia.li3818@example.com")
+    _, out = patterns_only.scrub_events([tool, later], {})
+    assert out["user_id"] == pseudonym(KEY, "u", "mia.li3818@example.com")
+    assert "mia.li3818" not in json.dumps(out)
+
+
+@pytest.mark.unit
+def test_object_keys_and_numeric_ids_are_scrubbed_too(patterns_only):
+    """Keys are data (`{"<email>": "vip"}`), and an id field may hold a number: both passed raw."""
+    e = event("tool_call", {"tool": "crm", "call_id": "call_1", "status": "ok",
+                            "arguments": {"customer_id": 99887766, "account_id": 5551234},
+                            "result": {"user_id": 48213, "mia.li3818@example.com": "vip", "source": "mia_li_3668",
+                                       "owner": 48213}}, schema="agent/1", user_id="mia_li_3668")
+    (out,) = patterns_only.scrub_events([e], {})
+    blob = json.dumps(out)
+    for raw in ("99887766", "5551234", "48213", "mia.li3818@example.com", "mia_li_3668"):
+        assert raw not in blob, raw
+    assert out["body"]["arguments"]["customer_id"] == pseudonym(KEY, "u", "99887766")
+    assert out["body"]["result"]["owner"] == out["body"]["result"]["user_id"] == pseudonym(KEY, "u", "48213")
+    # identifier keys and structural values that are no personal value pass as they are
+    (plain,) = patterns_only.scrub_events([event("tool_call", {"tool": "t", "call_id": "call_2", "status": "ok",
+                                                               "arguments": {"flight_number": "HAT001"}})], {})
+    assert plain["body"]["arguments"] == {"flight_number": "HAT001"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text, raw", [
+    ("use my visa, the last digits are 7447", "7447"),
+    ("the credit card whose number ends with 7447", "7447"),
+    ("my zip code is 78750", "78750"),
+    ("hi, my name is mia li and I need a refund", "mia li"),
+])
+def test_free_text_the_patterns_now_catch(patterns_only, text, raw):
+    (out,) = patterns_only.scrub_events([event("user_message", {"text": text})], {})
+    assert raw not in out["body"]["text"], out["body"]["text"]
