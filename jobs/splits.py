@@ -80,6 +80,7 @@ def _constants(name: str, n: int) -> np.ndarray:
 _PERM_A, _PERM_B = _constants("minhash-a", NUM_PERM), _constants("minhash-b", NUM_PERM)
 _GRAM = _constants("shingle", 3)
 _BAND = _constants("band", ROWS)
+_ROW = _constants("row", NUM_PERM)  # a whole signature's hash: equal signatures found by sorting
 # the words of a document (lower-cased runs of Unicode letters and numbers — the same words the prompt digest
 # reads, or repeated prompts without ASCII words would pass here unseen and fail the leakage check), each as
 # DuckDB's 64-bit hash of the word
@@ -135,17 +136,46 @@ def _band_candidates(sig: np.ndarray, b: int) -> np.ndarray:
 def similar_pairs(sig: np.ndarray, threshold: float, workers: int = 1) -> np.ndarray:
     """Pairs (i, j), i > j, of rows of `sig` whose share of equal MinHash values reaches `threshold`, sorted.
 
-    LSH: rows sharing a band are candidates; each is compared with the first row of its bucket (a star, not all
-    pairs, so a bucket of a million identical prompts costs a million comparisons, not 10^12). The bands are
-    bucketed on `workers` threads (numpy's sorts and arithmetic release the GIL)."""
+    Rows with the same signature first: each is linked to the first of them, always. Then LSH over one row per
+    signature: rows sharing a band are candidates; each is compared with the first row of its bucket (a star,
+    not all pairs, so a bucket of a million near-identical prompts costs a million comparisons, not 10^12). The
+    star can miss a pair whose buckets all start with a row unlike both: among 150,000 prompts "cancel my
+    booking N", two identical prompts were never compared, and the export then failed on their equal digests
+    in two splits instead of keeping them together. Grouping equal signatures first makes that impossible for
+    equal prompts; two prompts that are near but not equal can still be missed that way (docs/exports.md).
+    The bands are bucketed on `workers` threads (numpy's sorts and arithmetic release the GIL)."""
     n = len(sig)
+    if n < 2:
+        return np.empty((0, 2), np.int64)
+    first = _first_of_equal_rows(sig)
+    dup = np.flatnonzero(first != np.arange(n))
+    reps = np.flatnonzero(first == np.arange(n))
+    rsig = sig[reps]
+    m = len(reps)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lsh") as pool:
-        found = list(pool.map(lambda b: _band_candidates(sig, b), range(BANDS)))
+        found = list(pool.map(lambda b: _band_candidates(rsig, b), range(BANDS)))
     cand = np.unique(np.concatenate(found))
-    i, j = cand // n, cand % n
-    agree = (sig[i] == sig[j]).sum(1)
-    keep = agree >= threshold * NUM_PERM
-    return np.stack([i[keep], j[keep]], axis=1)
+    a, b = cand // m, cand % m
+    keep = (rsig[a] == rsig[b]).sum(1) >= threshold * NUM_PERM
+    i = np.concatenate((reps[a[keep]], dup))
+    j = np.concatenate((reps[b[keep]], first[dup]))
+    code = np.unique(np.maximum(i, j).astype(np.int64) * n + np.minimum(i, j))
+    return np.stack([code // n, code % n], axis=1)
+
+
+def _first_of_equal_rows(sig: np.ndarray) -> np.ndarray:
+    """For each row, the lowest index of a row with the same signature (itself when none is before it)."""
+    n = len(sig)
+    with np.errstate(over="ignore"):
+        h = (sig * _ROW).sum(1, dtype=np.uint64)
+    order = np.argsort(h, kind="stable")  # equal hashes keep index order: a group's head is its lowest index
+    hs = h[order]
+    starts = np.concatenate(([True], hs[1:] != hs[:-1]))
+    head = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+    head = np.where((sig[order] == sig[head]).all(1), head, order)  # a hash collision is no equality
+    first = np.empty(n, np.int64)
+    first[order] = head
+    return first
 
 
 def near_duplicate_edges(con: duckdb.DuckDBPyConnection, docs: str, threshold: float,

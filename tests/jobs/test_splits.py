@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.splits import (NUM_PERM, clusters, group_hash, keep_one_per_cluster, minhash_signatures,
+from jobs.splits import (BANDS, NUM_PERM, ROWS, clusters, group_hash, keep_one_per_cluster, minhash_signatures,
                          near_duplicate_edges, prompt_digest_sql, prompt_words_sql, shingle_hashes, similar_pairs,
                          split_of, splits_params, splits_sql)
 
@@ -59,6 +59,20 @@ def test_similar_pairs_links_each_member_to_its_buckets_first_row():
     sig = np.stack([base, other, base, base, other])
     assert similar_pairs(sig, 0.8).tolist() == [[2, 0], [3, 0], [4, 1]]
     assert similar_pairs(sig[:1], 0.8).tolist() == []
+
+
+def test_equal_signatures_are_linked_even_when_every_bucket_starts_with_another_row():
+    """Two identical prompts whose buckets, in every band, start with a lower row unlike them: the star compared
+    each with that row only, and never with the other (seen among 150,000 "cancel my booking N" prompts)."""
+    rng = np.random.default_rng(7)
+    same = rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
+    rows = []
+    for band in range(BANDS):  # row `band` shares band `band` with `same`, and nothing else
+        v = rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
+        v[band * ROWS:(band + 1) * ROWS] = same[band * ROWS:(band + 1) * ROWS]
+        rows.append(v)
+    sig = np.stack([*rows, same, same])
+    assert similar_pairs(sig, 0.8).tolist() == [[BANDS + 1, BANDS]]
 
 
 def test_near_duplicate_edges_find_edited_prompts_but_not_different_ones():
