@@ -869,6 +869,51 @@ def _next_version(root: Path) -> str:
     return f"v{max(taken, default=0) + 1:04d}"
 
 
+# what the frozen holdout was registered under, recorded in each registration's commit (delta-rs refuses custom
+# table properties): the split salt's sha256, the grouping, and the largest holdout share used
+_POLICY_SALT, _POLICY_GROUP_BY, _POLICY_SHARE = ("trajlake.split_salt_sha256", "trajlake.group_by",
+                                                 "trajlake.max_holdout_share")
+
+
+def registry_policy(settings: Settings) -> dict[str, str] | None:
+    """The split policy the holdout registry's latest registration recorded; None for a registry without one."""
+    dt = open_table(settings, EXPORT_HOLDOUT)
+    if dt is None:
+        return None
+    for commit in dt.history():  # newest first
+        if _POLICY_SALT in commit:
+            return {k: str(commit[k]) for k in (_POLICY_SALT, _POLICY_GROUP_BY, _POLICY_SHARE) if k in commit}
+    return None
+
+
+def check_registry_policy(settings: Settings) -> None:
+    """Refuse an export whose split settings would thaw the frozen holdout.
+
+    The registry holds salted hashes of one grouping's keys. Another salt hashes every group differently, and
+    another grouping reads none of them: either way the frozen groups' episodes would land in train. A larger
+    holdout share moves groups that earlier exports put in train into the holdout, so a model trained on those
+    exports would be evaluated on them. A smaller share is fine: the registered groups stay in the holdout."""
+    policy = registry_policy(settings)
+    if policy is None:
+        return
+    where = table_path(settings, EXPORT_HOLDOUT)
+    fresh = (f"or, if earlier exports' holdouts no longer need to bind, start a new registry by removing {where} "
+             "(deliberately: the models trained on them lose their clean evaluation set)")
+    if policy.get(_POLICY_SALT) != hashlib.sha256(settings.export_split_salt.encode()).hexdigest():
+        raise ExportFailed("TRAJLAKE_EXPORT_SPLIT_SALT differs from the one the frozen holdout was registered with: "
+                           "its groups would hash differently and leave the holdout. Set the salt of the earlier "
+                           f"exports (their manifests' settings.salt), {fresh}")
+    if policy.get(_POLICY_GROUP_BY, settings.export_group_by) != settings.export_group_by:
+        raise ExportFailed(f"TRAJLAKE_EXPORT_GROUP_BY={settings.export_group_by}, but the frozen holdout holds "
+                           f"groups by {policy[_POLICY_GROUP_BY]}: none of them would be read, and their episodes "
+                           f"would land in train. Set TRAJLAKE_EXPORT_GROUP_BY={policy[_POLICY_GROUP_BY]}, {fresh}")
+    share = float(policy.get(_POLICY_SHARE, "1"))
+    if settings.export_holdout_share > share + 1e-12:
+        raise ExportFailed(f"TRAJLAKE_EXPORT_HOLDOUT_SHARE={settings.export_holdout_share} is above the {share} earlier "
+                           "exports used: groups they put in train would move into the holdout, where the models "
+                           f"trained on them would be evaluated. Keep it at {share} or below, {fresh}")
+
+
 def _register_holdout(settings: Settings, groups: Sequence[str], name: str, version: str) -> None:
     if not groups:
         return
@@ -877,10 +922,15 @@ def _register_holdout(settings: Settings, groups: Sequence[str], name: str, vers
     batch = pa.Table.from_pylist([{"group_by": settings.export_group_by, "group_hash": g, "export_name": name,
                                    "export_version": version, "registered_at": now} for g in groups],
                                  schema=EXPORT_HOLDOUT.schema)
+    earlier = registry_policy(settings) or {}
+    policy = {_POLICY_SALT: hashlib.sha256(settings.export_split_salt.encode()).hexdigest(),
+              _POLICY_GROUP_BY: settings.export_group_by,
+              _POLICY_SHARE: repr(max(settings.export_holdout_share, float(earlier.get(_POLICY_SHARE, "0"))))}
     # MERGE on the declared keys: a group registered by a concurrent export is not registered twice
-    from deltalake import DeltaTable
+    from deltalake import CommitProperties, DeltaTable
     (DeltaTable(str(table_path(settings, EXPORT_HOLDOUT)))
-     .merge(batch, "t.group_by = s.group_by AND t.group_hash = s.group_hash", source_alias="s", target_alias="t")
+     .merge(batch, "t.group_by = s.group_by AND t.group_hash = s.group_hash", source_alias="s", target_alias="t",
+            commit_properties=CommitProperties(custom_metadata=policy))
      .when_not_matched_insert_all().execute())
 
 
@@ -904,6 +954,7 @@ def run(settings: Settings, request: ExportRequest, progress: Progress = lambda 
     """Export into <lake>/exports/<name>/<vNNNN>/ atomically (a new version per run), then freeze the holdout
     groups it introduced. A failed check publishes nothing; its files stay in a `.failed-…` directory."""
     request.check()  # before anything is made on disk: the name becomes a directory
+    check_registry_policy(settings)
     root = settings.lake / "exports" / request.name
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".building-{uuid.uuid4().hex[:8]}"

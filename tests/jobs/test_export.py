@@ -152,6 +152,23 @@ def test_holdout_stays_frozen_when_the_share_changes(synthetic_lake, synthetic_e
     assert {r["user_id"] for r in rows(again.path / "steps" / "holdout.jsonl")} == holdout
 
 
+def test_split_settings_that_would_thaw_the_frozen_holdout_are_refused(synthetic_lake, tmp_path):
+    """A larger holdout share moved groups earlier exports trained on into the holdout; another salt or grouping
+    read none of the frozen groups, whose episodes then landed in train. Each is refused, naming the setting."""
+    s = synthetic_lake.model_copy(update={"lake_root": tmp_path / "lake"})
+    shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
+    first = run(s, ExportRequest("first", ("kto",), SYN_START, SYN_END, "reward-v2"))
+    assert first.manifest["holdout_groups_registered"] > 0
+    for change, setting in ((dict(export_holdout_share=s.export_holdout_share * 2), "HOLDOUT_SHARE"),
+                            (dict(export_split_salt="another"), "SPLIT_SALT"),
+                            (dict(export_group_by="task"), "GROUP_BY")):
+        with pytest.raises(ExportFailed, match=f"TRAJLAKE_EXPORT_{setting}.*start a new registry"):
+            run(s.model_copy(update=change), ExportRequest("next", ("kto",), SYN_START, SYN_END, "reward-v2"))
+    # a smaller share keeps the registered groups in the holdout, and is allowed
+    assert run(s.model_copy(update={"export_holdout_share": s.export_holdout_share / 2}),
+               ExportRequest("next", ("kto",), SYN_START, SYN_END, "reward-v2")).path.name == "v0001"
+
+
 def test_manifest_reproduces_byte_identical_files(synthetic_lake, synthetic_export, tmp_path):
     rebuilt = reproduce(synthetic_lake, synthetic_export.path / "manifest.json", tmp_path / "again")
     assert {k: v["sha256"] for k, v in rebuilt["files"].items()} == \
@@ -240,6 +257,8 @@ def test_a_rebuild_ignores_holdout_groups_registered_after_the_export(synthetic_
     shutil.copytree(synthetic_lake.lake, s.lake, ignore=shutil.ignore_patterns("exports"))
     first = run(s, ExportRequest("first", ("kto",), SYN_START, SYN_END, "reward-v2"))
     assert first.manifest["sources"]["exports/holdout_registry"] is None
+    # a larger share is refused against this registry (check_registry_policy); a new registry takes it
+    shutil.rmtree(s.lake / "exports" / "holdout_registry")
     wider = run(s.model_copy(update={"export_holdout_share": 0.4}),
                 ExportRequest("wider", ("kto",), SYN_START, SYN_END, "reward-v2"))
     assert wider.manifest["holdout_groups_registered"] > first.manifest["holdout_groups_registered"]
