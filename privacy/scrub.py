@@ -33,15 +33,18 @@ class SessionDictionary:
         if len(key) < 2:
             return replacement or f"<{label}>"
         if key in self.values:
-            if replacement is not None and self.values[key] != replacement:
+            known = self.values[key]
+            if replacement is not None and known != replacement:
                 # a pseudonymized field (user_id, customer_id) always gets its pseudonym: an email first seen
                 # in a tool result, then sent as the user's id, became the shared <EMAIL_1> of every such user,
                 # merging them and leaving their key store entries and erasure without the user's pseudonym.
-                # The text keeps the pseudonym from now on.
-                self.values[key] = replacement
-                self._regex = None
-                self.changes += 1
-            return self.values[key]
+                # Over a placeholder, the pseudonym also takes over in the text from now on.
+                if known.startswith("<"):
+                    self.values[key] = replacement
+                    self._regex = None
+                    self.changes += 1
+                return replacement
+            return known
         if replacement is None:
             replacement = self.found.get(key)
         if replacement is None:
