@@ -38,8 +38,14 @@ def agent_event(event_type: str, *, session_id: str, task_id: str, user_id: str,
 
 # ---- transports: run on the emitter's thread, never the agent's ----------------------------------------
 class Transport(Protocol):
-    def send(self, events: list[dict[str, Any]]) -> None: ...
+    def send(self, events: list[dict[str, Any]]) -> int: ...   # how many of `events` could not be delivered
     def close(self) -> None: ...
+
+
+def _dumps(event: dict[str, Any]) -> bytes:
+    # a value JSON cannot hold (a Decimal, a pydantic model in a tool result) is sent as its text: one such value
+    # made orjson raise and the whole batch was lost; as text, only a value the contract refuses is refused
+    return orjson.dumps(event, default=str)
 
 
 class KafkaTransport:
@@ -51,24 +57,51 @@ class KafkaTransport:
         self.settings = settings
         self.producer = build_producer(settings, **producer_overrides)
 
-    def send(self, events: list[dict[str, Any]]) -> None:
-        for e in events:
-            self.producer.send(self.settings.topic("agent.raw"), key=e["session_id"].encode(), value=orjson.dumps(e))
+    def send(self, events: list[dict[str, Any]]) -> int:
+        futures = [self.producer.send(self.settings.topic("agent.raw"), key=e["session_id"].encode(), value=_dumps(e))
+                   for e in events]
         self.producer.flush()
+        # kafka-python's flush returns when the sends are done, failed ones included: each send's own future says
+        # whether the broker has the record (the emitter counted failed sends as sent before)
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            log.warning("trajlake: %d of %d events not delivered to Kafka: %s", len(failed), len(events),
+                        failed[0].exception)
+        return len(failed)
 
     def close(self) -> None:
         self.producer.close()
 
 
 class CollectorTransport:
-    """Through the collector's POST /v1/events, retrying 429/5xx/network errors with backoff (event ids dedup)."""
+    """Through the collector's POST /v1/events, retrying 429/5xx/network errors with backoff (event ids dedup).
 
-    def __init__(self, url: str, write_key: str, timeout: float = 10.0, retries: int = 5):
+    Requests are kept under `max_body_bytes` (the collector refuses a body over its limit, 1 MiB by default, as a
+    whole: 200 full-context LLM calls passed it and were all lost), and a batch the collector still finds too
+    large is halved until it takes it; an event too large on its own is counted as not delivered. Retries back
+    off up to 30 s between attempts, for about five minutes by default, before the batch counts as not
+    delivered."""
+
+    def __init__(self, url: str, write_key: str, timeout: float = 10.0, retries: int = 15,
+                 max_body_bytes: int = 512 * 1024):
         self.url, self.key, self.timeout, self.retries = url.rstrip("/") + "/v1/events", write_key, timeout, retries
+        self.max_body_bytes = max_body_bytes
         self.rejected: list[dict[str, Any]] = []  # per-event answers the collector refused (with reasons)
 
-    def send(self, events: list[dict[str, Any]]) -> None:
-        body = orjson.dumps(events)
+    def send(self, events: list[dict[str, Any]]) -> int:
+        failed, body, size = 0, [], 2
+        for e in events:
+            raw = _dumps(e)
+            if body and size + len(raw) + 1 > self.max_body_bytes:
+                failed += self._post(body)
+                body, size = [], 2
+            body.append(raw)
+            size += len(raw) + 1
+        return failed + (self._post(body) if body else 0)
+
+    def _post(self, raws: list[bytes]) -> int:
+        """POST one body of encoded events; how many of them could not be delivered."""
+        body = b"[" + b",".join(raws) + b"]"
         for attempt in range(self.retries + 1):
             req = urllib.request.Request(self.url, data=body, method="POST", headers={
                 "Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
@@ -79,15 +112,24 @@ class CollectorTransport:
                 if bad:
                     log.warning("collector rejected %d event(s): %s", len(bad), bad[0].get("detail"))
                     self.rejected.extend(bad)
-                return
+                return 0
             except urllib.error.HTTPError as e:
+                if e.code == 413:  # too large for the collector as a whole: halve it, or give up on one event
+                    if len(raws) == 1:
+                        log.warning("trajlake: an event of %d bytes is over the collector's request limit", len(body))
+                        return 1
+                    half = len(raws) // 2
+                    return self._post(raws[:half]) + self._post(raws[half:])
                 if e.code != 429 and e.code < 500:
                     raise RuntimeError(f"collector refused the batch ({e.code}): {e.read()[:300]!r}") from None
                 wait = float(e.headers.get("Retry-After") or 0)
             except OSError:
                 wait = 0.0
-            time.sleep(max(wait, min(30.0, 0.25 * 2 ** attempt)))
-        raise RuntimeError(f"collector at {self.url} did not take the batch after {self.retries + 1} attempts")
+            if attempt < self.retries:
+                time.sleep(max(wait, min(30.0, 0.25 * 2 ** attempt)))
+        log.warning("trajlake: collector at %s did not take %d events after %d attempts", self.url, len(raws),
+                    self.retries + 1)
+        return len(raws)
 
     def close(self) -> None:
         pass
@@ -124,8 +166,9 @@ class Emitter:
                 except queue.Empty:
                     break
             try:
-                self.transport.send(events)
-                self.sent += len(events)
+                lost = self.transport.send(events) or 0
+                self.sent += len(events) - lost
+                self.failed += lost
             except Exception as exc:  # telemetry must never take the agent down; count and log
                 self.failed += len(events)
                 log.warning("trajlake: %d events not delivered: %s", len(events), exc)

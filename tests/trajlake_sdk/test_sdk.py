@@ -125,3 +125,110 @@ def test_sdk_events_reach_bronze_by_kafka_and_by_the_collector_and_reactions_ref
     assert {r["action_id"] for r in rows if r["event_type"] == "action_proposed"} == {a1, a2}
     accepted = next(r for r in rows if r["event_type"] == "action_accepted")
     assert (accepted["action_id"], accepted["task_id"], accepted["client_app"]) == (a2, t2.task_id, "helpdesk-web")
+
+
+class _Collector:
+    """A local HTTP server standing in for the collector's body limit: 413 over `limit` bytes, else every event
+    accepted (the real collector's answer shape)."""
+
+    def __init__(self, limit: int, status: int = 200):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[list] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if status != 200 or len(body) > limit:
+                    self.send_response(413 if status == 200 else status)
+                    self.end_headers()
+                    return
+                events = json.loads(body)
+                outer.bodies.append(events)
+                answer = json.dumps({"results": [{"status": "accepted"} for _ in events]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _event(i: int, size: int = 100) -> dict:
+    return {"schema": "agent/1", "event_id": str(uuid.uuid4()), "session_id": "s", "body": {"text": "x" * size, "i": i}}
+
+
+@pytest.mark.unit
+def test_the_collector_transport_keeps_bodies_under_the_limit_and_halves_what_is_still_too_large():
+    """200 full-context calls made one body over the collector's 1 MiB, answered 413, and all were lost."""
+    from decimal import Decimal
+
+    from trajlake_sdk import CollectorTransport
+
+    server = _Collector(limit=20_000)
+    try:
+        # the transport's own cap is above the server's: the 413s are answered by halving
+        t = CollectorTransport(server.url, "k", max_body_bytes=64_000, retries=0)
+        events = [_event(i, 1_000) for i in range(60)] + [_event(60, 30_000)]  # the last is too large on its own
+        events[0]["body"]["cost"] = Decimal("0.5")  # not JSON: sent as its text, not a lost batch
+        assert t.send(events) == 1
+        got = [e["body"]["i"] for body in server.bodies for e in body]
+        assert sorted(got) == list(range(60)) and all(len(b) <= 20 for b in server.bodies)
+        assert server.bodies[0][0]["body"]["cost"] == "0.5"
+    finally:
+        server.close()
+    down = _Collector(limit=0, status=503)
+    try:
+        assert CollectorTransport(down.url, "k", retries=1).send([_event(0)]) == 1  # counted, not raised
+    finally:
+        down.close()
+
+
+@pytest.mark.unit
+def test_kafka_sends_that_failed_are_counted_not_sent():
+    """kafka-python's flush returns when the sends are done, failed ones included: they were counted as sent."""
+    from trajlake_sdk import AgentTracker, KafkaTransport
+
+    class Future:
+        def __init__(self, ok):
+            self.ok, self.exception = ok, None if ok else TimeoutError("delivery timed out")
+
+        def failed(self):
+            return not self.ok
+
+    class Producer:
+        def __init__(self):
+            self.n = 0
+
+        def send(self, topic, key, value):
+            self.n += 1
+            return Future(self.n % 2 == 0)
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    class Settings:
+        def topic(self, name):
+            return "tl." + name
+
+    transport = KafkaTransport.__new__(KafkaTransport)
+    transport.settings, transport.producer = Settings(), Producer()
+    tracker = AgentTracker(transport, agent_version="a@1", prompt_variant="p")
+    with tracker.task("s-1", "u-1"):
+        pass
+    tracker.close()
+    assert (tracker.emitter.sent, tracker.emitter.failed) == (1, 1)

@@ -29,8 +29,10 @@
   function Tracker(opts) {
     if (!opts || !opts.endpoint || !opts.writeKey) throw new Error("trajlake: endpoint and writeKey are required");
     this.url = opts.endpoint.replace(/\/$/, "") + "/v1/events?key=" + encodeURIComponent(opts.writeKey);
+    // the contract's ids are strings: a numeric user id (`userId: me.id`) made every event a schema violation
     this.ctx = {
-      user_id: opts.userId, agent_version: opts.agentVersion, prompt_variant: opts.promptVariant,
+      user_id: opts.userId == null ? opts.userId : String(opts.userId), agent_version: opts.agentVersion,
+      prompt_variant: opts.promptVariant,
       task_type: opts.taskType || null
     };
     this.app = opts.app || null;
@@ -57,7 +59,7 @@
 
   Tracker.prototype.setContext = function (ctx) {
     if (ctx.taskId) { this.taskId = ctx.taskId; store("trajlake.task_id", ctx.taskId); }
-    if (ctx.userId) this.ctx.user_id = ctx.userId;
+    if (ctx.userId != null) this.ctx.user_id = String(ctx.userId);
     if (ctx.agentVersion) this.ctx.agent_version = ctx.agentVersion;
     if (ctx.promptVariant) this.ctx.prompt_variant = ctx.promptVariant;
     if (ctx.taskType !== undefined) this.ctx.task_type = ctx.taskType;
@@ -95,13 +97,32 @@
     this.timer = global.setTimeout(function () { self.timer = null; self.flush(); }, ms);
   };
 
+  // Browsers refuse a keepalive fetch or a beacon whose body (with the others in flight) passes 64 KiB: a batch
+  // holding a long edit failed with a network error at every retry and was dropped. Batches stay under this, and
+  // an event larger on its own goes alone, without keepalive (which only matters while the page unloads).
+  var KEEPALIVE_BYTES = 60000;
+  var encoder = global.TextEncoder ? new global.TextEncoder() : null;
+  function bytes(text) { return encoder ? encoder.encode(text).length : text.length * 3; }
+
+  /* The next batch off the queue: up to batchSize events within KEEPALIVE_BYTES (at least one event). */
+  Tracker.prototype.take = function () {
+    var batch = [], size = 2;
+    while (this.queue.length && batch.length < this.batchSize) {
+      var n = bytes(JSON.stringify(this.queue[0])) + 1;
+      if (batch.length && size + n > KEEPALIVE_BYTES) break;
+      batch.push(this.queue.shift());
+      size += n;
+    }
+    return batch;
+  };
+
   /* Send one batch with fetch; a network error, 429 or 5xx puts it back and retries with backoff. */
   Tracker.prototype.flush = function () {
     if (this.inflight || this.queue.length === 0) return Promise.resolve();
-    var batch = this.queue.splice(0, this.batchSize), self = this;
+    var batch = this.take(), self = this, body = JSON.stringify(batch);
     this.inflight = true;
     return global.fetch(this.url, {
-      method: "POST", body: JSON.stringify(batch), keepalive: true, credentials: "omit",
+      method: "POST", body: body, keepalive: bytes(body) <= KEEPALIVE_BYTES, credentials: "omit",
       headers: { "Content-Type": "text/plain" }
     }).then(function (r) {
       if (r.status === 429 || r.status >= 500) throw new Error("retryable " + r.status);
@@ -123,7 +144,7 @@
   /* The page is going away: whatever is queued goes with sendBeacon (the browser delivers it after unload). */
   Tracker.prototype.beacon = function () {
     while (this.queue.length) {
-      var batch = this.queue.splice(0, this.batchSize);
+      var batch = this.take();
       var ok = global.navigator.sendBeacon &&
         global.navigator.sendBeacon(this.url, new Blob([JSON.stringify(batch)], { type: "text/plain" }));
       if (!ok) { this.queue = batch.concat(this.queue); this.flush(); return; }
