@@ -87,14 +87,60 @@ class Mapped:
     skipped: int = 0  # spans that are not GenAI operations this contract has an event for
 
 
+# the attributes that say whose task a span belongs to; a span without them takes them from its trace (below)
+TASK_ATTRIBUTES = ("gen_ai.conversation.id", "session.id", "user.id", "enduser.id", "gen_ai.agent.name",
+                   "gen_ai.agent.version", "trajlake.task_id", "trajlake.prompt_variant", "trajlake.task_type")
+
+
+def trace_context(req: ExportTraceServiceRequest) -> tuple[dict[bytes, dict[str, Any]], set[bytes]]:
+    """Per trace id, the task attributes its spans in this request carry (an `invoke_agent` span's first, then
+    any other's), and the span ids of `invoke_agent` spans nested in another one of the request.
+
+    The GenAI conventions put `gen_ai.conversation.id` on chat spans "when available" and not on `execute_tool`
+    spans: read span by span, a task's tool calls went to the trace id's session, away from its chat turns and
+    its frontend events, and its agent version was `service.name` for some events and `gen_ai.agent.name` for
+    others. Spans of one trace that reach the collector in different requests cannot be joined here."""
+    spans: list[tuple[bytes, bytes, bool, dict[str, Any]]] = []  # (trace id, span id, invoke_agent?, attributes)
+    parents: dict[bytes, bytes] = {}
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                attrs = attributes(span.attributes)
+                parents[span.span_id] = span.parent_span_id
+                spans.append((span.trace_id, span.span_id, attrs.get("gen_ai.operation.name") == "invoke_agent",
+                              {k: attrs[k] for k in TASK_ATTRIBUTES if k in attrs}))
+    agents = {span_id for _, span_id, is_agent, _ in spans if is_agent}
+    nested = set()
+    for span_id in agents:
+        up, seen = parents.get(span_id), set()
+        while up and up not in seen:
+            if up in agents:
+                nested.add(span_id)
+                break
+            seen.add(up)
+            up = parents.get(up)
+    ctx: dict[bytes, dict[str, Any]] = {}
+    # the outermost agent span's attributes first, then what any other span of the trace adds
+    for trace_id, span_id, is_agent, attrs in sorted(spans, key=lambda s: not (s[2] and s[1] not in nested)):
+        known = ctx.setdefault(trace_id, {})
+        for k, v in attrs.items():
+            known.setdefault(k, v)
+    return ctx, nested
+
+
 def map_request(req: ExportTraceServiceRequest, app: str, default_variant: str, default_user: str) -> Mapped:
     """Every GenAI span of the request → agent/1 events (spans of other operations are skipped and counted)."""
     out = Mapped()
+    traces, nested = trace_context(req)
     for rs in req.resource_spans:
         resource = attributes(rs.resource.attributes)
         for ss in rs.scope_spans:
             for span in ss.spans:
-                events = span_events(span, resource, app, default_variant, default_user)
+                if span.span_id in nested:  # a sub-agent inside the task: the outer agent's span is the task
+                    out.skipped += 1
+                    continue
+                inherited = {**resource, **traces.get(span.trace_id, {})}
+                events = span_events(span, inherited, app, default_variant, default_user)
                 if events:
                     out.events.extend(events)
                 else:

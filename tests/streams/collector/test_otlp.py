@@ -154,3 +154,34 @@ def test_the_real_otlp_exporter_into_bronze(kafka, tmp_path):
     assert {r["session_id"] for r in rows} == {"conv-42"} and {r["client_app"] for r in rows} == {"support-agent"}
     llm = next(r for r in rows if r["event_type"] == "llm_call" and "812" in r["body"])
     assert json.loads(llm["body"])["model"] == "gpt-4o-2024-08-06"
+
+
+@pytest.mark.unit
+def test_spans_without_the_conversation_take_their_traces_and_a_sub_agent_is_no_second_task():
+    """The conventions put gen_ai.conversation.id on chat spans "when available" and never on execute_tool: read
+    span by span, the tool call went to the trace id's session and to `service.name`'s agent version, and a
+    sub-agent's invoke_agent span started the task a second time."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "support-api", "user.id": "user_8841"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("invoke_agent refund-bot", attributes={
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "refund-bot",
+            "gen_ai.conversation.id": "conv-42"}):
+        with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat",
+                                                              "gen_ai.request.model": "gpt-4o"}):
+            pass
+        with tracer.start_as_current_span("invoke_agent lookup", attributes={
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "lookup-helper"}):
+            with tracer.start_as_current_span("execute_tool", attributes={
+                    "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_order"}):
+                pass
+    provider.shutdown()
+    spans = exporter.get_finished_spans()
+    mapped = map_request(decode_request(encode_spans(spans).SerializeToString(), "application/x-protobuf"),
+                         "support-agent", "default", "anon")
+    events = mapped.events
+    assert sorted(e["event_type"] for e in events) == ["llm_call", "task_ended", "task_started", "tool_call"]
+    assert {e["session_id"] for e in events} == {"conv-42"}
+    assert {e["agent_version"] for e in events} == {"refund-bot"}
+    assert len({e["task_id"] for e in events}) == 1 and mapped.skipped == 1  # the sub-agent's span
