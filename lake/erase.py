@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -126,6 +127,14 @@ def _matcher(kind: str, columns: set[str], target: Target, links: dict[str, set[
 
     Masks are computed in memory, not as dataset filters: files delta-rs rewrites can store strings as
     string_view, which pyarrow cannot compare with a string literal in a pushed-down filter."""
+    if kind == "user" and "row" in columns:
+        # quality/quarantine: a row quarantined from a table without user_id has a null user_id, and its `row`
+        # JSON holds what the user's row held (a dead letter's original bytes with the raw id, a review-queue
+        # row's episode id): matched on the pseudonym, the raw id and the user's link ids in that text too
+        pats = [*target.patterns, *_standalone(_all_links(links))]
+        return ["user_id", "row"], lambda t: pa.array(
+            [uid == target.user_id or _mentions(pats, row)
+             for uid, row in zip(t.column("user_id").to_pylist(), t.column("row").to_pylist())], pa.bool_())
     if kind == "user":
         return ["user_id"], lambda t: pc.fill_null(pc.equal(t.column("user_id").cast(pa.string()),
                                                             pa.scalar(target.user_id)), False)
@@ -298,7 +307,15 @@ def _vacuum(path: Path, attempts: int, progress: Progress) -> int:
     removed = _retrying(lambda: DeltaTable(str(path)).vacuum(
         retention_hours=0, enforce_retention_duration=False, dry_run=False, full=False), attempts,
         f"vacuuming {path.name}", progress)
-    return len(removed)
+    # Lite mode misses files removed before the latest checkpoint's memory (a checkpoint forgets removals older
+    # than delta.deletedFileRetentionDuration): those are in no commit, so full mode deletes them, but only when
+    # older than ORPHAN_MIN_AGE_S (rounded up to the hour delta-rs counts in), so that no writer can be about to
+    # commit them. Younger unreferenced files are `_remove_orphans`' (when they hold the user).
+    hours = math.ceil(ORPHAN_MIN_AGE_S / 3600)
+    old = _retrying(lambda: DeltaTable(str(path)).vacuum(
+        retention_hours=hours, enforce_retention_duration=False, dry_run=False, full=True), attempts,
+        f"vacuuming {path.name}'s forgotten files", progress)
+    return len(removed) + len(old)
 
 
 def _remove_orphans(path: Path, target: Target, result: LakeErasure) -> int:

@@ -32,11 +32,17 @@ def vacuum_table(settings: Settings, spec: TableSpec, *, retention_hours: float,
     # delta-rs refuses a retention under the table's delta.deletedFileRetentionDuration (7 days) unless told not to
     # check; the setting is the policy here. It counts whole hours: rounded up, never shorter than asked.
     hours = math.ceil(retention_hours)
-    stale = table.vacuum(retention_hours=hours, enforce_retention_duration=False, dry_run=True)
+    # Full mode: every file of the table's directory that the current version does not use and that is older than
+    # the retention. The default (lite) mode knows only the removals the latest checkpoint still records, and a
+    # checkpoint forgets removals older than delta.deletedFileRetentionDuration (7 days, the retention): the
+    # sinks checkpoint every 100 commits and the gold tables every 10, so by the weekly vacuum the files old
+    # enough to go were the very ones forgotten, and stayed on disk for good. A file a writer has yet to commit
+    # is recent, far inside any retention this accepts.
+    stale = table.vacuum(retention_hours=hours, enforce_retention_duration=False, dry_run=True, full=True)
     # delta-rs lists every replaced file past the retention, including those an earlier vacuum already deleted
     root = table_path(settings, spec)
     present = [root / f for f in stale if (root / f).exists()]
     size = sum(p.stat().st_size for p in present)
     if present and not dry_run:
-        table.vacuum(retention_hours=hours, enforce_retention_duration=False, dry_run=False)
+        table.vacuum(retention_hours=hours, enforce_retention_duration=False, dry_run=False, full=True)
     return Vacuumed(spec.id, len(present), size)

@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     collector_cors_origins: tuple[str, ...] = ()
     # a request body above this is refused whole (413); one event above collector_max_event_bytes is rejected
     collector_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # /v1/traces: an OpenTelemetry exporter sends up to 512 spans with their messages, and never retries a 413
+    collector_max_otlp_body_bytes: int = Field(default=16 * 1_048_576, ge=1024)
     collector_max_event_bytes: int = Field(default=262_144, ge=256)
     collector_max_batch_events: int = Field(default=500, ge=1)
     # per write key: a token bucket of `burst` events refilled at `rate` events/s; over it → 429 + Retry-After

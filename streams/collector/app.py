@@ -61,10 +61,16 @@ async def _admit(request: web.Request) -> str:
         raise Refused(_error(401, reason, "send the app's write key as 'Authorization: Bearer <key>', "
                                           "'X-Trajlake-Key: <key>' or '?key=<key>'",
                              {"WWW-Authenticate": 'Bearer realm="trajlake"'}))
-    if request.content_length is not None and request.content_length > s.collector_max_body_bytes:
+    limit = _body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
         raise Refused(_error(413, "body_too_large", f"the body is {request.content_length} bytes; "
-                                                    f"the limit is {s.collector_max_body_bytes}"))
+                                                    f"the limit is {limit}"))
     return app
+
+
+def _body_limit(request: web.Request) -> int:
+    s = request.app[SETTINGS]
+    return s.collector_max_otlp_body_bytes if request.path == "/v1/traces" else s.collector_max_body_bytes
 
 
 def _rate(request: web.Request, app: str, n: int) -> None:
@@ -82,11 +88,14 @@ def _rate(request: web.Request, app: str, n: int) -> None:
 
 
 async def _body(request: web.Request) -> bytes:
-    s = request.app[SETTINGS]
+    limit = _body_limit(request)
     try:
-        return await request.read()  # bounded by client_max_size = collector_max_body_bytes
+        body = await request.read()  # bounded by client_max_size, the larger of the two limits
     except web.HTTPRequestEntityTooLarge:
-        raise Refused(_error(413, "body_too_large", f"the body exceeds {s.collector_max_body_bytes} bytes")) from None
+        body = None
+    if body is None or len(body) > limit:  # a chunked or compressed body has no length to check up front
+        raise Refused(_error(413, "body_too_large", f"the body exceeds {limit} bytes"))
+    return body
 
 
 async def _produce(request: web.Request, accepted: list[Accepted], dead: list[DeadLetter]) -> None:
@@ -179,7 +188,7 @@ def _static(name: str, content_type: str):
 
 def build_app(settings: Settings, producer: AIOKafkaProducer | None = None) -> web.Application:
     """The collector as an aiohttp Application (the producer starts and stops with it)."""
-    app = web.Application(client_max_size=settings.collector_max_body_bytes)
+    app = web.Application(client_max_size=max(settings.collector_max_body_bytes, settings.collector_max_otlp_body_bytes))
     app[SETTINGS] = settings
     app[BUCKETS] = {}
     app[STATS] = {"accepted": 0, "rejected": 0}

@@ -81,6 +81,21 @@ def build_lake(s: Settings, trajectories: int = 6) -> list[dict]:
     write_deltalake(ensure_table(s, GOLD_REVIEW_QUEUE), pa.Table.from_pylist(review, schema=GOLD_REVIEW_QUEUE.schema),
                     mode="append")
 
+    # quarantined rows from tables without user_id: a dead letter's original bytes, a review-queue row
+    from datetime import datetime, timezone
+
+    from schemas.tables import QUALITY_QUARANTINE
+    now = datetime.now(timezone.utc)
+    quarantined = [{"run_id": "r1", "table": t, "suite": t, "expectation": "x", "column": "c", "row_key": k,
+                    "user_id": None, "row": row, "quarantined_at": now, "date": now.date()}
+                   for t, k, row in (
+                       ("bronze/deadletter", "1", orjson.dumps({"original": f'{{"user_id": "{ERASED}"}}'}).decode()),
+                       ("gold/review_queue", "2", orjson.dumps(review[0]).decode()),
+                       ("gold/review_queue", "3", orjson.dumps(review[-1]).decode()))]
+    write_deltalake(ensure_table(s, QUALITY_QUARANTINE),
+                    pa.Table.from_pylist(quarantined, schema=QUALITY_QUARANTINE.schema), mode="append",
+                    partition_by=list(QUALITY_QUARANTINE.partition_by))
+
     export = s.lake / "exports" / "sft" / "v1"
     rows = [{"user_id": e["user_id"], "episode_id": e["episode_id"], "messages": f"episode {e['episode_id']}"}
             for e in episodes]
@@ -128,6 +143,11 @@ def test_erase_leaves_no_file_naming_the_user(s):
     assert any(f.startswith("exports/") for f in before)
     others = {spec.id: {u: n for u, n in users_in(s, spec).items() if u != pseud} for spec in USER_TABLES}
     reviews = read_table(s, GOLD_REVIEW_QUEUE).num_rows
+    mine = {e["episode_id"] for e in read_table(s, SILVER_EPISODES).to_pylist() if e["user_id"] == pseud}
+    from schemas.tables import QUALITY_QUARANTINE
+    quarantine_left = sorted(r["row_key"] for r in read_table(s, QUALITY_QUARANTINE).to_pylist()
+                             if r["row_key"] != "1" and orjson.loads(r["row"]).get("episode_id") not in mine)
+    assert len(quarantine_left) < 3
     # the raw ids of the other users: their tokens open with their keys (support lookups), before and after
     other_raw = sorted({e["user_id"] for e in raw} - {ERASED})
 
@@ -138,6 +158,9 @@ def test_erase_leaves_no_file_naming_the_user(s):
     for spec in USER_TABLES:
         assert users_in(s, spec) == others[spec.id], spec.id
     assert read_table(s, GOLD_REVIEW_QUEUE).num_rows == reviews - 2  # the user's two episodes
+    # quarantined rows with no user_id are found by their text: the raw id, the user's episode ids
+    from schemas.tables import QUALITY_QUARANTINE
+    assert sorted(r["row_key"] for r in read_table(s, QUALITY_QUARANTINE).to_pylist()) == quarantine_left
     # readers still filter the rewritten tables (pyarrow pushdown, DuckDB)
     ids = read_table(s, BRONZE_EVENTS, columns=["event_id"]).column("event_id").to_pylist()
     assert count_present(s, BRONZE_EVENTS, "event_id", ids[:5] + ["nope"]) == 5
@@ -268,6 +291,8 @@ def test_an_erase_by_pseudonym_cannot_search_dead_letters_for_the_raw_id(s):
     r = run_cli(s, "erase", "--pseudonym", pseud)
     assert r.returncode == 0, r.stderr
     assert files_naming(s.lake, [pseud]) == []
-    # the raw id survives only in the quarantine's original bytes, as docs/privacy.md warns
-    assert {f.split("/")[0] + "/" + f.split("/")[1] for f in files_naming(s.lake, [ERASED])} <= {"bronze/deadletter"}
+    # the raw id survives only in the quarantines' original bytes (the dead letters, and a dead letter's row
+    # quarantined by a suite), as docs/privacy.md warns
+    assert {f.split("/")[0] + "/" + f.split("/")[1] for f in files_naming(s.lake, [ERASED])} <= {
+        "bronze/deadletter", "quality/quarantine"}
     assert read_table(s, AUDIT_ERASURES).to_pylist()[0]["matched_by"] == "pseudonym"

@@ -84,3 +84,24 @@ def test_the_scheduled_vacuum_entry_vacuums_every_table(lake_settings):
                                             lambda _: None)
     assert detail.startswith("1 files (") and "deleted from " in detail and "replaced over 0 h ago" in detail
     assert read_table(lake_settings, GOLD_REVIEW_QUEUE).num_rows == 4
+
+
+def test_files_a_checkpoint_forgot_are_vacuumed_too(lake_settings):
+    """A checkpoint forgets removals older than delta.deletedFileRetentionDuration, the retention itself: the
+    sinks checkpoint every 100 commits, so by the weekly vacuum the files old enough to go were the ones the
+    default (lite) mode could no longer see, and they stayed on disk for good."""
+    import time
+
+    table = ensure_table(lake_settings, GOLD_REVIEW_QUEUE)
+    write_deltalake(table, _queue(3), mode="overwrite", predicate="reward_version = 'reward-v2'")
+    write_deltalake(table, _queue(4), mode="overwrite", predicate="reward_version = 'reward-v2'")
+    table.alter.set_table_properties({"delta.deletedFileRetentionDuration": "interval 1 seconds"})
+    time.sleep(2)
+    table.create_checkpoint()
+    fresh = open_table(lake_settings, GOLD_REVIEW_QUEUE)
+    assert fresh.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True) == []  # lite: none
+    live = {os.path.relpath(u.removeprefix("file://"), table_path(lake_settings, GOLD_REVIEW_QUEUE))
+            for u in fresh.file_uris()}
+    assert len(_parquet(lake_settings, GOLD_REVIEW_QUEUE) - live) == 1
+    assert vacuum_table(lake_settings, GOLD_REVIEW_QUEUE, retention_hours=0).files == 1
+    assert _parquet(lake_settings, GOLD_REVIEW_QUEUE) == live and read_table(lake_settings, GOLD_REVIEW_QUEUE).num_rows == 4

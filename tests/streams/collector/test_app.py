@@ -98,6 +98,26 @@ def test_size_limits(kafka, tmp_path):
         assert status == 200 and [r["status"] for r in answer["results"]] == ["rejected", "accepted"]
         assert answer["results"][0]["reason"] == "event_too_large"
         assert topic_counts(s, *RAW) == {"frontend.raw": 1, "agent.raw": 0, "deadletter": 1}  # the big one is kept
+        # OTLP has its own, larger limit: an exporter batches up to 512 spans with their messages and never
+        # retries a 413, so a body over the events' limit was a lost batch
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        with provider.get_tracer("t").start_as_current_span("execute_tool", attributes={
+                "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "t",
+                "gen_ai.tool.call.result": '"' + "z" * 100_000 + '"'}):
+            pass
+        provider.shutdown()
+        body = encode_spans(spans.get_finished_spans()).SerializeToString()
+        assert len(body) > 64 * 1024
+        status, _, _ = request(c.url + "/v1/traces", body, {"Content-Type": "application/x-protobuf",
+                                                             "Authorization": f"Bearer {KEY}"}, "POST")
+        assert status == 200
     finally:
         c.stop()
 
