@@ -32,6 +32,12 @@ REQUIRED = {"export": {"name"}}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+def _table_ids() -> frozenset[str]:
+    from schemas.tables import TABLES
+
+    return frozenset(TABLES)
+
+
 def _strings(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v)
 
@@ -44,8 +50,11 @@ OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
              'letters, digits, "-", "_" or "." (it names a directory), e.g. name = "weekly"'),
     "formats": (lambda v: _strings(v) or (isinstance(v, str) and bool(v.strip())),
                 'a list of formats, e.g. formats = ["sft", "dpo"], or "sft,dpo"'),
-    "tables": (_strings, 'a list of table ids, e.g. tables = ["silver.steps"]'),
-    "table": (lambda v: isinstance(v, str) and bool(v), 'a table id, e.g. table = "bronze.events"'),
+    # checked against the declared tables when the file is read: a name the jobs do not know failed at every fire
+    "tables": (lambda v: _strings(v) and all(t in _table_ids() for t in v),
+               'a list of table ids, e.g. tables = ["silver/steps"] (one of the lake\'s tables)'),
+    "table": (lambda v: isinstance(v, str) and v.replace(".", "/") in _table_ids(),
+              'a table id, e.g. table = "bronze/events" (one of the lake\'s tables)'),
     "closed_after_days": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                           "a whole number of days ≥ 0, e.g. closed_after_days = 1"),
     # as `trajlake compact --min-files` (its Airflow form): one file is already compact
@@ -341,6 +350,17 @@ def lock_verdict(holder: Holder | None, *, host: str, pid_alive: bool, now: date
 
 
 # ---- commands for other runners (Airflow) -------------------------------------------------------------------------
+def _driver_options() -> str:
+    """The driver settings `build_spark` gives the JVM it starts, for spark-submit's command line: under
+    spark-submit the driver JVM is running before the job's code sets anything, so these set there are ignored.
+    Without them an Airflow run had Spark's default 1 GiB heap where `trajlake jobs run` has 6 GiB (2 GiB already
+    ran out at 10M events), G1 instead of the parallel collector, and 100 codegen cache entries instead of 1000."""
+    from jobs.spark import LOCAL_DEFAULTS
+
+    q = shlex.quote
+    return (f"--driver-memory {q(LOCAL_DEFAULTS['spark.driver.memory'])} "
+            f"--driver-java-options {q(LOCAL_DEFAULTS['spark.driver.extraJavaOptions'])} "
+            f"--conf spark.sql.codegen.cache.maxEntries={q(LOCAL_DEFAULTS['spark.sql.codegen.cache.maxEntries'])}")
 def command(entry: Entry, window: tuple[date, date] | None, *, python: str, repo: str,
             master: str = "local[*]") -> str:
     """The shell command that runs one entry outside this process: spark-submit for the Spark jobs (the packages
@@ -354,8 +374,8 @@ def command(entry: Entry, window: tuple[date, date] | None, *, python: str, repo
     if entry.job in SPARK_JOBS:
         assert window is not None
         bin_dir = q(str(Path(python).parent))
-        return (f"{env} && {bin_dir}/spark-submit --master {q(master)} --packages \"$({py} -m jobs.spark)\" "
-                f"jobs/{entry.job}.py --start {window[0]} --end {window[1]}")
+        return (f"{env} && {bin_dir}/spark-submit --master {q(master)} {_driver_options()} "
+                f"--packages \"$({py} -m jobs.spark)\" jobs/{entry.job}.py --start {window[0]} --end {window[1]}")
     if entry.job == "export":
         assert window is not None
         cmd = f"{py} -m trajlake.cli export {q(str(opts['name']))} --since {window[0]} --until {window[1]}"

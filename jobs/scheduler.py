@@ -139,9 +139,14 @@ class History:
                         (_now().isoformat(), run_id))
 
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
+        # only a run still marked running: one whose lock another run took over (its heartbeat went stale) stays
+        # 'crashed' with the reason, rather than being marked succeeded beside the run that replaced it
         with closing(self._connect()) as con:
-            con.execute("UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ?",
-                        (status, _now().isoformat(), error, run_id))
+            done = con.execute("UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? AND "
+                               "status = 'running'", (status, _now().isoformat(), error, run_id)).rowcount
+        if not done:
+            log.warning("run %d ended %s after its lock was taken over; its history row stays as it was",
+                        run_id, status)
 
     def succeeded(self, entry: str, fire: datetime) -> bool:
         with closing(self._connect()) as con:

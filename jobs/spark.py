@@ -1,9 +1,10 @@
 """The Spark session factory: local[*] by default, Delta through Ivy, everything overridable for a cluster."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from schemas.settings import Settings
+if TYPE_CHECKING:  # only annotations: the Airflow DAG renders spark-submit's options from LOCAL_DEFAULTS in a venv
+    from schemas.settings import Settings  # without pydantic-settings
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",

@@ -59,13 +59,18 @@ def test_option_types_are_checked_when_the_file_is_read():
              "options": {"name": "../up", "formats": ["sft", 3]}},
             {"name": "c", "job": "compact", "cron": "@daily", "options": {"closed_after_days": "1", "min_files": 0}},
             {"name": "d", "job": "quality", "cron": "@daily", "window": "previous_day", "options": {"tables": "silver"}},
+            {"name": "d2", "job": "quality", "cron": "@daily", "window": "previous_day",
+             "options": {"tables": ["silver.steps"]}},
+            {"name": "d3", "job": "compact", "cron": "@daily", "options": {"table": "no/such"}},
         ))
     text = str(e.value)
     assert "entry 1 (a): option reward_version = 2 is wrong: write a version string" in text
     assert "option name = '../up' is wrong" in text and "option formats = ['sft', 3] is wrong" in text
     assert "option closed_after_days = '1' is wrong" in text and "option min_files = 0 is wrong" in text
     assert "option tables = 'silver' is wrong" in text
-    assert len(e.value.problems) == 6
+    assert "option tables = ['silver.steps'] is wrong" in text and 'tables = ["silver/steps"]' in text
+    assert "option table = 'no/such' is wrong" in text
+    assert len(e.value.problems) == 8
     ok = parse_schedule(doc({"name": "e", "job": "export", "cron": "@daily", "window": "previous_week",
                              "options": {"name": "weekly", "formats": "sft,dpo", "reward_version": "reward-v2"}}))
     assert ok.entries[0].options["formats"] == "sft,dpo"
@@ -182,7 +187,9 @@ def test_commands_match_what_trajlake_jobs_run_and_the_cli_take():
     spark = command(Entry("h", "heuristics", "@daily", "previous_day", {"reward_version": "reward-v2"}), w,
                     python="/v/bin/python", repo="/r", master="yarn")
     assert "TRAJLAKE_SPARK_MASTER=''" in spark and "TRAJLAKE_REWARD_VERSION=reward-v2" in spark
-    assert spark.endswith("/v/bin/spark-submit --master yarn --packages \"$(/v/bin/python -m jobs.spark)\" "
+    assert spark.endswith("/v/bin/spark-submit --master yarn --driver-memory 6g --driver-java-options "
+                          "-XX:+UseParallelGC --conf spark.sql.codegen.cache.maxEntries=1000 "
+                          "--packages \"$(/v/bin/python -m jobs.spark)\" "
                           "jobs/heuristics.py --start 2026-11-03 --end 2026-11-04")
     export = command(Entry("e", "export", "@daily", "previous_day", {"name": "weekly", "formats": ["sft", "dpo"]}),
                      w, python="/v/bin/python", repo="/r")

@@ -132,3 +132,33 @@ def test_every_tenth_publish_leaves_a_checkpoint_for_spark(spark, lake_settings)
     assert versions == list(range(1, 11))
     assert sorted(p.name for p in log.glob("*.checkpoint.parquet")) == ["00000000000000000010.checkpoint.parquet"]
     assert spark.read.format("delta").load(str(log.parent)).count() == 1
+
+
+@pytest.mark.unit
+def test_two_publishes_of_one_table_take_turns(base_settings, tmp_path):
+    """The daily and the weekly scorecards over the same days, or a manual run beside the scheduled one: the
+    second publish of a table waits for the first instead of committing beside it."""
+    import threading
+    import time
+
+    from jobs.tables import publishing
+    from schemas.tables import GOLD_EPISODE_SCORES, GOLD_SCORECARDS, GOLD_STEP_SIGNALS
+
+    s = base_settings.model_copy(update={"lake_root": tmp_path / "lake"})
+    inside, order = threading.Event(), []
+
+    def first():
+        with publishing(s, [GOLD_SCORECARDS, GOLD_STEP_SIGNALS]):
+            inside.set()
+            time.sleep(0.5)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    inside.wait(10)
+    with publishing(s, [GOLD_EPISODE_SCORES]):  # another table: no wait
+        order.append("other table")
+    with publishing(s, [GOLD_STEP_SIGNALS, GOLD_SCORECARDS]):  # the same tables, in another order
+        order.append("second")
+    t.join()
+    assert order == ["other table", "first done", "second"]
