@@ -9,7 +9,7 @@ import sys
 import time
 import weakref
 from functools import partial, wraps
-from typing import Any, Awaitable, Callable, NoReturn
+from typing import Any, Awaitable, Callable, Mapping, NoReturn
 
 import faust
 import orjson
@@ -70,6 +70,10 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         stream_buffer_maxsize=8192,
         broker_session_timeout=settings.consumer_session_timeout_seconds,
         broker_heartbeat_interval=max(1.0, settings.consumer_session_timeout_seconds / 10),
+        # a revoke waits for the events in flight to be acked, which can take a scrub batch's timeout and its
+        # retry: past Faust's default of 60 s (the scrub timeout is 120 s) the worker was removed from the group
+        # while still delivering, and the partition's next owner scrubbed and saved the same sessions beside it
+        broker_rebalance_timeout=max(60.0, 2 * settings.scrub_timeout_seconds + 30),
         # a dead letter of a ~1 MiB raw record is ~1.4 MB: sends of that size must not fail (schemas/settings.py)
         producer_max_request_size=OUTPUT_MESSAGE_MAX_BYTES,
         consumer_max_fetch_size=OUTPUT_MESSAGE_MAX_BYTES,
@@ -149,6 +153,7 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
                           settings.scrub_timeout_seconds)
 
     clean_topic = settings.topic("events.clean")
+    raw_topics = {settings.topic("frontend.raw"), settings.topic("agent.raw")}
     seen = SeenEvents(settings.dedup_max_keys)
     bronze_ids = BronzeEventIds(settings)
     claims = Claims()  # the events passed on in batches not yet delivered
@@ -308,7 +313,19 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
                 _table_set(dictionaries, sid.encode(), {"d": d.to_state(), "p": partition}, partition)
 
     async def sweep_dictionaries(active: set[int]) -> None:
-        """Delete the saved dictionaries of sessions idle for `dictionary_lifetime`."""
+        """Delete the saved dictionaries of sessions idle for `dictionary_lifetime`, once ingest has read its raw
+        partitions to their end (`raw_caught_up`).
+
+        Idle is the wall clock since a dictionary's last save, which says nothing of a backlog: after a stop of
+        a few hours every saved copy is old, and a session whose next events were still waiting in the raw
+        topics lost its dictionary, so a name it had revealed passed in free text when they came."""
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in raw_topics]
+        if not tps:
+            return
+        ends = await app.consumer.highwaters(*tps)
+        if not raw_caught_up(ends, {tp: app.consumer._read_offset.get(tp) for tp in tps}, SWEEP_MAX_BEHIND):
+            log.info("scrub dictionaries: sweep deferred, ingest is still reading a backlog")
+            return
         horizon = time.time() - dictionary_lifetime
 
         def sweep(key: bytes, saved: dict) -> None:
@@ -511,6 +528,22 @@ def build_app(settings: Settings, *, use_ner: bool = True) -> faust.App:
         scrubbers.forget_all()
 
     return app
+
+
+# records a raw partition may still have unread for ingest to count as caught up (two batches' worth)
+SWEEP_MAX_BEHIND = 2 * INGEST_BATCH
+
+
+def raw_caught_up(ends: Mapping[Any, int | None], read: Mapping[Any, int | None], max_behind: int) -> bool:
+    """Whether every partition's last read offset is within `max_behind` records of its end (`ends`: the next
+    offset to be written; `read`: the last offset read, None when none has been)."""
+    for tp, end in ends.items():
+        if end is None:
+            return False
+        last = read.get(tp)
+        if end - (0 if last is None else last + 1) > max_behind:
+            return False
+    return bool(ends)
 
 
 def _fail_fast(what: str, exc: BaseException) -> NoReturn:

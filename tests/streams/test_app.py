@@ -229,3 +229,17 @@ def test_partition_batches_keep_each_partitions_order_and_split_full_batches():
         assert [r for b in mine for r in b] == [(k, v) for p, k, v in sent if p == partition]
     big = next(b for _, _, b in got if any(len(v) > 2_000 for _, v in b))
     assert len(big) == 1  # alone in its batch
+
+
+def test_dictionaries_are_swept_only_once_ingest_has_read_its_backlog():
+    """Idle is the time since a dictionary's last save: after a stop of a few hours every saved copy is old, and
+    a session whose next events still waited in the raw topics lost its dictionary (a name it had revealed then
+    passed in free text). The sweep waits until every raw partition is read to within two batches of its end."""
+    from streams.app import SWEEP_MAX_BEHIND, raw_caught_up
+
+    assert raw_caught_up({"p0": 10_000, "p1": 5}, {"p0": 9_999, "p1": 4}, SWEEP_MAX_BEHIND)
+    assert raw_caught_up({"p0": 0}, {"p0": None}, SWEEP_MAX_BEHIND)  # an empty partition
+    assert not raw_caught_up({"p0": 50_000, "p1": 5}, {"p0": 1_000, "p1": 4}, SWEEP_MAX_BEHIND)  # a backlog
+    assert not raw_caught_up({"p0": 50_000}, {"p0": None}, SWEEP_MAX_BEHIND)  # restarted, nothing read yet
+    assert not raw_caught_up({"p0": None}, {}, SWEEP_MAX_BEHIND) and not raw_caught_up({}, {}, SWEEP_MAX_BEHIND)
+    assert SWEEP_MAX_BEHIND == 2 * worker_app.INGEST_BATCH
