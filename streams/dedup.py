@@ -1,7 +1,7 @@
 """Exact dedup by event id at ingest: the ids bronze/events holds per event date, and those passed since."""
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import date, timezone
 from typing import Any, Iterable
@@ -207,6 +207,9 @@ class SeenEvents:
                 total -= len(self.dates.pop(d).keys)
 
 
+FAILED_KEPT_BATCHES = 8  # more than the batches in flight behind one (scrubbing ahead, delivery, the next)
+
+
 class Claims:
     """The events passed on in batches not yet delivered (key → date), and the keys whose passed-on copy failed
     to scrub, so that a copy marked a duplicate behind it can go on instead."""
@@ -214,6 +217,12 @@ class Claims:
     def __init__(self) -> None:
         self.claimed: dict[bytes, date] = {}
         self.failed: set[bytes] = set()
+        # when each failed key was added (in batches released): a copy marked a duplicate behind a failed one is
+        # in a batch in flight behind it, so after FAILED_KEPT_BATCHES more batches no such copy can come; the
+        # set grew by every scrub failure whose event never came again, and a stale key waved a true duplicate on
+        self._released = 0
+        self._failed_at: deque[tuple[int, bytes]] = deque()
+        self._failed_gen: dict[bytes, int] = {}
 
     def __contains__(self, key: bytes) -> bool:
         return key in self.claimed
@@ -238,6 +247,8 @@ class Claims:
             return None
         if not scrubbed:
             self.failed.add(key)
+            self._failed_at.append((self._released, key))
+            self._failed_gen[key] = self._released
             return None
         self.failed.discard(key)
         return c, key
@@ -246,6 +257,12 @@ class Claims:
         """A batch delivered: its claims end (its passed keys are in the key sets by now)."""
         for key in keys:
             self.claimed.pop(key, None)
+        self._released += 1
+        while self._failed_at and self._failed_at[0][0] < self._released - FAILED_KEPT_BATCHES:
+            gen, key = self._failed_at.popleft()
+            if self._failed_gen.get(key) == gen:  # not failed again since
+                del self._failed_gen[key]
+                self.failed.discard(key)
 
 
 def drop_seen(checked: list[Any], dates: list[date | None], seen: SeenEvents,

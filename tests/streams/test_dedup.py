@@ -198,6 +198,26 @@ def test_a_duplicate_goes_on_when_the_copy_passed_on_failed_to_scrub():
 
 
 @pytest.mark.unit
+def test_a_failed_copy_is_forgotten_once_no_duplicate_of_it_can_be_in_flight():
+    """The failed keys grew with every scrub failure whose event never came again, and a stale one waved a true
+    duplicate on; they are kept for FAILED_KEPT_BATCHES delivered batches, more than can be in flight behind."""
+    from streams.dedup import FAILED_KEPT_BATCHES, event_key
+
+    claims = Claims()
+    k1, k2 = event_key(ids(1)[0]), event_key(ids(2)[1])
+    assert claims.settle({"event_id": "x"}, k1, scrubbed=False) is None
+    for _ in range(FAILED_KEPT_BATCHES):
+        claims.release([])
+    assert k1 in claims.failed
+    assert claims.settle({"event_id": "y"}, k2, scrubbed=False) is None  # another failure, later
+    claims.release([])
+    assert k1 not in claims.failed and k2 in claims.failed
+    for _ in range(FAILED_KEPT_BATCHES):
+        claims.release([])
+    assert not claims.failed and not claims._failed_at
+
+
+@pytest.mark.unit
 def test_each_claim_keeps_its_own_events_date():
     seen, claims = SeenEvents(max_keys=1000), Claims()
     seen.absorb({D1: ([], np.empty(0, dedup.KEY)), D2: ([], np.empty(0, dedup.KEY))}, {D1, D2})
