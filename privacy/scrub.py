@@ -12,6 +12,16 @@ from privacy import policy
 from privacy.pseudonyms import pseudonym
 
 
+# A session's dictionary is one changelog record, and the broker refuses records over 16 MiB: past that, the save
+# failed and the worker stopped at every restart (found in review). ~42 bytes a value: 100,000 stay under ~5 MiB.
+MAX_DICTIONARY_VALUES = 100_000
+
+
+class DictionaryFull(Exception):
+    """A session revealed more personal values than its dictionary holds: the event that would add one more is
+    dead-lettered (scrub_failed) rather than scrubbed without it or saved past the broker's limit."""
+
+
 @dataclass
 class SessionDictionary:
     """PII values seen in one session, each with its placeholder, so `<PERSON_1>` stays the same person."""
@@ -32,6 +42,11 @@ class SessionDictionary:
         key = value.casefold()
         if len(key) < 2:
             return replacement or f"<{label}>"
+        if key not in self.values and key not in self.found \
+                and len(self.values) + len(self.found) >= MAX_DICTIONARY_VALUES:
+            raise DictionaryFull(f"the session's scrub dictionary holds {MAX_DICTIONARY_VALUES:,} values, its limit "
+                                 "(privacy.scrub.MAX_DICTIONARY_VALUES): a session this large is refused, not saved "
+                                 "past the broker's record limit")
         if key in self.values:
             known = self.values[key]
             if replacement is not None and known != replacement:

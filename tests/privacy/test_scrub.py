@@ -376,3 +376,25 @@ def test_object_keys_and_numeric_ids_are_scrubbed_too(patterns_only):
 def test_free_text_the_patterns_now_catch(patterns_only, text, raw):
     (out,) = patterns_only.scrub_events([event("user_message", {"text": text})], {})
     assert raw not in out["body"]["text"], out["body"]["text"]
+
+
+@pytest.mark.unit
+def test_a_session_past_its_dictionary_limit_has_its_new_values_dead_lettered(patterns_only, monkeypatch):
+    """A dictionary is one changelog record: past the broker's 16 MiB the save failed and the worker stopped at
+    every restart. Past the limit, an event that would add a value fails to scrub (a dead letter); the others go on."""
+    import privacy.scrub as scrub
+    from privacy.keystore import KeyStore
+    from privacy.worker import scrub_batch
+
+    monkeypatch.setattr(scrub, "MAX_DICTIONARY_VALUES", 3)
+    msgs = [event("user_message", {"text": f"mail me at person{i}@example.com"}) for i in range(4)]
+    msgs.append(event("user_message", {"text": "thanks"}))
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        out, _ = scrub_batch(patterns_only, KeyStore(Path(d) / "keys.sqlite3"), msgs, {})
+    errors = [r for r in out if isinstance(r, str)]
+    # the user's pseudonym and two emails fill it: the third and fourth emails are refused, "thanks" goes on
+    assert [isinstance(r, str) for r in out] == [False, False, True, True, False]
+    assert all("DictionaryFull" in e and "MAX_DICTIONARY_VALUES" in e for e in errors)
+    assert "person2" not in json.dumps([r for r in out if isinstance(r, dict)])
