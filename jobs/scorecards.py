@@ -205,8 +205,8 @@ def scorecards(spark: SparkSession, sums: DataFrame, spec: RewardSpec) -> DataFr
     # the variance of the mean with episodes as clusters (the sandwich estimator of a ratio mean, with the
     # small-sample factor c/(c-1)): steps of one episode share its user and its task, and treating them as
     # independent made 1% nominal flags fire for ~13% of unchanged segments. For an episode metric it is s²/n.
-    var_mean = F.when(c > 1, F.greatest(F.lit(0.0), (F.col("cs2") - 2 * mean * F.col("csn")
-                                                     + mean * mean * F.col("cn2")) / (n * n) * c / (c - 1)))
+    var_mean = F.when(c > 1, F.greatest(F.lit(0.0), cluster_residuals(F.col("cs2"), F.col("csn"), F.col("cn2"), mean)
+                                        / (n * n) * c / (c - 1)))
     rows = (day.unionByName(week).join(F.broadcast(_metric_table(spark)), "metric")
             .withColumn("value", mean)
             .withColumn("std", F.sqrt(var))
@@ -251,6 +251,11 @@ def scorecards(spark: SparkSession, sums: DataFrame, spec: RewardSpec) -> DataFr
     return out
 
 
+def cluster_residuals(cs2, csn, cn2, m):
+    """Σ_e (S_e − m·n_e)² over the episodes, from their sums (Σ S_e², Σ S_e·n_e, Σ n_e²): numbers or columns."""
+    return cs2 - 2 * m * csn + m * m * cn2
+
+
 def pooled_rate_se(n_a, s_a, c_a, cs2_a, csn_a, cn2_a, p_a, n_b, s_b, c_b, cs2_b, csn_b, cn2_b, p_b):
     """The standard error of the difference of two rates under the hypothesis that they are equal: the pooled
     two-proportion test, p0(1 - p0)(1/n_a + 1/n_b) with p0 the rate of both sides together, times the design
@@ -264,7 +269,7 @@ def pooled_rate_se(n_a, s_a, c_a, cs2_a, csn_a, cn2_a, p_a, n_b, s_b, c_b, cs2_b
     and the mean episode size, its largest value, is taken.
     Works on numbers and on Spark columns alike (the test checks one against the other)."""
     p0 = (s_a + s_b) / (n_a + n_b)
-    within = (cs2_a - 2 * p_a * csn_a + p_a * p_a * cn2_a) + (cs2_b - 2 * p_b * csn_b + p_b * p_b * cn2_b)
+    within = cluster_residuals(cs2_a, csn_a, cn2_a, p_a) + cluster_residuals(cs2_b, csn_b, cn2_b, p_b)
     binomial = n_a * p_a * (1 - p_a) + n_b * p_b * (1 - p_b)
     most = (n_a + n_b) / (c_a + c_b)
     if isinstance(binomial, Column):

@@ -158,6 +158,11 @@ class EventScrubber:
             self._ner.put(text, _findings(results, text))
 
     # ---- structure ------------------------------------------------------------------------------
+    def _pseudonym(self, field: str, value: str | int, ctx: SessionDictionary) -> str:
+        """An id field's value (a number as its text) → the pseudonym of its kind, learnt for the session's text."""
+        text = str(value)
+        return ctx.learn(text, "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[field], text))
+
     def _key(self, k: Any, ctx: SessionDictionary, learn_only: bool) -> Any:
         """An object key as it may pass: keys are data too (`{"mia.li@example.com": "vip"}` in attributes).
         An identifier-shaped key that is no known personal value passes as it is; any other is free text."""
@@ -174,7 +179,7 @@ class EventScrubber:
                 k = self._key(key, ctx, learn_only)
                 lk = str(key).lower()
                 if lk in policy.PSEUDONYM_FIELDS and _pseudonymizable(v):
-                    out[k] = ctx.learn(str(v), "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], str(v)))
+                    out[k] = self._pseudonym(lk, v, ctx)
                 elif lk in policy.STRUCTURAL_KEYS and (isinstance(v, (int, float, bool)) or (
                         isinstance(v, str) and _is_identifier(v) and not policy.EMBEDDED_PII.search(v)
                         and v.strip().casefold() not in ctx.values)):
@@ -216,7 +221,7 @@ class EventScrubber:
                 if lk in policy.CONTAINER_KEEP and not isinstance(v, (dict, list)):
                     out[k] = v
                 elif lk in policy.PSEUDONYM_FIELDS and _pseudonymizable(v):
-                    out[k] = ctx.learn(str(v), "USER", pseudonym(self.key, policy.PSEUDONYM_FIELDS[lk], str(v)))
+                    out[k] = self._pseudonym(lk, v, ctx)
                 elif isinstance(v, (dict, list)):
                     out[k] = self._redact_container(v, policy.CONTAINER_LABELS.get(lk, label), ctx)
                 elif v is None or isinstance(v, bool):

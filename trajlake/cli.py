@@ -55,6 +55,14 @@ def settings():
         raise UserError(f"setting {name} is invalid: {first['msg']} — fix or unset that environment variable") from None
 
 
+def _check_output_file(flag: str, path: Path, example: str) -> None:
+    """A file a command will write: not a directory, and in one that exists."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory: give a file name, e.g. {flag} {path / example}")
+    if not path.resolve().parent.is_dir():
+        raise UserError(f"{flag} {path}: the directory {path.resolve().parent} does not exist; create it first")
+
+
 def _existing_lake(s):
     """`s`, if its lake exists: a command that reads the lake must not report "passed" on nothing, or create a
     mistyped lake's directories, when TRAJLAKE_LAKE_ROOT or TRAJLAKE_STATE_DIR names the wrong place."""
@@ -79,7 +87,7 @@ def _warn_unknown_settings(model) -> None:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         err.print(f"[yellow]warning:[/] {name} is not a trajlake setting, so it changes nothing"
                   + (f" — did you mean {close[0]}?" if close else " (the settings: schemas/settings.py)"),
-                  markup=True, highlight=False)
+                  highlight=False)
 
 
 # ---- broker ---------------------------------------------------------------------------------------
@@ -409,11 +417,9 @@ def scrub(
         raise UserError(f"{in_} does not exist: pass --in with a JSON Lines file of events")
     if out.resolve() == in_.resolve():
         raise UserError("--out is the same file as --in: write the scrubbed events somewhere else")
-    for flag, path in (("--out", out), ("--rejects", rejects)):
-        if path is not None and path.is_dir():
-            raise UserError(f"{flag} {path} is a directory: give a file name, e.g. {flag} {path / 'events.jsonl'}")
-        if path is not None and not path.resolve().parent.is_dir():
-            raise UserError(f"{flag} {path}: the directory {path.resolve().parent} does not exist; create it first")
+    _check_output_file("--out", out, "events.jsonl")
+    if rejects is not None:
+        _check_output_file("--rejects", rejects, "rejects.jsonl")
     s = settings()
     rejects = rejects or out.with_name(out.name + ".rejects.jsonl")
     scrubber = EventScrubber(s.pseudonym_key.get_secret_value().encode(), use_ner=ner, deny_terms=s.scrub_deny_terms)
@@ -959,10 +965,8 @@ def query(
         raise UserError("--format parquet writes a file: add --out FILE, e.g. --out result.parquet")
     if format == "table" and out is not None:
         raise UserError("--out needs a file format: add --format csv, json or parquet")
-    if out is not None and not out.resolve().parent.is_dir():
-        raise UserError(f"--out {out}: the directory {out.resolve().parent} does not exist; create it first")
-    if out is not None and out.is_dir():
-        raise UserError(f"--out {out} is a directory: give a file name, e.g. --out {out / ('result.' + format)}")
+    if out is not None:
+        _check_output_file("--out", out, f"result.{format}")
     from deltalake.exceptions import DeltaError
 
     try:
