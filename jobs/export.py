@@ -29,6 +29,7 @@ from jobs.splits import (NEAR_DUPLICATE_METHOD, PRECEDENCE, clusters, keep_one_p
                          near_duplicate_edges, prompt_digest_sql, prompt_words_sql, splits_params,
                          splits_sql)
 from lake.duckdb_views import connect, view_name
+from lake.locks import reading_for_gold
 from lake.tables import ensure_table, open_table, table_path
 from lake.tables import spec as table_spec
 from privacy import POLICY_VERSION
@@ -952,8 +953,16 @@ def _keep_only_the_report(failed_dir: Path, exc: ExportFailed) -> None:
 
 def run(settings: Settings, request: ExportRequest, progress: Progress = lambda _: None) -> ExportResult:
     """Export into <lake>/exports/<name>/<vNNNN>/ atomically (a new version per run), then freeze the holdout
-    groups it introduced. A failed check publishes nothing; its files stay in a `.failed-…` directory."""
-    request.check()  # before anything is made on disk: the name becomes a directory
+    groups it introduced. A failed check publishes nothing; its files stay in a `.failed-…` directory.
+
+    Holds the erase lock, shared, from the first read to the published directory: an erase waits for the export,
+    which could otherwise publish rows from files the erase had just vacuumed, after it had scanned the exports."""
+    request.check()  # before anything is made on disk, the lock file included
+    with reading_for_gold(settings.lake, progress):
+        return _run(settings, request, progress)
+
+
+def _run(settings: Settings, request: ExportRequest, progress: Progress) -> ExportResult:
     check_registry_policy(settings)
     root = settings.lake / "exports" / request.name
     root.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from jobs.tables import Published, latest_revisions, publish_together, read_window
+from lake.locks import reading_for_gold
 from schemas.reward import RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS, TableSpec
@@ -181,22 +182,24 @@ def latest_silver(spark: SparkSession, settings: Settings, start: date, end: dat
 def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: RewardSpec | None = None,
         progress: Callable[[str], None] = lambda _: None) -> list[Published]:
     """Score the episodes started and the steps proposed in [start, end) and publish both gold tables."""
-    spec = spec or load_reward_spec(settings.reward_version)
-    margin = timedelta(days=settings.job_margin_days)
-    progress(f"reading silver {start - margin} … {end + margin}")
-    steps, episodes = latest_silver(spark, settings, start - margin, end + margin)
-    signals = step_signals(steps, spec).cache()
-    scores = episode_scores(episodes, signals, spec).cache()
-    try:
-        where = window_predicate("date", start, end, spec)  # filters the rows and bounds the replace alike
-        # both gated before either is written: step rewards are shares of these very episode scores
-        out = publish_together(spark, settings, [
-            (GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where),
-            (GOLD_EPISODE_SCORES, scores.where(where), where)], spec, progress)
-    finally:
-        signals.unpersist()
-        scores.unpersist()
-    return out
+    # the erase lock, shared: an erase waits for this run, so no erased user's rows come back through it
+    with reading_for_gold(settings.lake, progress):
+        spec = spec or load_reward_spec(settings.reward_version)
+        margin = timedelta(days=settings.job_margin_days)
+        progress(f"reading silver {start - margin} … {end + margin}")
+        steps, episodes = latest_silver(spark, settings, start - margin, end + margin)
+        signals = step_signals(steps, spec).cache()
+        scores = episode_scores(episodes, signals, spec).cache()
+        try:
+            where = window_predicate("date", start, end, spec)  # filters the rows and bounds the replace alike
+            # both gated before either is written: step rewards are shares of these very episode scores
+            out = publish_together(spark, settings, [
+                (GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where),
+                (GOLD_EPISODE_SCORES, scores.where(where), where)], spec, progress)
+        finally:
+            signals.unpersist()
+            scores.unpersist()
+        return out
 
 
 if __name__ == "__main__":  # spark-submit jobs/heuristics.py --start … --end …

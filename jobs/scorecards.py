@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from jobs.tables import Published, publish_together, read_window
+from lake.locks import reading_for_gold
 from schemas.reward import RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import (GOLD_EPISODE_SCORES, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE, GOLD_SCORECARDS,
@@ -385,38 +386,40 @@ def periods_predicate(start: date, end: date, spec: RewardSpec) -> str:
 def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: RewardSpec | None = None,
         progress: Callable[[str], None] = lambda _: None) -> list[Published]:
     """Scorecards for the days in [start, end) and the whole weeks they touch; guardrails; the review sample."""
-    spec = spec or load_reward_spec(settings.reward_version)
-    ws, we = _weeks(start, end)
-    progress(f"reading gold scores {ws - timedelta(days=7)} … {we}")
-    version = F.col("reward_version") == spec.version
-    steps = (read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version)
-             .select(*STEP_COLUMNS).cache())
-    episodes = (read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version)
-                .select(*EPISODE_COLUMNS).cache())
-    cards = sums = None
-    try:
-        where = periods_predicate(start, end, spec)  # filters the rows and bounds the replace alike
-        progress("aggregating signals by day and week")
-        # the day sums feed the day rows, the week rows and each one's baseline: without materialising them once,
-        # the plan re-explodes and re-aggregates every step and episode in each of those branches
-        sums = daily_sums(steps, episodes).cache()
-        sums.count()
-        cards = scorecards(spark, sums, spec).where(where).cache()
-        rails = regressions(cards, spec).unionByName(gaming_flags(cards, spec)).unionByName(
-            drift(steps, episodes, spec).where(where))
-        sample = review_queue(episodes.where((F.col("week") >= F.lit(ws)) & (F.col("week") < F.lit(we))), spec)
-        # all three gated before any is written: the guardrails and the review sample are read off these cards
-        out = publish_together(spark, settings, [
-            (GOLD_SCORECARDS, cards, where), (GOLD_GUARDRAILS, rails, where),
-            (GOLD_REVIEW_QUEUE, sample, f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'")],
-            spec, progress)
-    finally:
-        for df in (cards, sums):
-            if df is not None:
-                df.unpersist()
-        steps.unpersist()
-        episodes.unpersist()
-    return out
+    # the erase lock, shared: an erase waits for this run, so no erased user's rows come back through it
+    with reading_for_gold(settings.lake, progress):
+        spec = spec or load_reward_spec(settings.reward_version)
+        ws, we = _weeks(start, end)
+        progress(f"reading gold scores {ws - timedelta(days=7)} … {we}")
+        version = F.col("reward_version") == spec.version
+        steps = (read_window(spark, settings, GOLD_STEP_SIGNALS, ws - timedelta(days=7), we, "date").where(version)
+                 .select(*STEP_COLUMNS).cache())
+        episodes = (read_window(spark, settings, GOLD_EPISODE_SCORES, ws - timedelta(days=7), we, "date").where(version)
+                    .select(*EPISODE_COLUMNS).cache())
+        cards = sums = None
+        try:
+            where = periods_predicate(start, end, spec)  # filters the rows and bounds the replace alike
+            progress("aggregating signals by day and week")
+            # the day sums feed the day rows, the week rows and each one's baseline: without materialising them once,
+            # the plan re-explodes and re-aggregates every step and episode in each of those branches
+            sums = daily_sums(steps, episodes).cache()
+            sums.count()
+            cards = scorecards(spark, sums, spec).where(where).cache()
+            rails = regressions(cards, spec).unionByName(gaming_flags(cards, spec)).unionByName(
+                drift(steps, episodes, spec).where(where))
+            sample = review_queue(episodes.where((F.col("week") >= F.lit(ws)) & (F.col("week") < F.lit(we))), spec)
+            # all three gated before any is written: the guardrails and the review sample are read off these cards
+            out = publish_together(spark, settings, [
+                (GOLD_SCORECARDS, cards, where), (GOLD_GUARDRAILS, rails, where),
+                (GOLD_REVIEW_QUEUE, sample, f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'")],
+                spec, progress)
+        finally:
+            for df in (cards, sums):
+                if df is not None:
+                    df.unpersist()
+            steps.unpersist()
+            episodes.unpersist()
+        return out
 
 
 if __name__ == "__main__":  # spark-submit jobs/scorecards.py --start … --end …

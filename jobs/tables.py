@@ -1,9 +1,8 @@
 """Spark reads and guarded publishes of the declared lake tables: windows, revisions, overwrites, checksums."""
 from __future__ import annotations
 
-import fcntl
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Callable, Iterator
@@ -16,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 from pyspark.sql.window import Window
 
+from lake.locks import table_locks
 from lake.tables import ensure_table, open_table, table_path
 from quality.errors import PublishRefused  # noqa: F401  (raised here; callers import it from either)
 from quality.runner import QualityReport, data_docs_once, gate
@@ -132,27 +132,21 @@ def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple
     means the rows published are the rows validated. Spark's write had cost a cache of each frame and a write
     job per table (bench/RESULTS.md, "Spark jobs").
     """
-    with publishing(settings, [spec for spec, _, _ in tables]):
+    with publishing(settings, [spec for spec, _, _ in tables], progress):
         return _publish_together(settings, tables, reward, progress)
 
 
 @contextmanager
-def publishing(settings: Settings, specs: list[TableSpec]) -> Iterator[None]:
-    """Hold the publish lock of each of `specs` (files under <lake>/.locks, taken in name order so two jobs
-    never wait on each other in a cycle).
+def publishing(settings: Settings, specs: list[TableSpec], progress: Callable[[str], None] = lambda _: None
+               ) -> Iterator[None]:
+    """Hold the publish lock of each of `specs` (`lake.locks.table_locks`, files under <lake>/.locks).
 
     Two runs that publish one table at once (the daily and the weekly scorecards over the same days after a
     cleared failure, a manual `trajlake jobs run` during the scheduled one) would make concurrent overwrite
     commits to it, and a conflict could fail one run after some of its other tables were written. Now the
     second waits, then replaces the same window with its own rows. A lock between processes of one machine (the scheduler's, Airflow's local
     workers); jobs submitted from several machines to one lake need a lock the lake's storage provides."""
-    root = settings.lake / ".locks"
-    root.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        for spec in sorted({s.id: s for s in specs}.values(), key=lambda s: s.id):
-            fh = stack.enter_context(open(root / f"{spec.layer}-{spec.name}.lock", "w"))
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
+    with table_locks(settings.lake, [spec.id for spec in specs], progress):
         yield
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from lake.locks import erasing
 from lake.tables import ensure_table, table_path
 from schemas.settings import Settings
 from schemas.tables import AUDIT_ERASURES, TABLES
@@ -270,7 +271,15 @@ def _delete(plan: _Plan, target: Target, links: dict[str, set[str]], attempts: i
 def erase_user(settings: Settings, target: Target, progress: Progress = lambda _: None,
                attempts: int = 8) -> LakeErasure:
     """Delete the user's rows from every table and export file, vacuum the files that held them, and scrub the
-    Delta log of every touched table so no commit, checkpoint or file statistic names the user."""
+    Delta log of every touched table so no commit, checkpoint or file statistic names the user.
+
+    Holds the erase lock for the whole run (`lake.locks.erasing`): it waits for the jobs runs and exports in
+    flight, and those that start meanwhile wait for it, so none writes back rows it read before the erase."""
+    with erasing(settings.lake, progress):
+        return _erase_user(settings, target, progress, attempts)
+
+
+def _erase_user(settings: Settings, target: Target, progress: Progress, attempts: int) -> LakeErasure:
     tables = delta_tables(settings)
     progress(f"looking for the user's rows in {len(tables)} tables")
     links = _links(tables, target)
