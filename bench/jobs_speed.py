@@ -138,14 +138,22 @@ WITH steps AS (
          CASE WHEN e.outcome = 'completed' THEN e.duration_ms / 1000.0 END AS completion_time_s,
          CASE WHEN e.outcome = 'completed' AND e.sla_seconds IS NOT NULL
               THEN e.duration_ms / 1000.0 <= e.sla_seconds * {o.sla_grace} END AS within_sla,
-         CASE WHEN e.outcome IN ({inlist(o.poor_outcomes)}) THEN e.opted_out END AS opted_out_after_poor,
+         CASE WHEN e.outcome IN ({inlist(o.poor_outcomes)})
+              THEN coalesce(e.opted_out_at >= coalesce(e.outcome_at, e.started_at)
+                            OR (e.next_started <= e.ended_at + INTERVAL {tr.opt_out_next_task_hours * 3600.0} SECOND
+                                AND e.next_opted_at >= coalesce(e.outcome_at, e.started_at)), false)
+         END AS opted_out_after_poor,
+         e.repeat_of_task_id IS NOT NULL AS repeat_task,
+         CASE WHEN e.repeat_of_task_id IS NOT NULL THEN e.delegated END AS delegated_when_repeat,
          CASE WHEN e.outcome <> 'completed' OR e.sla_seconds IS NULL
                    OR e.duration_ms / 1000.0 / (e.sla_seconds * {o.sla_grace}) <= 1 THEN 1.0
               ELSE greatest({o.sla_floor}, 1.0 - {1 - o.sla_floor} * (e.duration_ms / 1000.0 / (e.sla_seconds * {o.sla_grace}) - 1.0))
          END AS sla_factor,
          e.outcome IN ({inlist(o.correct_outcomes)}) AND (e.external_reward IS NULL
               OR e.external_reward >= {o.external_reward_threshold}) AS gate_passed
-  FROM episodes e LEFT JOIN per_ep p USING (episode_id)
+  FROM (SELECT *, lead(started_at) OVER w AS next_started, lead(opted_out_at) OVER w AS next_opted_at
+        FROM episodes WINDOW w AS (PARTITION BY user_id ORDER BY started_at, episode_id)) e
+       LEFT JOIN per_ep p USING (episode_id)
 ), ep1 AS (
   SELECT *, 1.0 - coalesce(penalty, 0.0) AS correction_score,
          greatest(0.0, least(1.0, 1.0 - ({fr.weights['retry']} * coalesce(retry_rate, 0.0)

@@ -6,6 +6,7 @@ docs/heuristics.md; numbers: the reward spec (schemas/reward/).
 """
 from __future__ import annotations
 
+import math
 import sys
 from datetime import date, timedelta
 from typing import Callable
@@ -86,6 +87,16 @@ def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) ->
                   .otherwise(F.greatest(F.lit(o.sla_floor), 1.0 - (1.0 - o.sla_floor) * (over - 1.0))))
     poor = F.col("outcome").isin(*o.poor_outcomes)
     t = F.coalesce(F.col("next_action_s"), F.lit(0.0))
+    # when the user met the outcome: the event that settled it; a timeout has none, so its whole episode counts
+    met = F.coalesce(F.col("outcome_at"), F.col("started_at"))
+    users_next = Window.partitionBy("user_id").orderBy("started_at", "episode_id")
+    next_opted_at = F.lead("opted_out_at").over(users_next)
+    next_within = (F.lead("started_at").over(users_next).cast("double")
+                   <= F.col("ended_at").cast("double") + tr.opt_out_next_task_hours * 3600.0)
+    opted_out_after = (
+        (F.col("opted_out_at") >= met)
+        # an episode without a user has no next task: null users are not one user
+        | (F.col("user_id").isNotNull() & next_within & (next_opted_at >= met)))
     df = (
         _segment(episodes).join(per_episode, "episode_id", "left")
         .withColumn("week", F.to_date(F.date_trunc("week", "started_at")))
@@ -94,7 +105,9 @@ def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) ->
         .withColumn("completion_time_s", F.when(completed, duration_s))
         .withColumn("within_sla", F.when(completed & sla.isNotNull(), duration_s <= sla))
         .withColumn("sla_factor", sla_factor)
-        .withColumn("opted_out_after_poor", F.when(poor, F.col("opted_out")))
+        .withColumn("opted_out_after_poor", F.when(poor, F.coalesce(opted_out_after, F.lit(False))))
+        .withColumn("repeat_task", F.col("repeat_of_task_id").isNotNull())
+        .withColumn("delegated_when_repeat", F.when(F.col("repeat_task"), F.col("delegated")))
         .withColumn("correction_score", 1.0 - F.coalesce(F.col("_penalty"), F.lit(0.0)))
         .withColumn("friction_score", _clamp(1.0 - (
             fr.weights["retry"] * F.coalesce(F.col("retry_rate"), F.lit(0.0))
@@ -151,7 +164,7 @@ def window_predicate(column: str, start: date, end: date, spec: RewardSpec) -> s
 
 # silver columns the formulas read that the gold tables do not keep
 STEP_INPUTS = ("reaction_ms", "next_action_ms")
-EPISODE_INPUTS = ("duration_ms", "sla_seconds")
+EPISODE_INPUTS = ("duration_ms", "sla_seconds", "ended_at", "outcome_at", "opted_out_at", "repeat_of_task_id")
 
 
 def silver_inputs(silver: TableSpec, gold: TableSpec, formula_inputs: tuple[str, ...]) -> list[str]:
@@ -163,9 +176,10 @@ def silver_inputs(silver: TableSpec, gold: TableSpec, formula_inputs: tuple[str,
     return [c for c in silver.schema.names if c in gold.schema.names or c in formula_inputs]
 
 
-def latest_silver(spark: SparkSession, settings: Settings, start: date, end: date) -> tuple[DataFrame, DataFrame]:
-    """The latest revisions of silver steps and episodes dated in [start, end), with the columns the job reads,
-    both hash-partitioned by episode.
+def latest_silver(spark: SparkSession, settings: Settings, start: date, end: date, episodes_end: date | None = None
+                  ) -> tuple[DataFrame, DataFrame]:
+    """The latest revisions of silver steps dated in [start, end) and episodes in [start, episodes_end or end),
+    with the columns the job reads, both hash-partitioned by episode.
 
     Partitioned once: every window and join after this one (a step's intent, its episode's aggregates, the credit
     share) is by episode too and reuses it. Without it each of them shuffled all steps again: the step rewards'
@@ -173,7 +187,7 @@ def latest_silver(spark: SparkSession, settings: Settings, start: date, end: dat
     steps = latest_revisions(with_episode_id(read_window(spark, settings, SILVER_STEPS, start, end)
                                              .select(*silver_inputs(SILVER_STEPS, GOLD_STEP_SIGNALS, STEP_INPUTS)))
                              .repartition("episode_id"), "step_id", within="episode_id")
-    episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start, end)
+    episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start, episodes_end or end)
                                 .select(*silver_inputs(SILVER_EPISODES, GOLD_EPISODE_SCORES, EPISODE_INPUTS))
                                 .repartition("episode_id"), "episode_id")
     return steps, episodes
@@ -186,8 +200,10 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     with reading_for_gold(settings.lake, progress):
         spec = spec or load_reward_spec(settings.reward_version)
         margin = timedelta(days=settings.job_margin_days)
-        progress(f"reading silver {start - margin} … {end + margin}")
-        steps, episodes = latest_silver(spark, settings, start - margin, end + margin)
+        # an opt-out in the user's next task counts for this one: episodes are read far enough ahead to see it
+        ahead = max(margin, timedelta(days=math.ceil(spec.trust.opt_out_next_task_hours / 24)))
+        progress(f"reading silver {start - margin} … {end + ahead}")
+        steps, episodes = latest_silver(spark, settings, start - margin, end + margin, end + ahead)
         signals = step_signals(steps, spec).cache()
         scores = episode_scores(episodes, signals, spec).cache()
         try:

@@ -63,7 +63,7 @@ METRICS: tuple[Metric, ...] = (
     _m("within_sla_rate", "episode", "rate", +1, "outcome", "within_sla"),
     _m("completion_time_s", "episode", "mean", -1, "outcome"),
     _m("escalation_rate", "episode", "rate", -1, "trust", "escalated"),
-    _m("delegation_rate", "episode", "rate", +1, "trust", "delegated"),
+    _m("delegation_rate", "episode", "rate", +1, "trust", "delegated_when_repeat"),
     _m("opt_out_rate", "episode", "rate", -1, "trust", "opted_out"),
     _m("opt_out_after_poor", "episode", "rate", -1, "trust", "opted_out_after_poor"),
     _m("correction_score", "episode", "mean", +1, "reward"),

@@ -1,9 +1,11 @@
-"""Where each declared table lives under the lake root, and creating it with its declared schema."""
+"""Where each declared table lives under the lake root, creating it with its declared schema, and adding the
+columns a newer declaration has to a table on disk."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from deltalake import DeltaTable, Schema
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Schema
 from deltalake.exceptions import TableNotFoundError
 
 from schemas.settings import Settings
@@ -27,6 +29,9 @@ class SchemaMismatch(Exception):
         what = "; ".join(f"{label}: {', '.join(cols)}" for label, cols in (
             ("missing columns", self.missing), ("columns no longer declared", self.extra),
             ("columns of another type", self.changed)) if cols)
+        if self.missing and not self.extra and not self.changed:
+            return (f"{self.table_id} at {self.path} has an older schema ({what}): run `trajlake migrate` to add "
+                    "them (null in the rows written before; 'Schema changes' in docs/design.md says what to rerun)")
         return (f"{self.table_id} at {self.path} has an older schema ({what}) — see 'Schema changes' in "
                 f"docs/design.md; for a demo or test lake, remove it (rm -rf {self.path.parent.parent}) and replay")
 
@@ -100,3 +105,21 @@ def schema_mismatches(settings: Settings) -> list[SchemaMismatch]:
             except SchemaMismatch as exc:
                 out.append(exc)
     return out
+
+
+def add_missing_columns(settings: Settings, t: TableSpec, dry_run: bool = False) -> list[str]:
+    """Add the declared columns a table on disk lacks, as nullable columns (null in the rows written before), in
+    one commit; the names added. Only additions: a table with extra or retyped columns is refused (SchemaMismatch),
+    since no rewrite can be right for every such change. Nullability is not compared (`schema_differences`), so a
+    NOT NULL column added here passes every check and the jobs fill it when they rerun the window."""
+    table = open_table(settings, t)
+    if table is None:
+        return []
+    missing, extra, changed = schema_differences(table, t)
+    if extra or changed:
+        raise SchemaMismatch(t.id, table_path(settings, t), missing, extra, changed)
+    if missing and not dry_run:
+        fields = pa.schema([t.schema.field(name).with_nullable(True) for name in missing])
+        table.alter.add_columns(list(Schema.from_arrow(fields).fields),
+                                commit_properties=CommitProperties(custom_metadata={"trajlake.migrate": "add columns"}))
+    return missing

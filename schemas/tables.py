@@ -157,6 +157,11 @@ SILVER_EPISODES = TableSpec(
         _f("escalated", pa.bool_(), False),
         _f("delegated", pa.bool_(), False),
         _f("opted_out", pa.bool_(), False),
+        _f("repeat_of_task_id", pa.string(), doc="the earlier task this one repeats (task_started's marker); null "
+                                                 "when not a repeat"),
+        _f("outcome_at", TS, doc="when the outcome was settled (the closing event, or the first escalation); null "
+                                 "for a timeout"),
+        _f("opted_out_at", TS, doc="the user's first opt-out in the task; null without one"),
         _f("reopened", pa.bool_(), False),
         _f("feedback_up", pa.int32(), False),
         _f("feedback_down", pa.int32(), False),
@@ -254,8 +259,11 @@ GOLD_EPISODE_SCORES = TableSpec(
         # trust
         _f("escalated", pa.bool_(), False),
         _f("delegated", pa.bool_(), False),
+        _f("repeat_task", pa.bool_(), False, "the task repeats an earlier one of the user (task_started's marker)"),
+        _f("delegated_when_repeat", pa.bool_(), doc="delegated; null unless a repeat task"),
         _f("opted_out", pa.bool_(), False),
-        _f("opted_out_after_poor", pa.bool_(), doc="null unless the outcome was poor (spec outcome.poor_outcomes)"),
+        _f("opted_out_after_poor", pa.bool_(), doc="null unless the outcome was poor (spec outcome.poor_outcomes): "
+                                                   "an opt-out after the outcome, or in the user's next task"),
         # cost
         _f("cost_usd", pa.float64(), False),
         _f("tokens_in", pa.int64(), False),

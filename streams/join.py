@@ -64,6 +64,8 @@ def compact(event: dict[str, Any]) -> dict[str, Any]:
         c.update(cost=b.get("cost_usd") or 0.0, lat=b.get("latency_ms") or 0.0, err=b.get("status") == "error")
     elif et == "task_started":
         c["sla"] = b.get("sla_seconds")
+        if b.get("repeat_of_task_id"):
+            c["rep"] = b["repeat_of_task_id"]
     elif et == "task_ended":
         c.update(status=b.get("status"), reward=b.get("reward"))
     elif et == "task_completed":
@@ -139,29 +141,35 @@ def episode_row(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
     reopened = first_terminal is not None and any(e["t"] == "task_reopened" and e["ts"] >= first_terminal["ts"]
                                                   for e in closing)
     escalated = "escalated" in kinds
+    decided_by = last  # the event that settled the outcome: an opt-out after it is an opt-out after the outcome
     if last is not None and last["t"] == "task_reopened" and reopened:
         outcome = "reopened"
     elif last is not None and last["t"] == "task_completed":
         outcome = "completed"
     elif escalated:
         outcome = "escalated"
+        decided_by = next(e for e in evs if e["t"] == "escalated")
     elif last is not None and last["t"] == "task_abandoned":
         outcome = "abandoned"
     else:
-        outcome = "timeout"
+        outcome, decided_by = "timeout", None
     ended = evs[-1]["ts"]
     work = [e for e in evs if e["t"] in ("llm_call", "tool_call")]
     llm = [e for e in work if e["t"] == "llm_call"]
     tools = [e for e in work if e["t"] == "tool_call"]
     task_ended = next((e for e in reversed(evs) if e["t"] == "task_ended"), None)
     completed = next((e for e in reversed(evs) if e["t"] == "task_completed"), None)
-    sla = next((e.get("sla") for e in evs if e["t"] == "task_started"), None)
+    first_start = next((e for e in evs if e["t"] == "task_started"), None)
+    sla = first_start and first_start.get("sla")
+    opted_out = next((e for e in evs if e["t"] == "opted_out"), None)
     return {
         "episode_id": f"{dims['session_id']}/{dims['task_id']}", **dims, "started_at": started, "ended_at": ended,
         "duration_ms": ended - started, "outcome": outcome, "n_steps": len(steps),
         "n_user_messages": kinds.count("user_message"),
         **{k: sum(1 for s in steps.values() if s[k]) for k in ("accepted", "rejected", "edited", "undone", "retried")},
         "escalated": escalated, "delegated": "delegated" in kinds, "opted_out": "opted_out" in kinds,
+        "repeat_of_task_id": first_start and first_start.get("rep"),
+        "outcome_at": decided_by and decided_by["ts"], "opted_out_at": opted_out and opted_out["ts"],
         "reopened": reopened, "feedback_up": sum(1 for e in evs if e["t"] == "feedback" and e.get("rating") == "up"),
         "feedback_down": sum(1 for e in evs if e["t"] == "feedback" and e.get("rating") == "down"),
         "sla_seconds": sla, "agent_status": task_ended and task_ended.get("status"),
@@ -245,6 +253,8 @@ def _event_bytes(c: dict[str, Any], dims_bytes: int, session_id_bytes: int) -> i
               + len(orjson.dumps(c.get("out"))) + _STEP_META_BYTES)
     elif c["t"] == "action_edited":
         n += len(orjson.dumps(c.get("fv")))
+    elif c["t"] == "task_started":
+        n += _b(c.get("rep"))  # again in the staged episode row
     return n
 
 

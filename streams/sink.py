@@ -61,7 +61,8 @@ def silver_row(spec: TableSpec) -> Callable[[bytes], dict[str, Any]]:
     def to_row(value: bytes) -> dict[str, Any]:
         row = orjson.loads(value)
         for c in ms_columns:
-            row[c] = datetime.fromtimestamp(row[c] / 1000, timezone.utc)
+            if (ms := row.get(c)) is not None:  # outcome_at and opted_out_at may be null
+                row[c] = datetime.fromtimestamp(ms / 1000, timezone.utc)
         row["closed_at"] = datetime.fromtimestamp(row["closed_at"], timezone.utc)
         row["date"] = datetime.strptime(row["date"], "%Y-%m-%d").date()
         return row

@@ -363,6 +363,35 @@ def compact(
 
 
 @app.command()
+def migrate(
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the columns that would be added; change nothing"),
+) -> None:
+    """Add the columns a newer release declares to the lake's tables (null in the rows written before). Stop the
+    worker first; then rerun the jobs over the windows you want the new columns filled in (docs/design.md)."""
+    from lake.tables import SchemaMismatch, add_missing_columns
+    from schemas.tables import TABLES
+
+    s = settings()
+    _existing_lake(s)
+    added, refused = 0, []
+    with console.status("checking the lake's tables…") as st:
+        for t in TABLES.values():
+            st.update(f"checking {t.id}…")
+            try:
+                columns = add_missing_columns(s, t, dry_run=dry_run)
+            except SchemaMismatch as exc:
+                refused.append(exc)
+                continue
+            if columns:
+                added += len(columns)
+                console.print(f"{escape(t.id)}: {'would add' if dry_run else 'added'} {escape(', '.join(columns))}")
+    if refused:
+        raise UserError("; ".join(str(e) for e in refused) + " — migrate adds columns only")
+    console.print(f"[green]✓[/] {added} column(s) {'to add' if dry_run else 'added'}" if added
+                  else "[green]✓[/] every table has its declared columns")
+
+
+@app.command()
 def vacuum(
     table: Optional[str] = typer.Option(None, help="one table, e.g. gold/step_signals (default: every lake table)"),
     retention_hours: Optional[float] = typer.Option(

@@ -200,8 +200,12 @@ class AgentTracker:
         return cls(CollectorTransport(url, write_key), **kw)
 
     def task(self, session_id: str, user_id: str, *, task_id: str | None = None, task_type: str | None = None,
-             instruction: str | None = None, sla_seconds: float | None = None) -> "Task":
-        return Task(self, session_id, user_id, task_id or f"t-{uuid.uuid4()}", task_type, instruction, sla_seconds)
+             instruction: str | None = None, sla_seconds: float | None = None,
+             repeat_of_task_id: str | None = None) -> "Task":
+        """A task; `repeat_of_task_id` marks a rerun of an earlier task of the user (delegation is measured
+        among repeat tasks)."""
+        return Task(self, session_id, user_id, task_id or f"t-{uuid.uuid4()}", task_type, instruction, sla_seconds,
+                    repeat_of_task_id)
 
     def close(self, timeout: float = 30.0) -> None:
         self.emitter.close(timeout)
@@ -217,9 +221,10 @@ class Task:
     """One agent task: task_started on enter, task_ended on exit (failure when an exception leaves the block)."""
 
     def __init__(self, tracker: AgentTracker, session_id: str, user_id: str, task_id: str, task_type: str | None,
-                 instruction: str | None, sla_seconds: float | None):
+                 instruction: str | None, sla_seconds: float | None, repeat_of_task_id: str | None = None):
         self.tracker, self.session_id, self.user_id, self.task_id = tracker, session_id, user_id, task_id
         self.task_type, self.instruction, self.sla_seconds = task_type, instruction, sla_seconds
+        self.repeat_of_task_id = repeat_of_task_id
         self.status: str | None = None
         self.reward: float | None = None
         self.intent_id: str | None = None
@@ -238,6 +243,8 @@ class Task:
             body["instruction"] = self.instruction
         if self.sla_seconds is not None:
             body["sla_seconds"] = self.sla_seconds
+        if self.repeat_of_task_id is not None:
+            body["repeat_of_task_id"] = self.repeat_of_task_id
         self.emit("task_started", body)
         return self
 

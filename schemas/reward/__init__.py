@@ -78,6 +78,9 @@ class TrustSpec(_Frozen):
     delegated_bonus: float = Unit
     escalated_penalty: float = Unit
     opted_out_penalty: float = Unit
+    # an opt-out in the user's next task counts as one after this task's poor outcome when that task starts
+    # within this many hours of this one's end; specs written before the key get 24
+    opt_out_next_task_hours: float = Field(default=24.0, gt=0)
 
 
 class CompositeSpec(_Frozen):
@@ -162,8 +165,18 @@ class RewardSpec(_Frozen):
 
 def reward_spec_digest(spec: RewardSpec) -> str:
     """sha256 of the spec's values (not its file's comments): an export's manifest records it, so a rebuild can
-    tell a changed policy from other causes of a difference."""
-    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    tell a changed policy from other causes of a difference. A key added to the spec after specs were published
+    (`ADDED_LATER`) counts only when a spec sets it to something else than its default, so the published specs
+    keep their digests."""
+    values = spec.model_dump(mode="json")
+    for (section, key), default in ADDED_LATER.items():
+        if values[section].get(key) == default:
+            del values[section][key]
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+# (section, key) → the default a spec without the key gets
+ADDED_LATER: dict[tuple[str, str], object] = {("trust", "opt_out_next_task_hours"): 24.0}
 
 
 class RewardSpecError(ValueError):

@@ -19,12 +19,14 @@ PROMPT_VARIANTS = ("control", "concise")
 TASK_TYPES = ("refund", "booking", "search")
 START = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)
 # what the task type plants: steps per task, the SLA (ample: a task that does not stall ends well within it),
-# the share of tasks that stall past it, and offsets of the escalation and delegation rates
+# the share of tasks that stall past it, offsets of the escalation and delegation rates, and the share of tasks
+# that repeat an earlier task of the user (delegation is measured among those)
 TASK_STEPS = {"refund": 3.0, "booking": 4.0, "search": 2.0}
 TASK_SLA_S = {"refund": 600.0, "booking": 900.0, "search": 450.0}
 TASK_SLA_MISS = {"refund": 0.06, "booking": 0.10, "search": 0.15}
 TASK_ESCALATE = {"refund": 0.03, "booking": 0.0, "search": -0.02}
-TASK_DELEGATE = {"refund": 0.0, "booking": 0.04, "search": 0.02}
+TASK_DELEGATE = {"refund": 0.0, "booking": 0.10, "search": 0.05}
+TASK_REPEAT = {"refund": 0.25, "booking": 0.50, "search": 0.35}
 WORDS = ("order", "refund", "flight", "booking", "receipt", "policy", "account", "delivery", "invoice", "seat",
          "upgrade", "baggage", "credit", "schedule", "confirmation", "summary", "details", "request")
 
@@ -42,7 +44,8 @@ class Behaviour:
     complete: float
     abandon: float
     escalate: float           # the rest of the outcome mass after complete/abandon/escalate is a reopen after completion
-    delegate: float           # share of tasks the user delegates as a repeat
+    repeat: float             # share of tasks that repeat an earlier task of the user (marked at task_started)
+    delegate: float           # share of those repeat tasks the user hands to the agent
     opt_out_after_failure: float
     think_s: float            # mean user think time
     llm_latency_ms: float
@@ -61,7 +64,8 @@ def planted(seed: int) -> dict[tuple[str, str, str], Behaviour]:
 
     agent-v2 accepts more, edits less and smaller, undoes less, escalates less, and users delegate more to it and
     opt out less after a failure; 'concise' is faster. The task type sets the SLA, how many steps a task takes
-    and how often one escalates (refunds most) or is delegated (bookings most); the SLA is missed when a task
+    and how often one escalates (refunds most), repeats an earlier task and, if so, is delegated (bookings most of
+    both); the SLA is missed when a task
     stalls (`sla_miss`, highest for search). The segment (agent-v2, concise, search) games the proxies: the
     highest acceptance and the fastest reactions, but the lowest completion.
     """
@@ -81,12 +85,12 @@ def planted(seed: int) -> dict[tuple[str, str, str], Behaviour]:
                 abandon = 0.12 + rng.uniform(-0.02, 0.02) + (0.25 if gaming else 0)
                 escalate = (0.05 if better else 0.09) + TASK_ESCALATE[tt] + rng.uniform(-0.01, 0.01)
                 escalate = min(escalate, 1.0 - round(complete, 4) - round(abandon, 4))  # no negative reopen rate
-                delegate = (0.14 if better else 0.08) + TASK_DELEGATE[tt] + rng.uniform(-0.01, 0.01)
+                delegate = (0.35 if better else 0.20) + TASK_DELEGATE[tt] + rng.uniform(-0.02, 0.02)
                 out[(av, pv, tt)] = Behaviour(
                     accept=round(accept, 4), reject=round(reject, 4), edit=round(edit, 4),
                     undo_after_accept=0.04 if better else 0.07, retry=round(retry, 4),
                     edit_size=0.3 if better else 0.45, complete=round(complete, 4), abandon=round(abandon, 4),
-                    escalate=round(escalate, 4), delegate=round(delegate, 4),
+                    escalate=round(escalate, 4), repeat=TASK_REPEAT[tt], delegate=round(delegate, 4),
                     opt_out_after_failure=0.15 if better else 0.25,
                     think_s=(4.0 if gaming else 8.0 if concise else 14.0),
                     llm_latency_ms=900.0 if concise else 1600.0, steps_mean=TASK_STEPS[tt], sla_s=TASK_SLA_S[tt],
@@ -126,7 +130,15 @@ def _session(rng: random.Random, n: int, seed: int, start: datetime, segments) -
         return Emitted(f"{family}.raw", {"schema": f"{family}/1", "event_id": next(ids), "event_type": et,
                                          "ts": clock.isoformat(timespec="milliseconds"), **base, **kw, "body": body})
 
-    yield ev("agent", "task_started", {"sla_seconds": b.sla_s})
+    # whether the task repeats an earlier one and is delegated: drawn from its own generator, as the request below
+    again = random.Random(f"{seed}/{n}/repeat")
+    if again.random() < b.repeat:
+        earlier = f"t-{uuid.uuid5(ns, 'earlier')}"
+        yield ev("agent", "task_started", {"sla_seconds": b.sla_s, "repeat_of_task_id": earlier})
+        if again.random() < b.delegate:  # the user hands the repeat to the agent as it starts
+            yield ev("frontend", "delegated", {"repeat_of_task_id": earlier})
+    else:
+        yield ev("agent", "task_started", {"sla_seconds": b.sla_s})
     # the user's request opens the conversation (the prompt of every training row); drawn from its own generator
     # so the planted behaviour below sees the same random stream as without it
     ask = random.Random(f"{seed}/{n}/request")
@@ -181,8 +193,6 @@ def _session(rng: random.Random, n: int, seed: int, start: datetime, segments) -
         yield ev("frontend", "task_completed", {"kpi": 1.0})
         clock += timedelta(minutes=rng.uniform(1, 20))
         yield ev("frontend", "task_reopened", {"reason": _sentence(rng, 5)})
-    if rng.random() < b.delegate:
-        yield ev("frontend", "delegated", {"repeat_of_task_id": tid})
 
 
 def synthetic_events(n_events: int, seed: int = 7, concurrent: int = 64,

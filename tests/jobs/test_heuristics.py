@@ -90,12 +90,51 @@ def test_the_gate_keeps_proxies_alone_from_scoring_well(spark):
 def test_outside_grade_gates_too_and_opt_out_counts_after_poor_outcomes(spark):
     steps, episodes = frames(spark, [step("a", 0, "accepted"), step("b", 0, "accepted"), step("c", 0, "accepted")], [
         episode("a", "completed", external_reward=0.0),   # the user completed, the grader says wrong
-        episode("b", "escalated", escalated=True, opted_out=True),
+        episode("b", "escalated", escalated=True, opted_out=True, outcome_at=T0 + timedelta(seconds=50),
+                opted_out_at=T0 + timedelta(seconds=55)),
         episode("c", "completed", opted_out=True, delegated=True)])
     scores = {r.task_id: r for r in episode_scores(episodes, step_signals(steps, SPEC), SPEC).collect()}
     assert not scores["a"].gate_passed
     assert scores["b"].opted_out_after_poor is True and scores["c"].opted_out_after_poor is None
     assert scores["b"].trust_score == 0.0 and scores["c"].trust_score == pytest.approx(0.2)
+
+
+@pytest.mark.integration
+def test_an_opt_out_counts_after_a_poor_outcome_or_in_the_users_next_task(spark):
+    at = lambda s: T0 + timedelta(seconds=s)  # noqa: E731
+    out = dict(opted_out=True)
+    _, episodes = frames(spark, [], [
+        episode("after", "abandoned", user_id="u_a", outcome_at=at(60), opted_out_at=at(70), **out),
+        episode("before", "abandoned", user_id="u_b", outcome_at=at(60), opted_out_at=at(10), **out),
+        episode("timeout", "timeout", user_id="u_t", opted_out_at=at(30), **out),  # no settling event: it counts
+        # the user's next task, within a day of this one's end
+        episode("poor", "abandoned", user_id="u_n", outcome_at=at(60)),
+        episode("next", "completed", user_id="u_n", started_at=at(7200), outcome_at=at(7300),
+                opted_out_at=at(7210), **out),
+        # a next task more than a day later is not linked
+        episode("poor2", "escalated", user_id="u_l", escalated=True, outcome_at=at(60)),
+        episode("late", "completed", user_id="u_l", started_at=at(30 * 3600), opted_out_at=at(30 * 3600 + 5), **out),
+        # only the next task counts, not the one after it
+        episode("poor3", "abandoned", user_id="u_m", outcome_at=at(60)),
+        episode("between", "completed", user_id="u_m", started_at=at(600)),
+        episode("third", "completed", user_id="u_m", started_at=at(1200), opted_out_at=at(1210), **out),
+    ])
+    scores = {r.task_id: r.opted_out_after_poor for r in episode_scores(episodes, step_signals(
+        spark.createDataFrame([], declared_schema(SILVER_STEPS)), SPEC), SPEC).collect()}
+    assert scores == {"after": True, "before": False, "timeout": True, "poor": True, "next": None, "poor2": False,
+                      "late": None, "poor3": False, "between": None, "third": None}
+
+
+@pytest.mark.integration
+def test_delegation_is_a_rate_among_repeat_tasks(spark):
+    _, episodes = frames(spark, [], [
+        episode("r1", "completed", repeat_of_task_id="t0", delegated=True),
+        episode("r2", "completed", repeat_of_task_id="t0"),
+        episode("new", "completed", delegated=True),  # a delegated event without the repeat marker: no repeat
+        episode("plain", "completed")])
+    scores = {r.task_id: (r.repeat_task, r.delegated_when_repeat) for r in episode_scores(episodes, step_signals(
+        spark.createDataFrame([], declared_schema(SILVER_STEPS)), SPEC), SPEC).collect()}
+    assert scores == {"r1": (True, True), "r2": (True, False), "new": (False, None), "plain": (False, None)}
 
 
 @pytest.mark.integration

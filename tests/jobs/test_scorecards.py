@@ -354,7 +354,8 @@ def test_daily_sums_equal_the_sums_computed_in_plain_python(spark):
     episode_metrics = [m for m in METRICS if m.source == "episode" and not m.column.startswith("_")]
     episode_columns = [*(m.column for m in episode_metrics), "reopened"]
     bools = {"accepted", "rejected", "edited", "overwritten", "undone", "retried", "dead_end", "completed",
-             "reopened", "within_sla", "escalated", "delegated", "opted_out", "opted_out_after_poor", "gate_passed"}
+             "reopened", "within_sla", "escalated", "delegated", "delegated_when_repeat", "opted_out",
+             "opted_out_after_poor", "gate_passed"}
 
     def value(column):
         if rng.random() < 0.2:

@@ -89,7 +89,8 @@ def test_gold_scores_break_the_gate(lake_settings):
     row.update(episode_id="e1", revision=0, session_id="s", task_id="t", user_id="u", agent_version="a",
                prompt_variant="p", task_type="x", started_at=T0, week=date(2026, 11, 2), outcome="abandoned",
                n_steps=1, completed=False, reopened=False, duration_s=3.0, sla_factor=1.0, escalated=False,
-               delegated=False, opted_out=False, cost_usd=0.0, tokens_in=1, tokens_out=1, correction_score=1.0,
+               delegated=False, repeat_task=False, opted_out=False, cost_usd=0.0, tokens_in=1, tokens_out=1,
+               correction_score=1.0,
                friction_score=1.0, outcome_score=0.0, trust_score=0.8, gate_passed=False, composite=0.9,
                reward_version="reward-v2", date=T0.date())
     got = failed(lake_settings, "gold/episode_scores", [row, dict(row, episode_id="e2", gate_passed=True,

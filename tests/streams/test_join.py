@@ -158,6 +158,21 @@ def test_the_episode_waits_a_grace_period_for_the_agents_task_ended():
     assert [(e.row["outcome"], e.row["closed_reason"]) for e in out] == [("completed", "terminal")]
 
 
+def test_an_episode_records_its_repeat_marker_and_when_its_outcome_and_opt_out_came():
+    ms = lambda sec: int((T0 + timedelta(seconds=sec)).timestamp() * 1000)  # noqa: E731
+    s = Session().add(0, "task_started", {"sla_seconds": 120, "repeat_of_task_id": "t0"}).add(1, "delegated", {
+        "repeat_of_task_id": "t0"}).add(5, "task_abandoned", {}).add(8, "opted_out", {"scope": "agent"})
+    e = batch_join(s.events)[1][0]
+    assert (e["repeat_of_task_id"], e["delegated"], e["outcome"]) == ("t0", True, "abandoned")
+    assert (e["outcome_at"], e["opted_out_at"]) == (ms(5), ms(8))
+    # an escalation settles the outcome at the first escalation; a timeout has no settling event
+    s = Session().add(0, "task_started", {}).add(2, "opted_out", {}).add(3, "escalated", {}).add(9, "escalated", {})
+    e = batch_join(s.events)[1][0]
+    assert (e["repeat_of_task_id"], e["outcome"], e["outcome_at"], e["opted_out_at"]) == (None, "escalated", ms(3), ms(2))
+    _, episodes = batch_join(Session().add(0, "task_started", {}).add(1, "opted_out", {}).events)
+    assert (episodes[0]["outcome"], episodes[0]["outcome_at"], episodes[0]["opted_out_at"]) == ("timeout", None, ms(1))
+
+
 def test_a_reopen_after_completion_is_a_new_revision():
     s = typical().add(100, "task_reopened", {"reason": "refund never arrived"})
     _, out = run(s.events)

@@ -46,6 +46,16 @@ def test_a_task_emits_contract_valid_events_with_ids_propagated():
 
 
 @pytest.mark.unit
+def test_a_repeat_task_carries_its_marker():
+    rec = Recorder()
+    tracker = AgentTracker(rec, agent_version="a@1", prompt_variant="p")
+    with tracker.task("s-1", "u", repeat_of_task_id="t-earlier"):
+        pass
+    tracker.close()
+    assert rec.events[0]["body"] == {"repeat_of_task_id": "t-earlier"} and validate_event(rec.events[0]) is rec.events[0]
+
+
+@pytest.mark.unit
 def test_an_exception_ends_the_task_as_a_failure_and_the_tool_call_as_an_error():
     rec = Recorder()
     tracker = AgentTracker(rec, agent_version="a@1", prompt_variant="p")
