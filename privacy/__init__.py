@@ -6,6 +6,8 @@
 # privacy-5 (2026-12-07): object keys and numeric ids scrubbed; a pseudonymized field always gets its pseudonym; known
 #   values in structural fields replaced; card digits after "ends with"/"last digits", zip codes after "zip",
 #   lower-case names after "my name is" (docs/privacy.md)
-POLICY_VERSION = "privacy-5"
+# privacy-6 (2026-12-07): street addresses in any case ("i live at 123 main street"), "<number> Broadway", a unit
+#   alone in any case, and the zip code after an address (docs/privacy.md)
+POLICY_VERSION = "privacy-6"
 # what a clean record without a version was scrubbed with: privacy-1 was the only policy before versions were recorded
 LEGACY_POLICY_VERSION = "privacy-1"

@@ -398,3 +398,89 @@ def test_a_session_past_its_dictionary_limit_has_its_new_values_dead_lettered(pa
     assert [isinstance(r, str) for r in out] == [False, False, True, True, False]
     assert all("DictionaryFull" in e and "MAX_DICTIONARY_VALUES" in e for e in errors)
     assert "person2" not in json.dumps([r for r in out if isinstance(r, dict)])
+
+
+# ---- street addresses in any case (privacy-6) ----------------------------------------------------------------------
+@pytest.mark.unit
+@pytest.mark.parametrize("text, raw, kept", [
+    ("i live at 123 main street", ["123 main", "main street"], ["i live at "]),
+    ("ship it to 42 oak ave apt 5", ["42 oak", "apt 5"], ["ship it to "]),
+    ("445 maple dr, austin tx 78701", ["445 maple", "78701"], [", austin tx "]),  # city and state stay
+    ("my address is 9 elm rd", ["9 elm rd"], ["my address is "]),
+    ("I LIVE AT 123 MAIN STREET, APT 4B", ["123 MAIN", "4B"], ["I LIVE AT "]),
+    ("Send it to 975 sunset Drive, suite 217 please", ["975 sunset", "217"], [" please"]),
+    ("new address: 77 north highland blvd. thanks", ["77 north", "highland"], [" thanks"]),
+    ("it's 350 5th ave #12, new york, ny 10118-0110", ["350 5th", "#12", "10118"], [", new york, ny "]),
+    ("deliver to 88 bay st unit c", ["88 bay", "unit c"], ["deliver to "]),
+    ("8 st. james's place", ["james's"], []),
+    ("address:2100 sunset blvd", ["2100 sunset"], ["address:"]),
+    ("the apartment is suite 217", ["217"], ["the apartment is "]),
+    ("i live at 1520 broadway, new york ny 10036", ["1520 broadway", "10036"], [", new york ny "]),
+])
+def test_street_addresses_are_caught_in_any_case(patterns_only, text, raw, kept):
+    """Under privacy-5 the address needed capitals ("123 Main Street"): a lower-case one in a chat message passed."""
+    out = patterns_only.scrub_text(text, SessionDictionary())
+    assert "<ADDRESS_1>" in out, out
+    for value in raw:
+        assert value not in out, out
+    for value in kept:
+        assert value in out, out
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", [
+    "Flight HAT123 departs at 3:30 pm", "flight hat123 lands at 10:45 am, gate 12",
+    "I have 3 bags", "we are 2 passengers and 1 infant", "it takes 15 minutes",
+    "a 1 way ticket please", "no way, that's too expensive", "it's 2 hours each way", "2 free checked bags each way",
+    "3 bags on the way", "5 stops along the way", "the team came 2nd place", "2 place settings", "a 5 star place",
+    "3 events take place", "dr smith will call back", "at 3 pm dr smith will call", "give me 2 minutes, dr",
+    "$150 total", "$1,250 total, 3 checked bags", "it costs 2 dollars per way", "reservation 4wq150 for 2 passengers",
+    "a 20 minute drive from the airport", "10 hours drive", "1.5 mile drive", "a 2 lane road", "a 1 way street",
+    "the 10:30 meeting place", "2024-05-20 departure", "i want 2 exit row seats", "1 seat in the back row",
+    "3 flights in a row", "2 days in court", "4 people in a circle", "terminal 2 food court",
+    "i have 2 broadway tickets", "Total: 247\n\nThis way please",
+])
+def test_a_number_before_ordinary_words_is_no_address(patterns_only, text):
+    """Counts, times, prices and ids of the airline domain before a suffix-like word ("way", "place", "drive",
+    "dr", "row", "court") are no street: a street takes 1-4 name words, and none of these is one."""
+    assert patterns_only.scrub_text(text, SessionDictionary()) == text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", [str, str.lower, str.upper])
+def test_every_customer_address_of_tau_bench_is_caught_in_any_case(patterns_only, case):
+    """All 500 addresses of the τ-bench customer database, written into a sentence: street, unit and zip go, the
+    city stays (as it does in a structured address)."""
+    from tests.conftest import TAU
+
+    users = json.loads((TAU / "airline-users.json").read_text()).values()
+    left = []
+    for u in users:
+        a = u["address"]
+        text = case(f"please ship it to {a['address1']} {a['address2']}, {a['city']} {a['state']} {a['zip']} thanks")
+        out = patterns_only.scrub_text(text, SessionDictionary())
+        if any(case(v) in out for v in (a["address1"], a["address2"], a["zip"])) or case(a["city"]) not in out:
+            left.append(out)
+    assert len(users) == 500 and left == []
+
+
+@pytest.mark.unit
+def test_lower_cased_tau_bench_text_holds_no_address_its_original_does_not():
+    """Every text of the 200 τ-bench trajectories, lower-cased: the address recognizers find exactly what they find
+    in the original (the customers' addresses in tool results), no count, time, price or id the capitals had
+    kept apart from an address."""
+    from privacy import policy
+    from privacy.leakage import strings_of
+    from tests.conftest import TAU
+
+    patterns = [(label, p) for label, p in policy.TEXT_PATTERNS if label in ("ADDRESS", "ZIP")]
+
+    def spans(text: str) -> set[tuple[int, int, str]]:
+        return {(m.start(1 if p.groups else 0), m.end(1 if p.groups else 0), label)
+                for label, p in patterns for m in p.finditer(text)}
+
+    raw = json.loads((TAU / "gpt-4o-airline.json").read_text())
+    texts = list(dict.fromkeys(t for r in raw for t in strings_of(r["traj"])))
+    found = [spans(t) for t in texts]
+    assert sum(map(len, found)) > 90  # the corpus does hold addresses, units and zip codes (99 in 3,818 texts)
+    assert [spans(t.lower()) for t in texts] == found
