@@ -1,8 +1,9 @@
 """Heuristic signals of the four buckets, bucket scores, the gated composite reward and step rewards.
 
 silver/steps + silver/episodes → gold/step_signals + gold/episode_scores. The transforms are DataFrame →
-DataFrame functions; `run` reads a window, transforms, checks and publishes with replaceWhere. Formulas:
-docs/heuristics.md; numbers: the reward spec (schemas/reward/).
+DataFrame functions; `run` reads a window, transforms, checks and publishes with replaceWhere (a window whose
+silver is missing is refused, not emptied: jobs/tables.refuse_emptying). Formulas: docs/heuristics.md; numbers: the
+reward spec (schemas/reward/).
 """
 from __future__ import annotations
 
@@ -211,7 +212,8 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
             # both gated before either is written: step rewards are shares of these very episode scores
             out = publish_together(spark, settings, [
                 (GOLD_STEP_SIGNALS, step_rewards(signals, scores, spec).where(where), where),
-                (GOLD_EPISODE_SCORES, scores.where(where), where)], spec, progress)
+                (GOLD_EPISODE_SCORES, scores.where(where), where)], spec, progress,
+                inputs=(SILVER_STEPS.id, SILVER_EPISODES.id))  # named when a window's input is missing
         finally:
             signals.unpersist()
             scores.unpersist()

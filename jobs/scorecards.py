@@ -412,7 +412,7 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
             out = publish_together(spark, settings, [
                 (GOLD_SCORECARDS, cards, where), (GOLD_GUARDRAILS, rails, where),
                 (GOLD_REVIEW_QUEUE, sample, f"week >= '{ws}' AND week < '{we}' AND reward_version = '{spec.version}'")],
-                spec, progress)
+                spec, progress, inputs=(GOLD_STEP_SIGNALS.id, GOLD_EPISODE_SCORES.id))
         finally:
             for df in (cards, sums):
                 if df is not None:

@@ -1,6 +1,10 @@
-"""Spark reads and guarded publishes of the declared lake tables: windows, revisions, overwrites, checksums."""
+"""Spark reads and guarded publishes of the declared lake tables: windows, revisions, overwrites, checksums.
+
+A publish replaces its window only with rows that passed the checks and the gates, and never replaces a window
+that holds published rows with none unless told to (`refuse_emptying`, docs/quality.md "An empty window")."""
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,13 +20,16 @@ from pyspark.sql.types import StructType
 from pyspark.sql.window import Window
 
 from lake.locks import table_locks
+from lake.readers import table_dataset
 from lake.tables import ensure_table, open_table, table_path
-from quality.errors import PublishRefused  # noqa: F401  (raised here; callers import it from either)
+from quality.errors import EmptyPublishRefused, PublishRefused  # noqa: F401  (raised here; callers import either)
 from quality.runner import QualityReport, data_docs_once, gate
 from quality.suites import suite_for
 from schemas.reward import RewardSpec
 from schemas.settings import Settings
-from schemas.tables import TableSpec, spark_ddl
+from schemas.tables import GOLD_GUARDRAILS, TableSpec, spark_ddl
+
+log = logging.getLogger("trajlake.jobs")
 
 
 def declared_schema(spec: TableSpec) -> StructType:
@@ -61,8 +68,64 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 class Published:
     table: str
     rows: int
-    version: int
+    version: int | None          # the table's version after the publish; None: nothing written, no table yet
     quality: QualityReport | None = None
+    note: str | None = None      # said beside the counts: why nothing was written, or a window emptied on purpose
+    written: bool = True         # False: the run had nothing to publish (`nothing_to_publish`) and wrote nothing
+
+
+# Tables whose window may lose every row while the job's other tables keep theirs, so an empty result there is an
+# answer, not a sign of missing input: gold/guardrails holds flags, and a regression that late episodes make
+# insignificant, with no baseline in the segment for gaming rows and no previous week for drift, leaves none.
+# Every other gold table is empty only when the job's input for the window is: step signals and episode scores
+# exist for every scored step and episode, scorecards for every segment with an episode, the review sample for
+# every week with one. When the input is gone the guarded partners refuse, and a job publishes all its tables or
+# none, so the guardrails' window is not emptied alone.
+MAY_BE_EMPTY = frozenset({GOLD_GUARDRAILS.id})
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """A table's window before its publish: the rows the job computed for it, the rows it holds now (counted only
+    when the job computed none: None otherwise)."""
+
+    table: str
+    where: str
+    rows: int
+    held: int | None
+
+
+def refuse_emptying(w: WindowRows, allow_empty: bool, inputs: tuple[str, ...] = ()) -> None:
+    """Raise EmptyPublishRefused when publishing `w` would replace a window's published rows with none.
+
+    The overwrite deletes whatever matches the window, and zero rows pass every check and suite, so without this
+    a run whose input was missing (silver not written yet or vacuumed, a mistyped --start/--end) deleted the
+    published scores of its window and reported success. `allow_empty` (--allow-empty) is the deliberate case;
+    MAY_BE_EMPTY tables are never refused on their own.
+    """
+    if w.rows == 0 and (w.held or 0) > 0 and w.table not in MAY_BE_EMPTY and not allow_empty:
+        raise EmptyPublishRefused(w.table, w.where, w.held, inputs)
+
+
+def nothing_to_publish(windows: list[WindowRows]) -> bool:
+    """True when no table has rows to publish and none holds rows in its window: the run has nothing to do, and
+    writes nothing (no empty commit, no table created, no gate run on zero rows)."""
+    return all(w.rows == 0 and w.held == 0 for w in windows)
+
+
+def rows_in_window(settings: Settings, spec: TableSpec, where: str) -> int:
+    """The published rows of `spec` that `where` matches: what a publish of that window would delete.
+
+    DuckDB over the table's live files (the Delta log's list), the dialect the pre-publish window check evaluates
+    `where` in. Counted only for a table the job computed no rows for, so a publish with rows pays nothing for it.
+    0 when the table does not exist.
+    """
+    con = duckdb.connect()
+    try:
+        con.register("t", table_dataset(settings, spec))
+        return con.execute(f"SELECT count(*) FROM t WHERE ({where})").fetchone()[0]
+    finally:
+        con.close()
 
 
 def check_before_publish(data: pa.Table, spec: TableSpec, where: str = "true") -> int:
@@ -118,10 +181,16 @@ def publish(spark: SparkSession, settings: Settings, spec: TableSpec, df: DataFr
 
 
 def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple[TableSpec, DataFrame, str]],
-                     reward: RewardSpec, progress: Callable[[str], None] = lambda _: None) -> list[Published]:
+                     reward: RewardSpec, progress: Callable[[str], None] = lambda _: None,
+                     inputs: tuple[str, ...] = ()) -> list[Published]:
     """`publish` for tables a job produces together: every table is checked and gated first, and only when all
     pass is any written. A failing suite of the second table then leaves the first as it was, not replaced by
     rows whose partners were refused.
+
+    A table with no rows to publish is held against its window (`refuse_emptying`): a window that holds
+    published rows is not emptied unless `settings.job_allow_empty`; EmptyPublishRefused names `inputs` (the
+    tables the job reads) as what to check. When no table has rows and no window holds any, nothing is written
+    and each Published says so in its `note`.
 
     The tables are then written at once, one commit each. A write that fails (a full disk, a lost store) leaves
     the others committed, as a failure after the first of two commits in turn did; the job raises, and its rerun
@@ -133,7 +202,7 @@ def publish_together(spark: SparkSession, settings: Settings, tables: list[tuple
     job per table (bench/RESULTS.md, "Spark jobs").
     """
     with publishing(settings, [spec for spec, _, _ in tables], progress):
-        return _publish_together(settings, tables, reward, progress)
+        return _publish_together(settings, tables, reward, progress, inputs)
 
 
 @contextmanager
@@ -151,11 +220,12 @@ def publishing(settings: Settings, specs: list[TableSpec], progress: Callable[[s
 
 
 def _publish_together(settings: Settings, tables: list[tuple[TableSpec, DataFrame, str]],
-                      reward: RewardSpec, progress: Callable[[str], None]) -> list[Published]:
+                      reward: RewardSpec, progress: Callable[[str], None],
+                      inputs: tuple[str, ...]) -> list[Published]:
     def collect(spec: TableSpec, df: DataFrame) -> pa.Table:
         return conform(df, spec).toArrow()
 
-    checked = []
+    checked, windows = [], []
     # Three kinds of work overlap here, on threads, because each leaves a core idle while it runs: Spark computes
     # and collects the tables in order (one thread, so it starts the next table while this one is checked);
     # Arrow sorts a collected table for writing while the checks and the gate (Python, on this thread) read the
@@ -172,18 +242,45 @@ def _publish_together(settings: Settings, tables: list[tuple[TableSpec, DataFram
                     data = rows.result().cast(spec.schema)
                     ordered = sorter.submit(sorted_for_writing, data, spec)
                     n = check_before_publish(data, spec, where)
-                    checked.append((spec, where, ordered, n, gate(settings, suite_for(spec.id, reward), data)))
+                    # counted under the publish lock, so no other publish changes the window before the write
+                    w = WindowRows(spec.id, where, n, rows_in_window(settings, spec, where) if n == 0 else None)
+                    refuse_emptying(w, settings.job_allow_empty, inputs)  # before its gate: zero rows pass any
+                    windows.append(w)
+                    # an empty table's gate waits: if every table is empty and so is every window, none runs
+                    checked.append((spec, where, ordered, n, data,
+                                    gate(settings, suite_for(spec.id, reward), data) if n else None))
             except BaseException:
                 for rows in collected:
                     rows.cancel()  # the collection under way finishes; the ones not started never start
                 raise
+            if nothing_to_publish(windows):
+                # said by the callers (the CLI, the scheduler's run line) through the notes; logged for the rest
+                log.info("nothing to publish: no rows computed for %s and none published in their windows",
+                         ", ".join(w.table for w in windows))
+                return [Published(spec.id, 0, _version(settings, spec), None,
+                                  f"nothing to publish: no rows computed for its window ({where}) and none "
+                                  "published there; nothing written", written=False)
+                        for spec, where, *_ in checked]
+            checked = [(spec, where, ordered, n, report if n else gate(settings, suite_for(spec.id, reward), data))
+                       for spec, where, ordered, n, data, report in checked]
+            emptied = {w.table: w.held for w in windows if w.rows == 0 and w.held and w.table not in MAY_BE_EMPTY}
+            for table, held in emptied.items():  # only reached with the override: refuse_emptying raised otherwise
+                log.warning("%s: deleting the %d published rows of its window, no rows replace them (allowed by "
+                            "job_allow_empty)", table, held)
             progress(f"publishing {', '.join(spec.id for spec, *_ in checked)}")
             written = [writer.submit(write_checked, settings, spec, where, ordered.result())
                        for spec, where, ordered, _, _ in checked]
         # leaving data_docs_once built the Data Docs while the writes ran
         versions = [w.result() for w in written]
-    return [Published(spec.id, n, version, report)
+    return [Published(spec.id, n, version, report,
+                      f"its window's {emptied[spec.id]:,} published rows deleted (--allow-empty)"
+                      if spec.id in emptied else None)
             for (spec, _, _, n, report), version in zip(checked, versions)]
+
+
+def _version(settings: Settings, spec: TableSpec) -> int | None:
+    table = open_table(settings, spec)
+    return None if table is None else table.version()
 
 
 def write_checked(settings: Settings, spec: TableSpec, where: str, data: pa.Table) -> int:

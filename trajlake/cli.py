@@ -194,8 +194,14 @@ def jobs_run(
     start: str = typer.Option(..., help="first day of the window, YYYY-MM-DD"),
     end: str = typer.Option(..., help="the day after the last day of the window, YYYY-MM-DD"),
     reward_version: Optional[str] = typer.Option(None, help="score with this spec, e.g. reward-v1 (default: newest)"),
+    allow_empty: bool = typer.Option(False, "--allow-empty",
+                                     help="let a window that computes no rows delete the rows published in it "
+                                          "(refused otherwise: that is usually missing input)"),
 ) -> None:
-    """Compute and publish a job's gold tables for [start, end); a rerun of a window replaces what it wrote."""
+    """Compute and publish a job's gold tables for [start, end); a rerun of a window replaces what it wrote.
+
+    A window the job computes no rows for is not emptied of published rows unless --allow-empty; one with no rows
+    in and none published is left as it is."""
     from jobs.submit import JOBS, job_runner
     from schemas.reward import RewardSpecError, load_reward_spec
 
@@ -208,11 +214,14 @@ def jobs_run(
     s = settings()
     if reward_version:
         s = s.model_copy(update={"reward_version": reward_version})
+    if allow_empty:
+        s = s.model_copy(update={"job_allow_empty": True})
     try:
         spec = load_reward_spec(s.reward_version)
     except RewardSpecError as exc:
         raise UserError(f"{exc} — pass --reward-version with one of the versions listed") from None
 
+    # an EmptyPublishRefused (a PublishRefused) reaches main(): one line with the table, window, rows and fix
     with console.status("starting Spark…") as st:
         from jobs.spark import build_spark
 
@@ -221,7 +230,11 @@ def jobs_run(
             began = time.monotonic()
             for p in job_runner(name)(spark, s, first, last, spec=spec,
                                       progress=lambda m, n=name: st.update(f"{n}: {m}…")):
-                console.print(f"[green]✓[/] {p.table}: {p.rows} rows → Delta version {p.version}")
+                if not p.written:
+                    console.print(f"[yellow]–[/] {p.table}: {escape(p.note)}")
+                else:  # a note here: a window emptied with --allow-empty
+                    console.print(f"[green]✓[/] {p.table}: {p.rows} rows → Delta version {p.version}"
+                                  + (f" ({escape(p.note)})" if p.note else ""))
             console.print(f"{name} {first} … {last} with {spec.version}: {time.monotonic() - began:.1f} s")
 
 

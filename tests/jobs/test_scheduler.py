@@ -123,6 +123,49 @@ def test_failures_are_recorded_and_successes_not_repeated(tmp_path):
     assert [r.status for r in h.runs("h")] == ["succeeded", "succeeded", "failed"]
 
 
+@pytest.mark.component
+def test_a_refused_empty_publish_is_a_failed_run_with_its_reason(tmp_path):
+    from quality.errors import EmptyPublishRefused
+
+    h = History(tmp_path / "history.sqlite3")
+
+    def refused(entry, window, log):
+        raise EmptyPublishRefused("gold/episode_scores", "date >= '2026-11-02'", 207, ("silver/episodes",))
+
+    out = run_entry(h, HEUR, FIRE, refused)
+    assert out.status == "failed" and out.detail.startswith("EmptyPublishRefused: gold/episode_scores: ")
+    row = h.last("h")
+    assert row.status == "failed" and "holds 207 published rows" in row.error and "--allow-empty" in row.error
+    assert not h.succeeded("h", FIRE)  # so `--once` runs that fire again, and entries `after` it wait
+
+
+@pytest.mark.integration
+def test_a_scheduled_run_over_a_window_without_input(spark, base_settings, tmp_path):
+    """The real job: a window whose silver is missing but whose scores were published fails, keeps the scores and
+    records why; a window with neither succeeds saying it had nothing to publish."""
+    from jobs.tables import rows_in_window
+    from lake.tables import open_table
+    from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS
+    from tests.jobs.test_tables import WINDOW, a_row, plant
+
+    s = base_settings.model_copy(update={"lake_root": tmp_path / "lake", "state_dir": tmp_path / "state"})
+    v = plant(s, GOLD_EPISODE_SCORES, a_row(GOLD_EPISODE_SCORES, episode_id="e1", date=date(2026, 11, 2),
+                                            reward_version="reward-v2"))
+    h, runner = History.for_settings(s), Runner(s, spark=spark)
+    failed = run_entry(h, HEUR, FIRE, runner)  # [2026-11-02, 2026-11-03), which WINDOW is
+    assert failed.status == "failed", failed.detail
+    assert failed.detail.startswith("EmptyPublishRefused: gold/episode_scores: the run computed no rows")
+    assert "silver/steps, silver/episodes" in failed.detail and "--allow-empty" in failed.detail
+    assert h.last("h").status == "failed" and "holds 1 published rows" in h.last("h").error
+    assert open_table(s, GOLD_EPISODE_SCORES).version() == v and rows_in_window(s, GOLD_EPISODE_SCORES, WINDOW) == 1
+    later = datetime(2026, 11, 5, 1, 30, tzinfo=UTC)
+    quiet = run_entry(h, HEUR, later, runner)
+    assert quiet.status == "succeeded" and quiet.detail == (
+        "nothing to publish: no rows computed for [2026-11-04, 2026-11-05) and none published there "
+        "(gold/step_signals, gold/episode_scores); nothing written")
+    assert open_table(s, GOLD_EPISODE_SCORES).version() == v and open_table(s, GOLD_STEP_SIGNALS) is None
+
+
 @pytest.fixture(scope="module")
 def small_lake(base_settings, tmp_path_factory):
     """~3k synthetic events on 2026-11-02 → bronze (scrubbed) and silver by the batch path."""

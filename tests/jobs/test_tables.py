@@ -162,3 +162,145 @@ def test_two_publishes_of_one_table_take_turns(base_settings, tmp_path):
         order.append("second")
     t.join()
     assert order == ["other table", "first done", "second"]
+
+
+# ---- a window the job computed no rows for -------------------------------------------------------------------------
+WINDOW = "date >= '2026-11-02' AND date < '2026-11-03' AND reward_version = 'reward-v2'"
+
+
+def a_row(spec: TableSpec, **values) -> dict:
+    """A row of `spec`: `values`, a placeholder in every other NOT NULL column, null in the rest."""
+    from datetime import date, datetime, timezone
+
+    def placeholder(t: pa.DataType):
+        if pa.types.is_string(t):
+            return "x"
+        if pa.types.is_boolean(t):
+            return False
+        if pa.types.is_date(t):
+            return date(2026, 11, 2)
+        if pa.types.is_timestamp(t):
+            return datetime(2026, 11, 2, 12, tzinfo=timezone.utc)
+        return 0
+    return {f.name: values[f.name] if f.name in values else None if f.nullable else placeholder(f.type)
+            for f in spec.schema}
+
+
+def plant(settings, spec: TableSpec, *rows: dict) -> int:
+    """Publish `rows` the way a job's write does; the table's new version."""
+    from jobs.tables import rows_to_publish, write_checked
+
+    return write_checked(settings, spec, "true", rows_to_publish(pa.Table.from_pylist(list(rows), spec.schema), spec))
+
+
+@pytest.mark.unit
+def test_a_window_holding_rows_is_not_emptied():
+    """The silent wipe this guards against: zero rows pass every check and suite, and the overwrite deleted the
+    window's published scores. The refusal names the table, the window, the rows at stake and both fixes."""
+    from jobs.tables import WindowRows, refuse_emptying
+    from quality.errors import EmptyPublishRefused
+
+    with pytest.raises(EmptyPublishRefused) as refused:
+        refuse_emptying(WindowRows("gold/episode_scores", WINDOW, 0, 1207), allow_empty=False,
+                        inputs=("silver/steps", "silver/episodes"))
+    said = str(refused.value)
+    assert said.startswith(f"gold/episode_scores: the run computed no rows for its window ({WINDOW}), which holds "
+                           "1,207 published rows; publishing would delete them all, so nothing was published.")
+    assert "silver/steps, silver/episodes hold rows for those days" in said and "--start/--end" in said
+    assert "--allow-empty (TRAJLAKE_JOB_ALLOW_EMPTY=true)" in said and "\n" not in said
+    assert (refused.value.table, refused.value.where, refused.value.held) == ("gold/episode_scores", WINDOW, 1207)
+    assert isinstance(refused.value, PublishRefused)  # what the CLI and the scheduler already report as one line
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("window, allow_empty", [
+    (("gold/episode_scores", 0, 1207), True),   # the override: emptied on purpose
+    (("gold/guardrails", 0, 18), False),        # flags: none is an answer (its partners refuse a missing input)
+    (("gold/episode_scores", 0, 0), False),     # nothing there to lose
+    (("gold/episode_scores", 5, None), False),  # rows replace rows
+])
+def test_what_may_leave_a_window_empty(window, allow_empty):
+    from jobs.tables import WindowRows, refuse_emptying
+
+    table, rows, held = window
+    refuse_emptying(WindowRows(table, WINDOW, rows, held), allow_empty)
+
+
+@pytest.mark.unit
+def test_a_run_with_no_rows_and_nothing_published_has_nothing_to_publish():
+    from jobs.tables import WindowRows, nothing_to_publish
+
+    empty = [WindowRows("gold/scorecards", WINDOW, 0, 0), WindowRows("gold/guardrails", WINDOW, 0, 0)]
+    assert nothing_to_publish(empty)
+    assert not nothing_to_publish([empty[0], WindowRows("gold/guardrails", WINDOW, 0, 3)])  # its flags go
+    assert not nothing_to_publish([empty[0], WindowRows("gold/guardrails", WINDOW, 2, None)])
+
+
+@pytest.mark.component
+def test_the_rows_a_window_holds_are_counted_from_the_delta_table(base_settings, tmp_path):
+    from datetime import date
+
+    from jobs.tables import rows_in_window
+    from schemas.tables import GOLD_EPISODE_SCORES as T
+
+    s = base_settings.model_copy(update={"lake_root": tmp_path / "lake"})
+    assert rows_in_window(s, T, WINDOW) == 0  # no table yet
+    plant(s, T, a_row(T, episode_id="e1", date=date(2026, 11, 2), reward_version="reward-v2"),
+          a_row(T, episode_id="e2", date=date(2026, 11, 2), reward_version="reward-v2"),
+          a_row(T, episode_id="e3", date=date(2026, 11, 3), reward_version="reward-v2"),
+          a_row(T, episode_id="e1", date=date(2026, 11, 2), reward_version="reward-v1"))
+    assert rows_in_window(s, T, WINDOW) == 2
+    assert rows_in_window(s, T, "date >= '2026-11-04'") == 0
+
+
+@pytest.mark.component
+def test_an_empty_publish_is_refused_overridden_or_a_no_op(spark, lake_settings):
+    """Through Spark and delta-rs: a window that holds rows keeps them, with the table's version unchanged; the
+    override empties it; a window with nothing in and nothing published writes nothing, not even the table."""
+    from datetime import date
+
+    from jobs.tables import declared_schema, publish_together, rows_in_window
+    from lake.tables import open_table
+    from quality.errors import EmptyPublishRefused
+    from quality.runner import data_docs_index
+    from schemas.reward import load_reward_spec
+    from schemas.tables import GOLD_EPISODE_SCORES, GOLD_GUARDRAILS, GOLD_STEP_SIGNALS
+
+    spec = load_reward_spec("reward-v2")
+    s = lake_settings.model_copy(update={"state_dir": lake_settings.lake.parent / "state"})
+
+    def empty(t):
+        return spark.createDataFrame([], declared_schema(t))
+
+    # nothing computed, nothing published: no commit, no table, no gate (no Data Docs built)
+    out = publish_together(spark, s, [(GOLD_STEP_SIGNALS, empty(GOLD_STEP_SIGNALS), WINDOW),
+                                      (GOLD_EPISODE_SCORES, empty(GOLD_EPISODE_SCORES), WINDOW)], spec)
+    assert [(p.table, p.rows, p.version, p.written) for p in out] == [
+        ("gold/step_signals", 0, None, False), ("gold/episode_scores", 0, None, False)]
+    assert all(p.note.startswith("nothing to publish: no rows computed for its window") for p in out)
+    assert open_table(s, GOLD_STEP_SIGNALS) is None and open_table(s, GOLD_EPISODE_SCORES) is None
+    assert not data_docs_index(s).exists()
+
+    v = plant(s, GOLD_EPISODE_SCORES, a_row(GOLD_EPISODE_SCORES, episode_id="e1", date=date(2026, 11, 2),
+                                            reward_version="reward-v2"))
+    with pytest.raises(EmptyPublishRefused, match=r"gold/episode_scores: .* holds 1 published rows") as refused:
+        publish_together(spark, s, [(GOLD_STEP_SIGNALS, empty(GOLD_STEP_SIGNALS), WINDOW),
+                                    (GOLD_EPISODE_SCORES, empty(GOLD_EPISODE_SCORES), WINDOW)], spec,
+                         inputs=("silver/steps", "silver/episodes"))
+    assert "silver/steps, silver/episodes" in str(refused.value)
+    assert open_table(s, GOLD_EPISODE_SCORES).version() == v and rows_in_window(s, GOLD_EPISODE_SCORES, WINDOW) == 1
+    assert open_table(s, GOLD_STEP_SIGNALS) is None  # its partner was not written either
+
+    # guardrails alone may lose their flags
+    plant(s, GOLD_GUARDRAILS, a_row(GOLD_GUARDRAILS, reward_version="reward-v2", period_start=date(2026, 11, 2)))
+    where = "period_start = '2026-11-02' AND reward_version = 'reward-v2'"
+    cleared, = publish_together(spark, s, [(GOLD_GUARDRAILS, empty(GOLD_GUARDRAILS), where)], spec)
+    assert (cleared.rows, cleared.written, cleared.note) == (0, True, None)
+    assert rows_in_window(s, GOLD_GUARDRAILS, where) == 0
+
+    allowed = s.model_copy(update={"job_allow_empty": True})
+    out = publish_together(spark, allowed, [(GOLD_STEP_SIGNALS, empty(GOLD_STEP_SIGNALS), WINDOW),
+                                            (GOLD_EPISODE_SCORES, empty(GOLD_EPISODE_SCORES), WINDOW)], spec)
+    assert [(p.rows, p.written) for p in out] == [(0, True), (0, True)]
+    assert out[0].note is None and out[1].note == "its window's 1 published rows deleted (--allow-empty)"
+    assert out[1].version == v + 1 and rows_in_window(s, GOLD_EPISODE_SCORES, WINDOW) == 0
