@@ -1,6 +1,7 @@
 """The embedded scheduler's shell: run history and per-entry locks in SQLite, running an entry's job in-process."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -14,6 +15,8 @@ from typing import Callable, Iterator
 
 from jobs.schedule import Entry, Holder, Schedule, Verdict, due, lock_verdict, unmet, window_for
 from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Log = Callable[[str], None]
 HEARTBEAT_SECONDS = 30.0

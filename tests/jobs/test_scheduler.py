@@ -4,7 +4,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import date, datetime, timezone
 
 import pytest
@@ -31,6 +31,19 @@ def test_runs_of_one_entry_never_overlap(tmp_path):
     assert isinstance(other, int)
     h.finish(first, "succeeded")
     assert isinstance(h.acquire(HEUR, FIRE, None), int)
+
+
+@pytest.mark.component
+def test_a_run_whose_row_is_no_longer_running_keeps_it_and_says_so(tmp_path, caplog):
+    h = History(tmp_path / "history.sqlite3")
+    run_id = h.acquire(HEUR, FIRE, None)
+    with closing(sqlite3.connect(tmp_path / "history.sqlite3")) as con, con:  # another run took the lock over
+        con.execute("UPDATE runs SET status = 'crashed', error = 'stale heartbeat' WHERE run_id = ?", (run_id,))
+    h.finish(run_id, "succeeded")
+    with closing(sqlite3.connect(tmp_path / "history.sqlite3")) as con:
+        assert con.execute("SELECT status, error FROM runs WHERE run_id = ?", (run_id,)).fetchone() == (
+            "crashed", "stale heartbeat")
+    assert "after its lock was taken over" in caplog.text
 
 
 @pytest.mark.component
