@@ -99,7 +99,8 @@ def trace_context(req: ExportTraceServiceRequest) -> tuple[dict[bytes, dict[str,
     The GenAI conventions put `gen_ai.conversation.id` on chat spans "when available" and not on `execute_tool`
     spans: read span by span, a task's tool calls went to the trace id's session, away from its chat turns and
     its frontend events, and its agent version was `service.name` for some events and `gen_ai.agent.name` for
-    others. Spans of one trace that reach the collector in different requests cannot be joined here."""
+    others. Spans of one trace that reach the collector in different requests cannot be joined here: the SDK's
+    `trajlake_sdk.otel.TaskAttributesSpanProcessor` puts the attributes on every span at its source."""
     spans: list[tuple[bytes, bytes, bool, dict[str, Any]]] = []  # (trace id, span id, invoke_agent?, attributes)
     parents: dict[bytes, bytes] = {}
     for rs in req.resource_spans:

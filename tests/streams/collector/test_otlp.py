@@ -185,3 +185,64 @@ def test_spans_without_the_conversation_take_their_traces_and_a_sub_agent_is_no_
     assert {e["session_id"] for e in events} == {"conv-42"}
     assert {e["agent_version"] for e in events} == {"refund-bot"}
     assert len({e["task_id"] for e in events}) == 1 and mapped.skipped == 1  # the sub-agent's span
+
+
+@pytest.mark.unit
+def test_spans_exported_apart_join_their_task_with_the_sdks_span_processor():
+    """A BatchSpanProcessor sends a long task's finished children before its invoke_agent root: without the
+    processor the children's request names no conversation, and their events went to the trace id's session."""
+    from opentelemetry import baggage, context
+
+    from streams.collector.otlp import TASK_ATTRIBUTES as COLLECTOR_READS
+    from trajlake_sdk.otel import TASK_ATTRIBUTES, TaskAttributesSpanProcessor
+
+    assert TASK_ATTRIBUTES == COLLECTOR_READS
+
+    def run(with_processor: bool):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(resource=Resource.create({"service.name": "support-api"}))
+        if with_processor:
+            provider.add_span_processor(TaskAttributesSpanProcessor())
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("invoke_agent refund-bot", attributes={
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "refund-bot",
+                "gen_ai.conversation.id": "conv-42", "user.id": "user_8841"}):
+            with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat",
+                                                                  "gen_ai.request.model": "gpt-4o"}):
+                pass
+            with tracer.start_as_current_span("invoke_agent lookup", attributes={
+                    "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "lookup-helper"}) as sub:
+                with tracer.start_as_current_span("execute_tool", attributes={
+                        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_order"}):
+                    pass
+        provider.shutdown()
+        spans = exporter.get_finished_spans()
+        children, root = spans[:-1], spans[-1:]  # two export requests: the children first
+        events = []
+        for part in (children, root):
+            events += map_request(decode_request(encode_spans(part).SerializeToString(), "application/x-protobuf"),
+                                  "support-agent", "default", "anon").events
+        return events, sub
+
+    events, sub = run(with_processor=False)
+    assert {e["session_id"] for e in events} == {"conv-42", events[0]["task_id"]}  # split across two sessions
+    events, sub = run(with_processor=True)
+    assert {e["session_id"] for e in events} == {"conv-42"} and {e["user_id"] for e in events} == {"user_8841"}
+    assert len({e["task_id"] for e in events}) == 1
+    assert sub.attributes["gen_ai.agent.name"] == "lookup-helper"  # a sub-agent keeps its own name
+
+    # a parent in another process: the ids come through baggage
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(TaskAttributesSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    token = context.attach(baggage.set_baggage("gen_ai.conversation.id", "conv-7"))
+    try:
+        with provider.get_tracer("t").start_as_current_span("execute_tool", attributes={
+                "gen_ai.operation.name": "execute_tool"}):
+            pass
+    finally:
+        context.detach(token)
+    provider.shutdown()
+    assert exporter.get_finished_spans()[0].attributes["gen_ai.conversation.id"] == "conv-7"
