@@ -67,13 +67,15 @@ _NAME_WORD = (r"(?!(?:" + "|".join(sorted(ADDRESS_NOT_NAME_WORDS, key=len, rever
 # decimal or phone number ("3:30", "05-20", "1.5"). That is checked behind its first digit, not before it: a pattern
 # that starts with a digit lets re skip ahead to the next digit, and one that starts with a look-behind is tried at
 # every character (2.5x the time over τ-bench's texts). Words are joined by spaces or tabs only: a number ending
-# one line is no house number of the next ("Total: 247\n\nThis way").
-ANY_CASE_ADDRESS = (r"\d(?<![\w$£€¥+]\d)(?<!\d[-.,:/]\d)\d{0,5}[ \t]+"
-                    r"(?:(?:" + _NAME_WORD + r"[ \t]+){1,4}(?:" + _ANY_CASE_SUFFIXES + r")\b\.?"
+# one line is no house number of the next ("Total: 247\n\nThis way"). Runs of spaces are matched possessively
+# (`[ \t]++`): a unit written "apt" + n spaces + "!" was tried in n + 1 splits between two optional runs, n² steps
+# for the whole text (a 64 KB message took ~2 minutes of a scrub process; found in review).
+ANY_CASE_ADDRESS = (r"\d(?<![\w$£€¥+]\d)(?<!\d[-.,:/]\d)\d{0,5}[ \t]++"
+                    r"(?:(?:" + _NAME_WORD + r"[ \t]++){1,4}(?:" + _ANY_CASE_SUFFIXES + r")\b\.?"
                     # a street without a suffix: 25 of τ-bench's 500 customers live at "<number> Broadway"; not
                     # where the word is the theatre district ("2 broadway tickets")
-                    r"|broadway\b(?![ \t]+(?:show|musical|play|ticket|production|star|theat(?:er|re))s?\b))"
-                    r"(?:,?[ \t]+(?:(?:suite|ste|apt|apartment|unit)\b\.?[ \t]*#?|#)[ \t]*(?:\d[\w-]*|[a-z]\d*\b))?")
+                    r"|broadway\b(?![ \t]++(?:show|musical|play|ticket|production|star|theat(?:er|re))s?\b))"
+                    r"(?:,?[ \t]++(?:(?:suite|ste|apt|apartment|unit)\b\.?(?:[ \t]*+#)?|#)[ \t]*+(?:\d[\w-]*|[a-z]\d*\b))?")
 
 # free-text recognizers Presidio lacks or gets wrong: (label, pattern)
 TEXT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
@@ -87,7 +89,7 @@ TEXT_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("ADDRESS", re.compile(r"\b(?:Suite|Apt|Apartment|Unit)\s+\d{1,5}\b", re.IGNORECASE)),
     # five digits after a street address and up to four words (its city and state) are its zip code (privacy-6);
     # the city and state stay, as they do in a structured address
-    ("ZIP", re.compile(ANY_CASE_ADDRESS + r",?[ \t]+(?:[a-z][a-z'.-]*,?[ \t]+){0,4}(\d{5}(?:-\d{4})?)\b",
+    ("ZIP", re.compile(ANY_CASE_ADDRESS + r",?[ \t]++(?:[a-z][a-z'.-]*,?[ \t]++){0,4}(\d{5}(?:-\d{4})?)\b",
                        re.IGNORECASE)),
     ("DOB", re.compile(r"(?i)(?:born|birth(?:day|date)?|dob|date of birth)\D{0,25}"
                        r"(\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4}|[A-Z][a-z]+ \d{1,2},? \d{4})")),

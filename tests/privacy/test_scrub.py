@@ -484,3 +484,26 @@ def test_lower_cased_tau_bench_text_holds_no_address_its_original_does_not():
     found = [spans(t) for t in texts]
     assert sum(map(len, found)) > 90  # the corpus does hold addresses, units and zip codes (99 in 3,818 texts)
     assert [spans(t.lower()) for t in texts] == found
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", [
+    "please ship to 1 main st apt" + " " * 64000 + "!",   # took ~2 minutes under privacy-6's first patterns
+    "1" + " " * 64000 + "x",
+    "1 " + "a " * 32000,
+    " ".join(f"{i} main" for i in range(8000)),
+    "12 main st " * 6000,
+    "1 main st " + "springfield " * 5000 + "12345",
+], ids=["unit-then-spaces", "spaces-after-a-number", "one-letter-words", "numbered-words", "addresses", "zip-far"])
+def test_no_text_pattern_backtracks_on_a_long_message(text):
+    """A hang guard, not a speed test: each of these 64 KB messages takes ~20–140 ms through every pattern; a
+    pattern that backtracks quadratically takes minutes on one, and the scrub process's deadline dead-letters it."""
+    import time
+
+    from privacy.policy import TEXT_PATTERNS
+
+    started = time.perf_counter()
+    for _, pattern in TEXT_PATTERNS:
+        for _ in pattern.finditer(text):
+            pass
+    assert time.perf_counter() - started < 5.0
