@@ -132,6 +132,17 @@ WITH steps AS (
   SELECT episode_id, avg(retried::DOUBLE) AS retry_rate, avg(dead_end::DOUBLE) AS dead_end_rate,
          avg(next_action_s) AS next_action_s, avg(penalty) AS penalty
   FROM sig2 GROUP BY episode_id
+), marks AS (  -- a user's poor outcomes and opt-outs, newest first: the first opt-out at or after each outcome
+  SELECT episode_id, user_id, coalesce(outcome_at, started_at) AS t, 0 AS kind,
+         coalesce(outcome_at, ended_at) + INTERVAL {tr.opt_out_within_hours * 3600.0} SECOND AS until
+  FROM episodes WHERE outcome IN ({inlist(o.poor_outcomes)})
+  UNION ALL
+  SELECT NULL, user_id, opted_out_at, 1, NULL FROM episodes WHERE opted_out_at IS NOT NULL
+), after_poor AS (
+  SELECT episode_id, coalesce(first_out <= until, false) AS after
+  FROM (SELECT *, min(CASE WHEN kind = 1 THEN t END) OVER (PARTITION BY user_id ORDER BY t DESC, kind DESC
+                                                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS first_out
+        FROM marks) WHERE kind = 0
 ), ep0 AS (
   SELECT e.*, coalesce(e.task_type, 'unknown') AS segment_task, p.retry_rate, p.dead_end_rate, p.penalty,
          p.next_action_s AS t_next, e.duration_ms / 1000.0 AS duration_s, e.outcome = 'completed' AS completed,
@@ -139,9 +150,7 @@ WITH steps AS (
          CASE WHEN e.outcome = 'completed' AND e.sla_seconds IS NOT NULL
               THEN e.duration_ms / 1000.0 <= e.sla_seconds * {o.sla_grace} END AS within_sla,
          CASE WHEN e.outcome IN ({inlist(o.poor_outcomes)})
-              THEN coalesce(e.opted_out_at >= coalesce(e.outcome_at, e.started_at)
-                            OR (e.next_started <= e.ended_at + INTERVAL {tr.opt_out_next_task_hours * 3600.0} SECOND
-                                AND e.next_opted_at >= coalesce(e.outcome_at, e.started_at)), false)
+              THEN (e.opted_out AND e.opted_out_at IS NULL) OR coalesce(a.after, false)
          END AS opted_out_after_poor,
          e.repeat_of_task_id IS NOT NULL AS repeat_task,
          CASE WHEN e.repeat_of_task_id IS NOT NULL THEN e.delegated END AS delegated_when_repeat,
@@ -151,9 +160,7 @@ WITH steps AS (
          END AS sla_factor,
          e.outcome IN ({inlist(o.correct_outcomes)}) AND (e.external_reward IS NULL
               OR e.external_reward >= {o.external_reward_threshold}) AS gate_passed
-  FROM (SELECT *, lead(started_at) OVER w AS next_started, lead(opted_out_at) OVER w AS next_opted_at
-        FROM episodes WINDOW w AS (PARTITION BY user_id ORDER BY started_at, episode_id)) e
-       LEFT JOIN per_ep p USING (episode_id)
+  FROM episodes e LEFT JOIN per_ep p USING (episode_id) LEFT JOIN after_poor a USING (episode_id)
 ), ep1 AS (
   SELECT *, 1.0 - coalesce(penalty, 0.0) AS correction_score,
          greatest(0.0, least(1.0, 1.0 - ({fr.weights['retry']} * coalesce(retry_rate, 0.0)

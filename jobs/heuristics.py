@@ -69,6 +69,31 @@ def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
     )
 
 
+def opted_out_after_poor(episodes: DataFrame, spec: RewardSpec) -> DataFrame:
+    """(episode_id, _opted_out_after) for each poor episode: did its user opt out, in it or in any of their
+    tasks, at or after the outcome and at most `trust.opt_out_within_hours` after its end.
+
+    The outcome is met at the task's first end (silver's `outcome_at`); a timeout has none, so from its start. One
+    narrow row per poor episode and per opt-out, sorted once per user: newest first, a running minimum of the
+    opt-out times gives each poor episode the user's first opt-out at or after it (an opt-out at the same instant
+    sorts first, so it counts). A running frame is linear in a user's rows, where a frame up to the end is not,
+    and one user can hold many (every OTLP episode without a user is the same default pseudonym)."""
+    o, tr = spec.outcome, spec.trust
+    poor = episodes.where(F.col("outcome").isin(*o.poor_outcomes)).select(
+        "episode_id", "user_id", F.coalesce("outcome_at", "started_at").cast("double").alias("t"),
+        F.lit(0).alias("kind"),
+        (F.coalesce("outcome_at", "ended_at").cast("double") + tr.opt_out_within_hours * 3600.0).alias("until"))
+    outs = episodes.where(F.col("opted_out_at").isNotNull()).select(
+        F.lit(None).cast("string").alias("episode_id"), "user_id", F.col("opted_out_at").cast("double").alias("t"),
+        F.lit(1).alias("kind"), F.lit(None).cast("double").alias("until"))
+    newest_first = (Window.partitionBy("user_id").orderBy(F.desc("t"), F.desc("kind"))
+                    .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    first_after = F.min(F.when(F.col("kind") == 1, F.col("t"))).over(newest_first)
+    return (poor.unionByName(outs).withColumn("_first_opt_out", first_after).where(F.col("kind") == 0)
+            .select("episode_id", F.coalesce(F.col("_first_opt_out") <= F.col("until"), F.lit(False))
+                    .alias("_opted_out_after")))
+
+
 def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) -> DataFrame:
     """Per-episode signals of the four buckets, the bucket scores and the gated composite."""
     mean = lambda c: F.avg(F.col(c).cast("double"))  # noqa: E731
@@ -88,25 +113,20 @@ def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) ->
                   .otherwise(F.greatest(F.lit(o.sla_floor), 1.0 - (1.0 - o.sla_floor) * (over - 1.0))))
     poor = F.col("outcome").isin(*o.poor_outcomes)
     t = F.coalesce(F.col("next_action_s"), F.lit(0.0))
-    # when the user met the outcome: the event that settled it; a timeout has none, so its whole episode counts
-    met = F.coalesce(F.col("outcome_at"), F.col("started_at"))
-    users_next = Window.partitionBy("user_id").orderBy("started_at", "episode_id")
-    next_opted_at = F.lead("opted_out_at").over(users_next)
-    next_within = (F.lead("started_at").over(users_next).cast("double")
-                   <= F.col("ended_at").cast("double") + tr.opt_out_next_task_hours * 3600.0)
-    opted_out_after = (
-        (F.col("opted_out_at") >= met)
-        # an episode without a user has no next task: null users are not one user
-        | (F.col("user_id").isNotNull() & next_within & (next_opted_at >= met)))
+    after_poor = opted_out_after_poor(episodes, spec)
     df = (
-        _segment(episodes).join(per_episode, "episode_id", "left")
+        _segment(episodes).join(per_episode, "episode_id", "left").join(after_poor, "episode_id", "left")
         .withColumn("week", F.to_date(F.date_trunc("week", "started_at")))
         .withColumn("completed", completed)
         .withColumn("duration_s", duration_s)
         .withColumn("completion_time_s", F.when(completed, duration_s))
         .withColumn("within_sla", F.when(completed & sla.isNotNull(), duration_s <= sla))
         .withColumn("sla_factor", sla_factor)
-        .withColumn("opted_out_after_poor", F.when(poor, F.coalesce(opted_out_after, F.lit(False))))
+        .withColumn("opted_out_after_poor", F.when(poor, F.coalesce(
+            # a row from before silver recorded opt-out times (`trajlake migrate`): the old definition, any opt-out
+            # in the poor episode, rather than none at all
+            F.when(F.col("opted_out") & F.col("opted_out_at").isNull(), F.lit(True)),
+            F.col("_opted_out_after"), F.lit(False))))
         .withColumn("repeat_task", F.col("repeat_of_task_id").isNotNull())
         .withColumn("delegated_when_repeat", F.when(F.col("repeat_task"), F.col("delegated")))
         .withColumn("correction_score", 1.0 - F.coalesce(F.col("_penalty"), F.lit(0.0)))
@@ -201,8 +221,8 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
     with reading_for_gold(settings.lake, progress):
         spec = spec or load_reward_spec(settings.reward_version)
         margin = timedelta(days=settings.job_margin_days)
-        # an opt-out in the user's next task counts for this one: episodes are read far enough ahead to see it
-        ahead = max(margin, timedelta(days=math.ceil(spec.trust.opt_out_next_task_hours / 24)))
+        # an opt-out in the user's later tasks counts for this one: episodes are read far enough ahead to see it
+        ahead = margin + timedelta(days=math.ceil(spec.trust.opt_out_within_hours / 24))
         progress(f"reading silver {start - margin} … {end + ahead}")
         steps, episodes = latest_silver(spark, settings, start - margin, end + margin, end + ahead)
         signals = step_signals(steps, spec).cache()

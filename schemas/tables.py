@@ -159,9 +159,9 @@ SILVER_EPISODES = TableSpec(
         _f("opted_out", pa.bool_(), False),
         _f("repeat_of_task_id", pa.string(), doc="the earlier task this one repeats (task_started's marker); null "
                                                  "when not a repeat"),
-        _f("outcome_at", TS, doc="when the outcome was settled (the closing event, or the first escalation); null "
-                                 "for a timeout"),
-        _f("opted_out_at", TS, doc="the user's first opt-out in the task; null without one"),
+        _f("outcome_at", TS, doc="when the task first reached an end (its first completion, abandonment or "
+                                 "escalation); null without one (a timeout)"),
+        _f("opted_out_at", TS, doc="the user's latest opt-out in the task; null without one"),
         _f("reopened", pa.bool_(), False),
         _f("feedback_up", pa.int32(), False),
         _f("feedback_down", pa.int32(), False),

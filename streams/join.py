@@ -141,18 +141,21 @@ def episode_row(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
     reopened = first_terminal is not None and any(e["t"] == "task_reopened" and e["ts"] >= first_terminal["ts"]
                                                   for e in closing)
     escalated = "escalated" in kinds
-    decided_by = last  # the event that settled the outcome: an opt-out after it is an opt-out after the outcome
     if last is not None and last["t"] == "task_reopened" and reopened:
         outcome = "reopened"
     elif last is not None and last["t"] == "task_completed":
         outcome = "completed"
     elif escalated:
         outcome = "escalated"
-        decided_by = next(e for e in evs if e["t"] == "escalated")
     elif last is not None and last["t"] == "task_abandoned":
         outcome = "abandoned"
     else:
-        outcome, decided_by = "timeout", None
+        outcome = "timeout"
+    # when the user first met an end of the task (its first completion, abandonment or escalation), whatever came
+    # after: a reopened task's poor outcome began at the completion it reopened, an escalation after an abandonment
+    # at the abandonment. An opt-out from then on is an opt-out after the outcome (jobs/heuristics.py)
+    first_escalation = next((e for e in evs if e["t"] == "escalated"), None)
+    ends = [e["ts"] for e in (first_terminal, first_escalation) if e is not None]
     ended = evs[-1]["ts"]
     work = [e for e in evs if e["t"] in ("llm_call", "tool_call")]
     llm = [e for e in work if e["t"] == "llm_call"]
@@ -161,7 +164,7 @@ def episode_row(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
     completed = next((e for e in reversed(evs) if e["t"] == "task_completed"), None)
     first_start = next((e for e in evs if e["t"] == "task_started"), None)
     sla = first_start and first_start.get("sla")
-    opted_out = next((e for e in evs if e["t"] == "opted_out"), None)
+    opted_out = next((e for e in reversed(evs) if e["t"] == "opted_out"), None)  # the latest: "one after t" is it
     return {
         "episode_id": f"{dims['session_id']}/{dims['task_id']}", **dims, "started_at": started, "ended_at": ended,
         "duration_ms": ended - started, "outcome": outcome, "n_steps": len(steps),
@@ -169,7 +172,7 @@ def episode_row(dims: dict[str, Any], events: list[dict[str, Any]]) -> dict[str,
         **{k: sum(1 for s in steps.values() if s[k]) for k in ("accepted", "rejected", "edited", "undone", "retried")},
         "escalated": escalated, "delegated": "delegated" in kinds, "opted_out": "opted_out" in kinds,
         "repeat_of_task_id": first_start and first_start.get("rep"),
-        "outcome_at": decided_by and decided_by["ts"], "opted_out_at": opted_out and opted_out["ts"],
+        "outcome_at": min(ends) if ends else None, "opted_out_at": opted_out and opted_out["ts"],
         "reopened": reopened, "feedback_up": sum(1 for e in evs if e["t"] == "feedback" and e.get("rating") == "up"),
         "feedback_down": sum(1 for e in evs if e["t"] == "feedback" and e.get("rating") == "down"),
         "sla_seconds": sla, "agent_status": task_ended and task_ended.get("status"),

@@ -78,9 +78,9 @@ class TrustSpec(_Frozen):
     delegated_bonus: float = Unit
     escalated_penalty: float = Unit
     opted_out_penalty: float = Unit
-    # an opt-out in the user's next task counts as one after this task's poor outcome when that task starts
-    # within this many hours of this one's end; specs written before the key get 24
-    opt_out_next_task_hours: float = Field(default=24.0, gt=0)
+    # an opt-out by the user (in this task or a later one) counts as one after this task's poor outcome from the
+    # outcome until this many hours after the task's end; specs written before the key get 24
+    opt_out_within_hours: float = Field(default=24.0, gt=0)
 
 
 class CompositeSpec(_Frozen):
@@ -176,7 +176,7 @@ def reward_spec_digest(spec: RewardSpec) -> str:
 
 
 # (section, key) → the default a spec without the key gets
-ADDED_LATER: dict[tuple[str, str], object] = {("trust", "opt_out_next_task_hours"): 24.0}
+ADDED_LATER: dict[tuple[str, str], object] = {("trust", "opt_out_within_hours"): 24.0}
 
 
 class RewardSpecError(ValueError):

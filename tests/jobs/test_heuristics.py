@@ -100,29 +100,35 @@ def test_outside_grade_gates_too_and_opt_out_counts_after_poor_outcomes(spark):
 
 
 @pytest.mark.integration
-def test_an_opt_out_counts_after_a_poor_outcome_or_in_the_users_next_task(spark):
+def test_an_opt_out_counts_after_a_poor_outcome_in_the_task_or_a_later_one_within_the_hours(spark):
     at = lambda s: T0 + timedelta(seconds=s)  # noqa: E731
     out = dict(opted_out=True)
     _, episodes = frames(spark, [], [
         episode("after", "abandoned", user_id="u_a", outcome_at=at(60), opted_out_at=at(70), **out),
         episode("before", "abandoned", user_id="u_b", outcome_at=at(60), opted_out_at=at(10), **out),
-        episode("timeout", "timeout", user_id="u_t", opted_out_at=at(30), **out),  # no settling event: it counts
-        # the user's next task, within a day of this one's end
+        episode("timeout", "timeout", user_id="u_t", opted_out_at=at(30), **out),  # no end met: from its start
+        # a later task of the user, within a day of this one's end
         episode("poor", "abandoned", user_id="u_n", outcome_at=at(60)),
         episode("next", "completed", user_id="u_n", started_at=at(7200), outcome_at=at(7300),
                 opted_out_at=at(7210), **out),
-        # a next task more than a day later is not linked
+        # more than a day later: not linked
         episode("poor2", "escalated", user_id="u_l", escalated=True, outcome_at=at(60)),
         episode("late", "completed", user_id="u_l", started_at=at(30 * 3600), opted_out_at=at(30 * 3600 + 5), **out),
-        # only the next task counts, not the one after it
-        episode("poor3", "abandoned", user_id="u_m", outcome_at=at(60)),
-        episode("between", "completed", user_id="u_m", started_at=at(600)),
+        # an overlapping task that started before the outcome is no obstacle: the opt-out two tasks on counts
+        episode("poor3", "abandoned", user_id="u_m", outcome_at=at(100)),
+        episode("overlap", "completed", user_id="u_m", started_at=at(50)),
         episode("third", "completed", user_id="u_m", started_at=at(1200), opted_out_at=at(1210), **out),
+        # an opt-out in another task before this outcome does not count
+        episode("poor4", "abandoned", user_id="u_o", started_at=at(0), outcome_at=at(500)),
+        episode("earlier", "completed", user_id="u_o", started_at=at(100), opted_out_at=at(200), **out),
+        # a row written before silver recorded opt-out times (`trajlake migrate`): the old definition
+        episode("old", "abandoned", user_id="u_x", **out),
     ])
     scores = {r.task_id: r.opted_out_after_poor for r in episode_scores(episodes, step_signals(
         spark.createDataFrame([], declared_schema(SILVER_STEPS)), SPEC), SPEC).collect()}
     assert scores == {"after": True, "before": False, "timeout": True, "poor": True, "next": None, "poor2": False,
-                      "late": None, "poor3": False, "between": None, "third": None}
+                      "late": None, "poor3": True, "overlap": None, "third": None, "poor4": False, "earlier": None,
+                      "old": True}
 
 
 @pytest.mark.integration

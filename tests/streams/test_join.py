@@ -165,10 +165,16 @@ def test_an_episode_records_its_repeat_marker_and_when_its_outcome_and_opt_out_c
     e = batch_join(s.events)[1][0]
     assert (e["repeat_of_task_id"], e["delegated"], e["outcome"]) == ("t0", True, "abandoned")
     assert (e["outcome_at"], e["opted_out_at"]) == (ms(5), ms(8))
-    # an escalation settles the outcome at the first escalation; a timeout has no settling event
-    s = Session().add(0, "task_started", {}).add(2, "opted_out", {}).add(3, "escalated", {}).add(9, "escalated", {})
+    # the first end the user met: an abandonment before an escalation, the completion a reopen undid; the latest
+    # opt-out ("one after t" is "the latest after t"); a timeout has no end
+    s = Session().add(0, "task_started", {}).add(2, "opted_out", {}).add(3, "task_abandoned", {}).add(
+        6, "escalated", {}).add(7, "opted_out", {}).add(9, "escalated", {})
     e = batch_join(s.events)[1][0]
-    assert (e["repeat_of_task_id"], e["outcome"], e["outcome_at"], e["opted_out_at"]) == (None, "escalated", ms(3), ms(2))
+    assert (e["repeat_of_task_id"], e["outcome"], e["outcome_at"], e["opted_out_at"]) == (None, "escalated", ms(3), ms(7))
+    s = Session().add(0, "task_started", {}).add(5, "task_completed", {}).add(7, "opted_out", {}).add(
+        9, "task_reopened", {})
+    e = batch_join(s.events)[1][0]
+    assert (e["outcome"], e["outcome_at"], e["opted_out_at"]) == ("reopened", ms(5), ms(7))
     _, episodes = batch_join(Session().add(0, "task_started", {}).add(1, "opted_out", {}).events)
     assert (episodes[0]["outcome"], episodes[0]["outcome_at"], episodes[0]["opted_out_at"]) == ("timeout", None, ms(1))
 
