@@ -209,7 +209,8 @@ class Runner:
             from schemas.reward import load_reward_spec
 
             spec = load_reward_spec(s.reward_version)
-            # a window whose input is missing raises EmptyPublishRefused: a failed run, its message the reason
+            # a window whose input is missing, for all or some of its days, raises EmptyPublishRefused or
+            # EmptyDaysRefused: a failed run, its message the reason
             published = list(job_runner(entry.job)(self.spark(), s, *window, spec=spec, progress=log))
             if not any(p.written for p in published):  # a success, but not one to mistake for scores published
                 return (f"nothing to publish: no rows computed for [{window[0]}, {window[1]}) and none published "

@@ -28,7 +28,7 @@ def main(name: str, argv: list[str]) -> int:
     parser.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
     parser.add_argument("--end", type=date.fromisoformat, required=True, help="day after the last, YYYY-MM-DD")
     parser.add_argument("--allow-empty", action="store_true",
-                        help="let a window that computes no rows delete the rows published in it")
+                        help="let a window, or a day of it, that computes no rows delete the rows published in it")
     args = parser.parse_args(argv)
     if args.end <= args.start:
         parser.error(f"--end {args.end} must be after --start {args.start}")

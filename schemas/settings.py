@@ -118,8 +118,9 @@ class Settings(BaseSettings):
     reward_version: str | None = None
     # an episode's steps may fall on the days around it; jobs read this many days either side of their window
     job_margin_days: int = Field(default=1, ge=0)
-    # a job that computes no rows for a window holding published rows refuses to publish (EmptyPublishRefused):
-    # that is almost always missing input, and the overwrite would delete the rows. True empties such windows
+    # a job that computes no rows for a window holding published rows refuses to publish (EmptyPublishRefused), as
+    # does one that computes none for a day of its window holding published rows (EmptyDaysRefused): that is almost
+    # always missing input, and the overwrite would delete the rows. True empties such windows and days
     # (`trajlake jobs run --allow-empty` sets it for one run); meant for one deliberate run, not a standing setting
     job_allow_empty: bool = False
     # the Data Docs index lists this many of the newest validation runs (every run's own page and stored result

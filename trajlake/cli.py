@@ -195,13 +195,13 @@ def jobs_run(
     end: str = typer.Option(..., help="the day after the last day of the window, YYYY-MM-DD"),
     reward_version: Optional[str] = typer.Option(None, help="score with this spec, e.g. reward-v1 (default: newest)"),
     allow_empty: bool = typer.Option(False, "--allow-empty",
-                                     help="let a window that computes no rows delete the rows published in it "
-                                          "(refused otherwise: that is usually missing input)"),
+                                     help="let a window, or a day of it, that computes no rows delete the rows "
+                                          "published in it (refused otherwise: that is usually missing input)"),
 ) -> None:
     """Compute and publish a job's gold tables for [start, end); a rerun of a window replaces what it wrote.
 
-    A window the job computes no rows for is not emptied of published rows unless --allow-empty; one with no rows
-    in and none published is left as it is."""
+    A window the job computes no rows for, or a day of it, is not emptied of published rows unless --allow-empty;
+    one with no rows in and none published is left as it is."""
     from jobs.submit import JOBS, job_runner
     from schemas.reward import RewardSpecError, load_reward_spec
 
@@ -221,7 +221,8 @@ def jobs_run(
     except RewardSpecError as exc:
         raise UserError(f"{exc} — pass --reward-version with one of the versions listed") from None
 
-    # an EmptyPublishRefused (a PublishRefused) reaches main(): one line with the table, window, rows and fix
+    # an EmptyPublishRefused or EmptyDaysRefused (PublishRefused) reaches main(): one line with the table, window or
+    # days, rows and fix
     with console.status("starting Spark…") as st:
         from jobs.spark import build_spark
 
@@ -232,7 +233,7 @@ def jobs_run(
                                       progress=lambda m, n=name: st.update(f"{n}: {m}…")):
                 if not p.written:
                     console.print(f"[yellow]–[/] {p.table}: {escape(p.note)}")
-                else:  # a note here: a window emptied with --allow-empty
+                else:  # a note here: a window or days emptied with --allow-empty
                     console.print(f"[green]✓[/] {p.table}: {p.rows} rows → Delta version {p.version}"
                                   + (f" ({escape(p.note)})" if p.note else ""))
             console.print(f"{name} {first} … {last} with {spec.version}: {time.monotonic() - began:.1f} s")

@@ -304,3 +304,201 @@ def test_an_empty_publish_is_refused_overridden_or_a_no_op(spark, lake_settings)
     assert [(p.rows, p.written) for p in out] == [(0, True), (0, True)]
     assert out[0].note is None and out[1].note == "its window's 1 published rows deleted (--allow-empty)"
     assert out[1].version == v + 1 and rows_in_window(s, GOLD_EPISODE_SCORES, WINDOW) == 0
+
+
+# ---- days of a window the job computed no rows for, while it computed rows for others -------------------------------
+WEEK = "date >= '2026-11-02' AND date < '2026-11-09' AND reward_version = 'reward-v2'"
+
+
+@pytest.mark.unit
+def test_days_of_a_window_the_run_computed_no_rows_for_are_not_emptied():
+    """Partly missing input: silver gone for two days of a week, the run computed rows for the other five, and the
+    overwrite deleted the two days' published scores. The refusal names the table, each day with the rows it
+    would lose, the input to check and the fixes."""
+    from datetime import date
+
+    from jobs.tables import WindowRows, refuse_emptying
+    from quality.errors import EmptyDaysRefused, EmptyPublishRefused
+
+    lost = (((date(2026, 11, 3),), 207), ((date(2026, 11, 5),), 1198))
+    with pytest.raises(EmptyDaysRefused) as refused:
+        refuse_emptying(WindowRows("gold/episode_scores", WEEK, 1450, 2855, lost, ("date",)), allow_empty=False,
+                        inputs=("silver/steps", "silver/episodes"))
+    said = str(refused.value)
+    assert said.startswith(f"gold/episode_scores: the run computed rows for its window ({WEEK}) but none for 2 date "
+                           "partitions of it that hold published rows: 2026-11-03 (207 rows), 2026-11-05 (1,198 rows)"
+                           "; publishing would delete those 1,405 rows, so nothing was published.")
+    assert "silver/steps, silver/episodes hold rows for those days" in said
+    assert "rerun over only the days that have input (--start/--end)" in said
+    assert "--allow-empty (TRAJLAKE_JOB_ALLOW_EMPTY=true)" in said and "\n" not in said
+    assert (refused.value.table, refused.value.days, refused.value.held) == ("gold/episode_scores", lost, 1405)
+    # a sibling of the whole-window refusal: reported as one line wherever a refused publish is
+    assert isinstance(refused.value, PublishRefused) and not isinstance(refused.value, EmptyPublishRefused)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("table, lost, allow_empty", [
+    ("gold/episode_scores", ((("2026-11-03",), 207),), True),    # the override: emptied on purpose
+    ("gold/guardrails", ((("day", "2026-11-03"), 18),), False),  # flags: a day without any is an answer
+    ("gold/episode_scores", (), False),                          # every day that holds rows got rows
+])
+def test_what_may_leave_days_of_a_window_empty(table, lost, allow_empty):
+    from jobs.tables import WindowRows, refuse_emptying
+
+    refuse_emptying(WindowRows(table, WEEK, 1450, 1657, lost, ("date",)), allow_empty)
+
+
+@pytest.mark.unit
+def test_the_days_lost_are_the_partitions_holding_rows_that_no_computed_row_falls_in():
+    from datetime import date
+
+    from jobs.tables import days_lost
+    from schemas.tables import GOLD_EPISODE_SCORES, GOLD_SCORECARDS
+
+    d = [date(2026, 11, day) for day in range(2, 9)]
+    held = {("reward-v2", d[0]): 300, ("reward-v2", d[1]): 207, ("reward-v2", d[2]): 0, ("reward-v2", d[3]): 198}
+    computed = {("reward-v2", d[0]), ("reward-v2", d[4])}  # a new day (d[4]) loses nothing
+    assert days_lost(held, computed, GOLD_EPISODE_SCORES.partition_by) == (((d[1],), 207), ((d[3],), 198))
+    assert days_lost(held, set(held), GOLD_EPISODE_SCORES.partition_by) == ()
+    # scorecards: a day's cards lost while its week's cards were computed from the other days
+    cards = {("reward-v2", "day", d[0]): 720, ("reward-v2", "day", d[1]): 700, ("reward-v2", "week", d[0]): 900}
+    assert days_lost(cards, {("reward-v2", "day", d[0]), ("reward-v2", "week", d[0])},
+                     GOLD_SCORECARDS.partition_by) == ((("day", d[1]), 700),)
+
+
+@pytest.mark.unit
+def test_the_days_lost_are_listed_compactly():
+    from datetime import date, timedelta
+
+    from quality.errors import days_listed
+
+    d = [date(2026, 11, 1) + timedelta(days=i) for i in range(60)]
+    assert days_listed(tuple(((d[i],), 100) for i in (2, 3, 4, 6))) == (
+        "2026-11-03…2026-11-05 (3 days, 300 rows), 2026-11-07 (100 rows)")
+    assert days_listed(((("day", d[2]), 720), (("day", d[3]), 700), (("week", d[1]), 900), (("week", d[8]), 880))) \
+        == "day 2026-11-03…2026-11-04 (2 days, 1,420 rows), week 2026-11-02 (900 rows), week 2026-11-09 (880 rows)"
+    every_other = days_listed(tuple(((d[i],), 10) for i in range(0, 60, 2)))  # a backfill with a hole every day
+    assert every_other.startswith("2026-11-01 (10 rows), 2026-11-03 (10 rows)")
+    assert every_other.endswith("2026-11-15 (10 rows), and 22 more")
+
+
+@pytest.mark.unit
+def test_each_gold_tables_day_is_its_partition_but_the_reward_version():
+    """The choice docs/quality.md explains; pinned so a new partitioning of a gold table is looked at."""
+    from jobs.tables import MAY_BE_EMPTY, day_columns
+    from schemas.tables import (GOLD_EPISODE_SCORES, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE, GOLD_SCORECARDS,
+                                GOLD_STEP_SIGNALS)
+
+    assert {t.id: day_columns(t) for t in (GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES, GOLD_SCORECARDS,
+                                           GOLD_REVIEW_QUEUE)} == {
+        "gold/step_signals": ("date",), "gold/episode_scores": ("date",),
+        "gold/scorecards": ("grain", "period_start"), "gold/review_queue": ("week",)}
+    assert GOLD_GUARDRAILS.id in MAY_BE_EMPTY
+
+
+@pytest.mark.unit
+def test_the_days_computed_are_read_off_the_collected_rows():
+    from datetime import date
+
+    from jobs.tables import partitions_in
+    from schemas.tables import GOLD_EPISODE_SCORES as T, GOLD_REVIEW_QUEUE as Q
+
+    d2, d3 = date(2026, 11, 2), date(2026, 11, 3)
+    data = pa.Table.from_pylist([a_row(T, episode_id=e, date=day, reward_version="reward-v2")
+                                 for e, day in (("e1", d2), ("e2", d2), ("e3", d3))], T.schema)
+    assert partitions_in(data, T) == {("reward-v2", d2), ("reward-v2", d3)}
+    assert partitions_in(data.slice(0, 0), T) == set()
+    sample = pa.Table.from_pylist([a_row(Q, episode_id="e1", week=d2, reward_version="reward-v2")], Q.schema)
+    assert partitions_in(sample, Q) == {("reward-v2", d2)}
+
+
+@pytest.mark.component
+def test_the_rows_each_day_holds_are_read_from_the_delta_log(base_settings, tmp_path, monkeypatch):
+    """A window over partition columns (every job's) is counted from the log's file list and row counts, without
+    opening a data file; any other predicate from the rows, with the same answer."""
+    from datetime import date
+
+    import jobs.tables
+    from jobs.tables import rows_by_partition
+    from schemas.tables import GOLD_EPISODE_SCORES as T
+
+    s = base_settings.model_copy(update={"lake_root": tmp_path / "lake"})
+    d2, d3 = date(2026, 11, 2), date(2026, 11, 3)
+    assert rows_by_partition(s, T, WEEK) == {}  # no table yet
+    plant(s, T, a_row(T, episode_id="e1", date=d2, reward_version="reward-v2"),
+          a_row(T, episode_id="e2", date=d2, reward_version="reward-v2"),
+          a_row(T, episode_id="e3", date=d3, reward_version="reward-v2"),
+          a_row(T, episode_id="e1", date=d2, reward_version="reward-v1"))
+    # a second commit replacing one day: only the files the log still lists count
+    jobs.tables.write_checked(s, T, "date = '2026-11-03' AND reward_version = 'reward-v2'", rows_to_publish(
+        pa.Table.from_pylist([a_row(T, episode_id=e, date=d3, reward_version="reward-v2") for e in ("e3", "e4")],
+                             T.schema), T))
+
+    def no_data_files(*_):
+        raise AssertionError("read a data file")
+
+    with monkeypatch.context() as m:
+        m.setattr(jobs.tables, "files_dataset", no_data_files)
+        assert rows_by_partition(s, T, WEEK) == {("reward-v2", d2): 2, ("reward-v2", d3): 2}
+        assert rows_by_partition(s, T, "date >= '2026-11-04'") == {}
+        assert rows_by_partition(s, T, "true") == {("reward-v1", d2): 1, ("reward-v2", d2): 2, ("reward-v2", d3): 2}
+    assert rows_by_partition(s, T, "episode_id = 'e1'") == {("reward-v1", d2): 1, ("reward-v2", d2): 1}
+    assert jobs.tables.rows_in_window(s, T, WEEK) == 4
+
+
+@pytest.mark.integration
+def test_a_rerun_missing_one_days_silver_keeps_that_days_scores(spark, lake_settings):
+    """The real heuristics job: two days published, then one day's silver deleted. The rerun over both days computes
+    rows for the other day only: refused, nothing written, both days' scores kept; with the override the day
+    without input is emptied and the other replaced."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from jobs import heuristics
+    from jobs.tables import rows_by_partition
+    from lake.tables import open_table
+    from quality.errors import EmptyDaysRefused
+    from schemas.reward import load_reward_spec
+    from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS
+    from tests.jobs.test_heuristics import episode, step
+
+    spec = load_reward_spec("reward-v2")
+    s = lake_settings.model_copy(update={"state_dir": lake_settings.lake.parent / "state"})
+    d2, d3, end = date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 4)
+    steps, episodes = [], []
+    for task, day in (("t1", d2), ("t2", d2), ("t3", d3)):
+        t0 = datetime(day.year, day.month, day.day, 9, tzinfo=timezone.utc)
+        steps += [step(task, i, "accepted", proposed_at=t0 + timedelta(minutes=i), closed_at=t0, date=day)
+                  for i in range(2)]
+        episodes.append(episode(task, "completed", started_at=t0, ended_at=t0 + timedelta(seconds=60), n_steps=2,
+                                accepted=2, closed_at=t0, date=day))
+    plant(s, SILVER_STEPS, *steps)
+    plant(s, SILVER_EPISODES, *episodes)
+    window = f"date >= '{d2}' AND date < '{end}' AND reward_version = '{spec.version}'"
+    heuristics.run(spark, s, d2, end, spec=spec)
+    gold = (GOLD_STEP_SIGNALS, GOLD_EPISODE_SCORES)
+
+    def published():
+        return {t.id: (open_table(s, t).version(), rows_by_partition(s, t, window)) for t in gold}
+
+    before = published()
+    assert before["gold/episode_scores"][1] == {("reward-v2", d2): 2, ("reward-v2", d3): 1}
+    assert before["gold/step_signals"][1] == {("reward-v2", d2): 4, ("reward-v2", d3): 2}
+
+    for t in (SILVER_STEPS, SILVER_EPISODES):
+        open_table(s, t).delete(f"date = '{d3}'")
+    with pytest.raises(EmptyDaysRefused) as refused:
+        heuristics.run(spark, s, d2, end, spec=spec)
+    assert str(refused.value).startswith(
+        f"gold/step_signals: the run computed rows for its window ({window}) but none for 1 date partition of it "
+        "that holds published rows: 2026-11-03 (2 rows); publishing would delete those 2 rows")
+    assert "silver/steps, silver/episodes hold rows for those days" in str(refused.value)
+    assert published() == before  # neither table written
+
+    out = heuristics.run(spark, s.model_copy(update={"job_allow_empty": True}), d2, end, spec=spec)
+    assert [(p.table, p.rows, p.version) for p in out] == [
+        ("gold/step_signals", 4, before["gold/step_signals"][0] + 1),
+        ("gold/episode_scores", 2, before["gold/episode_scores"][0] + 1)]
+    assert out[1].note == ("the 1 published rows of 1 date partition with no rows computed deleted: "
+                           "2026-11-03 (1 rows) (--allow-empty)")
+    assert rows_by_partition(s, GOLD_EPISODE_SCORES, window) == {("reward-v2", d2): 2}
+    assert rows_by_partition(s, GOLD_STEP_SIGNALS, window) == {("reward-v2", d2): 4}
