@@ -29,7 +29,7 @@ from jobs.splits import (NEAR_DUPLICATE_METHOD, PRECEDENCE, clusters, keep_one_p
                          near_duplicate_edges, prompt_digest_sql, prompt_words_sql, splits_params,
                          splits_sql)
 from lake.duckdb_views import connect, view_name
-from lake.locks import reading_for_gold
+from lake.locks import outside_erase
 from lake.tables import ensure_table, open_table, table_path
 from lake.tables import spec as table_spec
 from privacy import POLICY_VERSION
@@ -958,7 +958,7 @@ def run(settings: Settings, request: ExportRequest, progress: Progress = lambda 
     Holds the erase lock, shared, from the first read to the published directory: an erase waits for the export,
     which could otherwise publish rows from files the erase had just vacuumed, after it had scanned the exports."""
     request.check()  # before anything is made on disk, the lock file included
-    with reading_for_gold(settings.lake, progress):
+    with outside_erase(settings.lake, progress):
         return _run(settings, request, progress)
 
 
@@ -1058,7 +1058,8 @@ def reproduce(settings: Settings, manifest_path: Path, out: Path, progress: Prog
     if out.exists() and any(out.iterdir()):
         raise ExportFailed(f"{out} is not empty; pass --out with a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    rebuilt, _ = build(settings, request, out, progress)
+    with outside_erase(settings.lake, progress):  # it reads the pinned versions, the erased user's rows among them
+        rebuilt, _ = build(settings, request, out, progress)
     differ = sorted(set(m["files"]) ^ set(rebuilt["files"])) + sorted(
         f for f in set(m["files"]) & set(rebuilt["files"]) if m["files"][f]["sha256"] != rebuilt["files"][f]["sha256"])
     if differ:

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from jobs.tables import Published, latest_revisions, publish_together, read_window
-from lake.locks import reading_for_gold
+from lake.locks import outside_erase
 from schemas.reward import RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import GOLD_EPISODE_SCORES, GOLD_STEP_SIGNALS, SILVER_EPISODES, SILVER_STEPS, TableSpec
@@ -218,7 +218,7 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
         progress: Callable[[str], None] = lambda _: None) -> list[Published]:
     """Score the episodes started and the steps proposed in [start, end) and publish both gold tables."""
     # the erase lock, shared: an erase waits for this run, so no erased user's rows come back through it
-    with reading_for_gold(settings.lake, progress):
+    with outside_erase(settings.lake, progress):
         spec = spec or load_reward_spec(settings.reward_version)
         margin = timedelta(days=settings.job_margin_days)
         # an opt-out in the user's later tasks counts for this one: episodes are read far enough ahead to see it

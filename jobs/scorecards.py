@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from jobs.tables import Published, publish_together, read_window
-from lake.locks import reading_for_gold
+from lake.locks import outside_erase
 from schemas.reward import RewardSpec, load_reward_spec
 from schemas.settings import Settings
 from schemas.tables import (GOLD_EPISODE_SCORES, GOLD_GUARDRAILS, GOLD_REVIEW_QUEUE, GOLD_SCORECARDS,
@@ -387,7 +387,7 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
         progress: Callable[[str], None] = lambda _: None) -> list[Published]:
     """Scorecards for the days in [start, end) and the whole weeks they touch; guardrails; the review sample."""
     # the erase lock, shared: an erase waits for this run, so no erased user's rows come back through it
-    with reading_for_gold(settings.lake, progress):
+    with outside_erase(settings.lake, progress):
         spec = spec or load_reward_spec(settings.reward_version)
         ws, we = _weeks(start, end)
         progress(f"reading gold scores {ws - timedelta(days=7)} … {we}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -17,16 +18,20 @@ def _root(lake: Path) -> Path:
 
 @contextmanager
 def _flock(path: Path, mode: int, waiting: str, progress: Progress) -> Iterator[None]:
-    with open(path, "a") as fh:
+    # read-only is enough for flock: a lock file another account created (the scheduler's, erase's) still locks
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
         try:
-            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             progress(waiting)
-            fcntl.flock(fh, mode)
+            fcntl.flock(fd, mode)
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -41,20 +46,38 @@ def table_locks(lake: Path, table_ids: Iterable[str], progress: Progress = lambd
 
 
 @contextmanager
-def reading_for_gold(lake: Path, progress: Progress = lambda _: None) -> Iterator[None]:
-    """Held by a jobs run or an export from its first read to its last write (many at once).
+def outside_erase(lake: Path, progress: Progress = lambda _: None) -> Iterator[None]:
+    """Held by a jobs run, an export (or its rebuild) and a backfill from their first read to their last write,
+    many at once.
 
-    A run that read silver before an erase reached it would otherwise write the erased user's gold rows back
-    after the erase had passed gold, and an export could publish rows from files erase had vacuumed."""
-    with _flock(_root(lake) / "erase.lock", fcntl.LOCK_SH, "waiting for a running erase to finish", progress):
-        yield
+    A run that read the lake before an erase reached it would otherwise write the erased user's rows back after
+    the erase had passed them (gold from silver, an export from files erase had vacuumed, silver from bronze).
+    The intent lock is held only while the shared lock is taken: an erase that holds it waits for the runs in
+    flight while new ones wait behind it (flock grants a shared lock beside a waiting exclusive one, so without
+    it overlapping runs could keep an erase waiting for ever). Not re-entrant: a holder that took it again
+    while an erase waits would wait on that erase, which waits on the holder."""
+    root = _root(lake)
+    fd = os.open(root / "erase.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        with _flock(root / "erase.intent", fcntl.LOCK_SH, "waiting for a running erase to finish", progress):
+            # no erase holds erase.lock now: it takes it only while it holds the intent
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def erasing(lake: Path, progress: Progress = lambda _: None) -> Iterator[None]:
-    """Held by erase for its whole run: it waits for the jobs runs and exports in flight, and new ones wait for it.
+    """Held by erase (and by `trajlake migrate`) for its whole run: it waits for the jobs runs, exports and
+    backfills in flight, and those that start meanwhile wait for it.
 
     The streaming sinks take no part: they append new events (erase retries its commits around theirs)."""
-    with _flock(_root(lake) / "erase.lock", fcntl.LOCK_EX,
-                "waiting for the jobs runs and exports in flight to finish", progress):
+    root = _root(lake)
+    waiting = "waiting for the jobs runs, exports and backfills in flight to finish"
+    with _flock(root / "erase.intent", fcntl.LOCK_EX, waiting, progress), \
+            _flock(root / "erase.lock", fcntl.LOCK_EX, waiting, progress):
         yield

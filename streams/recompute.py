@@ -9,6 +9,7 @@ import orjson
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from lake.locks import outside_erase
 from lake.readers import read_table
 from lake.tables import ensure_table
 from schemas.settings import Settings
@@ -123,6 +124,12 @@ def write_silver(settings: Settings, events: Iterable[dict[str, Any]], rows_per_
     The batch path to silver for backfills and benchmarks: the same join as the stream (stream/batch parity
     is tested), without the broker.
     """
+    with outside_erase(settings.lake):  # a rebuild from bronze must not write back a user erased meanwhile
+        return _write_silver(settings, events, rows_per_commit, closed_at)
+
+
+def _write_silver(settings: Settings, events: Iterable[dict[str, Any]], rows_per_commit: int,
+                  closed_at: datetime | None) -> tuple[int, int]:
     closed = (closed_at or datetime.now(timezone.utc)).timestamp()
     targets = [(SILVER_STEPS, silver_row(SILVER_STEPS), [], [0]), (SILVER_EPISODES, silver_row(SILVER_EPISODES), [], [0])]
 

@@ -211,7 +211,7 @@ def jobs_run(
     first, last = _day(start, "--start"), _day(end, "--end")
     if last <= first:
         raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
-    s = settings()
+    s = _existing_lake(settings())  # a mistyped lake would otherwise have "nothing to publish" and exit 0
     if reward_version:
         s = s.model_copy(update={"reward_version": reward_version})
     if allow_empty:
@@ -385,10 +385,13 @@ def migrate(
     from lake.tables import SchemaMismatch, add_missing_columns
     from schemas.tables import TABLES
 
+    from lake.locks import erasing
+
     s = settings()
     _existing_lake(s)
     added, refused = 0, []
-    with console.status("checking the lake's tables…") as st:
+    # alone, like erase: no jobs run, export or backfill reads a table while its schema changes
+    with console.status("checking the lake's tables…") as st, erasing(s.lake, lambda m: st.update(m)):
         for t in TABLES.values():
             st.update(f"checking {t.id}…")
             try:

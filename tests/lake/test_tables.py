@@ -83,3 +83,16 @@ def test_migrate_refuses_a_table_it_cannot_migrate_with_one_line(lake_settings):
                        env=settings_env(lake_settings))
     assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
     assert "something_else" in r.stderr + r.stdout and "migrate adds columns only" in r.stderr + r.stdout
+
+
+def test_a_job_on_a_lake_not_yet_migrated_names_the_fix(lake_settings):
+    """The jobs select the declared silver columns: on an older table Spark failed deep in its plan with an
+    unresolved column; the input's schema is checked first and names `trajlake migrate`."""
+    from jobs.tables import read_window
+
+    old = pa.schema([f for f in SILVER_EPISODES.schema if f.name != "opted_out_at"])
+    path = table_path(lake_settings, SILVER_EPISODES)
+    path.mkdir(parents=True)
+    DeltaTable.create(str(path), schema=old, partition_by=["date"])
+    with pytest.raises(SchemaMismatch, match="missing columns: opted_out_at.*trajlake migrate"):
+        read_window(None, lake_settings, SILVER_EPISODES, dt.date(2026, 11, 2), dt.date(2026, 11, 3))

@@ -45,6 +45,8 @@ def test_jobs_run_over_a_window_without_input(base_settings, tmp_path):
         return subprocess.run([sys.executable, "-m", "trajlake.cli", "jobs", "run", *args, "--start", "2026-11-01",
                                "--end", "2026-11-08"], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
+    assert_clean_error(jobs_run("all"), f"no lake at {s.lake}", "TRAJLAKE_LAKE_ROOT")  # a mistyped lake
+    s.lake.mkdir(parents=True)
     r = jobs_run("all")
     assert r.returncode == 0, r.stderr[-2000:]
     for table in ("gold/step_signals", "gold/episode_scores", "gold/scorecards", "gold/guardrails",
