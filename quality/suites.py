@@ -147,6 +147,13 @@ def silver_episodes() -> Suite:
         # counts are of reaction events (an accept then an undo of one step counts both), so only a floor holds
         "check_reactions_need_steps": ("n_steps > 0 OR accepted + rejected + edited + undone = 0",
                                        "reactions in an episode mean it has at least one step"),
+        # one direction only: rows written before these columns existed hold nulls (`trajlake migrate`)
+        "check_outcome_time_in_episode": ("outcome_at IS NULL OR (outcome_at >= started_at AND outcome_at <= ended_at)",
+                                          "the task's first end lies within the episode"),
+        "check_timeout_has_no_end": ("outcome <> 'timeout' OR outcome_at IS NULL",
+                                     "a timed-out task reached no end"),
+        "check_opt_out_time_means_opted_out": ("opted_out_at IS NULL OR opted_out",
+                                               "an opt-out time belongs to an episode that opted out"),
     })
     return Suite("silver_episodes", t.id, t.keys, tuple(
         _not_null("episode_id", "revision", "session_id", "task_id", "user_id", "started_at", "ended_at", "outcome")
@@ -182,11 +189,17 @@ def gold_step_signals(spec: RewardSpec) -> Suite:
 def gold_episode_scores(spec: RewardSpec) -> Suite:
     t = GOLD_EPISODE_SCORES
     correct = ", ".join(f"'{o}'" for o in spec.outcome.correct_outcomes)
+    poor = ", ".join(f"'{o}'" for o in spec.outcome.poor_outcomes)
     derived, checks = _derived({
         "check_gate_caps_composite": (f"gate_passed OR composite <= {spec.composite.ungated_scale} + {EPS}",
                                       "an episode that fails the outcome gate scores at most ungated_scale"),
         "check_gate_needs_correct_outcome": (f"NOT gate_passed OR outcome IN ({correct})",
                                              "only a correct outcome passes the gate"),
+        "check_delegation_among_repeats": ("(delegated_when_repeat IS NOT NULL) = repeat_task",
+                                           "delegation is measured among repeat tasks, and only there"),
+        "check_opt_out_after_poor_only_when_poor": (
+            f"(opted_out_after_poor IS NOT NULL) = (outcome IN ({poor}))",
+            "opt-out after a poor outcome is measured on the poor episodes, and only there"),
     })
     return Suite("gold_episode_scores", t.id, t.keys, tuple(
         _not_null("episode_id", "composite", "gate_passed")

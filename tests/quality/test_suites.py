@@ -68,6 +68,24 @@ def test_steps_out_of_order_duplicated_or_inconsistent_fail(lake_settings):
     assert got["step_id,revision"] == 2
 
 
+def test_episode_times_that_contradict_the_outcome_fail_silver(lake_settings):
+    good = {f.name: None for f in TABLES["silver/episodes"].schema}
+    good.update(episode_id="e0", revision=0, session_id="s", task_id="t", user_id="u_" + "a" * 24,
+                agent_version="a", prompt_variant="p", started_at=T0, ended_at=T0 + timedelta(minutes=5),
+                duration_ms=300_000, outcome="abandoned", n_steps=1, n_user_messages=0, accepted=0, rejected=0,
+                edited=0, undone=0, retried=0, escalated=False, delegated=False, opted_out=True, reopened=False,
+                feedback_up=0, feedback_down=0, llm_calls=1, tool_calls=0, tool_errors=0, tokens_in=1, tokens_out=1,
+                cost_usd=0.0, latency_ms=1.0, policy_version="privacy-6", closed_reason="terminal",
+                closed_at=T0 + timedelta(minutes=6), date=T0.date(), outcome_at=T0 + timedelta(minutes=4),
+                opted_out_at=T0 + timedelta(minutes=5))
+    rows = [good, dict(good, episode_id="e1", opted_out_at=None),  # a row from before the columns: passes
+            dict(good, episode_id="e2", outcome_at=T0 + timedelta(minutes=9)),   # an end after the episode's last event
+            dict(good, episode_id="e3", outcome="timeout"),                       # a timeout that reached an end
+            dict(good, episode_id="e4", opted_out=False)]                         # an opt-out time without the opt-out
+    assert failed(lake_settings, "silver/episodes", rows) == {
+        "check_outcome_time_in_episode": 1, "check_timeout_has_no_end": 1, "check_opt_out_time_means_opted_out": 1}
+
+
 def test_raw_ids_and_unknown_event_types_fail_bronze(lake_settings):
     base = dict(schema="frontend/1", ts=T0, session_id="s", task_id="t", action_id=None, intent_id=None,
                 agent_version="a", prompt_variant="p", task_type=None, client_app=None, body="{}",
@@ -89,14 +107,19 @@ def test_gold_scores_break_the_gate(lake_settings):
     row.update(episode_id="e1", revision=0, session_id="s", task_id="t", user_id="u", agent_version="a",
                prompt_variant="p", task_type="x", started_at=T0, week=date(2026, 11, 2), outcome="abandoned",
                n_steps=1, completed=False, reopened=False, duration_s=3.0, sla_factor=1.0, escalated=False,
-               delegated=False, repeat_task=False, opted_out=False, cost_usd=0.0, tokens_in=1, tokens_out=1,
+               delegated=False, repeat_task=False, opted_out=False, opted_out_after_poor=False, cost_usd=0.0,
+               tokens_in=1, tokens_out=1,
                correction_score=1.0,
                friction_score=1.0, outcome_score=0.0, trust_score=0.8, gate_passed=False, composite=0.9,
                reward_version="reward-v2", date=T0.date())
-    got = failed(lake_settings, "gold/episode_scores", [row, dict(row, episode_id="e2", gate_passed=True,
-                                                                   composite=0.5)])
-    # a failed gate scoring 0.9 (proxies alone) and a gate passed without a correct outcome
-    assert got == {"check_gate_caps_composite": 1, "check_gate_needs_correct_outcome": 1}
+    got = failed(lake_settings, "gold/episode_scores", [
+        row, dict(row, episode_id="e2", gate_passed=True, composite=0.5),
+        dict(row, episode_id="e3", composite=0.1, delegated_when_repeat=True),
+        dict(row, episode_id="e4", composite=0.1, outcome="completed")])
+    # a failed gate scoring 0.9 (proxies alone), a gate passed without a correct outcome, a delegation rate on a
+    # task that is no repeat, an opt-out-after-poor value on a good outcome
+    assert got == {"check_gate_caps_composite": 1, "check_gate_needs_correct_outcome": 1,
+                   "check_delegation_among_repeats": 1, "check_opt_out_after_poor_only_when_poor": 1}
 
 
 def test_exports_must_keep_groups_and_prompts_in_one_split():
