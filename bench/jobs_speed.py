@@ -90,11 +90,14 @@ def _case(column: str, mapping: dict[str, float]) -> str:
     return "CASE " + " ".join(f"WHEN {column} = '{k}' THEN {float(v)}" for k, v in mapping.items()) + " END"
 
 
-def duckdb_sql(spec: RewardSpec) -> str:
+def duckdb_sql(spec: RewardSpec, shared_users: tuple[str, ...] = ()) -> str:
     from jobs.scorecards import METRICS, t_coefficients
 
     o, c, fr, tr, co, st = spec.outcome, spec.correction, spec.friction, spec.trust, spec.composite, spec.step
     t1, t2, z, g = t_coefficients(spec.guardrails.ci_level)
+    # a pseudonym many people share sees its own tasks' opt-outs only, as in jobs.heuristics.opted_out_after_poor
+    who = (f"CASE WHEN user_id IN ({', '.join(repr(u) for u in shared_users)}) THEN episode_id ELSE user_id END"
+           if shared_users else "user_id")
     t = (f"(CASE WHEN c = 2 THEN {t1} WHEN c = 3 THEN {t2} ELSE {z} + {g[0]} / (c - 1) + {g[1]} / pow(c - 1, 2) "
          f"+ {g[2]} / pow(c - 1, 3) + {g[3]} / pow(c - 1, 4) END)")   # Student's t with c - 1 df, as Spark's
     var_mean = "(CASE WHEN c > 1 THEN greatest(0.0, (cs2 - 2 * (s / n) * csn + (s / n) * (s / n) * cn2) / (n * n) * c / (c - 1.0)) END)"
@@ -133,14 +136,14 @@ WITH steps AS (
          avg(next_action_s) AS next_action_s, avg(penalty) AS penalty
   FROM sig2 GROUP BY episode_id
 ), marks AS (  -- a user's poor outcomes and opt-outs, newest first: the first opt-out at or after each outcome
-  SELECT episode_id, user_id, coalesce(outcome_at, started_at) AS t, 0 AS kind,
-         coalesce(outcome_at, ended_at) + INTERVAL {tr.opt_out_within_hours * 3600.0} SECOND AS until
+  SELECT episode_id, {who} AS who, epoch_us(coalesce(outcome_at, started_at)) AS t, 0 AS kind,
+         epoch_us(ended_at) + {round(tr.opt_out_within_hours * 3_600_000_000)} AS until
   FROM episodes WHERE outcome IN ({inlist(o.poor_outcomes)})
   UNION ALL
-  SELECT NULL, user_id, opted_out_at, 1, NULL FROM episodes WHERE opted_out_at IS NOT NULL
+  SELECT NULL, {who}, epoch_us(opted_out_at), 1, NULL FROM episodes WHERE opted_out_at IS NOT NULL
 ), after_poor AS (
   SELECT episode_id, coalesce(first_out <= until, false) AS after
-  FROM (SELECT *, min(CASE WHEN kind = 1 THEN t END) OVER (PARTITION BY user_id ORDER BY t DESC, kind DESC
+  FROM (SELECT *, min(CASE WHEN kind = 1 THEN t END) OVER (PARTITION BY who ORDER BY t DESC, kind DESC
                                                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS first_out
         FROM marks) WHERE kind = 0
 ), ep0 AS (
@@ -150,7 +153,8 @@ WITH steps AS (
          CASE WHEN e.outcome = 'completed' AND e.sla_seconds IS NOT NULL
               THEN e.duration_ms / 1000.0 <= e.sla_seconds * {o.sla_grace} END AS within_sla,
          CASE WHEN e.outcome IN ({inlist(o.poor_outcomes)})
-              THEN (e.opted_out AND e.opted_out_at IS NULL) OR coalesce(a.after, false)
+              THEN CASE WHEN (e.outcome_at IS NULL AND e.outcome <> 'timeout') OR (e.opted_out AND e.opted_out_at IS NULL)
+                        THEN e.opted_out ELSE coalesce(a.after, false) END
          END AS opted_out_after_poor,
          e.repeat_of_task_id IS NOT NULL AS repeat_task,
          CASE WHEN e.repeat_of_task_id IS NOT NULL THEN e.delegated END AS delegated_when_repeat,
@@ -224,7 +228,9 @@ def run_duckdb(s: Settings, spec: RewardSpec):
     con = duckdb.connect()
     con.register("silver_steps", table_dataset(s, SILVER_STEPS))
     con.register("silver_episodes", table_dataset(s, SILVER_EPISODES))
-    return con.sql(duckdb_sql(spec)).to_arrow_table()
+    from jobs.heuristics import shared_users
+
+    return con.sql(duckdb_sql(spec, shared_users(s))).to_arrow_table()
 
 
 def run_spark(spark, s: Settings, start: date, end: date, spec: RewardSpec) -> None:

@@ -69,24 +69,28 @@ def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
     )
 
 
-def opted_out_after_poor(episodes: DataFrame, spec: RewardSpec) -> DataFrame:
+def opted_out_after_poor(episodes: DataFrame, spec: RewardSpec, shared_users: tuple[str, ...] = ()) -> DataFrame:
     """(episode_id, _opted_out_after) for each poor episode: did its user opt out, in it or in any of their
-    tasks, at or after the outcome and at most `trust.opt_out_within_hours` after its end.
+    tasks, at or after the outcome and at most `trust.opt_out_within_hours` after the task's end.
 
-    The outcome is met at the task's first end (silver's `outcome_at`); a timeout has none, so from its start. One
-    narrow row per poor episode and per opt-out, sorted once per user: newest first, a running minimum of the
-    opt-out times gives each poor episode the user's first opt-out at or after it (an opt-out at the same instant
-    sorts first, so it counts). A running frame is linear in a user's rows, where a frame up to the end is not,
-    and one user can hold many (every OTLP episode without a user is the same default pseudonym)."""
+    The outcome is met at the task's first end (silver's `outcome_at`); a timeout has none, so from its start.
+    Every opt-out in the task itself counts (it is before the task's end). `shared_users` are pseudonyms many
+    people share (the OTLP default user): their tasks see their own opt-outs only. One narrow row per poor episode
+    and per opt-out, sorted once per user: newest first, a running minimum of the opt-out times gives each poor
+    episode the user's first opt-out at or after it (one at the same instant sorts first, so it counts). A running
+    frame is linear in a user's rows, where a frame up to the end is not. Times are compared as whole
+    microseconds, as DuckDB's mirror in bench/jobs_speed.py does."""
     o, tr = spec.outcome, spec.trust
+    who = F.when(F.col("user_id").isin(*shared_users), F.col("episode_id")).otherwise(F.col("user_id")) \
+        if shared_users else F.col("user_id")
     poor = episodes.where(F.col("outcome").isin(*o.poor_outcomes)).select(
-        "episode_id", "user_id", F.coalesce("outcome_at", "started_at").cast("double").alias("t"),
+        "episode_id", who.alias("who"), F.unix_micros(F.coalesce("outcome_at", "started_at")).alias("t"),
         F.lit(0).alias("kind"),
-        (F.coalesce("outcome_at", "ended_at").cast("double") + tr.opt_out_within_hours * 3600.0).alias("until"))
+        (F.unix_micros("ended_at") + F.lit(round(tr.opt_out_within_hours * 3_600_000_000))).alias("until"))
     outs = episodes.where(F.col("opted_out_at").isNotNull()).select(
-        F.lit(None).cast("string").alias("episode_id"), "user_id", F.col("opted_out_at").cast("double").alias("t"),
-        F.lit(1).alias("kind"), F.lit(None).cast("double").alias("until"))
-    newest_first = (Window.partitionBy("user_id").orderBy(F.desc("t"), F.desc("kind"))
+        F.lit(None).cast("string").alias("episode_id"), who.alias("who"), F.unix_micros("opted_out_at").alias("t"),
+        F.lit(1).alias("kind"), F.lit(None).cast("long").alias("until"))
+    newest_first = (Window.partitionBy("who").orderBy(F.desc("t"), F.desc("kind"))
                     .rowsBetween(Window.unboundedPreceding, Window.currentRow))
     first_after = F.min(F.when(F.col("kind") == 1, F.col("t"))).over(newest_first)
     return (poor.unionByName(outs).withColumn("_first_opt_out", first_after).where(F.col("kind") == 0)
@@ -94,8 +98,10 @@ def opted_out_after_poor(episodes: DataFrame, spec: RewardSpec) -> DataFrame:
                     .alias("_opted_out_after")))
 
 
-def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) -> DataFrame:
-    """Per-episode signals of the four buckets, the bucket scores and the gated composite."""
+def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec, shared_users: tuple[str, ...] = ()
+                   ) -> DataFrame:
+    """Per-episode signals of the four buckets, the bucket scores and the gated composite (`shared_users`:
+    `opted_out_after_poor`'s)."""
     mean = lambda c: F.avg(F.col(c).cast("double"))  # noqa: E731
     per_episode = signals.groupBy("episode_id").agg(
         mean("edit_distance").alias("edit_distance"), mean("edited").alias("edit_rate"),
@@ -113,7 +119,7 @@ def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) ->
                   .otherwise(F.greatest(F.lit(o.sla_floor), 1.0 - (1.0 - o.sla_floor) * (over - 1.0))))
     poor = F.col("outcome").isin(*o.poor_outcomes)
     t = F.coalesce(F.col("next_action_s"), F.lit(0.0))
-    after_poor = opted_out_after_poor(episodes, spec)
+    after_poor = opted_out_after_poor(episodes, spec, shared_users)
     df = (
         _segment(episodes).join(per_episode, "episode_id", "left").join(after_poor, "episode_id", "left")
         .withColumn("week", F.to_date(F.date_trunc("week", "started_at")))
@@ -123,9 +129,10 @@ def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec) ->
         .withColumn("within_sla", F.when(completed & sla.isNotNull(), duration_s <= sla))
         .withColumn("sla_factor", sla_factor)
         .withColumn("opted_out_after_poor", F.when(poor, F.coalesce(
-            # a row from before silver recorded opt-out times (`trajlake migrate`): the old definition, any opt-out
-            # in the poor episode, rather than none at all
-            F.when(F.col("opted_out") & F.col("opted_out_at").isNull(), F.lit(True)),
+            # a row from before silver recorded these times (`trajlake migrate`: an end without its time, an opt-out
+            # without its time) keeps the old definition, an opt-out anywhere in the poor episode
+            F.when((F.col("outcome_at").isNull() & (F.col("outcome") != "timeout"))
+                   | (F.col("opted_out") & F.col("opted_out_at").isNull()), F.col("opted_out")),
             F.col("_opted_out_after"), F.lit(False))))
         .withColumn("repeat_task", F.col("repeat_of_task_id").isNotNull())
         .withColumn("delegated_when_repeat", F.when(F.col("repeat_task"), F.col("delegated")))
@@ -197,6 +204,15 @@ def silver_inputs(silver: TableSpec, gold: TableSpec, formula_inputs: tuple[str,
     return [c for c in silver.schema.names if c in gold.schema.names or c in formula_inputs]
 
 
+def shared_users(settings: Settings) -> tuple[str, ...]:
+    """The pseudonyms many people share: the OTLP collector's default user (spans that name none)."""
+    from privacy.policy import PSEUDONYM_FIELDS
+    from privacy.pseudonyms import pseudonym
+
+    key = settings.pseudonym_key.get_secret_value().encode()
+    return (pseudonym(key, PSEUDONYM_FIELDS["user_id"], settings.otlp_default_user_id),)
+
+
 def latest_silver(spark: SparkSession, settings: Settings, start: date, end: date, episodes_end: date | None = None
                   ) -> tuple[DataFrame, DataFrame]:
     """The latest revisions of silver steps dated in [start, end) and episodes in [start, episodes_end or end),
@@ -226,7 +242,7 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
         progress(f"reading silver {start - margin} … {end + ahead}")
         steps, episodes = latest_silver(spark, settings, start - margin, end + margin, end + ahead)
         signals = step_signals(steps, spec).cache()
-        scores = episode_scores(episodes, signals, spec).cache()
+        scores = episode_scores(episodes, signals, spec, shared_users(settings)).cache()
         try:
             where = window_predicate("date", start, end, spec)  # filters the rows and bounds the replace alike
             # both gated before either is written: step rewards are shares of these very episode scores

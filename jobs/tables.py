@@ -24,7 +24,7 @@ from pyspark.sql.window import Window
 
 from lake.locks import table_locks
 from lake.readers import files_dataset
-from lake.tables import check_schema, ensure_table, open_table, table_path
+from lake.tables import SchemaMismatch, ensure_table, open_table, schema_differences, table_path
 from quality.errors import (EmptyDaysRefused, EmptyPublishRefused,  # noqa: F401  (raised here; callers import
                              PublishRefused, days_listed)              # them from either)
 from quality.runner import QualityReport, data_docs_once, gate
@@ -48,8 +48,10 @@ def read_window(spark: SparkSession, settings: Settings, spec: TableSpec, start:
     if table is None:
         return spark.createDataFrame([], declared_schema(spec))
     # an input from an older declaration: the one-line SchemaMismatch naming `trajlake migrate`, not Spark's
-    # unresolved column deep in the plan
-    check_schema(table, spec, table_path(settings, spec))
+    # unresolved column deep in the plan. Extra columns (a table a newer release migrated) are read past
+    missing, _, changed = schema_differences(table, spec)
+    if missing or changed:
+        raise SchemaMismatch(spec.id, table_path(settings, spec), missing, [], changed)
     df = spark.read.format("delta").load(str(table_path(settings, spec)))
     return df.where((F.col(column) >= F.lit(start)) & (F.col(column) < F.lit(end)))
 

@@ -16,10 +16,19 @@ def _root(lake: Path) -> Path:
     return root
 
 
+def _open(path: Path) -> int:
+    """The lock file, for writing where that is allowed (NFS emulates flock with fcntl locks, and an exclusive one
+    needs a file open for writing), else read-only: flock takes either on a local disk, so a lock file another
+    account created (the scheduler's, erase's) still locks."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
 @contextmanager
 def _flock(path: Path, mode: int, waiting: str, progress: Progress) -> Iterator[None]:
-    # read-only is enough for flock: a lock file another account created (the scheduler's, erase's) still locks
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    fd = _open(path)
     try:
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -57,7 +66,7 @@ def outside_erase(lake: Path, progress: Progress = lambda _: None) -> Iterator[N
     it overlapping runs could keep an erase waiting for ever). Not re-entrant: a holder that took it again
     while an erase waits would wait on that erase, which waits on the holder."""
     root = _root(lake)
-    fd = os.open(root / "erase.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    fd = _open(root / "erase.lock")
     try:
         with _flock(root / "erase.intent", fcntl.LOCK_SH, "waiting for a running erase to finish", progress):
             # no erase holds erase.lock now: it takes it only while it holds the intent

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import pyarrow as pa
 
 from lake.duckdb_views import connect, view_name
+from lake.locks import outside_erase
 from quality.runner import QualityReport, check, data_docs_once
 from quality.suites import checked_tables, suite_for
 from schemas.reward import RewardSpec
@@ -44,7 +45,8 @@ def check_lake(settings: Settings, spec: RewardSpec, tables: Sequence[str] | Non
     """Run the suite of each table over its window; failing rows go to quality/quarantine. Raises nothing: the
     caller decides what a failure means (the CLI exits non-zero)."""
     reports = []
-    with data_docs_once(settings):
+    # failing rows are copied, user ids and all, into quality/quarantine: not beside an erase (lake/locks.py)
+    with outside_erase(settings.lake, progress), data_docs_once(settings):
         for table_id in tables or checked_tables():
             suite = suite_for(table_id, spec)
             progress(f"checking {table_id}")

@@ -148,8 +148,10 @@ def silver_episodes() -> Suite:
         "check_reactions_need_steps": ("n_steps > 0 OR accepted + rejected + edited + undone = 0",
                                        "reactions in an episode mean it has at least one step"),
         # one direction only: rows written before these columns existed hold nulls (`trajlake migrate`)
-        "check_outcome_time_in_episode": ("outcome_at IS NULL OR (outcome_at >= started_at AND outcome_at <= ended_at)",
-                                          "the task's first end lies within the episode"),
+        # not against started_at: that is task_started's time, and a frontend clock behind the agent's can put an
+        # abandonment a moment before it
+        "check_outcome_time_in_episode": ("outcome_at IS NULL OR outcome_at <= ended_at",
+                                          "the task's first end comes no later than its last event"),
         "check_timeout_has_no_end": ("outcome <> 'timeout' OR outcome_at IS NULL",
                                      "a timed-out task reached no end"),
         "check_opt_out_time_means_opted_out": ("opted_out_at IS NULL OR opted_out",

@@ -385,13 +385,17 @@ def migrate(
     from lake.tables import SchemaMismatch, add_missing_columns
     from schemas.tables import TABLES
 
+    from contextlib import nullcontext
+
     from lake.locks import erasing
 
     s = settings()
     _existing_lake(s)
     added, refused = 0, []
-    # alone, like erase: no jobs run, export or backfill reads a table while its schema changes
-    with console.status("checking the lake's tables…") as st, erasing(s.lake, lambda m: st.update(m)):
+    # alone, like erase: no jobs run, export or backfill reads a table while its schema changes (a dry run changes
+    # nothing, so it waits for no one)
+    with console.status("checking the lake's tables…") as st, \
+            (nullcontext() if dry_run else erasing(s.lake, lambda m: st.update(m))):
         for t in TABLES.values():
             st.update(f"checking {t.id}…")
             try:

@@ -121,14 +121,22 @@ def test_an_opt_out_counts_after_a_poor_outcome_in_the_task_or_a_later_one_withi
         # an opt-out in another task before this outcome does not count
         episode("poor4", "abandoned", user_id="u_o", started_at=at(0), outcome_at=at(500)),
         episode("earlier", "completed", user_id="u_o", started_at=at(100), opted_out_at=at(200), **out),
-        # a row written before silver recorded opt-out times (`trajlake migrate`): the old definition
+        # an opt-out in the task itself, a day after its first end but before its last event, counts
+        episode("long", "escalated", user_id="u_g", escalated=True, outcome_at=at(60),
+                ended_at=at(50 * 3600), opted_out_at=at(26 * 3600), **out),
+        # rows written before silver recorded these times (`trajlake migrate`): the old definition, an opt-out
+        # anywhere in the poor episode, and none from the user's other tasks
         episode("old", "abandoned", user_id="u_x", **out),
+        episode("old2", "abandoned", user_id="u_x"),
+        # a pseudonym many people share (the OTLP default user): its tasks see their own opt-outs only
+        episode("anon_poor", "abandoned", user_id="u_shared", outcome_at=at(60)),
+        episode("anon_out", "completed", user_id="u_shared", started_at=at(600), opted_out_at=at(610), **out),
     ])
     scores = {r.task_id: r.opted_out_after_poor for r in episode_scores(episodes, step_signals(
-        spark.createDataFrame([], declared_schema(SILVER_STEPS)), SPEC), SPEC).collect()}
+        spark.createDataFrame([], declared_schema(SILVER_STEPS)), SPEC), SPEC, shared_users=("u_shared",)).collect()}
     assert scores == {"after": True, "before": False, "timeout": True, "poor": True, "next": None, "poor2": False,
                       "late": None, "poor3": True, "overlap": None, "third": None, "poor4": False, "earlier": None,
-                      "old": True}
+                      "long": True, "old": True, "old2": False, "anon_poor": False, "anon_out": None}
 
 
 @pytest.mark.integration

@@ -80,6 +80,7 @@ def test_episode_times_that_contradict_the_outcome_fail_silver(lake_settings):
                 opted_out_at=T0 + timedelta(minutes=5))
     rows = [good, dict(good, episode_id="e1", opted_out_at=None),  # a row from before the columns: passes
             dict(good, episode_id="e2", outcome_at=T0 + timedelta(minutes=9)),   # an end after the episode's last event
+            dict(good, episode_id="e5", outcome_at=T0 - timedelta(seconds=2)),   # a clock behind: passes
             dict(good, episode_id="e3", outcome="timeout"),                       # a timeout that reached an end
             dict(good, episode_id="e4", opted_out=False)]                         # an opt-out time without the opt-out
     assert failed(lake_settings, "silver/episodes", rows) == {
