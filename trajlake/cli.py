@@ -211,7 +211,7 @@ def jobs_run(
     first, last = _day(start, "--start"), _day(end, "--end")
     if last <= first:
         raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
-    s = _existing_lake(settings())  # a mistyped lake would otherwise have "nothing to publish" and exit 0
+    s = settings()
     if reward_version:
         s = s.model_copy(update={"reward_version": reward_version})
     if allow_empty:
@@ -220,6 +220,7 @@ def jobs_run(
         spec = load_reward_spec(s.reward_version)
     except RewardSpecError as exc:
         raise UserError(f"{exc} — pass --reward-version with one of the versions listed") from None
+    _existing_lake(s)  # after the arguments: a mistyped lake would otherwise have "nothing to publish" and exit 0
 
     # an EmptyPublishRefused or EmptyDaysRefused (PublishRefused) reaches main(): one line with the table, window or
     # days, rows and fix
