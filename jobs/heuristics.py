@@ -241,6 +241,8 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
         ahead = margin + timedelta(days=math.ceil(spec.trust.opt_out_within_hours / 24))
         progress(f"reading silver {start - margin} … {end + ahead}")
         steps, episodes = latest_silver(spark, settings, start - margin, end + margin, end + ahead)
+        # read three times (the scores, and the poor outcomes and opt-outs per user): once from the files
+        episodes = episodes.cache()
         signals = step_signals(steps, spec).cache()
         scores = episode_scores(episodes, signals, spec, shared_users(settings)).cache()
         try:
@@ -253,6 +255,7 @@ def run(spark: SparkSession, settings: Settings, start: date, end: date, spec: R
         finally:
             signals.unpersist()
             scores.unpersist()
+            episodes.unpersist()
         return out
 
 
