@@ -66,17 +66,12 @@ def outside_erase(lake: Path, progress: Progress = lambda _: None) -> Iterator[N
     it overlapping runs could keep an erase waiting for ever). Not re-entrant: a holder that took it again
     while an erase waits would wait on that erase, which waits on the holder."""
     root = _root(lake)
-    fd = _open(root / "erase.lock")
-    try:
-        with _flock(root / "erase.intent", fcntl.LOCK_SH, "waiting for a running erase to finish", progress):
-            # no erase holds erase.lock now: it takes it only while it holds the intent
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    waiting = "waiting for a running erase to finish"
+    with ExitStack() as held:
+        with _flock(root / "erase.intent", fcntl.LOCK_SH, waiting, progress):
+            # no erase holds erase.lock now (it takes it only while it holds the intent); kept past the intent
+            held.enter_context(_flock(root / "erase.lock", fcntl.LOCK_SH, waiting, progress))
+        yield
 
 
 @contextmanager

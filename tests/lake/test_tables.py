@@ -11,6 +11,7 @@ from lake.readers import read_table
 from lake.tables import SchemaMismatch, add_missing_columns, ensure_table, schema_mismatches, table_path
 from schemas.tables import BRONZE_EVENTS, SILVER_EPISODES
 from tests.conftest import REPO, settings_env
+from tests.jobs.test_tables import a_row
 
 pytestmark = pytest.mark.component
 
@@ -33,32 +34,13 @@ def test_a_table_of_the_declared_schema_opens(lake_settings):
     assert schema_mismatches(lake_settings) == []
 
 
-def _a_row(schema: pa.Schema) -> dict:
-    """Any value of each column's type (what the migration must keep, not what it means)."""
-    def value(t: pa.DataType):
-        if pa.types.is_string(t):
-            return "x"
-        if pa.types.is_boolean(t):
-            return True
-        if pa.types.is_integer(t):
-            return 1
-        if pa.types.is_floating(t):
-            return 1.5
-        if pa.types.is_timestamp(t):
-            return dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
-        if pa.types.is_date(t):
-            return dt.date(2026, 11, 2)
-        raise AssertionError(t)
-    return {f.name: value(f.type) for f in schema}
-
-
 def test_migrate_adds_the_missing_columns_and_keeps_the_rows(lake_settings):
     new = ("repeat_of_task_id", "outcome_at", "opted_out_at")
     old = pa.schema([f for f in SILVER_EPISODES.schema if f.name not in new])
     path = table_path(lake_settings, SILVER_EPISODES)
     path.mkdir(parents=True)
     DeltaTable.create(str(path), schema=old, partition_by=["date"])
-    write_deltalake(str(path), pa.Table.from_pylist([_a_row(old)], schema=old), mode="append")
+    write_deltalake(str(path), pa.Table.from_pylist([a_row(SILVER_EPISODES)], schema=old), mode="append")
     assert add_missing_columns(lake_settings, SILVER_EPISODES, dry_run=True) == list(new)
     assert DeltaTable(str(path)).version() == 1  # a dry run changes nothing
     assert add_missing_columns(lake_settings, SILVER_EPISODES) == list(new)
@@ -66,7 +48,7 @@ def test_migrate_adds_the_missing_columns_and_keeps_the_rows(lake_settings):
     rows = read_table(lake_settings, SILVER_EPISODES).to_pylist()
     assert len(rows) == 1 and rows[0]["episode_id"] == "x" and all(rows[0][c] is None for c in new)
     # the sink's rows, with the new columns, append to it
-    write_deltalake(str(path), pa.Table.from_pylist([_a_row(SILVER_EPISODES.schema)], schema=SILVER_EPISODES.schema),
+    write_deltalake(str(path), pa.Table.from_pylist([a_row(SILVER_EPISODES)], schema=SILVER_EPISODES.schema),
                     mode="append")
     assert len(read_table(lake_settings, SILVER_EPISODES)) == 2
     assert add_missing_columns(lake_settings, SILVER_EPISODES) == []  # a rerun adds nothing
