@@ -35,11 +35,17 @@ def _segment(df: DataFrame) -> DataFrame:
     return df.withColumn("task_type", F.coalesce(F.col("task_type"), F.lit("unknown")))
 
 
-def with_episode_id(steps: DataFrame) -> DataFrame:
-    """Steps with the id of their episode (session/task), as silver/episodes spells it."""
-    if "episode_id" in steps.columns:
-        return steps
-    return steps.withColumn("episode_id", F.concat_ws("/", "session_id", "task_id"))
+# An episode by its parts: silver's episode_id is session_id/task_id and a step's step_id is session_id/action_id
+# (schemas/tables.py; the silver suites check both). The job partitions, sorts and joins by the parts and writes
+# the two ids as the step rows leave (`with_ids`): carried through the shuffle, the windows' sorts and the cache,
+# the two 77-character ids were ~30% of a step row's bytes (bench/RESULTS.md, "Spark jobs").
+EPISODE = ("session_id", "task_id")
+
+
+def with_ids(steps: DataFrame) -> DataFrame:
+    """Steps with their episode_id and step_id, written from session_id, task_id and action_id."""
+    return steps.withColumns({"episode_id": F.concat_ws("/", "session_id", "task_id"),
+                              "step_id": F.concat_ws("/", "session_id", "action_id")})
 
 
 def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
@@ -47,14 +53,14 @@ def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
     # one window specification (partition and order) with three frames: Spark evaluates them in one Window
     # operator over one sort. Written as two specs (the sum unordered), the three became three Window operators,
     # each copying every row (bench/RESULTS.md, "Spark jobs").
-    intent = Window.partitionBy("episode_id", "intent_id").orderBy("step_index")
+    intent = Window.partitionBy(*EPISODE, "intent_id").orderBy("step_index")
     whole = intent.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     after = intent.rowsBetween(0, Window.unboundedFollowing)
     kept = ((F.col("accepted") & ~F.col("undone")) | F.col("edited")).cast("int")
     penalty = F.when(F.col("outcome") == "edited", F.col("edit_distance")).otherwise(
         _lookup(spec.correction.penalty, F.col("outcome")))
     return (
-        _segment(with_episode_id(steps))
+        _segment(steps)
         .withColumn("intent_id", F.coalesce("intent_id", "action_id"))
         .withColumn("overwritten", F.coalesce(
             F.col("edited") & (F.col("edit_distance") >= spec.correction.overwrite_threshold), F.lit(False)))
@@ -70,7 +76,7 @@ def step_signals(steps: DataFrame, spec: RewardSpec) -> DataFrame:
 
 
 def opted_out_after_poor(episodes: DataFrame, spec: RewardSpec, shared_users: tuple[str, ...] = ()) -> DataFrame:
-    """(episode_id, _opted_out_after) for each poor episode: did its user opt out, in it or in any of their
+    """(session_id, task_id, _opted_out_after) for each poor episode: did its user opt out, in it or in any of their
     tasks, at or after the outcome and at most `trust.opt_out_within_hours` after the task's end.
 
     The outcome is met at the task's first end (silver's `outcome_at`); a timeout has none, so from its start.
@@ -84,17 +90,17 @@ def opted_out_after_poor(episodes: DataFrame, spec: RewardSpec, shared_users: tu
     who = F.when(F.col("user_id").isin(*shared_users), F.col("episode_id")).otherwise(F.col("user_id")) \
         if shared_users else F.col("user_id")
     poor = episodes.where(F.col("outcome").isin(*o.poor_outcomes)).select(
-        "episode_id", who.alias("who"), F.unix_micros(F.coalesce("outcome_at", "started_at")).alias("t"),
+        *EPISODE, who.alias("who"), F.unix_micros(F.coalesce("outcome_at", "started_at")).alias("t"),
         F.lit(0).alias("kind"),
         (F.unix_micros("ended_at") + F.lit(round(tr.opt_out_within_hours * 3_600_000_000))).alias("until"))
     outs = episodes.where(F.col("opted_out_at").isNotNull()).select(
-        F.lit(None).cast("string").alias("episode_id"), who.alias("who"), F.unix_micros("opted_out_at").alias("t"),
+        *[F.lit(None).cast("string").alias(c) for c in EPISODE], who.alias("who"), F.unix_micros("opted_out_at").alias("t"),
         F.lit(1).alias("kind"), F.lit(None).cast("long").alias("until"))
     newest_first = (Window.partitionBy("who").orderBy(F.desc("t"), F.desc("kind"))
                     .rowsBetween(Window.unboundedPreceding, Window.currentRow))
     first_after = F.min(F.when(F.col("kind") == 1, F.col("t"))).over(newest_first)
     return (poor.unionByName(outs).withColumn("_first_opt_out", first_after).where(F.col("kind") == 0)
-            .select("episode_id", F.coalesce(F.col("_first_opt_out") <= F.col("until"), F.lit(False))
+            .select(*EPISODE, F.coalesce(F.col("_first_opt_out") <= F.col("until"), F.lit(False))
                     .alias("_opted_out_after")))
 
 
@@ -103,7 +109,7 @@ def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec, sh
     """Per-episode signals of the four buckets, the bucket scores and the gated composite (`shared_users`:
     `opted_out_after_poor`'s)."""
     mean = lambda c: F.avg(F.col(c).cast("double"))  # noqa: E731
-    per_episode = signals.groupBy("episode_id").agg(
+    per_episode = signals.groupBy(*EPISODE).agg(
         mean("edit_distance").alias("edit_distance"), mean("edited").alias("edit_rate"),
         mean("overwritten").alias("overwrite_rate"), mean("undone").alias("undo_rate"),
         mean("accepted").alias("accept_rate"), mean("rejected").alias("reject_rate"),
@@ -121,7 +127,7 @@ def episode_scores(episodes: DataFrame, signals: DataFrame, spec: RewardSpec, sh
     t = F.coalesce(F.col("next_action_s"), F.lit(0.0))
     after_poor = opted_out_after_poor(episodes, spec, shared_users)
     df = (
-        _segment(episodes).join(per_episode, "episode_id", "left").join(after_poor, "episode_id", "left")
+        _segment(episodes).join(per_episode, list(EPISODE), "left").join(after_poor, list(EPISODE), "left")
         .withColumn("week", F.to_date(F.date_trunc("week", "started_at")))
         .withColumn("completed", completed)
         .withColumn("duration_s", duration_s)
@@ -161,7 +167,7 @@ def step_rewards(signals: DataFrame, scores: DataFrame, spec: RewardSpec) -> Dat
     """
     # one window (the episode's steps in order) gives both a step's position and the episode's step count; the
     # weights' sum over the episode is then a closed form of the count, not a second window over the weights
-    episode = Window.partitionBy("episode_id").orderBy("step_index")
+    episode = Window.partitionBy(*EPISODE).orderBy("step_index")
     n = F.col("_n").cast("double")
     steps_after = F.col("_n") - F.col("_position")
     if spec.step.credit == "uniform":
@@ -178,11 +184,12 @@ def step_rewards(signals: DataFrame, scores: DataFrame, spec: RewardSpec) -> Dat
         signals.withColumns({
             "_n": F.count(F.lit(1)).over(episode.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)),
             "_position": F.row_number().over(episode)})
-        .join(scores.select("episode_id", "composite"), "episode_id", "inner")
+        .join(scores.select(*EPISODE, "composite"), list(EPISODE), "inner")
         .withColumn("credit_share", F.col("composite") * weight / total)
         .withColumn("step_reward", own * F.col("own_reward") + (1.0 - own) * F.col("credit_share"))
         .withColumn("reward_version", F.lit(spec.version))
         .drop("_n", "_position", "composite")
+        .transform(with_ids)
     )
 
 
@@ -216,17 +223,18 @@ def shared_users(settings: Settings) -> tuple[str, ...]:
 def latest_silver(spark: SparkSession, settings: Settings, start: date, end: date, episodes_end: date | None = None
                   ) -> tuple[DataFrame, DataFrame]:
     """The latest revisions of silver steps dated in [start, end) and episodes in [start, episodes_end or end),
-    with the columns the job reads, both hash-partitioned by episode.
+    with the columns the job reads (the steps without their ids: `with_ids`), both hash-partitioned by episode.
 
     Partitioned once: every window and join after this one (a step's intent, its episode's aggregates, the credit
     share) is by episode too and reuses it. Without it each of them shuffled all steps again: the step rewards'
     plan had eight exchanges, now four (bench/RESULTS.md)."""
-    steps = latest_revisions(with_episode_id(read_window(spark, settings, SILVER_STEPS, start, end)
-                                             .select(*silver_inputs(SILVER_STEPS, GOLD_STEP_SIGNALS, STEP_INPUTS)))
-                             .repartition("episode_id"), "step_id", within="episode_id")
+    steps = latest_revisions(read_window(spark, settings, SILVER_STEPS, start, end)
+                             .select(*[c for c in silver_inputs(SILVER_STEPS, GOLD_STEP_SIGNALS, STEP_INPUTS)
+                                       if c != "step_id"])
+                             .repartition(*EPISODE), "action_id", within=EPISODE)
     episodes = latest_revisions(read_window(spark, settings, SILVER_EPISODES, start, episodes_end or end)
                                 .select(*silver_inputs(SILVER_EPISODES, GOLD_EPISODE_SCORES, EPISODE_INPUTS))
-                                .repartition("episode_id"), "episode_id")
+                                .repartition(*EPISODE), "task_id", within=("session_id",))
     return steps, episodes
 
 

@@ -56,13 +56,14 @@ def read_window(spark: SparkSession, settings: Settings, spec: TableSpec, start:
     return df.where((F.col(column) >= F.lit(start)) & (F.col(column) < F.lit(end)))
 
 
-def latest_revisions(df: DataFrame, key: str, within: str | None = None) -> DataFrame:
-    """Only the highest revision of each `key` (late amendments supersede earlier rows).
+def latest_revisions(df: DataFrame, key: str, within: tuple[str, ...] = ()) -> DataFrame:
+    """Only the highest revision of each `key` within `within` (late amendments supersede earlier rows).
 
-    `within`: a column every revision of a key shares (a step's episode); a frame already partitioned by it
-    keeps its partitioning, so the job's later windows and joins by that column need no shuffle of their own.
+    `within`: columns every revision of a key shares (a step's session and task); a frame already partitioned
+    by them keeps its partitioning, so the job's later windows and joins by those columns need no shuffle of their
+    own.
     """
-    w = Window.partitionBy(*([within] if within else []), key).orderBy(F.col("revision").desc())
+    w = Window.partitionBy(*within, key).orderBy(F.col("revision").desc())
     return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
 
 

@@ -122,6 +122,10 @@ def silver_steps() -> Suite:
             "ORDER BY step_index, revision), true)",
             "within an episode, a later step was not proposed before an earlier one"),
         "check_closed_after_proposed": ("closed_at >= proposed_at", "a step closes after it was proposed"),
+        # the jobs key steps by these parts and write step_id from them (jobs/heuristics.py, `with_ids`); a null
+        # part is the not-null check's to report
+        "check_step_id_is_session_action": ("coalesce(step_id = session_id || '/' || action_id, true)",
+                                            "a step's id is its session and action: session_id/action_id"),
         "check_edit_has_final_value": ("NOT edited OR final_value IS NOT NULL",
                                        "an edited step carries the user's final value"),
         "check_outcome_matches_flags": (
@@ -142,6 +146,10 @@ def silver_steps() -> Suite:
 def silver_episodes() -> Suite:
     t = SILVER_EPISODES
     derived, checks = _derived({
+        # the jobs key episodes by these parts and write episode_id from them (jobs/heuristics.py, `with_ids`); a
+        # null part is the not-null check's to report
+        "check_episode_id_is_session_task": ("coalesce(episode_id = session_id || '/' || task_id, true)",
+                                             "an episode's id is its session and task: session_id/task_id"),
         "check_duration_matches": ("duration_ms = epoch_ms(ended_at) - epoch_ms(started_at)",
                                    "duration is the time from the first to the last event"),
         # counts are of reaction events (an accept then an undo of one step counts both), so only a floor holds

@@ -22,12 +22,13 @@ def test_a_failing_suite_refuses_quarantines_and_reports(lake_settings):
         gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", rows))
     report = exc.value.report
     text = str(exc.value)
-    assert "silver/steps: suite silver_steps FAILED" in text and "edit_distance" in text and "step_id=s1" in text
+    assert "silver/steps: suite silver_steps FAILED" in text and "edit_distance" in text
+    assert "step_id=sess/a1" in text
     assert "Nothing was published" in text
     assert report.quarantined == 1
     q = read_table(lake_settings, QUALITY_QUARANTINE).to_pylist()
     assert [(r["table"], r["column"], r["row_key"]) for r in q] == [
-        ("silver/steps", "edit_distance", '{"step_id":"s1","revision":0}')]
+        ("silver/steps", "edit_distance", '{"step_id":"sess/a1","revision":0}')]
     assert q[0]["user_id"] == "u_" + "a" * 24 and '"final_value":"y"' in q[0]["row"]  # erasable, inspectable
     docs = lake_settings.state_dir / "quality" / "gx" / "uncommitted" / "data_docs" / "local_site"
     assert (docs / "index.html").exists() and list((docs / "validations").rglob("*.html"))
@@ -195,7 +196,7 @@ def test_a_negative_int32_is_caught_on_the_widened_column(lake_settings):
     with pytest.raises(QualityGateFailed) as exc:
         gate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", [step(0), step(1, tool_calls=-1)]))
     [failure] = [f for f in exc.value.report.failures if f.column == "tool_calls"]
-    assert failure.unexpected == 1 and failure.examples == ({"step_id": "s1", "revision": 0},)
+    assert failure.unexpected == 1 and failure.examples == ({"step_id": "sess/a1", "revision": 0},)
 
 
 @pytest.mark.unit
@@ -213,7 +214,7 @@ def test_a_suite_with_a_row_condition_gives_expectations_every_column():
     full = table("silver/steps", [step(0)])
     seen = frame_for_expectations(conditional, full)
     assert seen.column_names == [*full.column_names, ROW]
-    assert seen.column("step_id").to_pylist() == ["s0"]  # a condition may read values: none is reduced to nullness
+    assert seen.column("step_id").to_pylist() == ["sess/a0"]  # a condition reads values: none reduced to nullness
 
 
 def test_string_checks_hold_on_the_categorical_frame(lake_settings):
@@ -225,11 +226,12 @@ def test_string_checks_hold_on_the_categorical_frame(lake_settings):
     rows = [step(0), step(1, session_id=None), step(2, outcome="exploded"), step(2, outcome="exploded")]
     report, _ = validate(lake_settings, suite_for("silver/steps", SPEC), table("silver/steps", rows))
     got = {f.column: f for f in report.failures}
-    assert got["session_id"].unexpected == 1 and got["session_id"].examples == ({"step_id": "s1", "revision": 0},)
+    assert got["session_id"].unexpected == 1
+    assert got["session_id"].examples == ({"step_id": "sess/a1", "revision": 0},)
     assert got["outcome"].unexpected == 2 and got["step_id,revision"].unexpected == 2
     assert all(type(e["step_id"]) is str for e in got["outcome"].examples)
     # the failing rows come back by row number and are named by their keys, in the rows' order
-    assert got["outcome"].rows == ({"step_id": "s2", "revision": 0}, {"step_id": "s2", "revision": 0})
+    assert got["outcome"].rows == ({"step_id": "sess/a2", "revision": 0}, {"step_id": "sess/a2", "revision": 0})
 
 
 @pytest.mark.unit

@@ -21,7 +21,7 @@ def table(table_id: str, rows: list[dict]) -> pa.Table:
 
 
 def step(i: int, **kw) -> dict:
-    row = dict(step_id=f"s{i}", revision=0, session_id="sess", task_id="t1", user_id="u_" + "a" * 24,
+    row = dict(step_id=f"sess/a{i}", revision=0, session_id="sess", task_id="t1", user_id="u_" + "a" * 24,
                agent_version="a1", prompt_variant="p1", task_type="refund", action_id=f"a{i}", intent_id=f"i{i}",
                step_index=i, proposed_at=T0 + timedelta(seconds=10 * i), output="draft", outcome="accepted",
                shown=True, accepted=True, rejected=False, edited=False, undone=False, retried=False,
@@ -60,17 +60,19 @@ def test_steps_out_of_order_duplicated_or_inconsistent_fail(lake_settings):
     rows = [step(0), step(1, proposed_at=T0 - timedelta(minutes=5)),              # proposed before step 0
             step(2, outcome="edited"),                                            # edited without the flag or value
             step(3, edit_distance=1.5, edited=True, outcome="edited", final_value="x", accepted=False),
-            step(0)]                                                              # a repeated (step_id, revision)
+            step(0),                                                              # a repeated (step_id, revision)
+            step(4, step_id="sess/a5")]                                           # an id not session_id/action_id
     got = failed(lake_settings, "silver/steps", rows)
     assert got["check_ordered_in_episode"] == 1
     assert got["check_outcome_matches_flags"] == 1
     assert got["edit_distance"] == 1
     assert got["step_id,revision"] == 2
+    assert got["check_step_id_is_session_action"] == 1
 
 
 def test_episode_times_that_contradict_the_outcome_fail_silver(lake_settings):
     good = {f.name: None for f in TABLES["silver/episodes"].schema}
-    good.update(episode_id="e0", revision=0, session_id="s", task_id="t", user_id="u_" + "a" * 24,
+    good.update(episode_id="s/t0", revision=0, session_id="s", task_id="t0", user_id="u_" + "a" * 24,
                 agent_version="a", prompt_variant="p", started_at=T0, ended_at=T0 + timedelta(minutes=5),
                 duration_ms=300_000, outcome="abandoned", n_steps=1, n_user_messages=0, accepted=0, rejected=0,
                 edited=0, undone=0, retried=0, escalated=False, delegated=False, opted_out=True, reopened=False,
@@ -78,13 +80,16 @@ def test_episode_times_that_contradict_the_outcome_fail_silver(lake_settings):
                 cost_usd=0.0, latency_ms=1.0, policy_version="privacy-6", closed_reason="terminal",
                 closed_at=T0 + timedelta(minutes=6), date=T0.date(), outcome_at=T0 + timedelta(minutes=4),
                 opted_out_at=T0 + timedelta(minutes=5))
-    rows = [good, dict(good, episode_id="e1", opted_out_at=None),  # a row from before the columns: passes
-            dict(good, episode_id="e2", outcome_at=T0 + timedelta(minutes=9)),   # an end after the episode's last event
-            dict(good, episode_id="e5", outcome_at=T0 - timedelta(seconds=2)),   # a clock behind: passes
-            dict(good, episode_id="e3", outcome="timeout"),                       # a timeout that reached an end
-            dict(good, episode_id="e4", opted_out=False)]                         # an opt-out time without the opt-out
+    row = lambda k, **kw: dict(good, episode_id=f"s/t{k}", task_id=f"t{k}", **kw)  # noqa: E731
+    rows = [good, row(1, opted_out_at=None),                          # a row from before the columns: passes
+            row(2, outcome_at=T0 + timedelta(minutes=9)),             # an end after the episode's last event
+            row(5, outcome_at=T0 - timedelta(seconds=2)),             # a clock behind: passes
+            row(3, outcome="timeout"),                                # a timeout that reached an end
+            row(4, opted_out=False),                                  # an opt-out time without the opt-out
+            dict(row(6), task_id="t7")]                               # an id that is not session_id/task_id
     assert failed(lake_settings, "silver/episodes", rows) == {
-        "check_outcome_time_in_episode": 1, "check_timeout_has_no_end": 1, "check_opt_out_time_means_opted_out": 1}
+        "check_outcome_time_in_episode": 1, "check_timeout_has_no_end": 1, "check_opt_out_time_means_opted_out": 1,
+        "check_episode_id_is_session_task": 1}
 
 
 def test_raw_ids_and_unknown_event_types_fail_bronze(lake_settings):
