@@ -159,6 +159,22 @@ def test_a_shifted_week_is_flagged_as_drift(spark):
 
 
 @pytest.mark.integration
+def test_a_drift_bin_counts_the_edges_at_or_below_the_value(spark):
+    """`bin_sql` in Spark against the definition in Python: on the edges, between, outside, null, a boolean."""
+    from pyspark.sql import functions as F
+
+    from jobs.scorecards import SECONDS, UNIT, bin_sql
+
+    values = [None, -1.0, 0.0, 0.1, 0.15, 0.9, 1.0, 1.0 - 1e-12, 0.3, 2.0, 59.9, 60.0, 1800.0, 1e9]
+    df = spark.createDataFrame([(v, v is not None and v > 0.5) for v in values], "x DOUBLE, b BOOLEAN")
+    for edges in (UNIT, SECONDS):
+        got = [r[0] for r in df.select(F.expr(bin_sql("x", edges))).collect()]
+        assert got == [None if v is None else sum(v >= e for e in edges) for v in values], edges
+    assert [r[0] for r in df.select(F.expr(bin_sql("b", [0.5]))).collect()] == [int(v is not None and v > 0.5)
+                                                                              for v in values]
+
+
+@pytest.mark.integration
 def test_tau_bench_rates_equal_the_ground_truth(spark, tau_lake):
     """Completion = share of reward-1.0 trajectories; escalation = share that called transfer_to_human_agents."""
     import pyarrow.compute as pc
