@@ -95,7 +95,8 @@ def opted_out_after_poor(episodes: DataFrame, spec: RewardSpec, shared_users: tu
         F.lit(0).alias("kind"),
         (F.unix_micros("ended_at") + F.lit(round(tr.opt_out_within_hours * 3_600_000_000))).alias("until"))
     outs = episodes.where(F.col("opted_out_at").isNotNull()).select(
-        *[F.lit(None).cast("string").alias(c) for c in EPISODE], who.alias("who"), F.unix_micros("opted_out_at").alias("t"),
+        *[F.lit(None).cast("string").alias(c) for c in EPISODE], who.alias("who"),
+        F.unix_micros("opted_out_at").alias("t"),
         F.lit(1).alias("kind"), F.lit(None).cast("long").alias("until"))
     newest_first = (Window.partitionBy("who").orderBy(F.desc("t"), F.desc("kind"))
                     .rowsBetween(Window.unboundedPreceding, Window.currentRow))
