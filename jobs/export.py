@@ -25,7 +25,7 @@ from xxhash import xxh3_128_digest
 
 from jobs.conversations import CONVERSATION_EVENTS, conversation
 from jobs.export_rows import BUILDERS, FORMATS, RFT_GRADER, Episode, eligible_sql
-from jobs.splits import (NEAR_DUPLICATE_METHOD, PRECEDENCE, clusters, keep_one_per_cluster, leakage,
+from jobs.splits import (NEAR_DUPLICATE_METHOD, PRECEDENCE, SPLITS, clusters, keep_one_per_cluster, leakage,
                          near_duplicate_edges, prompt_digest_sql, prompt_words_sql, splits_params,
                          splits_sql)
 from lake.duckdb_views import connect, view_name
@@ -381,8 +381,14 @@ class _Writer:
         counts = self.rows.setdefault(fmt, {})
         counts[split] = counts.get(split, 0) + n
 
-    def close(self) -> dict[str, dict[str, Any]]:
-        """Close the files; returns each one's sha256, size and rows, keyed by its path in the export."""
+    def close(self, formats: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+        """Close the files; returns each one's sha256, size and rows, keyed by its path in the export. Every split
+        of each of `formats` gets its file, empty when no row went to it: a split of no rows had no file, and
+        the training readers (and a trainer's loop over the four splits) failed on it (found in review)."""
+        for fmt in formats:
+            for split in SPLITS:
+                if (fmt, split) not in self.files:
+                    self._append(fmt, split, b"", 0)
         out = {}
         for (fmt, split), f in sorted(self.files.items()):
             out[f"{fmt}/{split}.jsonl"] = {"sha256": self.hashes[(fmt, split)].hexdigest(), "bytes": f.tell(),
@@ -784,7 +790,7 @@ def build(settings: Settings, request: ExportRequest, out: Path,
             pii_where.setdefault(kind, []).extend(formatted.pii_where.get(kind, [])[:5])
         done += formatted.n
         progress(f"wrote {done:,}/{n_kept:,} episodes")
-    files = writer.close()
+    files = writer.close(tuple(request.formats))
     if "rft" in request.formats and (out / "rft").is_dir():
         (out / "rft" / "grader.json").write_bytes(orjson.dumps(RFT_GRADER, option=orjson.OPT_INDENT_2))
 
@@ -1060,8 +1066,10 @@ def reproduce(settings: Settings, manifest_path: Path, out: Path, progress: Prog
     out.mkdir(parents=True, exist_ok=True)
     with outside_erase(settings.lake, progress):  # it reads the pinned versions, the erased user's rows among them
         rebuilt, _ = build(settings, request, out, progress)
-    differ = sorted(set(m["files"]) ^ set(rebuilt["files"])) + sorted(
-        f for f in set(m["files"]) & set(rebuilt["files"]) if m["files"][f]["sha256"] != rebuilt["files"][f]["sha256"])
+    # an export made before empty splits got their files lists none of them: an empty file it lacks is no difference
+    rebuilt_files = {f: v for f, v in rebuilt["files"].items() if f in m["files"] or v.get("rows", 1)}
+    differ = sorted(set(m["files"]) ^ set(rebuilt_files)) + sorted(
+        f for f in set(m["files"]) & set(rebuilt_files) if m["files"][f]["sha256"] != rebuilt_files[f]["sha256"])
     if differ:
         made_with = m["splits"].get("near_duplicate_method", "minhash-word3-duckdb-v1")  # before it was recorded
         why = "" if made_with == NEAR_DUPLICATE_METHOD else (

@@ -7,13 +7,10 @@ from urllib.parse import unquote, urlparse
 import duckdb
 import pyarrow as pa
 
-from lake.readers import table_dataset
-from lake.tables import open_table, spec
+from lake.readers import readable_table, table_dataset
+from lake.tables import spec
 from schemas.settings import Settings
 from schemas.tables import TABLES, TableSpec
-
-# reader features that make a table's parquet files alone an incomplete picture of its rows
-_NEEDS_DELTA_READER = {"deletionVectors", "columnMapping"}
 
 
 def view_name(table_id: str) -> str:
@@ -30,19 +27,14 @@ def native_view_sql(con: duckdb.DuckDBPyConnection, settings: Settings, t: Table
     """A SELECT reading the table's live parquet files (from the Delta log at `version`) with DuckDB's own parquet
     reader, every declared column in order and type; None when the table must be read through its pyarrow
     dataset instead (not written yet, no files, files not on the local disk or with glob characters in their
-    paths, partition values the paths URL-encode, or a protocol whose deletion vectors or column mapping plain
-    parquet reads would miss).
+    paths, or partition values the paths URL-encode). A table or version neither can read is refused
+    (`lake.readers.readable_table`).
 
     Why: DuckDB's reader filters before it decodes the other columns; pyarrow's dataset decodes every projected
     column of a row group and then filters: 0.36–0.57 of the time on the 1M lake's queries (bench/duckdb_views.py,
     bench/RESULTS.md)."""
-    dt = open_table(settings, t, version)
+    dt = readable_table(settings, t, version)
     if dt is None:
-        return None
-    protocol = dt.protocol()
-    features = set(protocol.reader_features or ())
-    mapping = dt.metadata().configuration.get("delta.columnMapping.mode", "none")
-    if features & _NEEDS_DELTA_READER or mapping != "none":
         return None
     uris = [urlparse(f) for f in dt.file_uris()]
     if not uris or any(u.scheme not in ("", "file") for u in uris):
@@ -78,7 +70,8 @@ def connect(settings: Settings, as_of: Mapping[str, int] | None = None,
     live files at its version, read by DuckDB's parquet reader where it can (`native_view_sql`), else through
     the pyarrow dataset of lake/readers.py.
 
-    `as_of` pins tables to Delta versions, e.g. {"silver/steps": 12}.
+    `as_of` pins tables to Delta versions, e.g. {"silver/steps": 12}. Times are shown and cast in UTC, the lake's
+    zone (`SET TimeZone` on the connection to see another).
     """
     con = con or duckdb.connect()
     as_of = dict(as_of or {})
@@ -87,6 +80,10 @@ def connect(settings: Settings, as_of: Mapping[str, int] | None = None,
         raise KeyError(f"unknown table(s) {sorted(unknown)}; known: {', '.join(TABLES)}")
     # a view's footers are read again by every query that binds it; cached, they are read once
     con.execute("SET parquet_metadata_cache = true").fetchall()
+    # the lake's days are UTC days (the `date` partitions, Spark's session, the scorecards' periods, the exports'
+    # windows): in the machine's zone, `ts::DATE` and date_trunc disagreed with `date` and gold, and one query gave
+    # other counts on another machine (found in review: 35/165 episodes per day in UTC, 69/131 in New York time)
+    con.execute("SET TimeZone = 'UTC'").fetchall()
     for table_id in TABLES:
         version = as_of.get(table_id)
         sql = native_view_sql(con, settings, spec(table_id), version)

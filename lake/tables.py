@@ -51,6 +51,11 @@ def check_schema(table: DeltaTable, t: TableSpec, path: Path) -> None:
         raise SchemaMismatch(t.id, path, missing, extra, changed)
 
 
+class UnreadableTable(Exception):
+    """A table, or a pinned version of it, whose rows trajlake's readers cannot give (`lake.readers.readable_table`):
+    the message names the table, why, and what to do."""
+
+
 class UnknownTable(KeyError):
     def __str__(self) -> str:
         return f"no table {self.args[0]!r}; known tables: {', '.join(TABLES)}"

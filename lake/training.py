@@ -5,31 +5,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+import duckdb
 import orjson
 import pyarrow as pa
 
 from lake.readers import read_table, table_dataset
+from lake.tables import spec
 from schemas.settings import Settings
 from schemas.tables import TableSpec
 
 
 def table_arrow(settings: Settings, table: TableSpec | str, version: int | None = None,
-                columns: list[str] | None = None) -> pa.Table:
-    """A lake table at `version` (latest when None) as Arrow."""
-    return read_table(settings, table, version, columns=columns)
+                columns: list[str] | None = None, latest: bool = False) -> pa.Table:
+    """A lake table at `version` (latest when None) as Arrow.
+
+    `latest`: of a table that keeps revisions (silver/steps, silver/episodes: `revision` in its keys), only each
+    key's latest revision, in key order; otherwise every revision is a row (1,431 rows for 1,380 steps of the
+    τ-bench lake). A key written twice at one revision (a late event after its task was forgotten,
+    docs/design.md) keeps the row closed later."""
+    t = spec(table) if isinstance(table, str) else table
+    if not latest:
+        return read_table(settings, t, version, columns=columns)
+    if "revision" not in t.keys:
+        raise ValueError(f"{t.id} keeps one row per key (no revisions): read it without latest=True")
+    key = [k for k in t.keys if k != "revision"]
+    data = read_table(settings, t, version)
+    con = duckdb.connect()
+    con.register("t", data)
+    ident = lambda c: '"' + c.replace('"', '""') + '"'  # noqa: E731
+    keys = ", ".join(map(ident, key))
+    picked = con.sql(f"SELECT * FROM t QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY revision DESC, "
+                     f"closed_at DESC) = 1 ORDER BY {keys}").to_arrow_table().cast(data.schema)
+    return picked.select(columns) if columns is not None else picked
 
 
 def table_pandas(settings: Settings, table: TableSpec | str, version: int | None = None,
-                 columns: list[str] | None = None):
-    return table_arrow(settings, table, version, columns).to_pandas()
+                 columns: list[str] | None = None, latest: bool = False):
+    return table_arrow(settings, table, version, columns, latest).to_pandas()
 
 
 def table_hf(settings: Settings, table: TableSpec | str, version: int | None = None,
-             columns: list[str] | None = None):
+             columns: list[str] | None = None, latest: bool = False):
     """A lake table at `version` as a Hugging Face `datasets.Dataset` (in memory, from Arrow without a copy)."""
     import datasets
 
-    data = table_arrow(settings, table, version, columns)
+    data = table_arrow(settings, table, version, columns, latest)
     if any(c.num_chunks == 0 for c in data.columns):
         # a table (or version) without files reads as columns of no chunks, which `datasets` cannot cast
         # ("cannot construct ChunkedArray from empty vector"): give every column one empty chunk
@@ -58,6 +78,8 @@ def export_split(export: Path, fmt: str, split: str):
     import datasets
 
     path = split_path(export, fmt, split)
+    if path.stat().st_size == 0:  # a split no row went to: `datasets`' JSON builder raises StopIteration on it
+        return datasets.Dataset.from_dict({})
     with tempfile.TemporaryDirectory(prefix="trajlake-hf-") as cache:
         return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache,
                                      keep_in_memory=True)

@@ -858,7 +858,7 @@ def status_report(s) -> dict:
     and the raw topics' partitions each reads.
     """
     from infra.kafka import broker
-    from lake.readers import table_dataset
+    from lake.readers import row_count
     from lake.tables import open_table
     from lake.writer import app_id, committed_offset
     from schemas.tables import TABLES
@@ -878,7 +878,8 @@ def status_report(s) -> dict:
     for tid, spec in TABLES.items():
         dt = open_table(s, spec)
         row = {"table": tid, "version": None if dt is None else dt.version(),
-               "rows": None if dt is None else table_dataset(s, spec).count_rows(), "location": str(s.lake / tid)}
+               # counted at the version shown: opening the table again could see a later commit
+               "rows": None if dt is None else row_count(s, spec, dt), "location": str(s.lake / tid)}
         topic = sources.get(tid)
         if topic is not None and topic in ends:
             row["source_topic"] = topic
@@ -1021,7 +1022,9 @@ def query(
     from deltalake.exceptions import DeltaError
 
     try:
-        con = connect(settings(), as_of=pins)
+        s = settings()
+        con = connect(s, as_of=pins)
+        _existing_lake(s)  # a mistyped lake root read as empty tables: the query printed 0 and exited 0
         rel = con.sql(sql)
         if rel is None:
             if out is not None:
@@ -1050,6 +1053,29 @@ def query(
                         "version") from None
 
 
+def _json_value(v):
+    """What orjson does not write itself: bytes (a dead letter's original) as base64, decimals as numbers."""
+    import base64
+    from decimal import Decimal
+
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode()
+    if isinstance(v, Decimal):
+        return float(v)
+    return str(v)
+
+
+def _csv_value(v):
+    """A CSV cell: lists and structs as JSON, bytes as base64 (not Python's reprs of them)."""
+    import orjson
+
+    if isinstance(v, (list, dict, tuple)):
+        return orjson.dumps(v, default=_json_value).decode()
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return _json_value(v)
+    return v
+
+
 def _print_relation(rel, format: str = "table", stream=None) -> None:
     stream = stream or sys.stdout
     cols, rows = rel.columns, rel.fetchall()
@@ -1058,15 +1084,18 @@ def _print_relation(rel, format: str = "table", stream=None) -> None:
 
         w = csv.writer(stream)
         w.writerow(cols)
-        w.writerows(rows)
+        w.writerows([_csv_value(v) for v in r] for r in rows)
     elif format == "json":
         import orjson
 
         for r in rows:
-            stream.write(orjson.dumps(dict(zip(cols, r)), default=str).decode() + "\n")
+            stream.write(orjson.dumps(dict(zip(cols, r)), default=_json_value).decode() + "\n")
     else:
-        # the lake's text is data, not Rich markup: "[b]" or "[/]" in a value printed as itself
-        t = Table(*(escape(c) for c in cols))
+        # the lake's text is data, not Rich markup: "[b]" or "[/]" in a value printed as itself. Long values fold
+        # onto more lines rather than end in "…": an id cut short cannot be copied out of the table
+        t = Table()
+        for c in cols:
+            t.add_column(escape(c), overflow="fold")
         for r in rows:
             t.add_row(*("" if v is None else escape(str(v)) for v in r))
         console.print(t)
@@ -1208,15 +1237,15 @@ def demo(
 
 def main() -> None:
     from infra.kafka.broker import BrokerError
-    from lake.tables import SchemaMismatch, UnknownTable
+    from lake.tables import SchemaMismatch, UnknownTable, UnreadableTable
     # not quality.runner or jobs.tables: Great Expectations and Spark take seconds to import
     from quality.errors import PublishRefused, QualityGateFailed
     from streams.producer import SendFailed
 
     try:
         app()
-    except (UserError, BrokerError, UnknownTable, SchemaMismatch, QualityGateFailed, PublishRefused,
-            SendFailed) as exc:
+    except (UserError, BrokerError, UnknownTable, UnreadableTable, SchemaMismatch, QualityGateFailed,
+            PublishRefused, SendFailed) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")  # a message quotes paths and data: brackets are text
         sys.exit(2)
     except OSError as exc:

@@ -11,6 +11,7 @@ import pytest
 
 from jobs.conversations import conversation
 from jobs.export import _Part, _Writer
+from jobs.splits import SPLITS
 from jobs.export_rows import Episode, eligible_sql, sft_rows
 from schemas.reward import load_reward_spec
 
@@ -93,3 +94,15 @@ def test_importing_the_export_loads_neither_great_expectations_nor_pyspark(tmp_p
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+def test_every_split_of_each_format_gets_its_file_even_when_no_row_went_to_it(tmp_path):
+    """A split of no rows had no file, and the training readers failed on it (found in review)."""
+    w = _Writer(tmp_path)
+    w.write("sft", {"train": part([(0, d("a"), b'{"a":1}\n', 0)])})
+    files = w.close(("sft", "dpo"))
+    assert sorted(files) == sorted(f"{fmt}/{split}.jsonl" for fmt in ("sft", "dpo") for split in SPLITS)
+    assert files["dpo/holdout.jsonl"] == {"sha256": hashlib.sha256(b"").hexdigest(), "bytes": 0, "rows": 0}
+    assert files["sft/train.jsonl"]["rows"] == 1 and (tmp_path / "sft/test.jsonl").read_bytes() == b""
+    assert w.rows == {"sft": {"train": 1, "validation": 0, "test": 0, "holdout": 0},
+                      "dpo": {"train": 0, "validation": 0, "test": 0, "holdout": 0}}

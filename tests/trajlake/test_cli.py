@@ -53,6 +53,9 @@ def test_missing_input_file(base_settings):
 @pytest.mark.unit
 def test_query_errors_are_one_line(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    # a mistyped lake root read as empty tables: the count printed 0 and the command exited 0
+    assert_clean_error(run(["query", "SELECT count(*) FROM silver_episodes"], env), "no lake at", "TRAJLAKE_LAKE_ROOT")
+    (tmp_path / "lake").mkdir()
     assert_clean_error(run(["query", "SELECT * FROM nope"], env), "DuckDB")
     assert_clean_error(run(["query", "SELECT 1", "--as-of", "bronze/events"], env), "TABLE=VERSION")
     assert_clean_error(run(["query", "SELECT 1", "--as-of", "gold/x=1"], env), "unknown table")
@@ -61,6 +64,7 @@ def test_query_errors_are_one_line(base_settings, tmp_path):
 @pytest.mark.unit
 def test_query_errors_while_fetching_and_a_directory_for_out_are_one_line(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    (tmp_path / "lake").mkdir()  # `query` refuses a lake that does not exist
     # raised as the rows are fetched, after the query was planned
     assert_clean_error(run(["query", "SELECT cast('abc' AS INT)"], env), "DuckDB", "Conversion")
     out = tmp_path / "x.csv"
@@ -73,6 +77,7 @@ def test_query_errors_while_fetching_and_a_directory_for_out_are_one_line(base_s
 def test_text_with_brackets_prints_as_itself(base_settings, tmp_path):
     """Values and messages are not Rich markup: "[/]" crashed the table, "[b]…[/b]" and "[x]" vanished."""
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    (tmp_path / "lake").mkdir()  # `query` refuses a lake that does not exist
     r = run(["query", "SELECT '[b]x[/b] [link](http://x) [x]' AS s, 'closing [/] here' AS t"], env)
     assert r.returncode == 0, r.stderr
     assert "[b]x[/b] [link](http://x) [x]" in r.stdout and "closing [/] here" in r.stdout
@@ -82,6 +87,7 @@ def test_text_with_brackets_prints_as_itself(base_settings, tmp_path):
 @pytest.mark.unit
 def test_settings_that_are_not_json_or_not_settings_are_named(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    (tmp_path / "lake").mkdir()  # `query` refuses a lake that does not exist
     assert_clean_error(run(["status"], env | {"TRAJLAKE_SPARK_CONF": "not json"}),
                        "TRAJLAKE_SPARK_CONF is not valid JSON", "spark.driver.memory")
     assert_clean_error(run(["status"], env | {"TRAJLAKE_KAFKA_BOOTSTRAP": "garbage"}),

@@ -58,3 +58,28 @@ def test_parquet_without_out_and_other_mistakes_are_one_line(base_settings, tmp_
     assert_clean_error(run(["query", "SELECT 1", "--format", "parquet", "--out", str(tmp_path / "no" / "x.parquet")],
                             env), "create it first")
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.unit
+def test_bytes_decimals_lists_and_structs_come_out_as_data_and_long_values_whole(base_settings, tmp_path):
+    """Found in review: JSON gave bytes as "b'…'" and decimals as strings, CSV Python reprs of lists and structs,
+    and the table cut long values (an id could not be copied out of it)."""
+    import base64
+    import csv
+    import io
+
+    env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
+    (tmp_path / "lake").mkdir()
+    sql = "SELECT 'a\"b'::BLOB AS b, 1.50::DECIMAL(4,2) AS d, ['x', 'y'] AS l, {'k': 'v'} AS st"
+    r = run(["query", sql, "--format", "json"], env)
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads(r.stdout) == {"b": base64.b64encode(b'a"b').decode(), "d": 1.5, "l": ["x", "y"],
+                                      "st": {"k": "v"}}
+    r = run(["query", sql, "--format", "csv"], env)
+    assert r.returncode == 0, r.stderr
+    header, row = list(csv.reader(io.StringIO(r.stdout)))
+    assert row == [base64.b64encode(b'a"b').decode(), "1.50", '["x","y"]', '{"k":"v"}']
+    long_id = "s-" + "0123456789abcdef" * 8
+    r = run(["query", f"SELECT '{long_id}' AS step_id"], env)
+    assert r.returncode == 0, r.stderr
+    assert long_id in "".join(ch for ch in r.stdout if ch.isalnum() or ch == "-")
