@@ -1024,8 +1024,18 @@ def load_manifest(path: Path) -> dict[str, Any]:
         raise ExportFailed(f"no manifest at {path}") from None
     except orjson.JSONDecodeError as exc:
         raise ExportFailed(f"{path} is not a manifest (invalid JSON: {exc})") from None
-    if manifest.get("trajlake_manifest") != 1:
+    if not isinstance(manifest, dict) or manifest.get("trajlake_manifest") != 1:
         raise ExportFailed(f"{path} is not a trajlake export manifest")
+    # what reproducing reads: a manifest cut short or edited ended in a KeyError (found in review)
+    shape = {"name": str, "request": dict, "sources": dict, "reward_version": str, "splits": dict, "files": dict}
+    parts = {"request": ("formats", "since", "until"),
+             "splits": ("group_by", "ratios", "holdout_share", "salt", "near_duplicate_threshold")}
+    wrong = [k for k, kind in shape.items() if not isinstance(manifest.get(k), kind)]
+    wrong += [f"{k}.{f}" for k, fields in parts.items() if isinstance(manifest.get(k), dict)
+              for f in fields if f not in manifest[k]]
+    if wrong:
+        raise ExportFailed(f"{path} is not a complete trajlake export manifest (missing or malformed: "
+                           f"{', '.join(wrong)}); use the manifest.json the export wrote, unedited")
     return manifest
 
 

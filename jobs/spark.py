@@ -54,12 +54,19 @@ def spark_conf(settings: Settings, extra: Mapping[str, str] | None = None) -> di
     return conf
 
 
+class SparkStartFailed(RuntimeError):
+    """The SparkSession did not start: the message names the settings that shape it."""
+
+
 def build_spark(settings: Settings, app_name: str = "trajlake", extra: Mapping[str, str] | None = None):
     """A SparkSession with Delta Lake. Under spark-submit set TRAJLAKE_SPARK_MASTER='' so the submit's master wins.
 
-    The delta-spark jars are resolved by `configure_spark_with_delta_pip` through Ivy on first start.
+    The delta-spark jars are resolved by `configure_spark_with_delta_pip` through Ivy on first start. A session
+    that does not start raises SparkStartFailed naming TRAJLAKE_SPARK_MASTER and TRAJLAKE_SPARK_CONF: a bad
+    master or driver setting ended in PySpark's JAVA_GATEWAY_EXITED traceback (found in review).
     """
     from delta import configure_spark_with_delta_pip
+    from pyspark.errors import PySparkException
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
@@ -67,7 +74,15 @@ def build_spark(settings: Settings, app_name: str = "trajlake", extra: Mapping[s
         builder = builder.master(settings.spark_master)
     for key, value in spark_conf(settings, extra).items():
         builder = builder.config(key, value)
-    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    try:
+        spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    except (PySparkException, OSError) as exc:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SparkStartFailed(
+            f"Spark did not start ({cause}; the JVM's own message, if any, is above). Check TRAJLAKE_SPARK_MASTER "
+            f"({settings.spark_master!r}: local[*], local[N] or a cluster URL like spark://host:7077) and "
+            f"TRAJLAKE_SPARK_CONF ({dict(settings.spark_conf)!r}: e.g. spark.driver.memory takes 4g), and that "
+            "Java 17 is on PATH or JAVA_HOME") from None
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

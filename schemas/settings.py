@@ -34,8 +34,9 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_host: str = "127.0.0.1"
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
+    # a TCP port: out of range, sockets raised OverflowError deep in the broker check (found in review)
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
     kafka_bootstrap: str | None = None  # an external cluster; when set, `trajlake up` starts nothing
 
     @field_validator("kafka_bootstrap")
@@ -45,6 +46,15 @@ class Settings(BaseSettings):
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server.strip()!r} is not HOST:PORT; write e.g. kafka-1:9092,kafka-2:9092")
+        return v
+
+    @field_validator("state_dir", "lake_root", "key_store", "pii_ground_truth", "schedule_file", mode="before")
+    @classmethod
+    def _not_empty_path(cls, v):
+        # an empty TRAJLAKE_LAKE_ROOT= was the current directory: the lake, or the keys, in whatever directory a
+        # command ran from (found in review)
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty: unset it for the default, or give a path")
         return v
     kafka_heap: str = "512m"
     topic_partitions: int = Field(default=4, ge=1)
@@ -145,7 +155,7 @@ class Settings(BaseSettings):
 
     # collector (streams/collector/): the HTTP front door for browsers, SDKs and OpenTelemetry exporters
     collector_host: str = "127.0.0.1"
-    collector_port: int = 8787
+    collector_port: int = Field(default=8787, ge=1, le=65535)
     # write keys per app, as JSON: {"helpdesk-web": "wk_…"}. A key names its app; events are stamped with it.
     # Browser keys are public by nature (like any analytics write key): they only allow writing events.
     collector_write_keys: dict[str, SecretStr] = Field(default_factory=dict)

@@ -52,7 +52,10 @@ def settings():
         if not first["loc"]:  # a rule across settings (e.g. the key store inside the lake) names its variables
             raise UserError(f"settings are inconsistent: {first['msg'].removeprefix('Value error, ')}") from None
         name = "TRAJLAKE_" + str(first["loc"][0]).upper()
-        raise UserError(f"setting {name} is invalid: {first['msg']} — fix or unset that environment variable") from None
+        # an item of a JSON setting: which one ("TRAJLAKE_SPARK_CONF's 'a'", not the setting alone)
+        item = "".join(f"[{p!r}]" for p in first["loc"][1:])
+        msg = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"setting {name}{item} is invalid: {msg} — fix or unset that environment variable") from None
 
 
 def _check_output_file(flag: str, path: Path, example: str) -> None:
@@ -63,12 +66,20 @@ def _check_output_file(flag: str, path: Path, example: str) -> None:
         raise UserError(f"{flag} {path}: the directory {path.resolve().parent} does not exist; create it first")
 
 
-def _existing_lake(s):
+def _existing_lake(s, with_tables: bool = False):
     """`s`, if its lake exists: a command that reads the lake must not report "passed" on nothing, or create a
     mistyped lake's directories, when TRAJLAKE_LAKE_ROOT or TRAJLAKE_STATE_DIR names the wrong place."""
+    from schemas.tables import TABLES
+
     if not s.lake.is_dir():
         raise UserError(f"no lake at {s.lake}: check TRAJLAKE_LAKE_ROOT / TRAJLAKE_STATE_DIR, or fill one first "
                         "(`trajlake worker`, then `trajlake jobs run`)")
+    # `with_tables`: a command that reports on the tables there as passed or up to date (checks, migrates). In a
+    # directory with none of them, `quality check` listed every suite as passed on 0 rows (found in review); a job,
+    # a query, a compaction or a vacuum of a fresh lake has nothing to publish, empty views or nothing to do
+    if with_tables and not any((s.lake / tid / "_delta_log").is_dir() for tid in TABLES):
+        raise UserError(f"the lake at {s.lake} has no tables yet: check TRAJLAKE_LAKE_ROOT / TRAJLAKE_STATE_DIR, "
+                        "or fill it first (`trajlake worker`, then `trajlake jobs run`)")
     return s
 
 
@@ -123,11 +134,14 @@ def replay_tau_bench(
     from streams.producer import produce
     from streams.sources.tau_bench import load_trajectories, replay_events
 
-    if not file.exists():
-        raise UserError(f"{file} does not exist: pass --file with a τ-bench results JSON")
+    if not file.is_file():
+        raise UserError(f"{file} does not exist or is not a file: pass --file with a τ-bench results JSON")
+    try:  # before the broker: a wrong file is the first thing to say
+        records = load_trajectories(file)
+    except ValueError as exc:
+        raise UserError(f"{exc}: pass --file with one, like {DEFAULT_TAU}") from None
     s = settings()
     _require_broker(s)
-    records = load_trajectories(file)
     n = min(limit or len(records), len(records))
     with console.status("replaying…") as st:
         sent = produce(s, replay_events(records, limit, loop), speed=speed,
@@ -240,10 +254,13 @@ def jobs_run(
             console.print(f"{name} {first} … {last} with {spec.version}: {time.monotonic() - began:.1f} s")
 
 
+_EXPORT_FORMATS_DEFAULT = "sft,dpo,openai_dpo,kto,rft,steps"
+
+
 @app.command()
 def export(
     name: Optional[str] = typer.Argument(None, help="the export's name: files go to <lake>/exports/NAME/vNNNN/"),
-    format: str = typer.Option("sft,dpo,openai_dpo,kto,rft,steps", "--format",
+    format: str = typer.Option(_EXPORT_FORMATS_DEFAULT, "--format",
                                help="comma-separated: sft, dpo, openai_dpo, kto, rft, steps"),
     since: Optional[str] = typer.Option(None, help="first day of episodes to export, YYYY-MM-DD"),
     until: Optional[str] = typer.Option(None, help="the day after the last day, YYYY-MM-DD"),
@@ -265,6 +282,15 @@ def export(
     try:
         with console.status("exporting…") as st:
             if from_manifest is not None:
+                # a rebuild takes everything from the manifest: NAME, --since, --until, --format,
+                # --reward-version and --allow-failed-checks beside it were ignored in silence (found in review)
+                ignored = [flag for flag, given in (("NAME", name), ("--since", since), ("--until", until),
+                                                    ("--format", format != _EXPORT_FORMATS_DEFAULT),
+                                                    ("--reward-version", reward_version),
+                                                    ("--allow-failed-checks", allow_failed_checks)) if given]
+                if ignored:
+                    raise UserError(f"--from-manifest rebuilds the export the manifest describes: drop "
+                                    f"{', '.join(ignored)} (the manifest records them)")
                 if not from_manifest.exists():
                     raise UserError(f"no manifest at {from_manifest}: pass an export's manifest.json or its directory")
                 _existing_lake(s)
@@ -273,6 +299,9 @@ def export(
                 console.print(f"[green]✓[/] rebuilt {len(rebuilt['files'])} files into {target}: every sha256 "
                               "equals the manifest's")
                 return
+            if out is not None:
+                raise UserError("--out is where --from-manifest puts a rebuilt export; a new export goes to "
+                                "<lake>/exports/NAME/vNNNN: drop --out")
             if not name or not since or not until:
                 raise UserError("give NAME, --since and --until (e.g. trajlake export weekly --since 2026-11-02 "
                                 "--until 2026-11-09), or --from-manifest M")
@@ -332,7 +361,7 @@ def quality_check(
     last = _day(end, "--end") if end else None
     if first and last and last <= first:
         raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
-    s = _existing_lake(settings())
+    s = _existing_lake(settings(), with_tables=True)
     try:
         spec = load_reward_spec(reward_version or s.reward_version)
     except RewardSpecError as exc:
@@ -369,6 +398,7 @@ def compact(
         specs = [spec(table)] if table else list(STREAM_TABLES)
     except UnknownTable as exc:
         raise UserError(f"{exc}: pass --table as layer/name, e.g. bronze/events") from None
+    _existing_lake(s)  # a mistyped lake root compacted nothing and said so as a success
     with console.status("compacting…") as st:
         for t in specs:
             st.update(f"compacting {t.id}…")
@@ -391,7 +421,7 @@ def migrate(
     from lake.locks import erasing
 
     s = settings()
-    _existing_lake(s)
+    _existing_lake(s, with_tables=True)
     added, refused = 0, []
     # alone, like erase: no jobs run, export or backfill reads a table while its schema changes (a dry run changes
     # nothing, so it waits for no one)
@@ -434,6 +464,7 @@ def vacuum(
         specs = [spec(table)] if table else list(TABLES.values())
     except UnknownTable as exc:
         raise UserError(f"{exc}: pass --table as layer/name, e.g. gold/step_signals") from None
+    _existing_lake(s)  # a mistyped lake root deleted nothing and said so as a success
     hours = s.vacuum_retention_hours if retention_hours is None else retention_hours
     verb = "would delete" if dry_run else "deleted"
     with console.status("vacuuming…") as st:
@@ -473,6 +504,11 @@ def scrub(
         _check_output_file("--rejects", rejects, "rejects.jsonl")
     s = settings()
     rejects = rejects or out.with_name(out.name + ".rejects.jsonl")
+    # opened for writing, --in as the rejects was emptied and then deleted for having none (found in review)
+    for flag, path in (("--in", in_), ("--out", out)):
+        if rejects.resolve() == path.resolve():
+            raise UserError(f"the rejects file {rejects} is the same file as {flag}: pass --rejects with another "
+                            "file, e.g. --rejects rejects.jsonl")
     scrubber = EventScrubber(s.pseudonym_key.get_secret_value().encode(), use_ner=ner, deny_terms=s.scrub_deny_terms)
     contexts = SessionDictionaries()
     with in_.open("rb") as f:
@@ -505,6 +541,9 @@ def scrub(
             bar.update(task, completed=n)
         if batch:
             flush()
+    if bad and not done:
+        raise UserError(f"no line of {in_} is a contract event ({bad} invalid lines, the reasons in {rejects}): "
+                        "pass --in with a JSON Lines file of events (docs/ingest.md)")
     console.print(f"[green]✓[/] {done} events scrubbed to {out}" +
                   (f"; {bad} invalid lines (not copied) listed in {rejects}" if bad else ""))
     if not bad:
@@ -537,6 +576,15 @@ def schedule_cmd(
     from jobs.schedule import ScheduleError, command, due, load_schedule, next_fire, next_wake, window_for
     from jobs.scheduler import History, Runner, run_due, run_entry, sleep_until
 
+    # --list and --history show and run nothing: with --once or --dry-run beside them, those were ignored in silence
+    shows = [flag for flag, on in (("--list", list_), ("--history", bool(history))) if on]
+    runs = [flag for flag, on in (("--once", once), ("--dry-run", dry_run)) if on]
+    if shows and runs:
+        raise UserError(f"{' and '.join(shows)} only show{'s' if len(shows) == 1 else ''}; {' and '.join(runs)} "
+                        "run or plan runs: give them in two commands")
+    if force and not once:
+        raise UserError("--force reruns fire times that already succeeded, with --once: add --once (and --dry-run to "
+                        "see what it would run first)")
     s = settings()
     path = file or s.schedule_path
     try:
@@ -835,14 +883,28 @@ def status(
         if not g["members"]:
             t.add_row("none running", "", "")
         console.print(t)
-    t = Table("table", "version", "rows", "behind its topic in Delta, per partition", "location")
+    if not b["up"]:
+        console.print("  start the local broker with `trajlake up`, or set TRAJLAKE_KAFKA_BOOTSTRAP to a running "
+                      "cluster's HOST:PORT")
+    lake = settings().lake
+    if not lake.is_dir():
+        console.print(f"[yellow]no lake at {escape(str(lake))}[/]: check TRAJLAKE_LAKE_ROOT / TRAJLAKE_STATE_DIR, "
+                      "or fill one (`trajlake worker`)")
+    t = Table("table", "version", "rows", "behind its topic in Delta, per partition")
+    t.add_column("location", overflow="fold")  # a path to copy, not cut short
     for table in report["tables"]:
         behind = table.get("behind_in_delta")
         t.add_row(table["table"], "-" if table["version"] is None else str(table["version"]),
                   "-" if table["rows"] is None else str(table["rows"]),
                   "" if behind is None else " ".join(f"p{p}:{n}" for p, n in sorted(behind.items())) or "-",
-                  table["location"])
+                  escape(table["location"]) + (f"\n[red]unreadable:[/] {escape(table['error'])}"
+                                               if "error" in table else ""))
     console.print(t)
+    damaged = [table["table"] for table in report["tables"] if "error" in table]
+    if damaged:
+        raise UserError(f"{', '.join(damaged)} could not be read (above): a damaged or partly written Delta log, or "
+                        "a data file its log lists is gone; restore it from a backup, or for a demo or test lake "
+                        "remove the table and replay")
 
 
 def status_report(s) -> dict:
@@ -858,6 +920,8 @@ def status_report(s) -> dict:
     and the raw topics' partitions each reads.
     """
     from infra.kafka import broker
+    from deltalake.exceptions import DeltaError
+
     from lake.readers import row_count
     from lake.tables import open_table
     from lake.writer import app_id, committed_offset
@@ -876,10 +940,17 @@ def status_report(s) -> dict:
     sources = {target.spec.id: s.topic(name) for name, target in SINK_TARGETS.items()}
     tables = []
     for tid, spec in TABLES.items():
-        dt = open_table(s, spec)
-        row = {"table": tid, "version": None if dt is None else dt.version(),
-               # counted at the version shown: opening the table again could see a later commit
-               "rows": None if dt is None else row_count(s, spec, dt), "location": str(s.lake / tid)}
+        try:
+            dt = open_table(s, spec)
+            row = {"table": tid, "version": None if dt is None else dt.version(),
+                   # counted at the version shown: opening the table again could see a later commit
+                   "rows": None if dt is None else row_count(s, spec, dt), "location": str(s.lake / tid)}
+        except (DeltaError, OSError) as exc:
+            # a damaged log or a missing file: said in the table's row, and every other table still shown (one
+            # damaged table made status end in delta-rs's error and show none, found in review)
+            tables.append({"table": tid, "version": None, "rows": None, "location": str(s.lake / tid),
+                           "error": (str(exc).strip().splitlines() or [type(exc).__name__])[0]})
+            continue
         topic = sources.get(tid)
         if topic is not None and topic in ends:
             row["source_topic"] = topic
@@ -1047,10 +1118,22 @@ def query(
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
     except duckdb.Error as exc:  # raised by the query's plan, or by its rows as they are fetched
-        raise UserError(f"DuckDB: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"DuckDB: {_duckdb_message(exc)}") from None
     except DeltaError as exc:  # a pinned version the table does not have
         raise UserError(f"--as-of: {str(exc).splitlines()[0]}; `trajlake status` shows each table's latest "
                         "version") from None
+
+
+def _duckdb_message(exc: Exception) -> str:
+    """DuckDB's error with its own hints ('Did you mean "silver_steps"?', 'Candidate bindings: …') on one line,
+    without the query excerpt it prints after them (LINE 1: …)."""
+    lines = []
+    for line in str(exc).strip().splitlines():
+        if line.startswith("LINE "):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return " ".join(lines) or type(exc).__name__
 
 
 def _json_value(v):
@@ -1236,7 +1319,10 @@ def demo(
 
 
 def main() -> None:
+    from deltalake.exceptions import DeltaError
+
     from infra.kafka.broker import BrokerError
+    from jobs.spark import SparkStartFailed
     from lake.tables import SchemaMismatch, UnknownTable, UnreadableTable
     # not quality.runner or jobs.tables: Great Expectations and Spark take seconds to import
     from quality.errors import PublishRefused, QualityGateFailed
@@ -1245,19 +1331,39 @@ def main() -> None:
     try:
         app()
     except (UserError, BrokerError, UnknownTable, UnreadableTable, SchemaMismatch, QualityGateFailed,
-            PublishRefused, SendFailed) as exc:
+            PublishRefused, SendFailed, SparkStartFailed) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")  # a message quotes paths and data: brackets are text
         sys.exit(2)
-    except OSError as exc:
-        # a path the machine refuses (missing, a directory, not writable, a full disk): the path and the reason,
-        # not a traceback; `TRAJLAKE_STATE_DIR=/proc/x trajlake quality check` ended in mkdir's FileNotFoundError
-        where = f": {exc.filename}" if exc.filename else ""
-        hint = (" — check the path and its permissions (the state and the lake live under TRAJLAKE_STATE_DIR and "
-                "TRAJLAKE_LAKE_ROOT)") if exc.filename else ""
-        err.print(f"[red]error:[/] {escape((exc.strerror or str(exc)) + where + hint)}")
+    except DeltaError as exc:
+        # delta-rs's own error, with a Rust backtrace after its first line: a log it cannot parse, a version it
+        # cannot reach, a data file the log lists that is gone
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        err.print(f"[red]error:[/] a Delta table could not be read: {escape(first)} — a damaged or partly written "
+                  "_delta_log, or a data file its log lists is gone; `trajlake status` shows which table. Restore it "
+                  "from a backup, or for a demo or test lake remove the table and replay")
         sys.exit(2)
+    except FileNotFoundError as exc:
+        if exc.strerror is not None:
+            _os_error(exc)
+        # pyarrow's, which gives only the path: a file a table's Delta log lists is gone
+        err.print(f"[red]error:[/] a file the lake's tables list is gone: {escape(str(exc))} — deleted by hand, or "
+                  "vacuumed while pinned; `trajlake status` shows each table's state. Restore the file, or rewrite the "
+                  "table (for a demo or test lake: remove it and replay)")
+        sys.exit(2)
+    except OSError as exc:
+        _os_error(exc)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _os_error(exc: OSError) -> None:
+    """A path the machine refuses (missing, a directory, not writable, a full disk): the path and the reason, not a
+    traceback; `TRAJLAKE_STATE_DIR=/proc/x trajlake quality check` ended in mkdir's FileNotFoundError. Exits 2."""
+    where = f": {exc.filename}" if exc.filename else ""
+    hint = (" — check the path and its permissions (the state and the lake live under TRAJLAKE_STATE_DIR and "
+            "TRAJLAKE_LAKE_ROOT)") if exc.filename else ""
+    err.print(f"[red]error:[/] {escape((exc.strerror or str(exc)) + where + hint)}")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

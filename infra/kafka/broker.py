@@ -169,13 +169,28 @@ def free_port(exclude: tuple[int, ...] = ()) -> int:
 
 
 def _port_free(host: str, port: int) -> bool:
+    return _bind_problem(host, port) is None
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why the broker could not listen on (host, port), or None when it can."""
+    import errno
+
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker binds: TIME_WAIT is no obstacle
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-        return True
+        except socket.gaierror:
+            return (f"{host} is not a host name this machine can resolve: set TRAJLAKE_KAFKA_HOST to one of its "
+                    "addresses")
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is taken by another process: stop it, or pick free ports with "
+                        "TRAJLAKE_KAFKA_PORT / TRAJLAKE_KAFKA_CONTROLLER_PORT")
+            # a bad host was blamed on a busy port before (found in review)
+            return (f"cannot listen on {host}:{port} ({exc.strerror or exc}): set TRAJLAKE_KAFKA_HOST to an address of "
+                    "this machine (e.g. 127.0.0.1)")
+        return None
 
 
 def running_pid(settings: Settings) -> int | None:
@@ -184,7 +199,7 @@ def running_pid(settings: Settings) -> int | None:
     try:
         pid = int(pid_file.read_text())
         os.kill(pid, 0)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # no pid file, or a state dir under a file
         return None
     except ProcessLookupError:
         pid_file.unlink(missing_ok=True)
@@ -205,17 +220,17 @@ def _java_cmd(java: str, p: BrokerPaths, settings: Settings, main: str, *args: s
 def start(settings: Settings, progress: Progress = _quiet, timeout: float = 90) -> str:
     """Start the broker unless it runs; format storage on first start; wait until it answers. Idempotent."""
     if not settings.uses_local_broker:
-        wait_until_ready(settings, timeout)
+        # a running cluster answers at once: 90 s of "starting Kafka…" for a wrong address told nothing
+        wait_until_ready(settings, min(timeout, 15))
         return f"using external Kafka at {settings.bootstrap}"
     p = paths(settings)
     if running_pid(settings):
         wait_until_ready(settings, timeout)
         return f"broker already running on {settings.bootstrap}"
     for port in (settings.kafka_port, settings.kafka_controller_port):
-        if not _port_free(settings.kafka_host, port):
-            raise BrokerError(
-                f"port {port} on {settings.kafka_host} is taken by another process: stop it, or pick free ports "
-                f"with TRAJLAKE_KAFKA_PORT / TRAJLAKE_KAFKA_CONTROLLER_PORT")
+        problem = _bind_problem(settings.kafka_host, port)
+        if problem:
+            raise BrokerError(problem)
     java = check_java()
     ensure_jars(settings, progress)
     p.root.mkdir(parents=True, exist_ok=True)
@@ -278,6 +293,9 @@ def wait_until_ready(settings: Settings, timeout: float = 60) -> None:
         except (KafkaError, OSError) as exc:
             last = exc
             time.sleep(0.5)
+    if not settings.uses_local_broker:  # trajlake does not start an external cluster: `trajlake up` is no fix
+        raise BrokerError(f"Kafka at {settings.bootstrap} did not answer within {timeout:.0f}s ({last}): check "
+                          "TRAJLAKE_KAFKA_BOOTSTRAP (HOST:PORT of a running cluster) and that this machine reaches it")
     raise BrokerError(f"Kafka at {settings.bootstrap} did not answer within {timeout:.0f}s ({last}); "
                       f"start it with `trajlake up` or check TRAJLAKE_KAFKA_BOOTSTRAP")
 

@@ -35,10 +35,16 @@ class Emitted:
 
 
 def load_trajectories(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, list) or not data or "traj" not in data[0]:
-        raise ValueError(f"{path} is not a τ-bench results file (a list of {{task_id, trial, reward, info, traj}})")
+    """The records of a τ-bench results file; ValueError naming the file when it is not one."""
+    shape = "a JSON list of {task_id, trial, reward, info, traj}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as exc:  # not JSON (JSON Lines is not either), or not UTF-8
+        raise ValueError(f"{path} is not a τ-bench results file ({shape}): {exc}") from None
+    if not isinstance(data, list) or not data or not all(
+            isinstance(r, dict) and {"task_id", "trial", "traj"} <= r.keys() for r in data):
+        raise ValueError(f"{path} is not a τ-bench results file ({shape})")
     return data
 
 

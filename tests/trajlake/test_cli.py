@@ -225,6 +225,7 @@ def test_replay_synthetic_sends_n_events_and_writes_the_planted_parameters(kafka
 def test_compact_names_an_unknown_table(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
     assert_clean_error(run(["compact", "--table", "gold/nope"], env), "--table")
+    (tmp_path / "lake").mkdir()  # one that does not exist is named (tests/trajlake/test_cli_mistakes.py)
     r = run(["compact"], env)  # an empty lake: nothing to do, no error
     assert r.returncode == 0, r.stderr
 
@@ -233,6 +234,7 @@ def test_compact_names_an_unknown_table(base_settings, tmp_path):
 def test_vacuum_names_an_unknown_table(base_settings, tmp_path):
     env = settings_env(base_settings.model_copy(update={"state_dir": tmp_path}))
     assert_clean_error(run(["vacuum", "--table", "gold/nope"], env), "--table")
+    (tmp_path / "lake").mkdir()  # one that does not exist is named (tests/trajlake/test_cli_mistakes.py)
     r = run(["vacuum", "--dry-run"], env)  # an empty lake: nothing to do, no error
     assert r.returncode == 0 and "gold/step_signals: would delete 0 files" in r.stdout, r.stderr
 
