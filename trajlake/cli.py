@@ -864,6 +864,8 @@ def status(
         import orjson
 
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        if any("error" in table for table in report["tables"]):
+            raise typer.Exit(2)  # monitoring reads the exit status too: each such table has its `error`
         return
     b = report["broker"]
     console.print(f"Kafka {b['bootstrap']}: " + ("[green]up[/]" if b["up"] else "[red]down[/]") +

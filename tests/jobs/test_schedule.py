@@ -62,6 +62,9 @@ def test_option_types_are_checked_when_the_file_is_read():
             {"name": "d2", "job": "quality", "cron": "@daily", "window": "previous_day",
              "options": {"tables": ["silver.steps"]}},
             {"name": "d3", "job": "compact", "cron": "@daily", "options": {"table": "no/such"}},
+            # a table without a suite: refused here, not at every fire (suite_for's KeyError)
+            {"name": "d4", "job": "quality", "cron": "@daily", "window": "previous_day",
+             "options": {"tables": ["audit/erasures"]}},
         ))
     text = str(e.value)
     assert "entry 1 (a): option reward_version = 2 is wrong: write a version string" in text
@@ -70,7 +73,8 @@ def test_option_types_are_checked_when_the_file_is_read():
     assert "option tables = 'silver' is wrong" in text
     assert "option tables = ['silver.steps'] is wrong" in text and 'tables = ["silver/steps"]' in text
     assert "option table = 'no/such' is wrong" in text
-    assert len(e.value.problems) == 8
+    assert "option tables = ['audit/erasures'] is wrong" in text and "quality suite checks" in text
+    assert len(e.value.problems) == 9
     ok = parse_schedule(doc({"name": "e", "job": "export", "cron": "@daily", "window": "previous_week",
                              "options": {"name": "weekly", "formats": "sft,dpo", "reward_version": "reward-v2"}}))
     assert ok.entries[0].options["formats"] == "sft,dpo"
@@ -200,3 +204,11 @@ def test_commands_match_what_trajlake_jobs_run_and_the_cli_take():
     vacuum = command(Entry("v", "vacuum", "@weekly", "none", {"retention_hours": 24}), None, python="/v/bin/python",
                      repo="/r")
     assert vacuum.endswith("-m trajlake.cli vacuum --retention-hours 24")
+
+
+@pytest.mark.unit
+def test_vacuum_and_compact_take_no_window_by_default():
+    """A vacuum entry without `window` was refused and told to give previous_day, which vacuum does not take."""
+    s = parse_schedule(doc({"name": "v", "job": "vacuum", "cron": "@weekly"},
+                           {"name": "c", "job": "compact", "cron": "@daily"}))
+    assert [e.window for e in s.entries] == ["none", "none"]

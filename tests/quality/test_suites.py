@@ -9,7 +9,7 @@ import pytest
 from quality.runner import validate, with_derived
 from quality.suites import checked_tables, exports, suite_for
 from schemas.reward import load_reward_spec
-from schemas.tables import TABLES
+from schemas.tables import CHECKED_TABLES, TABLES
 
 pytestmark = pytest.mark.component
 SPEC = load_reward_spec("reward-v2")
@@ -42,6 +42,7 @@ def test_every_table_the_pipeline_fills_has_a_suite():
     assert set(checked_tables()) == {"bronze/events", "bronze/deadletter", "silver/steps", "silver/episodes",
                                      "gold/step_signals", "gold/episode_scores", "gold/scorecards",
                                      "gold/guardrails", "gold/review_queue"}
+    assert set(checked_tables()) == set(CHECKED_TABLES)   # the schedule's checks read the declaration
     for tid in checked_tables():
         suite = suite_for(tid, SPEC)
         assert suite.table == tid and suite.keys == TABLES[tid].keys

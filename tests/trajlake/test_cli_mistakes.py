@@ -68,6 +68,8 @@ def test_a_damaged_table_is_named_and_the_others_still_shown(base_settings, tmp_
     r = run(["status"], env)
     assert_clean_error(r, "silver/steps could not be read", "restore it from a backup")
     assert "bronze/events" in r.stdout and "unreadable" in r.stdout
+    r = run(["status", "--json"], env)   # scripts get the table's error and the exit status too
+    assert r.returncode == 2 and '"error"' in r.stdout and "Traceback" not in r.stderr
     assert_clean_error(run(["erase", "--user", "bob", "--dry-run"], env), "a Delta table could not be read",
                        "_delta_log")
 
