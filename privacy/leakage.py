@@ -31,8 +31,10 @@ class GroundTruth:
             emails.add(u["email"])
             streets.add(u["address"]["address1"])
             cards.update(pm["last_four"] for pm in u.get("payment_methods", {}).values() if pm.get("last_four"))
+        # the customers' own ids too ("mia_li_3668"): the pipeline pseudonymizes them, so a raw one downstream is
+        # an identifier that got past the scrubber
         return cls({"full_name": frozenset(names), "email": frozenset(emails), "dob": frozenset(dobs),
-                    "street_address": frozenset(streets)}, frozenset(cards))
+                    "street_address": frozenset(streets), "user_id": frozenset(users)}, frozenset(cards))
 
 
 @dataclass

@@ -135,6 +135,15 @@ def test_tau_bench_export_carries_no_pii_and_counts_match(tau_export, tau_lake):
     # an episode counts as exported when any format kept a row of it
     assert episodes["formatted"] - sum(duplicates.values()) <= episodes["exported"] <= episodes["formatted"]
     assert m["sources"]["bronze/events"] is not None and m["reward_version"] == "reward-v2"
+    # the files themselves, scanned apart from the export's own scan (whose word the manifest above is): every line
+    # of every exported file against the customer database, names, e-mails, birth dates, streets, cards and ids
+    from privacy.leakage import GroundTruth, LeakScanner
+
+    files = sorted(tau_export[1].path.rglob("*.jsonl"))
+    assert files
+    leaks = LeakScanner(GroundTruth.load(TAU / "airline-users.json")).scan(
+        line for f in files for line in f.read_text().splitlines())
+    assert leaks.total == 0, f"leaked {leaks.found}:\n" + "\n".join(leaks.examples)
 
 
 def test_splits_are_disjoint_by_user_and_follow_the_ratios(synthetic_export):

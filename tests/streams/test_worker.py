@@ -153,6 +153,10 @@ def test_exactly_once_across_a_broker_restart(kafka, own, records, tmp_path):
     ids = event_ids(own)
     assert len(ids) == len(set(ids)) == len(first) + len(second)
     assert read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows == 20
+    # parity compares latest revisions only: a step or episode revision written twice would pass it (found in review)
+    for spec, key in ((SILVER_STEPS, "step_id"), (SILVER_EPISODES, "episode_id")):
+        rows = read_table(own, spec, columns=[key, "revision"]).to_pylist()
+        assert len({(r[key], r["revision"]) for r in rows}) == len(rows), f"a {spec.id} revision was written twice"
 
 
 def test_a_resend_long_after_its_first_copy_is_dropped_at_ingest(own, records, tmp_path):
