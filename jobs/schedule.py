@@ -14,7 +14,7 @@ from croniter import croniter
 
 # Only stdlib and croniter here: the Airflow DAG (infra/airflow/) imports this module in Airflow's own venv.
 
-JOBS = ("heuristics", "scorecards", "export", "compact", "quality", "vacuum")
+JOBS = ("heuristics", "scorecards", "export", "compact", "quality", "vacuum", "reconcile")
 SPARK_JOBS = ("heuristics", "scorecards")
 # what each job accepts in its `options` table, and which of them it cannot do without
 OPTIONS = {
@@ -26,6 +26,8 @@ OPTIONS = {
     "quality": {"tables", "reward_version"},
     # deleting the files overwrites and compaction replaced, past the retention (TRAJLAKE_VACUUM_RETENTION_HOURS)
     "vacuum": {"table", "retention_hours"},
+    # late events the stream's join could not apply, joined again from bronze into new silver revisions
+    "reconcile": set(),
 }
 REQUIRED = {"export": {"name"}}
 # entry names become Airflow ids, export names directories: one rule for both
@@ -170,7 +172,7 @@ def parse_schedule(doc: Mapping[str, Any], source: Path | None = None) -> Schedu
             problems.append(f"{where}: {job} needs a window (previous_day, previous_week or previous_N_days)")
         elif not isinstance(window, str) or (p := window_problem(window)):
             problems.append(f"{where}: {p or 'window must be a string'}")
-        elif job in SPARK_JOBS + ("export", "quality") and window == "none":
+        elif job in SPARK_JOBS + ("export", "quality", "reconcile") and window == "none":
             problems.append(f"{where}: {job} needs a window, not none")
         options = item.get("options", {})
         if not isinstance(options, dict):
@@ -397,6 +399,9 @@ def command(entry: Entry, window: tuple[date, date] | None, *, python: str, repo
         tables = " ".join(q(t) for t in opts.get("tables", ()))
         cmd = f"{py} -m trajlake.cli quality check {tables + ' ' if tables else ''}--start {window[0]} --end {window[1]}"
         return f"{env} && {cmd}"
+    if entry.job == "reconcile":
+        assert window is not None
+        return f"{env} && {py} -m trajlake.cli reconcile --start {window[0]} --end {window[1]}"
     if entry.job == "vacuum":
         cmd = f"{py} -m trajlake.cli vacuum"
         for key in ("table", "retention_hours"):

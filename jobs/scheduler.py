@@ -247,6 +247,12 @@ class Runner:
                                                  min_files=int(opts.get("min_files", s.compact_min_files)))
                 parts.append(f"{t.id} {len(done.partitions)} partitions {done.files_removed}→{done.files_added} files")
             return "; ".join(parts)
+        if entry.job == "reconcile":
+            from streams.reconcile import reconcile
+
+            done = reconcile(s, *window, progress=log)
+            return (f"{done.forgotten + done.repeated} tasks with late events; {done.steps} step and "
+                    f"{done.episodes} episode rows written as new revisions")
         if entry.job == "vacuum":
             from lake.tables import spec as table_spec
             from lake.vacuum import vacuum_table

@@ -14,6 +14,7 @@ from lake.readers import read_table
 from lake.tables import ensure_table
 from schemas.settings import Settings
 from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
+from streams.ingest import clean_event
 from streams.join import CONTENT_EXCLUDE, batch_join
 from streams.sink import silver_row
 
@@ -21,17 +22,28 @@ ENVELOPE = ("event_id", "schema", "event_type", "session_id", "task_id", "user_i
             "agent_version", "prompt_variant", "task_type")
 
 
-def bronze_events(settings: Settings) -> list[dict[str, Any]]:
+# the closed_reason of a row `trajlake reconcile` wrote (streams/reconcile.py): a task joined again in batch
+RECONCILED = "reconciled"
+
+
+def as_events(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """bronze/events rows back as contract events (as the join saw them on tl.events.clean)."""
-    rows = read_table(settings, BRONZE_EVENTS).to_pylist()
     return [{**{k: r[k] for k in ENVELOPE}, "ts": r["ts"].astimezone(timezone.utc).isoformat(),
              "body": orjson.loads(r["body"]), "policy_version": r["policy_version"]} for r in rows]
 
 
+def bronze_events(settings: Settings) -> list[dict[str, Any]]:
+    """Every bronze/events row back as a contract event."""
+    return as_events(read_table(settings, BRONZE_EVENTS).to_pylist())
+
+
 def latest_revisions(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """Each key's latest row: the highest revision, then (a key written twice at one revision, docs/design.md) the
+    one closed later."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
-        if r[key] not in out or r["revision"] > out[r[key]]["revision"]:
+        have = out.get(r[key])
+        if have is None or (r["revision"], r["closed_at"]) > (have["revision"], have["closed_at"]):
             out[r[key]] = r
     return out
 
@@ -55,23 +67,35 @@ class Parity:
                         self.episodes_only_stream, self.episodes_only_batch, self.episodes_differing))
 
 
-def refused_by_join(settings: Settings) -> set[str]:
-    """Ids of the events the stream's join refused (dead-lettered at stage "join": their session's state was full):
-    they are in bronze/events but, by design, in no silver row."""
-    rows = read_table(settings, BRONZE_DEADLETTER, columns=["stage", "event_id"]).to_pylist()
-    return {r["event_id"] for r in rows if r["stage"] == "join" and r["event_id"]}
+def refused_by_join(settings: Settings, reconciled: set[tuple[str, str]] = frozenset()) -> set[str]:
+    """Ids of the events the stream's join refused (dead-lettered at stage "join": their session's state was full,
+    or their task forgotten): they are in bronze/events but in no silver row the stream wrote. A forgotten task's
+    events are in its rows again once `trajlake reconcile` joined it (`reconciled`: (session_id, task_id))."""
+    rows = read_table(settings, BRONZE_DEADLETTER, columns=["stage", "reason", "event_id", "original"]).to_pylist()
+    out = set()
+    for r in rows:
+        if r["stage"] != "join" or not r["event_id"]:
+            continue
+        if r["reason"] == "task_forgotten" and reconciled:
+            e = clean_event(r["original"])
+            if (e["session_id"], e["task_id"]) in reconciled:
+                continue
+        out.add(r["event_id"])
+    return out
 
 
 def check_parity(settings: Settings) -> Parity:
     """Compare the latest revision of every silver row with the same row recomputed in batch from bronze (less the
-    events the stream's join refused)."""
-    refused = refused_by_join(settings)
+    events the stream's join refused and no reconciliation took in)."""
+    silver_eps = latest_revisions(read_table(settings, SILVER_EPISODES).to_pylist(), "episode_id")
+    reconciled = {(r["session_id"], r["task_id"]) for r in silver_eps.values() if r["closed_reason"] == RECONCILED}
+    refused = refused_by_join(settings, reconciled)
     steps, episodes = batch_join(e for e in bronze_events(settings) if e["event_id"] not in refused)
-    as_silver = lambda spec, rows: {k: _content(v) for k, v in rows.items()}  # noqa: E731
-    b_steps = {r["step_id"]: _content(_typed(SILVER_STEPS, r)) for r in steps}
-    b_eps = {r["episode_id"]: _content(_typed(SILVER_EPISODES, r)) for r in episodes}
+    as_silver = lambda spec, rows: {k: content(v) for k, v in rows.items()}  # noqa: E731
+    b_steps = {r["step_id"]: content(typed(SILVER_STEPS, r)) for r in steps}
+    b_eps = {r["episode_id"]: content(typed(SILVER_EPISODES, r)) for r in episodes}
     s_steps = as_silver(SILVER_STEPS, latest_revisions(read_table(settings, SILVER_STEPS).to_pylist(), "step_id"))
-    s_eps = as_silver(SILVER_EPISODES, latest_revisions(read_table(settings, SILVER_EPISODES).to_pylist(), "episode_id"))
+    s_eps = as_silver(SILVER_EPISODES, silver_eps)
     return Parity(
         sorted(set(s_steps) - set(b_steps)), sorted(set(b_steps) - set(s_steps)),
         sorted(k for k in set(s_steps) & set(b_steps) if s_steps[k] != b_steps[k]),
@@ -80,12 +104,13 @@ def check_parity(settings: Settings) -> Parity:
         len(b_steps), len(b_eps))
 
 
-def _typed(spec, row: dict[str, Any]) -> dict[str, Any]:
-    """A join row as the sink would store it (times as datetimes, date as date)."""
+def typed(spec, row: dict[str, Any]) -> dict[str, Any]:
+    """A join row as the sink would store it (times as datetimes, date as date), its revision fields blank."""
     return silver_row(spec)(orjson.dumps({**row, "closed_at": 0.0, "revision": 0, "closed_reason": ""}))
 
 
-def _content(row: dict[str, Any]) -> dict[str, Any]:
+def content(row: dict[str, Any]) -> dict[str, Any]:
+    """A silver row without its revision fields: what two revisions of a key are compared on."""
     return {k: v for k, v in row.items() if k not in CONTENT_EXCLUDE}
 
 

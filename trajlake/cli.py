@@ -407,6 +407,28 @@ def compact(
             console.print(f"{t.id}: {len(done.partitions)} partitions, {done.files_removed} files → {done.files_added}")
 
 
+@app.command("reconcile")
+def reconcile_cmd(
+    start: str = typer.Option(..., help="first day (UTC) of the late events to take in, YYYY-MM-DD"),
+    end: str = typer.Option(..., help="the day after the last, YYYY-MM-DD"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="count what would be written; write nothing"),
+) -> None:
+    """Join again, from bronze/events, the tasks whose late events the stream's join could not apply (dead-lettered
+    as task_forgotten, or started again as a second task of the same ids) in [start, end), and append their changed
+    rows to silver as new revisions (closed_reason 'reconciled'). A rerun writes nothing new."""
+    from streams.reconcile import reconcile
+
+    first, last = _day(start, "--start"), _day(end, "--end")
+    if last <= first:
+        raise UserError(f"--end {last} must be after --start {first} (the window is [start, end))")
+    s = _existing_lake(settings(), with_tables=True)
+    with console.status("reconciling…") as st:
+        done = reconcile(s, first, last, dry_run=dry_run, progress=lambda m: st.update(f"{m}…"))
+    verb = "would write" if dry_run else "wrote"
+    console.print(f"[green]✓[/] {done.forgotten} task(s) with forgotten late events, {done.repeated} started again; "
+                  f"{verb} {done.steps} step and {done.episodes} episode row(s) as new revisions")
+
+
 @app.command()
 def migrate(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the columns that would be added; change nothing"),

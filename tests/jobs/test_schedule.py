@@ -25,8 +25,11 @@ HEUR = {"name": "h", "job": "heuristics", "cron": "30 1 * * *", "window": "previ
 
 def test_the_committed_schedule_file_is_valid():
     s = load_schedule(REPO / "infra" / "schedule.toml")
-    assert {e.job for e in s.entries} == {"heuristics", "scorecards", "export", "compact", "quality", "vacuum"}
+    assert {e.job for e in s.entries} == {"heuristics", "scorecards", "export", "compact", "quality", "vacuum",
+                                          "reconcile"}
     assert len({e.name for e in s.entries}) == len(s.entries)
+    # the day's late events are in silver before the day's scoring reads it
+    assert "reconcile-daily" in s.entry("heuristics-daily").after
 
 
 def test_every_problem_is_listed_with_its_fix():
@@ -212,3 +215,12 @@ def test_vacuum_and_compact_take_no_window_by_default():
     s = parse_schedule(doc({"name": "v", "job": "vacuum", "cron": "@weekly"},
                            {"name": "c", "job": "compact", "cron": "@daily"}))
     assert [e.window for e in s.entries] == ["none", "none"]
+
+
+@pytest.mark.unit
+def test_reconcile_needs_a_window_and_runs_the_cli():
+    with pytest.raises(ScheduleError, match="reconcile needs a window"):
+        parse_schedule(doc({"name": "r", "job": "reconcile", "cron": "@daily"}))
+    entry = parse_schedule(doc({"name": "r", "job": "reconcile", "cron": "@daily", "window": "previous_day"})).entries[0]
+    cmd = command(entry, (date(2026, 11, 2), date(2026, 11, 3)), python="/v/bin/python", repo="/r")
+    assert cmd.endswith("/v/bin/python -m trajlake.cli reconcile --start 2026-11-02 --end 2026-11-03")

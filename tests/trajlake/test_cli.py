@@ -8,7 +8,7 @@ from tests.conftest import REPO, free_port, settings_env
 
 COMMANDS = [[], ["up"], ["down"], ["status"], ["worker"], ["query"], ["demo"], ["schedule"], ["replay"], ["replay", "tau-bench"],
             ["replay", "synthetic"], ["compact"], ["vacuum"], ["scrub"], ["erase"], ["export"],
-            ["quality"], ["quality", "check"], ["collect"]]
+            ["quality"], ["quality", "check"], ["collect"], ["reconcile"]]
 
 
 def run(args, env=None):

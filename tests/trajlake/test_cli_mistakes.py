@@ -110,3 +110,11 @@ def test_a_manifest_of_the_wrong_shape_is_named(base_settings, tmp_path, env, ma
     m = tmp_path / "manifest.json"
     m.write_text(manifest)
     assert_clean_error(run(["export", "--from-manifest", str(m)], env), said)
+
+
+def test_reconcile_takes_a_window_and_says_what_it_wrote(base_settings, tmp_path, env):
+    assert_clean_error(run(["reconcile", "--start", "2026-11-03", "--end", "2026-11-02"], env), "must be after")
+    assert_clean_error(run(["reconcile", "--start", "2026-11-02", "--end", "2026-11-03"], env), "no lake at")
+    a_lake(base_settings, tmp_path)
+    r = run(["reconcile", "--start", "2026-11-02", "--end", "2026-11-03"], env)
+    assert r.returncode == 0 and "wrote 0 step and 0 episode row(s)" in r.stdout, r.stdout + r.stderr
