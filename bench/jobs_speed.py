@@ -115,9 +115,9 @@ def duckdb_sql(spec: RewardSpec, shared_users: tuple[str, ...] = ()) -> str:
     kinds = ", ".join(f"('{m.name}', '{m.kind}')" for m in METRICS)
     return f"""
 WITH steps AS (
-  SELECT * FROM silver_steps QUALIFY row_number() OVER (PARTITION BY step_id ORDER BY revision DESC) = 1
+  SELECT * FROM silver_steps QUALIFY row_number() OVER (PARTITION BY step_id ORDER BY revision DESC, closed_at DESC) = 1
 ), episodes AS (
-  SELECT * FROM silver_episodes QUALIFY row_number() OVER (PARTITION BY episode_id ORDER BY revision DESC) = 1
+  SELECT * FROM silver_episodes QUALIFY row_number() OVER (PARTITION BY episode_id ORDER BY revision DESC, closed_at DESC) = 1
 ), sig0 AS (
   SELECT *, session_id || '/' || task_id AS episode_id, coalesce(intent_id, action_id) AS intent,
          coalesce(task_type, 'unknown') AS segment_task,

@@ -200,8 +200,10 @@ def window_predicate(column: str, start: date, end: date, spec: RewardSpec) -> s
 
 
 # silver columns the formulas read that the gold tables do not keep
-STEP_INPUTS = ("reaction_ms", "next_action_ms")
-EPISODE_INPUTS = ("duration_ms", "sla_seconds", "ended_at", "outcome_at", "opted_out_at", "repeat_of_task_id")
+# (closed_at: the latest revision's tie-break, `latest_revisions`)
+STEP_INPUTS = ("reaction_ms", "next_action_ms", "closed_at")
+EPISODE_INPUTS = ("duration_ms", "sla_seconds", "ended_at", "outcome_at", "opted_out_at", "repeat_of_task_id",
+                  "closed_at")
 
 
 def silver_inputs(silver: TableSpec, gold: TableSpec, formula_inputs: tuple[str, ...]) -> list[str]:

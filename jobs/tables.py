@@ -57,13 +57,15 @@ def read_window(spark: SparkSession, settings: Settings, spec: TableSpec, start:
 
 
 def latest_revisions(df: DataFrame, key: str, within: tuple[str, ...] = ()) -> DataFrame:
-    """Only the highest revision of each `key` within `within` (late amendments supersede earlier rows).
+    """Only the highest revision of each `key` within `within` (late amendments supersede earlier rows); of a key
+    written twice at one revision (a task the join had forgotten, started again by a late event: docs/design.md),
+    the row closed later, as every reader of silver takes it.
 
     `within`: columns every revision of a key shares (a step's session and task); a frame already partitioned
     by them keeps its partitioning, so the job's later windows and joins by those columns need no shuffle of their
     own.
     """
-    w = Window.partitionBy(*within, key).orderBy(F.col("revision").desc())
+    w = Window.partitionBy(*within, key).orderBy(F.col("revision").desc(), F.col("closed_at").desc())
     return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
 
 

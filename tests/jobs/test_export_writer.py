@@ -106,3 +106,17 @@ def test_every_split_of_each_format_gets_its_file_even_when_no_row_went_to_it(tm
     assert files["sft/train.jsonl"]["rows"] == 1 and (tmp_path / "sft/test.jsonl").read_bytes() == b""
     assert w.rows == {"sft": {"train": 1, "validation": 0, "test": 0, "holdout": 0},
                       "dpo": {"train": 0, "validation": 0, "test": 0, "holdout": 0}}
+
+
+def test_the_latest_revision_of_a_key_written_twice_at_one_revision_is_the_later_closed():
+    """A task the join had forgotten, started again by a late event, repeats its keys at revision 0 (docs/design.md):
+    the semi-join on max(revision) matched both rows and the export got the episode twice."""
+    from jobs.export import _latest_sql
+
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE t AS SELECT * FROM (VALUES
+        ('a', 0, TIMESTAMPTZ '2024-01-01 00:00:00+00', 'old'), ('a', 1, TIMESTAMPTZ '2024-01-02 00:00:00+00', 'new'),
+        ('b', 0, TIMESTAMPTZ '2024-01-01 00:00:00+00', 'first'), ('b', 0, TIMESTAMPTZ '2024-01-03 00:00:00+00', 'again'),
+        ('c', 0, TIMESTAMPTZ '2024-01-01 00:00:00+00', 'only')) v(k, revision, closed_at, val)""")
+    assert con.sql(_latest_sql("t", "k", "k, val", "true") + " ORDER BY k").fetchall() == [
+        ("a", "new"), ("b", "again"), ("c", "only")]

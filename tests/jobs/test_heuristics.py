@@ -170,3 +170,15 @@ def test_step_credit_shares_sum_to_the_episode_composite(spark, credit, gamma):
     assert shares == pytest.approx([composite * w / sum(expected) for w in expected])
     assert all(r.step_reward == pytest.approx(spec.step.own_weight * r.own_reward
                                               + (1 - spec.step.own_weight) * r.credit_share) for r in rows)
+
+
+def test_the_latest_revision_is_the_highest_then_the_later_closed(spark):
+    """A key written twice at one revision (a task the join had forgotten, started again by a late event) is taken
+    as every reader of silver takes it: the row closed later (docs/design.md)."""
+    from jobs.tables import latest_revisions
+
+    steps, _ = frames(spark, [step("t", 0, "accepted"), step("t", 0, "rejected", revision=1),
+                              step("u", 0, "accepted"), step("u", 0, "edited", closed_at=T0 + timedelta(days=1))], [])
+    got = {r["task_id"]: r["outcome"] for r in latest_revisions(steps, "action_id", within=("session_id", "task_id"))
+           .collect()}
+    assert got == {"t": "rejected", "u": "edited"}
