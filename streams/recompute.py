@@ -12,6 +12,7 @@ from deltalake import write_deltalake
 from lake.locks import outside_erase
 from lake.readers import read_table
 from lake.tables import ensure_table
+from schemas.contract import Reason
 from schemas.settings import Settings
 from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS
 from streams.ingest import clean_event
@@ -76,7 +77,7 @@ def refused_by_join(settings: Settings, reconciled: set[tuple[str, str]] = froze
     for r in rows:
         if r["stage"] != "join" or not r["event_id"]:
             continue
-        if r["reason"] == "task_forgotten" and reconciled:
+        if r["reason"] == Reason.task_forgotten.value and reconciled:
             e = clean_event(r["original"])
             if (e["session_id"], e["task_id"]) in reconciled:
                 continue
