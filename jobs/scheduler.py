@@ -248,11 +248,21 @@ class Runner:
                 parts.append(f"{t.id} {len(done.partitions)} partitions {done.files_removed}→{done.files_added} files")
             return "; ".join(parts)
         if entry.job == "reconcile":
-            from streams.reconcile import reconcile
+            # the stream's join run in batch (streams/reconcile.py): in a child process, the CLI Airflow runs too,
+            # so the scheduler never loads streams/ (jobs/ is the batch side, tests/jobs/test_dependencies.py)
+            import subprocess
+            import sys
 
-            done = reconcile(s, *window, progress=log)
-            return (f"{done.forgotten + done.repeated} tasks with late events; {done.steps} step and "
-                    f"{done.episodes} episode rows written as new revisions")
+            from schemas.settings import settings_env
+
+            r = subprocess.run([sys.executable, "-m", "trajlake.cli", "reconcile", "--start", str(window[0]),
+                                "--end", str(window[1])], capture_output=True, text=True,
+                               env=settings_env(s, os.environ) | {"COLUMNS": "200"},
+                               cwd=Path(__file__).resolve().parent.parent)
+            said = " ".join((r.stdout + r.stderr).split())
+            if r.returncode != 0:
+                raise RuntimeError(f"trajlake reconcile exited with {r.returncode}: {said[-2000:]}")
+            return said
         if entry.job == "vacuum":
             from lake.tables import spec as table_spec
             from lake.vacuum import vacuum_table

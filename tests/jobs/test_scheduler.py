@@ -243,6 +243,18 @@ def test_trajlake_schedule_once_runs_a_job_and_keeps_its_history(small_lake, tmp
     assert listed.returncode == 0 and "2026-11-04 00:15" in listed.stdout
 
 
+@pytest.mark.integration
+def test_a_scheduled_reconcile_runs_the_cli_with_the_schedulers_settings(small_lake, tmp_path):
+    """The scheduler runs reconcile as a child process (jobs/ never loads streams/), with its own settings."""
+    f = tmp_path / "schedule.toml"
+    f.write_text('[[job]]\nname = "late"\njob = "reconcile"\ncron = "0 1 * * *"\nwindow = "previous_day"\n')
+    env = settings_env(small_lake.model_copy(update={"schedule_file": f})) | {"COLUMNS": "200"}
+    r = run(["schedule", "--once", "--at", "2026-11-03T01:10"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = " ".join(r.stdout.split())
+    assert "late" in said and "succeeded" in said and "wrote 0 step and 0 episode row(s)" in said
+
+
 @pytest.mark.unit
 def test_schedule_mistakes_are_one_line(base_settings, tmp_path):
     f = tmp_path / "schedule.toml"

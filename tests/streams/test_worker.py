@@ -84,6 +84,31 @@ def test_no_raw_user_id_reaches_bronze(own, records, tmp_path):
     assert not any(uid in r["body"] for r in rows for uid in raw_ids)
 
 
+def delta_ahead_of_kafka(s) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, last offset in Delta, next offset the sinks' group would read) where Delta is ahead."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from lake.tables import open_table
+    from lake.writer import app_id, committed_offset
+    from streams.sink import SINK_TARGETS
+
+    # a consumer with the group's id reads its committed offsets without joining it (as `trajlake status` does)
+    group = KafkaConsumer(bootstrap_servers=s.bootstrap, group_id=s.sink_group, enable_auto_commit=False)
+    ahead = []
+    try:
+        for name, target in SINK_TARGETS.items():
+            dt = open_table(s, target.spec)
+            topic = s.topic(name)
+            for p in range(s.topic_partitions):
+                delta = -1 if dt is None else committed_offset(dt, app_id(s.worker_id, topic, p))
+                kafka = group.committed(TopicPartition(topic, p)) or 0
+                if delta >= kafka:
+                    ahead.append((topic, p, delta, kafka))
+    finally:
+        group.close()
+    return ahead
+
+
 @pytest.mark.parametrize("crash", ["sigkill_mid_stream", "between_delta_and_offset_commit",
                                    "between_join_state_and_delivery"])
 def test_exactly_once_across_worker_crashes(own, records, tmp_path, crash):
@@ -98,6 +123,9 @@ def test_exactly_once_across_worker_crashes(own, records, tmp_path, crash):
         w = WorkerProcess(crashing, log, "--no-ner").start()
         wait_until(lambda: not w.alive(), 120, message="the injected crash")
         assert w.proc.returncode == 137
+        # the crash landed in the window: a Delta commit holds records the sinks' Kafka offsets do not cover yet
+        # (the restarted sinks must resume from Delta's offsets, not Kafka's, or they write those records again)
+        assert delta_ahead_of_kafka(own), "no Delta commit was ahead of the sinks' Kafka offsets at the crash"
     elif crash == "between_join_state_and_delivery":
         crashing = own.model_copy(update={"crash_after_join_saves": 3})
         w = WorkerProcess(crashing, log, "--no-ner").start()
