@@ -89,13 +89,16 @@ def check_parity(settings: Settings) -> Parity:
     """Compare the latest revision of every silver row with the same row recomputed in batch from bronze (less the
     events the stream's join refused and no reconciliation took in)."""
     silver_eps = latest_revisions(read_table(settings, SILVER_EPISODES).to_pylist(), "episode_id")
-    reconciled = {(r["session_id"], r["task_id"]) for r in silver_eps.values() if r["closed_reason"] == RECONCILED}
+    silver_steps = latest_revisions(read_table(settings, SILVER_STEPS).to_pylist(), "step_id")
+    # a task reconcile joined again: any of its latest rows is its (a late event can change a step alone)
+    reconciled = {(r["session_id"], r["task_id"]) for rows in (silver_eps, silver_steps) for r in rows.values()
+                  if r["closed_reason"] == RECONCILED}
     refused = refused_by_join(settings, reconciled)
     steps, episodes = batch_join(e for e in bronze_events(settings) if e["event_id"] not in refused)
     as_silver = lambda spec, rows: {k: content(v) for k, v in rows.items()}  # noqa: E731
     b_steps = {r["step_id"]: content(typed(SILVER_STEPS, r)) for r in steps}
     b_eps = {r["episode_id"]: content(typed(SILVER_EPISODES, r)) for r in episodes}
-    s_steps = as_silver(SILVER_STEPS, latest_revisions(read_table(settings, SILVER_STEPS).to_pylist(), "step_id"))
+    s_steps = as_silver(SILVER_STEPS, silver_steps)
     s_eps = as_silver(SILVER_EPISODES, silver_eps)
     return Parity(
         sorted(set(s_steps) - set(b_steps)), sorted(set(b_steps) - set(s_steps)),

@@ -414,8 +414,10 @@ def reconcile_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="count what would be written; write nothing"),
 ) -> None:
     """Join again, from bronze/events, the tasks whose late events the stream's join could not apply (dead-lettered
-    as task_forgotten, or started again as a second task of the same ids) in [start, end), and append their changed
-    rows to silver as new revisions (closed_reason 'reconciled'). A rerun writes nothing new."""
+    as task_forgotten, or started again as a second task of the same ids; written in [start, end), UTC), and append
+    their changed rows to silver as new revisions (closed_reason 'reconciled'). A task the stream may still write
+    (rows or letters newer than three join retentions and the dedup window) waits for a later run. A rerun writes
+    nothing new."""
     from streams.reconcile import reconcile
 
     first, last = _day(start, "--start"), _day(end, "--end")
@@ -425,8 +427,9 @@ def reconcile_cmd(
     with console.status("reconciling…") as st:
         done = reconcile(s, first, last, dry_run=dry_run, progress=lambda m: st.update(f"{m}…"))
     verb = "would write" if dry_run else "wrote"
-    console.print(f"[green]✓[/] {done.forgotten} task(s) with forgotten late events, {done.repeated} started again; "
-                  f"{verb} {done.steps} step and {done.episodes} episode row(s) as new revisions")
+    console.print(f"[green]✓[/] {done.forgotten} task(s) with forgotten late events, {done.repeated} started again"
+                  + (f" ({done.deferred} not settled yet: a later run takes them)" if done.deferred else "")
+                  + f"; {verb} {done.steps} step and {done.episodes} episode row(s) as new revisions")
 
 
 @app.command()
@@ -1282,7 +1285,8 @@ def demo(
     _print_relation(con.sql(
         "SELECT outcome, count(*) AS episodes, sum(escalated::INT) AS escalated, round(avg(n_steps), 1) AS steps, "
         "round(avg(cost_usd), 4) AS avg_cost_usd FROM (SELECT * FROM silver_episodes "
-        "QUALIFY revision = max(revision) OVER (PARTITION BY episode_id)) GROUP BY outcome ORDER BY episodes DESC"))
+        "QUALIFY row_number() OVER (PARTITION BY episode_id ORDER BY revision DESC, closed_at DESC) = 1) "
+        "GROUP BY outcome ORDER BY episodes DESC"))
 
     from datetime import timedelta
 

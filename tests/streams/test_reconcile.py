@@ -21,7 +21,12 @@ from tests.conftest import TAU
 
 pytestmark = pytest.mark.component
 
-TAU_DAYS = (date(2024, 5, 1), date(2024, 6, 1))
+LATER = datetime.now(timezone.utc) + timedelta(days=1)   # the tasks settled: the stream can no longer write them
+
+
+def today_window():
+    today = datetime.now(timezone.utc).date()
+    return today, today + timedelta(days=1)
 
 
 @pytest.fixture
@@ -43,11 +48,7 @@ def assert_silver_is_the_batch_join_of(settings, events):
         assert {k: content(v) for k, v in have.items()} == {r[key]: content(typed(spec, r)) for r in rows}, spec.id
 
 
-def test_a_forgotten_tasks_late_event_becomes_its_next_revision(one_task):
-    s, events = one_task
-    *early, late = events
-    write_silver(s, early)                        # what the stream wrote before the task was forgotten
-    today = datetime.now(timezone.utc).date()
+def dead_letter_forgotten(s, late):
     letter = dead_letter(SourceRecord("tl.events.clean", 0, 7, late["session_id"].encode(),
                                       clean_record(late, SourceRecord("tl.agent.raw", 0, 7, None, b""),
                                                    "2026-12-08T00:00:00+00:00", late["policy_version"])),
@@ -55,23 +56,48 @@ def test_a_forgotten_tasks_late_event_becomes_its_next_revision(one_task):
     write_deltalake(ensure_table(s, BRONZE_DEADLETTER),
                     pa.Table.from_pylist([deadletter_row(letter.to_json())], schema=BRONZE_DEADLETTER.schema),
                     mode="append", partition_by=["date"])
+
+
+def test_a_forgotten_tasks_late_event_becomes_its_next_revision(one_task):
+    s, events = one_task
+    *early, late = events
+    write_silver(s, early)                        # what the stream wrote before the task was forgotten
+    dead_letter_forgotten(s, late)
     assert check_parity(s).ok                     # the refused event is left out until the task is reconciled
 
-    assert reconcile(s, today - timedelta(days=1), today, dry_run=True).episodes == 0   # the letter is today's
-    done = reconcile(s, today, today + timedelta(days=1))
-    assert (done.forgotten, done.repeated, done.episodes) == (1, 0, 1) and done.steps >= 0
+    today, tomorrow = today_window()
+    assert reconcile(s, today - timedelta(days=1), today, now=LATER).forgotten == 0   # the letter is today's
+    # written just now: the stream may still write the task, so it waits for a later run
+    waiting = reconcile(s, today, tomorrow)
+    assert (waiting.forgotten, waiting.deferred, waiting.episodes) == (1, 1, 0)
+    done = reconcile(s, today, tomorrow, now=LATER)
+    assert (done.forgotten, done.repeated, done.deferred, done.episodes) == (1, 0, 0, 1)
     assert_silver_is_the_batch_join_of(s, events)
     ep = next(iter(latest(s, SILVER_EPISODES, "episode_id").values()))
     assert (ep["revision"], ep["closed_reason"]) == (1, RECONCILED)
     assert check_parity(s).ok                     # the event is in the task's rows now, and parity counts it
 
-    again = reconcile(s, today, today + timedelta(days=1))
+    again = reconcile(s, today, tomorrow, now=LATER)
     assert (again.steps, again.episodes) == (0, 0)    # the same content: nothing written
     assert len(read_table(s, SILVER_EPISODES).to_pylist()) == 2
 
 
+def test_a_late_event_that_changes_a_step_alone_counts_in_parity(one_task):
+    """A late `action_shown` changes its step's `shown` and nothing of the episode: parity took a task as
+    reconciled only by its episode row and reported the step (found in review)."""
+    s, events = one_task
+    late = next(e for e in events if e["event_type"] == "action_shown")
+    write_silver(s, [e for e in events if e is not late])
+    dead_letter_forgotten(s, late)
+    done = reconcile(s, *today_window(), now=LATER)
+    assert done.steps == 1 and done.episodes == 0
+    assert_silver_is_the_batch_join_of(s, events)
+    assert check_parity(s).ok
+
+
 def test_a_task_started_again_by_a_late_event_is_joined_whole(one_task):
-    """Past the marker, the late event started a second task of the same ids: two episode rows at revision 0."""
+    """Past the marker, the late event started a second task of the same ids: two episode rows at revision 0. Found
+    by the day its rows were written, whatever day the task started (2024-05 here)."""
     s, events = one_task
     *early, late = events
     write_silver(s, early)
@@ -79,10 +105,27 @@ def test_a_task_started_again_by_a_late_event_is_joined_whole(one_task):
     rows = read_table(s, SILVER_EPISODES).to_pylist()
     assert len(rows) == 2 and {r["revision"] for r in rows} == {0}
 
-    done = reconcile(s, *TAU_DAYS)
+    done = reconcile(s, *today_window(), now=LATER)
     assert (done.forgotten, done.repeated, done.episodes) == (0, 1, 1)
     assert_silver_is_the_batch_join_of(s, events)
     assert check_parity(s).ok
-    assert reconcile(s, *TAU_DAYS).episodes == 0
-    # a window without the task's days finds nothing
-    assert reconcile(s, date(2024, 1, 1), date(2024, 2, 1)) == type(done)(0, 0, 0, 0)
+    assert reconcile(s, *today_window(), now=LATER).episodes == 0
+    # a window of other days finds nothing
+    assert reconcile(s, date(2024, 1, 1), date(2024, 2, 1), now=LATER) == type(done)(0, 0, 0, 0)
+
+
+def test_two_runs_at_once_write_one_revision(one_task):
+    """Two runs read the same latest revisions and both appended the next one (found in review): the silver
+    tables' publish locks make the second wait, find the first's rows and write nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s, events = one_task
+    *early, late = events
+    write_silver(s, early)
+    write_silver(s, [late])
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: reconcile(s, *today_window(), now=LATER), range(2)))
+    assert sorted(r.episodes for r in runs) == [0, 1]
+    rows = read_table(s, SILVER_EPISODES).to_pylist()
+    assert len({(r["episode_id"], r["revision"]) for r in rows if r["revision"] > 0}) == \
+        len([r for r in rows if r["revision"] > 0]) == 1
