@@ -59,11 +59,17 @@ def test_bad_events_go_to_the_dead_letter_table_and_valid_traffic_flows(own, rec
     p.send(own.topic(events[5].topic), key=session, value=orjson.dumps(events[5].event))  # a resend: same event_id
     p.flush()
     p.close()
+    # the valid traffic all the way: bronze, and silver equal to the batch join of bronze (found in the test audit:
+    # this test stopped at bronze)
     w = run_worker_until(own, tmp_path / "worker.log", lambda: len(event_ids(own)) >= len(events) and
-                         read_table(own, BRONZE_DEADLETTER).num_rows >= 5, "bronze tables to fill")
+                         read_table(own, BRONZE_DEADLETTER).num_rows >= 5 and
+                         read_table(own, SILVER_EPISODES, columns=["episode_id"]).num_rows >= 3 and
+                         check_parity(own).ok, "bronze and silver to fill")
     assert "the worker exits" not in w.log.read_text(errors="replace")  # no stage failed, nor the shutdown
     ids = event_ids(own)
     assert Counter(ids) == Counter(e.event["event_id"] for e in events)  # all valid events, the resend once
+    assert {r["episode_id"] for r in read_table(own, SILVER_EPISODES, columns=["episode_id"]).to_pylist()} == \
+        {f"{e.event['session_id']}/{e.event['task_id']}" for e in events}
     dl = read_table(own, BRONZE_DEADLETTER).to_pylist()
     assert sorted(d["reason"] for d in dl) == sorted([r for _, r in poison] + ["wrong_topic"])
     assert any(d["original"] == huge for d in dl)
