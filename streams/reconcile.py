@@ -37,7 +37,7 @@ from schemas.settings import Settings
 from schemas.tables import BRONZE_DEADLETTER, BRONZE_EVENTS, SILVER_EPISODES, SILVER_STEPS, TableSpec
 from streams.ingest import clean_event
 from streams.join import batch_join
-from streams.recompute import RECONCILED, as_events, content, typed
+from streams.recompute import RECONCILED, as_events, content, latest_revisions, typed
 from streams.sink import silver_row
 
 Task = tuple[str, str]      # (session_id, task_id)
@@ -127,32 +127,25 @@ def task_events(settings: Settings, tasks: set[Task], first: date, last: date) -
 
 
 def latest_rows(settings: Settings, spec: TableSpec, key: str, tasks: set[Task], first: date, last: date
-                ) -> dict[str, tuple[dict[str, Any], int]]:
-    """Per key of the tasks' silver rows dated in [first, last]: its latest row (highest revision, then latest
-    closed) and its highest revision."""
+                ) -> dict[str, dict[str, Any]]:
+    """Per key of the tasks' silver rows dated in [first, last]: its latest row (`recompute.latest_revisions`: the
+    highest revision, then the later closed), whose revision is the key's highest."""
     sessions = sorted({s for s, _ in tasks})
-    out: dict[str, tuple[dict[str, Any], int]] = {}
-    for r in read_table(settings, spec, filter=_days(first, last) & ds.field("session_id").isin(sessions)).to_pylist():
-        if (r["session_id"], r["task_id"]) not in tasks:
-            continue
-        have = out.get(r[key])
-        if have is None or (r["revision"], r["closed_at"]) > (have[0]["revision"], have[0]["closed_at"]):
-            out[r[key]] = (r, max(r["revision"], have[1] if have else -1))
-        else:
-            out[r[key]] = (have[0], max(have[1], r["revision"]))
-    return out
+    rows = read_table(settings, spec, filter=_days(first, last) & ds.field("session_id").isin(sessions)).to_pylist()
+    return latest_revisions([r for r in rows if (r["session_id"], r["task_id"]) in tasks], key)
 
 
-def new_revisions(spec: TableSpec, key: str, rows: list[dict[str, Any]],
-                  have: dict[str, tuple[dict[str, Any], int]], closed_at: float) -> list[dict[str, Any]]:
+def new_revisions(spec: TableSpec, key: str, rows: list[dict[str, Any]], have: dict[str, dict[str, Any]],
+                  closed_at: float) -> list[dict[str, Any]]:
     """The silver rows to append: each joined row whose content differs from its key's latest row, as that key's
     next revision (0 for a key silver does not have)."""
     out = []
     for r in rows:
-        latest, top = have.get(r[key], (None, -1))
+        latest = have.get(r[key])
         if latest is not None and content(typed(spec, r)) == content(latest):
             continue
-        out.append(silver_row(spec)(orjson.dumps({**r, "revision": top + 1, "closed_reason": RECONCILED,
+        revision = 0 if latest is None else latest["revision"] + 1
+        out.append(silver_row(spec)(orjson.dumps({**r, "revision": revision, "closed_reason": RECONCILED,
                                                   "closed_at": closed_at})))
     return out
 

@@ -884,7 +884,8 @@ def status(
 ) -> None:
     """The broker, each topic's size and the worker's lag per partition, and every lake table's version and row
     count, with how far each sink table is behind its topic in Delta (the offsets its commits record)."""
-    report = status_report(settings())
+    s = settings()
+    report = status_report(s)
     if as_json:
         import orjson
 
@@ -913,7 +914,7 @@ def status(
     if not b["up"]:
         console.print("  start the local broker with `trajlake up`, or set TRAJLAKE_KAFKA_BOOTSTRAP to a running "
                       "cluster's HOST:PORT")
-    lake = settings().lake
+    lake = s.lake
     if not lake.is_dir():
         console.print(f"[yellow]no lake at {escape(str(lake))}[/]: check TRAJLAKE_LAKE_ROOT / TRAJLAKE_STATE_DIR, "
                       "or fill one (`trajlake worker`)")
